@@ -1,0 +1,1 @@
+"""Proposers of train.py changes: the Claude agent and the offline mutator."""

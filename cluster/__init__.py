@@ -1,0 +1,1 @@
+"""The farm itself: config, driver, sandboxes, research repo, ledger, CLI."""

@@ -1,0 +1,151 @@
+"""The ``farm`` command.
+
+Exit codes: 0 success; 1 the experiment ran but did not succeed (status not
+ok) or a check failed; 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+from trainer.profiles import PROFILES, cache_dir, get_profile
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Download/build data and tokenizer for a profile (idempotent)."""
+    from trainer.data import PrepareError, prepare_profile
+
+    profile = get_profile(args.profile)
+    print(f"preparing profile {profile.name} in {cache_dir()}", flush=True)
+    try:
+        prepare_profile(profile, num_shards=args.num_shards, base_url=args.base_url)
+    except PrepareError as exc:
+        print(f"farm prepare: {exc}", file=sys.stderr)
+        return 1
+    print(f"ready: data {profile.data_dir()}, tokenizer {profile.tokenizer_dir()}")
+    return 0
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    """Run one experiment on a train.py (default: the profile's seed) and print its result."""
+    from trainer.runner import run
+    from trainer.seed import seed_source
+
+    profile = get_profile(args.profile)
+    out = Path(args.out or Path("runs") / f"try-{profile.name}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    train_py = Path(args.train_py) if args.train_py else out / "train.py"
+    if not args.train_py:
+        train_py.write_text(seed_source(profile))
+    if args.output != "json":
+        print(
+            f"running {train_py} under profile {profile.name} (budget {profile.time_budget:g} s); output in {out}",
+            flush=True,
+        )
+    result = run(train_py, out, profile, seed=args.seed)
+    if args.output == "json":
+        print(result.model_dump_json(indent=2))
+    else:
+        f = result.facts
+        print(f"status:            {result.status.value}")
+        if result.reason:
+            print(f"reason:            {result.reason}")
+        if result.val_bpb is not None:
+            print(f"val_bpb:           {result.val_bpb:.6f}")
+        print(f"training_seconds:  {f.training_seconds:.1f} (harness clock; wall {f.training_wall_seconds:.1f})")
+        print(f"startup_seconds:   {f.startup_seconds or 0:.1f}")
+        print(f"eval_seconds:      {f.eval_seconds or 0:.1f}")
+        print(f"total_seconds:     {f.total_seconds:.1f}")
+        print(f"train_tokens:      {f.train_tokens} in {f.train_batches} batches")
+        print(f"log:               {out / 'run.log'}")
+    return 0 if result.status.value == "ok" else 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this machine can do for the farm, and what to fix."""
+    from trainer.data import data_ready
+
+    problems = 0
+
+    def line(ok: bool | None, what: str, detail: str) -> None:
+        nonlocal problems
+        mark = {True: "ok  ", False: "FAIL", None: "note"}[ok]
+        problems += ok is False
+        print(f"[{mark}] {what:<12} {detail}")
+
+    line(sys.version_info >= (3, 11), "python", f"{platform.python_version()} ({sys.executable})")
+    try:
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        line(
+            True,
+            "torch",
+            f"{torch.__version__}; "
+            + (f"{len(gpus)} GPU(s): {', '.join(gpus)}" if gpus else "no CUDA GPU: the cpu-tiny profile will be used"),
+        )
+    except Exception as exc:  # a broken install is exactly what doctor is for
+        line(False, "torch", f"cannot import: {exc}")
+    for name in PROFILES:
+        missing = data_ready(get_profile(name), cache_dir())
+        line(
+            None if missing else True,
+            f"data:{name}",
+            f"missing {', '.join(missing[:3])}: run `farm prepare --profile {name}`" if missing else "prepared",
+        )
+    try:
+        import ray
+
+        line(True, "ray", ray.__version__)
+    except Exception as exc:
+        line(False, "ray", f"cannot import: {exc}")
+    docker = shutil.which("docker")
+    line(None, "docker", f"client at {docker}" if docker else "no docker client (the process sandbox will be used)")
+    key = bool(os.environ.get("ANTHROPIC_API_KEY"))
+    line(
+        None, "anthropic", "ANTHROPIC_API_KEY is set" if key else "no ANTHROPIC_API_KEY: agents use the offline mutator"
+    )
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farm", description="autoresearch at farm scale")
+    sub = parser.add_subparsers(dest="command", required=True)
+    profiles = ", ".join(PROFILES)
+
+    p = sub.add_parser("prepare", help="download/build data and tokenizer for a profile")
+    p.add_argument("--profile", default="cpu-tiny", help=f"one of: {profiles}")
+    p.add_argument("--num-shards", type=int, default=10, help="training shards to download (h100 profile)")
+    p.add_argument("--base-url", default=None, help="mirror of the climbmix shards (default: the profile's)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("try", help="run one experiment on a train.py and print its result")
+    p.add_argument("train_py", nargs="?", help="default: the profile's seed train.py")
+    p.add_argument("--profile", default="cpu-tiny", help=f"one of: {profiles}")
+    p.add_argument("--seed", type=int, default=0, help="replicate seed (0 = the script's own)")
+    p.add_argument("--out", help="directory for result.json and run.log (default runs/try-PROFILE)")
+    p.add_argument("--output", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_try)
+
+    p = sub.add_parser("doctor", help="check GPUs, data, Ray, Docker, API key")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # bad profile names and similar: say what and how to fix
+        print(f"farm {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

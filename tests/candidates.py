@@ -1,0 +1,105 @@
+"""Candidate train.py files for harness tests: one small template, many variants.
+
+Each variant is a whole, runnable train.py; a variant changes the template
+at named hook points, so a test reads as "the good script, except ...".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEMPLATE = """\
+import math
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader, training_seconds
+{prelude}
+torch.manual_seed(0)
+tokenizer = Tokenizer.from_directory()
+V = tokenizer.get_vocab_size()
+
+
+class Bigram(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, V)
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        logits = self.emb(idx)
+        if targets is None:
+            return logits
+        {forward_extra}
+        return F.cross_entropy(logits.view(-1, V), targets.reshape(-1), reduction=reduction)
+
+
+model = Bigram()
+optimizer = torch.optim.SGD(model.parameters(), lr={lr})
+loader = make_dataloader(tokenizer, 8, MAX_SEQ_LEN, "train")
+t_start = time.time()
+step = 0
+while {keep_training}:
+    x, y, epoch = next(loader)
+    loss = model(x, y)
+    {in_loop}
+    if not math.isfinite(loss.item()):
+        print("FAIL")
+        sys.exit(1)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    step += 1
+    if step % 50 == 0:
+        print(f"step {{step}} loss {{loss.item():.4f}}")
+
+val_bpb = {evaluate}
+{after_eval}
+print("---")
+print(f"val_bpb:          {{val_bpb:.6f}}")
+print(f"training_seconds: {{training_seconds():.1f}}")
+print(f"num_steps:        {{step}}")
+"""
+
+DEFAULTS = dict(
+    prelude="",
+    forward_extra="pass",
+    lr="20.0",
+    keep_training="training_seconds() < TIME_BUDGET",
+    in_loop="pass",
+    evaluate="evaluate_bpb(model, tokenizer, 8)",
+    after_eval="",
+)
+
+VARIANTS: dict[str, dict[str, str]] = {
+    "good": {},
+    # upstream style: the script times itself with the wall clock
+    "own_wall_clock": {"keep_training": "time.time() - t_start < TIME_BUDGET"},
+    "syntax_error": {"prelude": "def broken(:\n    pass"},
+    "import_error": {"prelude": "import a_module_that_does_not_exist"},
+    "crash_mid_training": {"in_loop": "if step == 5:\n        raise RuntimeError('boom at step 5')"},
+    "nan_loss": {"in_loop": "if step == 5:\n        loss = loss * float('nan')"},
+    "fake_printed_bpb": {"after_eval": "val_bpb = 0.1"},
+    "over_budget_3x": {"keep_training": "training_seconds() < 3 * TIME_BUDGET"},
+    "never_evaluates": {"evaluate": "0.95"},
+    "evaluates_on_train_split": {"prelude": "import prepare\nprepare.VAL_FILENAME = 'shard_00000.parquet'"},
+    "monkeypatches_evaluate": {
+        "prelude": "import prepare\nprepare.evaluate_bpb = lambda model, tokenizer, batch_size: 0.1\n"
+        "evaluate_bpb = prepare.evaluate_bpb"
+    },
+    "reads_targets": {"forward_extra": "if reduction == 'none':\n            return torch.zeros(targets.numel())"},
+    "hangs_in_eval": {"forward_extra": "if reduction == 'none':\n            time.sleep(3600)"},
+}
+
+
+def source(name: str) -> str:
+    return TEMPLATE.format(**{**DEFAULTS, **VARIANTS[name]})
+
+
+def write(directory: Path, name: str) -> Path:
+    path = directory / f"{name}.py"
+    path.write_text(source(name))
+    return path

@@ -1,0 +1,85 @@
+"""The training clock: how many seconds of the budget a run has used.
+
+Upstream lets ``train.py`` count its own budget; here the harness counts it
+from the moments training batches are drawn, so a candidate cannot slow its
+own clock. Two ways to charge an interval between draws:
+
+- ``wall``: as it is (GPU profiles; the budget stays the seed's wall clock).
+- ``robust``: at most ``stall_factor`` x the median of recent intervals, or
+  the median plus ``stall_floor`` seconds if that is more. On a
+  shared 2-core machine a run can be descheduled for seconds; charging the
+  stall would make the same config score very differently from run to run.
+  A stall is not the candidate's doing, so it is not charged. A separate
+  wall-time cap (checked by the runner) bounds what this could be gamed for.
+
+The same class runs in the candidate process (so ``train.py`` can ask how
+much budget is left) and in the trusted runner (which recomputes it from its
+own receipt times and decides validity).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+
+class TrainingClock:
+    """Charged training seconds, counted from train-batch draw times."""
+
+    def __init__(
+        self, clock: str, warmup_batches: int, stall_factor: float, stall_floor: float = 0.25, window: int = 63
+    ) -> None:
+        if clock not in ("wall", "robust"):
+            raise ValueError(f"clock must be 'wall' or 'robust', not {clock!r}")
+        self.robust = clock == "robust"
+        self.warmup_batches = warmup_batches
+        self.stall_factor = stall_factor
+        self.stall_floor = stall_floor
+        self.batches = 0
+        self.charged = 0.0  # closed intervals only
+        self.wall = 0.0  # uncapped seconds over the same intervals
+        self.first_batch_at: float | None = None
+        self._last: float | None = None  # time of the last draw, None while paused or before warm-up ends
+        self._recent: deque[float] = deque(maxlen=window)
+        self._cap = float("inf")
+
+    def tick(self, now: float) -> None:
+        """A training batch was drawn at ``now`` (monotonic seconds)."""
+        self.batches += 1
+        if self.first_batch_at is None:
+            self.first_batch_at = now
+        if self._last is not None:
+            self._close(now)
+        if self.batches >= self.warmup_batches:
+            self._last = now
+
+    def pause(self, now: float) -> None:
+        """Evaluation started: the interval up to now is training, what follows is not."""
+        if self._last is not None:
+            self._close(now)
+        self._last = None
+
+    def resume(self, now: float) -> None:
+        """Evaluation ended mid-training: count again from here."""
+        if self.batches >= self.warmup_batches:
+            self._last = now
+
+    def seconds(self, now: float) -> float:
+        """Charged seconds including the interval still open at ``now``."""
+        if self._last is None:
+            return self.charged
+        return self.charged + min(now - self._last, self._cap)
+
+    @property
+    def median_interval(self) -> float:
+        return statistics.median(self._recent) if self._recent else 0.0
+
+    def _close(self, now: float) -> None:
+        dt = max(0.0, now - self._last)
+        self.wall += dt
+        self.charged += min(dt, self._cap)
+        self._recent.append(dt)
+        if self.robust and len(self._recent) >= 5:
+            median = statistics.median(self._recent)
+            self._cap = max(self.stall_factor * median, median + self.stall_floor)
+        self._last = now

@@ -1,0 +1,164 @@
+"""Profiles: the fixed numbers of one kind of experiment.
+
+A profile is the part of the harness a candidate may not change: context
+length, time budget, evaluation size, data set and tokenizer, and how the
+training clock is counted. ``FARM_PROFILE`` selects one inside a sandbox so
+the same ``train.py`` runs on an H100 and on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
+
+
+class Profile(BaseModel):
+    """Everything about an experiment that is fixed for a whole farm run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str
+    # The upstream prepare.py constants.
+    max_seq_len: int = Field(gt=0)
+    time_budget: float = Field(gt=0, description="seconds of training")
+    eval_tokens: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    # Data and tokenizer.
+    dataset: Literal["climbmix", "pydoc"]
+    tokenizer: Literal["bpe", "byte"]
+    val_shard: int = Field(ge=0, description="index of the pinned validation shard")
+    base_url: str | None = None
+    # The training clock (see trainer/clock.py).
+    clock: Literal["wall", "robust"]
+    warmup_batches: int = Field(ge=0, description="first train batches not charged (compilation)")
+    stall_factor: float = Field(gt=1.0, description="robust clock: an interval counts at most this x the median")
+    stall_floor: float = Field(0.25, ge=0, description="robust clock: ... or the median plus this many seconds")
+    budget_tolerance: float = Field(ge=0, description="fraction of the budget a run may overshoot")
+    max_wall_factor: float = Field(gt=1.0, description="training wall time may not exceed this x budget")
+    # Process setup inside the sandbox.
+    torch_threads: int | None = Field(default=None, description="pin intra-op threads (CPU profiles)")
+    startup_allowance: float = Field(gt=0, description="seconds from process start to first batch")
+    eval_allowance: float = Field(gt=0, description="seconds for the final evaluation")
+    # How the seed train.py's constants block is set for this profile.
+    seed_constants: dict[str, int | float | str] = Field(default_factory=dict)
+
+    @property
+    def wall_limit(self) -> float:
+        """Seconds after which the sandbox kills the experiment."""
+        return self.startup_allowance + self.time_budget * self.max_wall_factor + self.eval_allowance
+
+    def data_dir(self, cache: Path | None = None) -> Path:
+        return (cache or cache_dir()) / self.dataset / "data"
+
+    def tokenizer_dir(self, cache: Path | None = None) -> Path:
+        return (cache or cache_dir()) / self.dataset / f"tokenizer-{self.tokenizer}-{self.vocab_size}"
+
+    @property
+    def val_filename(self) -> str:
+        return shard_filename(self.val_shard)
+
+
+def shard_filename(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+_CPU_SEED = {
+    # Deliberately a little oversized for 20 s on one core: headroom to find.
+    "DEPTH": 4,
+    "ASPECT_RATIO": 32,
+    "HEAD_DIM": 32,
+    "TOTAL_BATCH_SIZE": 2048,
+    "DEVICE_BATCH_SIZE": 16,
+}
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            name="h100",
+            description="upstream autoresearch on one H100: seq 2048, 300 s, climbmix, BPE 8192",
+            max_seq_len=2048,
+            time_budget=300,
+            eval_tokens=40 * 524288,
+            vocab_size=8192,
+            dataset="climbmix",
+            tokenizer="bpe",
+            val_shard=6542,
+            base_url=CLIMBMIX_URL,
+            clock="wall",
+            warmup_batches=20,
+            stall_factor=3.0,
+            budget_tolerance=0.03,
+            max_wall_factor=1.5,
+            startup_allowance=120,
+            eval_allowance=30,
+        ),
+        Profile(
+            name="cpu-tiny",
+            description="a laptop CPU: byte-level GPT on CPython's pydoc topics, 20 s on one core",
+            max_seq_len=128,
+            time_budget=20,
+            eval_tokens=32768,
+            vocab_size=260,
+            dataset="pydoc",
+            tokenizer="byte",
+            val_shard=1,
+            clock="robust",
+            warmup_batches=2,
+            stall_factor=3.0,
+            budget_tolerance=0.05,
+            max_wall_factor=2.0,
+            torch_threads=1,
+            startup_allowance=30,
+            eval_allowance=30,
+            seed_constants=_CPU_SEED,
+        ),
+        Profile(
+            name="cpu-smoke",
+            description="cpu-tiny with a 3 s budget: for tests and plumbing checks, not for research",
+            max_seq_len=128,
+            time_budget=3,
+            eval_tokens=8192,
+            vocab_size=260,
+            dataset="pydoc",
+            tokenizer="byte",
+            val_shard=1,
+            clock="robust",
+            warmup_batches=2,
+            stall_factor=3.0,
+            budget_tolerance=0.1,
+            max_wall_factor=2.0,
+            torch_threads=1,
+            startup_allowance=30,
+            eval_allowance=20,
+            seed_constants=_CPU_SEED,
+        ),
+    ]
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The named profile, or a ValueError that lists the valid names."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}") from None
+
+
+def active_profile() -> Profile:
+    """The profile a sandboxed process runs under (``FARM_PROFILE``, default h100 like upstream)."""
+    return get_profile(os.environ.get("FARM_PROFILE", "h100"))
+
+
+def cache_dir() -> Path:
+    """Where prepared data and tokenizers live (``FARM_CACHE``); mounted read-only into sandboxes."""
+    env = os.environ.get("FARM_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autoresearch-farm"

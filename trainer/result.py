@@ -1,0 +1,78 @@
+"""The result of one experiment: written by the runner, read by the farm.
+
+The harness's own records (``HarnessFacts``) are the source of truth; the
+summary ``train.py`` prints is kept only to cross-check them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+RESULT_FILE = "result.json"
+LOG_FILE = "run.log"
+
+
+class Status(StrEnum):
+    OK = "ok"
+    CRASH = "crash"  # the candidate raised or exited non-zero
+    OOM = "oom"  # out of (GPU or host) memory
+    NAN = "nan"  # loss became NaN or exploded
+    TIMEOUT = "timeout"  # killed at the wall limit
+    INVALID = "invalid"  # finished, but the result cannot be trusted
+    ERROR = "error"  # the farm's fault (missing data, broken image): not the candidate's
+
+
+class Summary(BaseModel):
+    """The block ``train.py`` prints after ``---`` (upstream format); every key optional."""
+
+    val_bpb: float | None = None
+    training_seconds: float | None = None
+    total_seconds: float | None = None
+    peak_vram_mb: float | None = None
+    mfu_percent: float | None = None
+    total_tokens_M: float | None = None
+    num_steps: int | None = None
+    num_params_M: float | None = None
+    depth: int | None = None
+
+
+class HarnessFacts(BaseModel):
+    """What the trusted side observed, in its own clock."""
+
+    startup_seconds: float | None = Field(None, description="process start to first training batch")
+    train_batches: int = 0
+    train_tokens: int = 0
+    training_seconds: float = Field(0.0, description="charged by the profile's clock")
+    training_wall_seconds: float = Field(0.0, description="first batch to evaluation, uncapped")
+    eval_calls: int = 0
+    eval_seconds: float | None = None
+    eval_tokens: int | None = None
+    eval_split_files: list[str] = Field(default_factory=list)
+    target_leak_ratio: float | None = Field(
+        None, description="mean p(random target) x vocab: ~1 for a real model, >>1 if it reads the targets"
+    )
+    val_bpb: float | None = None
+    peak_memory_mb: float | None = None
+    total_seconds: float = 0.0
+
+
+class ExperimentResult(BaseModel):
+    """One experiment's outcome; ``status`` decides, never an exit code."""
+
+    status: Status
+    reason: str = ""
+    val_bpb: float | None = Field(None, description="the harness's value; set only when status is ok")
+    profile: str
+    seed: int = 0
+    time_budget: float
+    facts: HarnessFacts = Field(default_factory=HarnessFacts)
+    summary: Summary = Field(default_factory=Summary)
+    exit_code: int | None = None
+    log_tail: str = ""
+    log_bytes: int = 0
+    train_py_sha256: str = ""
+    device: str = "cpu"
+    started_at: float = 0.0
+    finished_at: float = 0.0
