@@ -1,0 +1,142 @@
+"""The runner classifies every kind of candidate correctly, with a useful reason.
+
+Each case is a real train.py run through ``python -m trainer.runner`` under the
+cpu-smoke profile (3 s budget), so the harness, the event pipe and the
+classification are exercised for real.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import candidates
+from trainer.clock import TrainingClock
+from trainer.result import ExperimentResult, Status
+from trainer.runner import parse_summary
+
+CASES = [
+    ("good", Status.OK, ""),
+    ("own_wall_clock", Status.OK, ""),
+    ("syntax_error", Status.CRASH, "SyntaxError"),
+    ("import_error", Status.CRASH, "No module named 'a_module_that_does_not_exist'"),
+    ("crash_mid_training", Status.CRASH, "RuntimeError: boom at step 5"),
+    ("nan_loss", Status.NAN, "NaN"),
+    ("fake_printed_bpb", Status.INVALID, "printed val_bpb 0.1 but the harness measured"),
+    ("over_budget_3x", Status.INVALID, "trained past the budget"),
+    ("never_evaluates", Status.INVALID, "never called evaluate_bpb"),
+    ("evaluates_on_train_split", Status.INVALID, "not the pinned validation shard"),
+    ("monkeypatches_evaluate", Status.INVALID, "never called evaluate_bpb"),
+    ("reads_targets", Status.INVALID, "reads the targets"),
+]
+
+
+def run_runner(train_py: Path, out: Path, *extra: str) -> tuple[int, ExperimentResult]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.runner", str(train_py), "--out", str(out), "--profile", "cpu-smoke", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    result = ExperimentResult.model_validate_json((out / "result.json").read_text())
+    assert result.status.value in proc.stdout  # the one-line verdict names the status
+    return proc.returncode, result
+
+
+@pytest.mark.parametrize(("name", "status", "reason"), CASES, ids=[c[0] for c in CASES])
+def test_candidate_is_classified(tmp_path: Path, name: str, status: Status, reason: str) -> None:
+    rc, result = run_runner(candidates.write(tmp_path, name), tmp_path / "out")
+    assert result.status == status, result.reason + "\n" + result.log_tail
+    assert reason in result.reason
+    assert rc == (0 if status == Status.OK else 1)
+    if status == Status.OK:
+        f = result.facts
+        assert result.val_bpb == pytest.approx(f.val_bpb) and 2.0 < result.val_bpb < 8.0
+        assert result.summary.val_bpb == pytest.approx(result.val_bpb, abs=1e-6)
+        assert f.eval_split_files == ["shard_00001.parquet"] and f.eval_tokens == 8192
+        assert 2.9 <= f.training_seconds <= 3.0 * 1.1  # the harness's clock, not the script's
+        assert f.train_batches > 50 and f.train_tokens == f.train_batches * 8 * 128
+        assert f.target_leak_ratio is not None and f.target_leak_ratio < 2
+        assert f.startup_seconds is not None and f.startup_seconds < 20
+    else:
+        assert result.val_bpb is None  # a result that cannot be trusted carries no score
+
+
+def test_over_budget_run_is_stopped_early(tmp_path: Path) -> None:
+    """A run that ignores the budget is killed when it passes it, not at the wall limit."""
+    _, result = run_runner(candidates.write(tmp_path, "over_budget_3x"), tmp_path / "out")
+    assert result.facts.total_seconds < 3 * 3.0  # never got to train for 3x the budget
+
+
+def test_hang_in_eval_times_out_and_leaves_no_process(tmp_path: Path) -> None:
+    _, result = run_runner(candidates.write(tmp_path, "hangs_in_eval"), tmp_path / "out", "--wall-limit", "15")
+    assert result.status == Status.TIMEOUT
+    assert "wall limit of 15 s while evaluating" in result.reason
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
+    assert leftover.strip() == ""
+
+
+def test_huge_output_is_bounded(tmp_path: Path) -> None:
+    """200 MB of stdout: the run still completes and the log on disk stays small."""
+    flood = "for _ in range(200):\n    sys.stdout.write('x' * 1_000_000 + '\\n')"
+    src = candidates.source("good").replace("torch.manual_seed(0)", "torch.manual_seed(0)\n" + flood)
+    train_py = tmp_path / "train.py"
+    train_py.write_text(src)
+    _, result = run_runner(train_py, tmp_path / "out", "--wall-limit", "60")
+    assert result.log_bytes > 200_000_000
+    assert (tmp_path / "out" / "run.log").stat().st_size < 1_100_000
+    assert result.status == Status.OK, result.reason  # the summary after the flood is still found
+
+
+def test_missing_data_is_the_farms_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARM_CACHE", str(tmp_path / "empty-cache"))
+    rc, result = run_runner(candidates.write(tmp_path, "good"), tmp_path / "out")
+    assert result.status == Status.ERROR and "farm prepare --profile cpu-smoke" in result.reason
+
+
+def test_unknown_profile_is_a_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.runner", "x.py", "--out", str(tmp_path), "--profile", "tpu"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "unknown profile 'tpu'" in proc.stderr and "cpu-tiny" in proc.stderr
+
+
+def test_result_file_is_json_of_the_model(tmp_path: Path) -> None:
+    run_runner(candidates.write(tmp_path, "syntax_error"), tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert data["status"] == "crash" and data["profile"] == "cpu-smoke" and len(data["train_py_sha256"]) == 64
+
+
+def test_summary_parser_reads_the_last_block() -> None:
+    log = "---\nval_bpb: 9.0\nnoise\n---\nval_bpb:          0.997900\nnum_steps:        953\ndepth:            8\n"
+    s = parse_summary(log)
+    assert s.val_bpb == 0.9979 and s.num_steps == 953 and s.depth == 8
+
+
+def test_robust_clock_ignores_a_stall_but_wall_clock_counts_it() -> None:
+    steps = [0.1] * 20 + [5.0] + [0.1] * 20  # one 5 s stall
+    for kind, expected in (("robust", 4.0 + 0.35), ("wall", 9.0)):
+        clock, now = TrainingClock(kind, warmup_batches=1, stall_factor=3.0, stall_floor=0.25), 0.0
+        clock.tick(now)
+        for dt in steps:
+            now += dt
+            clock.tick(now)
+        assert clock.seconds(now) == pytest.approx(expected, abs=0.01), kind
+
+
+def test_clock_pauses_during_evaluation_and_skips_warmup() -> None:
+    clock = TrainingClock("wall", warmup_batches=3, stall_factor=3.0)
+    for t in (0.0, 10.0, 20.0, 21.0, 22.0):  # the first two intervals are compile warm-up
+        clock.tick(t)
+    assert clock.seconds(22.0) == pytest.approx(2.0)
+    clock.pause(22.5)
+    assert clock.seconds(100.0) == pytest.approx(2.5)
+    clock.resume(100.0)
+    clock.tick(101.0)
+    assert clock.seconds(101.0) == pytest.approx(3.5)
