@@ -29,16 +29,16 @@ CHANGES: dict[str, dict[str, int | float]] = {
 }
 
 
-def measure(profile_name: str, label: str, changes: dict, repeats: int, work: Path, seed_base: int) -> list[float]:
+def measure(profile_name: str, label: str, changes: dict, repeats: int, work: Path, seeds: list[int]) -> list[float]:
     profile = get_profile(profile_name)
     source = set_constants(seed_source(profile), changes)
     values = []
-    for i in range(repeats):
+    for i, seed in enumerate(seeds[:repeats]):
         out = work / f"{label.replace(' ', '_').replace('>', '')}-{i}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "train.py").write_text(source)
         t0 = time.time()
-        result = run(out / "train.py", out, profile, seed=seed_base + i)
+        result = run(out / "train.py", out, profile, seed=seed)
         f = result.facts
         print(
             f"{label:<28} run {i}: {result.status.value:<7} val_bpb={result.val_bpb or float('nan'):.4f} "
@@ -62,13 +62,15 @@ def main() -> int:
     prepare_profile(get_profile(args.profile))
 
     rows = []
-    same = measure(args.profile, "seed, same seed", {}, args.repeats, args.work, seed_base=0)
-    seeds = measure(args.profile, "seed, other seeds", {}, args.repeats, args.work, seed_base=1)
+    n = args.repeats
+    same = measure(args.profile, "seed, same seed", {}, n, args.work, seeds=[0] * n)
+    seeds = measure(args.profile, "seed, other seeds", {}, n, args.work, seeds=list(range(1, n + 1)))
     rows.append(("seed (same seed)", same))
     rows.append(("seed (seeds 1..n)", seeds))
     base = statistics.mean(same + seeds)
     for label, changes in CHANGES.items():
-        rows.append((label, measure(args.profile, label, changes, args.change_repeats, args.work, seed_base=0)))
+        seeds = list(range(args.change_repeats))
+        rows.append((label, measure(args.profile, label, changes, args.change_repeats, args.work, seeds=seeds)))
 
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [

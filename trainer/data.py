@@ -170,8 +170,15 @@ def _download_one(
 
 
 def download_shards(
-    data_dir: Path, indices: list[int], base_url: str, *, retries: int = 5, timeout: float = 30,
-    backoff: float = 1.0, workers: int = 4, progress: Progress = print,
+    data_dir: Path,
+    indices: list[int],
+    base_url: str,
+    *,
+    retries: int = 5,
+    timeout: float = 30,
+    backoff: float = 1.0,
+    workers: int = 4,
+    progress: Progress = print,
 ) -> None:
     """Fetch ``shard_%05d.parquet`` for each index into ``data_dir``.
 
@@ -342,8 +349,14 @@ def _training_texts(paths: list[Path], max_chars: int, doc_cap: int) -> Iterator
 
 
 def train_bpe_tokenizer(
-    data_dir: Path, tokenizer_dir: Path, vocab_size: int, val_filename: str, *,
-    max_chars: int = 1_000_000_000, doc_cap: int = 10_000, progress: Progress = print,
+    data_dir: Path,
+    tokenizer_dir: Path,
+    vocab_size: int,
+    val_filename: str,
+    *,
+    max_chars: int = 1_000_000_000,
+    doc_cap: int = 10_000,
+    progress: Progress = print,
 ) -> None:
     """Train a BPE tokenizer with rustbpe on every shard except ``val_filename``.
 
@@ -401,7 +414,11 @@ def data_ready(profile: Profile, cache: Path | None = None) -> list[str]:
 
 
 def prepare_profile(
-    profile: Profile, cache: Path | None = None, *, num_shards: int = 10, base_url: str | None = None,
+    profile: Profile,
+    cache: Path | None = None,
+    *,
+    num_shards: int = 10,
+    base_url: str | None = None,
     progress: Progress = print,
 ) -> None:
     """Build everything ``profile`` needs in the cache; quick when it is already there.
