@@ -92,14 +92,28 @@ VARIANTS: dict[str, dict[str, str]] = {
     },
     "reads_targets": {"forward_extra": "if reduction == 'none':\n            return torch.zeros(targets.numel())"},
     "hangs_in_eval": {"forward_extra": "if reduction == 'none':\n            time.sleep(3600)"},
+    # Hostile code for the sandboxes: each does its damage before training normally.
+    "infinite_loop": {"prelude": "while True:\n    pass"},
+    "fork_bomb": {
+        "prelude": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.05)"
+    },
+    "memory_bomb": {"prelude": "hoard = []\nwhile True:\n    hoard.append(bytearray(50_000_000))"},
+    "stdout_flood": {"prelude": "for _ in range(200):\n    sys.stdout.write('x' * 1_000_000 + '\\n')"},
 }
 
 
-def source(name: str) -> str:
-    return TEMPLATE.format(**{**DEFAULTS, **VARIANTS[name]})
+def probe(code: str) -> str:
+    """A prelude that runs ``code`` and prints what it managed as 'PROBE ...' lines, never failing."""
+    body = "\n".join("    " + line for line in code.splitlines())
+    return f"try:\n{body}\nexcept BaseException as exc:\n    print('PROBE error', type(exc).__name__, exc)"
 
 
-def write(directory: Path, name: str) -> Path:
+def source(name: str, **hooks: str) -> str:
+    """The named variant's train.py; ``hooks`` replace further hook points (e.g. prelude=...)."""
+    return TEMPLATE.format(**{**DEFAULTS, **VARIANTS[name], **hooks})
+
+
+def write(directory: Path, name: str, **hooks: str) -> Path:
     path = directory / f"{name}.py"
-    path.write_text(source(name))
+    path.write_text(source(name, **hooks))
     return path

@@ -15,6 +15,7 @@ def farm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainer.profiles import get_profile
 
     cache = tmp_path_factory.mktemp("farm-cache")
+    cache.chmod(0o755)  # sandboxes read it as another user
     os.environ["FARM_CACHE"] = str(cache)
     prepare_profile(get_profile("cpu-tiny"), cache, progress=lambda _msg: None)
     return cache

@@ -74,6 +74,13 @@ class TrainingClock:
     def median_interval(self) -> float:
         return statistics.median(self._recent) if self._recent else 0.0
 
+    @property
+    def step_allowance(self) -> float:
+        """How far past the budget an honest run may be charged: one more interval."""
+        if self.robust and self._cap != float("inf"):
+            return self._cap
+        return 3 * self.median_interval
+
     def _close(self, now: float) -> None:
         dt = max(0.0, now - self._last)
         self.wall += dt

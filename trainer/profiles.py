@@ -77,67 +77,73 @@ _CPU_SEED = {
     "DEVICE_BATCH_SIZE": 16,
 }
 
+def _variant(base: Profile, **changes: object) -> Profile:
+    """A validated copy of a profile with some fields changed."""
+    return Profile.model_validate({**base.model_dump(), **changes})
+
+
+_H100 = Profile(
+    name="h100",
+    description="upstream autoresearch on one H100: seq 2048, 300 s, climbmix, BPE 8192",
+    max_seq_len=2048,
+    time_budget=300,
+    eval_tokens=40 * 524288,
+    vocab_size=8192,
+    dataset="climbmix",
+    tokenizer="bpe",
+    val_shard=6542,
+    base_url=CLIMBMIX_URL,
+    clock="wall",
+    warmup_batches=20,
+    stall_factor=3.0,
+    budget_tolerance=0.03,
+    max_wall_factor=1.5,
+    startup_allowance=120,
+    eval_allowance=30,
+)
+
+_CPU_TINY = Profile(
+    name="cpu-tiny",
+    description="a laptop CPU: byte-level GPT on CPython's pydoc topics, 20 s on one core",
+    max_seq_len=128,
+    time_budget=20,
+    eval_tokens=32768,
+    vocab_size=260,
+    dataset="pydoc",
+    tokenizer="byte",
+    val_shard=1,
+    clock="robust",
+    warmup_batches=2,
+    stall_factor=3.0,
+    budget_tolerance=0.05,
+    max_wall_factor=2.0,
+    torch_threads=1,
+    startup_allowance=30,
+    eval_allowance=30,
+    seed_constants=_CPU_SEED,
+)
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in [
-        Profile(
-            name="h100",
-            description="upstream autoresearch on one H100: seq 2048, 300 s, climbmix, BPE 8192",
-            max_seq_len=2048,
-            time_budget=300,
-            eval_tokens=40 * 524288,
-            vocab_size=8192,
-            dataset="climbmix",
-            tokenizer="bpe",
-            val_shard=6542,
-            base_url=CLIMBMIX_URL,
-            clock="wall",
-            warmup_batches=20,
-            stall_factor=3.0,
-            budget_tolerance=0.03,
-            max_wall_factor=1.5,
-            startup_allowance=120,
-            eval_allowance=30,
-        ),
-        Profile(
-            name="cpu-tiny",
-            description="a laptop CPU: byte-level GPT on CPython's pydoc topics, 20 s on one core",
-            max_seq_len=128,
-            time_budget=20,
-            eval_tokens=32768,
-            vocab_size=260,
-            dataset="pydoc",
-            tokenizer="byte",
-            val_shard=1,
-            clock="robust",
-            warmup_batches=2,
-            stall_factor=3.0,
+        _H100,
+        _variant(
+            _H100,
+            name="h100-60s",
+            description="h100 with a 60 s budget: GPU benchmarks of start-up, throughput and MFU",
+            time_budget=60,
             budget_tolerance=0.05,
-            max_wall_factor=2.0,
-            torch_threads=1,
-            startup_allowance=30,
-            eval_allowance=30,
-            seed_constants=_CPU_SEED,
+            eval_allowance=60,
         ),
-        Profile(
+        _CPU_TINY,
+        _variant(
+            _CPU_TINY,
             name="cpu-smoke",
             description="cpu-tiny with a 3 s budget: for tests and plumbing checks, not for research",
-            max_seq_len=128,
             time_budget=3,
             eval_tokens=8192,
-            vocab_size=260,
-            dataset="pydoc",
-            tokenizer="byte",
-            val_shard=1,
-            clock="robust",
-            warmup_batches=2,
-            stall_factor=3.0,
             budget_tolerance=0.1,
-            max_wall_factor=2.0,
-            torch_threads=1,
-            startup_allowance=30,
             eval_allowance=20,
-            seed_constants=_CPU_SEED,
         ),
     ]
 }

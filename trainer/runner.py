@@ -149,7 +149,7 @@ class Observer:
         p = self.profile
         with self.lock:
             charged = self.clock.seconds(now)
-            limit = p.time_budget * (1 + p.budget_tolerance) + 3 * self.clock.median_interval
+            limit = p.time_budget * (1 + p.budget_tolerance) + self.clock.step_allowance
             if charged > limit:
                 return (
                     f"trained past the budget: {charged:.1f} s charged, "

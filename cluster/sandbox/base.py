@@ -1,0 +1,129 @@
+"""What every sandbox backend shares: staging, the environment, reading the result.
+
+A backend's whole job is to run ``python -m trainer.runner`` on a staged
+candidate inside its isolation, kill it at the wall limit, and leave nothing
+behind. The runner inside decides the status; a backend only fills in a
+result when the runner could not (killed from outside, died, or never ran).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Protocol
+
+from cluster.spec import ExperimentSpec, GpuAssignment
+from trainer.profiles import get_profile
+from trainer.result import RESULT_FILE, ExperimentResult, Status
+
+# Seconds the sandbox waits past the runner's own wall limit before it kills
+# from outside: the runner normally stops the candidate itself and reports.
+OUTER_KILL_GRACE = 20.0
+
+# The only variables of the farm's environment a candidate ever sees.
+# Never add anything that can hold a secret (API keys, tokens, proxies).
+ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ", "TERM")
+
+# Where a backend that maps paths puts things (docker, kubernetes).
+CANDIDATE_MOUNT = "/candidate"
+OUT_MOUNT = "/out"
+CACHE_MOUNT = "/cache"
+COMPILE_CACHE_MOUNT = "/compile-cache"
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot run anything (engine down, image missing, GPU not visible); says how to fix it."""
+
+
+class Sandbox(Protocol):
+    name: str
+
+    def run(self, spec: ExperimentSpec, gpu: GpuAssignment) -> ExperimentResult:
+        """Run one experiment to completion; always returns a result, never leaves anything running."""
+        ...
+
+    def cleanup_leftovers(self) -> int:
+        """Remove what an earlier, crashed farm left behind; returns how many things were removed."""
+        ...
+
+
+def stage(spec: ExperimentSpec) -> tuple[Path, Path]:
+    """Write the candidate (read-only) and a fresh, writable out dir; returns (candidate_dir, out_dir).
+
+    A retried experiment (a lost worker) starts from a clean out dir, so a
+    half-written result of the lost attempt can never be read as this one's.
+    """
+    candidate, out = spec.run_dir / "candidate", spec.run_dir / "out"
+    for path in (candidate, out):
+        if path.exists():
+            shutil.rmtree(path)
+    candidate.mkdir(parents=True)
+    train_py = candidate / "train.py"
+    train_py.write_text(spec.train_py)
+    train_py.chmod(0o444)
+    candidate.chmod(0o555)
+    out.mkdir()
+    out.chmod(0o777)  # the sandbox user is not the farm's user
+    return candidate, out
+
+
+def sandbox_env(spec: ExperimentSpec, gpu: GpuAssignment, *, cache: str, compile_cache: str | None, home: str) -> dict:
+    """The candidate's whole environment: an allow-list, never a copy of the farm's."""
+    env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
+    env.update(
+        FARM_PROFILE=spec.profile,
+        FARM_CACHE=cache,
+        FARM_SEED=str(spec.seed),
+        HOME=home,
+        PYTHONDONTWRITEBYTECODE="1",
+        CUDA_VISIBLE_DEVICES=gpu.visible or "",
+    )
+    if compile_cache:
+        env.update(TORCHINDUCTOR_CACHE_DIR=f"{compile_cache}/inductor", TRITON_CACHE_DIR=f"{compile_cache}/triton")
+    return env
+
+
+def runner_args(spec: ExperimentSpec, train_py: str, out: str) -> list[str]:
+    """Arguments after ``python``: the runner with the spec's profile, seed and wall limit."""
+    return [
+        "-m",
+        "trainer.runner",
+        train_py,
+        "--out",
+        out,
+        "--profile",
+        spec.profile,
+        "--seed",
+        str(spec.seed),
+        "--wall-limit",
+        f"{spec.wall_limit():g}",
+    ]
+
+
+def collect(spec: ExperimentSpec, out: Path, started: float, *, killed: bool, exit_code: int | None, note: str = ""):
+    """The runner's result if it wrote one, else one that says why there is none."""
+    path = out / RESULT_FILE
+    if path.exists() and not killed:
+        try:
+            return ExperimentResult.model_validate_json(path.read_text())
+        except ValueError as exc:
+            note = f"unreadable result file ({exc.__class__.__name__}); {note}"
+    if killed:
+        status, reason = Status.TIMEOUT, f"killed by the sandbox at {spec.wall_limit() + OUTER_KILL_GRACE:g} s"
+    else:
+        status, reason = Status.ERROR, f"the runner wrote no result (exit code {exit_code}) {note}".strip()
+    log = out / "run.log"
+    tail = log.read_text(errors="replace")[-4000:] if log.exists() else note
+    return ExperimentResult(
+        status=status,
+        reason=reason,
+        profile=spec.profile,
+        seed=spec.seed,
+        time_budget=get_profile(spec.profile).time_budget,
+        exit_code=exit_code,
+        log_tail=tail,
+        started_at=started,
+        finished_at=time.time(),
+    )

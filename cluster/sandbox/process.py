@@ -1,0 +1,188 @@
+"""The process sandbox: the runner as a local process, isolated as far as the OS allows.
+
+For one-GPU mode and machines without a container engine. As root (CI, a
+GPU box) the experiment gets its own network namespace with no way out, its
+own PID namespace (when its first process dies, every process it started
+dies with it, daemons included), a mount namespace where everything but its
+out dir is read-only, cgroup limits on processes and memory, and no
+capabilities. Without root it gets what an ordinary user can do: its own
+session, rlimits and a scrubbed environment; a warning says what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+from cluster.sandbox.base import OUTER_KILL_GRACE, collect, runner_args, sandbox_env, stage
+from cluster.spec import ExperimentSpec, GpuAssignment
+from trainer.result import ExperimentResult
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "autoresearch-farm"
+MARKER = "FARM_SANDBOX_ID"
+
+
+class ProcessSandbox:
+    name = "process"
+
+    def __init__(self, python: str = sys.executable, isolate: bool | None = None) -> None:
+        self.python = python
+        self.isolate = os.geteuid() == 0 if isolate is None else isolate
+        if not self.isolate:
+            warnings.warn(
+                "process sandbox without root: no network/PID/mount isolation, only rlimits; "
+                "use the docker sandbox or run as root for untrusted candidates",
+                stacklevel=2,
+            )
+
+    def run(self, spec: ExperimentSpec, gpu: GpuAssignment) -> ExperimentResult:
+        started = time.time()
+        candidate, out = stage(spec)
+        work = out / "home"
+        work.mkdir(mode=0o777)
+        marker = f"{spec.experiment_id}-{uuid.uuid4().hex[:8]}"
+        env = sandbox_env(
+            spec, gpu, cache=str(spec.cache_dir), compile_cache=_str(spec.compile_cache_dir), home=str(work)
+        )
+        env.update({MARKER: marker, "TMPDIR": str(work)})
+        argv = [self.python, *runner_args(spec, str(candidate / "train.py"), str(out))]
+        cgroups = _make_cgroups(marker, spec) if self.isolate else []
+        if self.isolate:
+            jail = [self.python, "-m", "cluster.sandbox.jail", "--out", str(out), "--shm-mb", str(spec.limits.shm_mb)]
+            for path in cgroups:
+                jail += ["--cgroup", str(path)]
+            argv = [
+                "unshare",
+                "--net",
+                "--pid",
+                "--mount",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                *jail,
+                "--",
+                *argv,
+            ]
+        with open(out / "sandbox.log", "wb") as errors:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=out,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                start_new_session=True,
+                preexec_fn=lambda: _set_rlimits(spec, cpu_only=gpu.visible is None and not self.isolate),
+            )
+        killed = False
+        try:
+            proc.wait(timeout=spec.wall_limit() + OUTER_KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            killed = True
+        finally:
+            _kill_everything(proc, cgroups, marker)
+        return collect(spec, out, started, killed=killed, exit_code=proc.returncode)
+
+    def cleanup_leftovers(self) -> int:
+        """Kill the processes of experiments an earlier farm left running, and their cgroups."""
+        removed = 0
+        for controller in ("pids", "memory"):
+            parent = CGROUP_ROOT / controller / CGROUP_PARENT
+            for child in parent.glob("*/") if parent.is_dir() else []:
+                removed += _kill_cgroup(child)
+        return removed + _kill_marked(None)
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+def _set_rlimits(spec: ExperimentSpec, cpu_only: bool) -> None:
+    """In the child before exec: limits that hold even without cgroups."""
+    file_bytes = spec.limits.file_mb * 1024**2
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if os.geteuid() != 0:  # root ignores RLIMIT_NPROC; the pids cgroup covers it there
+        resource.setrlimit(resource.RLIMIT_NPROC, (spec.limits.pids, spec.limits.pids))
+    if cpu_only:  # address-space limits break CUDA's large reservations, so only without a GPU
+        mem = spec.limits.memory_mb * 1024**2
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+
+
+def _make_cgroups(marker: str, spec: ExperimentSpec) -> list[Path]:
+    """pids and memory cgroups for one experiment (cgroup v1 here; skipped where unavailable)."""
+    made = []
+    limits = {
+        "pids": ("pids.max", str(spec.limits.pids)),
+        "memory": ("memory.limit_in_bytes", str(spec.limits.memory_mb * 1024**2)),
+    }
+    for controller, (knob, value) in limits.items():
+        path = CGROUP_ROOT / controller / CGROUP_PARENT / marker
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / knob).write_text(value)
+        except OSError:
+            continue  # cgroup v2 or no permission: rlimits and the PID namespace still hold
+        made.append(path)
+    return made
+
+
+def _kill_everything(proc: subprocess.Popen, cgroups: list[Path], marker: str) -> None:
+    """Nothing the experiment started outlives it, whatever it did to escape its session."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    for path in cgroups:
+        _kill_cgroup(path)
+    _kill_marked(marker)
+
+
+def _kill_cgroup(path: Path) -> int:
+    killed = 0
+    for _ in range(50):
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return killed
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+    return killed
+
+
+def _kill_marked(marker: str | None) -> int:
+    """Kill processes whose environment carries the sandbox marker (any experiment's if marker is None)."""
+    needle = f"{MARKER}={marker}".encode() if marker else f"{MARKER}=".encode()
+    killed = 0
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc_dir / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(entry.startswith(needle) for entry in environ.split(b"\0")):
+            try:
+                os.kill(int(proc_dir.name), signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed

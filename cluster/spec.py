@@ -1,0 +1,54 @@
+"""What the farm asks a sandbox to run: the experiment spec and its limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer.profiles import get_profile
+
+TRAINER_IMAGE = "autoresearch-farm/trainer:latest"
+
+
+class Limits(BaseModel):
+    """Resource limits of one experiment; the wall limit defaults to the profile's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wall_seconds: float | None = Field(None, gt=0, description="kill after this; default: the profile's wall limit")
+    memory_mb: int = Field(8192, gt=0, description="host memory (RAM) of the whole experiment")
+    pids: int = Field(512, gt=0, description="processes and threads")
+    cpus: float | None = Field(None, gt=0, description="CPU cores (docker); default: the profile's thread count")
+    shm_mb: int = Field(2048, gt=0, description="/dev/shm size (docker)")
+    file_mb: int = Field(2048, gt=0, description="largest file the experiment may write")
+
+
+class GpuAssignment(BaseModel):
+    """The one GPU an experiment may see; all None means CPU only."""
+
+    index: int | None = None  # the host's CUDA index (Ray's GPU id)
+    uuid: str | None = None  # GPU-xxxx, preferred where NVML tells it
+
+    @property
+    def visible(self) -> str | None:
+        return self.uuid or (str(self.index) if self.index is not None else None)
+
+
+class ExperimentSpec(BaseModel):
+    """One candidate train.py to run under a profile, with where its files go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    train_py: str = Field(description="the candidate's source text")
+    profile: str = "cpu-tiny"
+    seed: int = 0
+    run_dir: Path = Field(description="per-experiment directory on the host: candidate/ and out/ go here")
+    cache_dir: Path = Field(description="prepared data and tokenizers (mounted read-only)")
+    compile_cache_dir: Path | None = Field(None, description="torch inductor/triton cache shared across runs")
+    image: str = TRAINER_IMAGE
+    limits: Limits = Field(default_factory=Limits)
+
+    def wall_limit(self) -> float:
+        return self.limits.wall_seconds or get_profile(self.profile).wall_limit

@@ -1,0 +1,272 @@
+"""Hostile candidates are contained by every sandbox backend, and classified.
+
+One parametrised suite over the backends (process, docker). Each case runs a
+real train.py that attacks the sandbox, then checks the verdict and that the
+host is clean: no process or container left, nothing written outside the
+run dir, no secret seen, no listener reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import trainer
+from cluster.sandbox import SandboxError, make_sandbox
+from cluster.sandbox.process import MARKER
+from cluster.spec import ExperimentSpec, GpuAssignment, Limits
+from tests import candidates
+from trainer.result import ExperimentResult, Status
+
+SECRET = "sk-ant-test-" + uuid.uuid4().hex
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(params=["process", "docker"])
+def sandbox(request: pytest.FixtureRequest):
+    if request.param == "process" and not IS_ROOT:
+        pytest.skip("the isolated process sandbox needs root (CI runs as root)")
+    try:
+        return make_sandbox(request.param)
+    except (SandboxError, ImportError) as exc:
+        if os.environ.get("FARM_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"docker sandbox required (FARM_REQUIRE_DOCKER=1) but unavailable: {exc}")
+        pytest.skip(f"docker sandbox unavailable: {exc}")
+
+
+@pytest.fixture(autouse=True)
+def secret_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The farm's own environment holds a key; no candidate may ever see it."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9/")
+
+
+def run(sandbox, tmp_path: Path, farm_cache: Path, source: str, **limits) -> ExperimentResult:
+    run_dir = tmp_path / "run"
+    spec = ExperimentSpec(
+        experiment_id=f"t-{uuid.uuid4().hex[:10]}",
+        train_py=source,
+        profile="cpu-smoke",
+        run_dir=run_dir,
+        cache_dir=farm_cache,
+        limits=Limits(**limits),
+    )
+    result = sandbox.run(spec, GpuAssignment())
+    assert_host_clean(spec)
+    text = result.model_dump_json() + _read(run_dir / "out" / "run.log")
+    assert SECRET not in text
+    return result
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def assert_host_clean(spec: ExperimentSpec) -> None:
+    leftovers = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc_dir / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"{MARKER}={spec.experiment_id}-".encode() in environ:
+            leftovers.append(proc_dir.name)
+    assert not leftovers, f"processes left running: {leftovers}"
+    docker = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=autoresearch-farm.experiment={spec.experiment_id}"],
+        capture_output=True,
+        text=True,
+    )
+    assert docker.stdout.strip() == "", "container left behind"
+
+
+CLASSIFIED = [
+    ("good", Status.OK, ""),
+    ("fake_printed_bpb", Status.INVALID, "printed val_bpb 0.1"),
+    ("over_budget_3x", Status.INVALID, "trained past the budget"),
+    ("monkeypatches_evaluate", Status.INVALID, "never called evaluate_bpb"),
+    ("stdout_flood", Status.OK, ""),
+]
+
+
+@pytest.mark.parametrize(("name", "status", "reason"), CLASSIFIED, ids=[c[0] for c in CLASSIFIED])
+def test_classified_the_same_in_every_sandbox(sandbox, tmp_path, farm_cache, name, status, reason) -> None:
+    result = run(sandbox, tmp_path, farm_cache, candidates.source(name))
+    assert result.status == status, f"{result.reason}\n{result.log_tail}"
+    assert reason in result.reason
+    if status == Status.OK:
+        assert 2.0 < result.val_bpb < 8.0
+
+
+@pytest.mark.parametrize("name", ["infinite_loop", "fork_bomb"])
+def test_runaway_code_is_killed_at_the_wall_limit(sandbox, tmp_path, farm_cache, name) -> None:
+    result = run(sandbox, tmp_path, farm_cache, candidates.source(name), wall_seconds=12, pids=256)
+    assert result.status == Status.TIMEOUT, result.reason
+    assert "wall limit" in result.reason
+
+
+def test_memory_bomb_is_out_of_memory(sandbox, tmp_path, farm_cache) -> None:
+    result = run(sandbox, tmp_path, farm_cache, candidates.source("memory_bomb"), memory_mb=1200, wall_seconds=60)
+    assert result.status == Status.OOM, f"{result.reason}\n{result.log_tail}"
+
+
+def test_environment_holds_no_secret(sandbox, tmp_path, farm_cache) -> None:
+    code = "for k, v in sorted(os.environ.items()):\n    print('PROBE env', k, v)"
+    result = run(
+        sandbox, tmp_path, farm_cache, candidates.source("good", prelude="import os\n" + candidates.probe(code))
+    )
+    log = _read(tmp_path / "run" / "out" / "run.log")
+    assert result.status == Status.OK
+    names = {line.split()[2] for line in log.splitlines() if line.startswith("PROBE env")}
+    assert "FARM_PROFILE" in names  # the probe really ran
+    assert not names & {"ANTHROPIC_API_KEY", "HTTPS_PROXY", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_writes_outside_the_out_dir_fail(sandbox, tmp_path, farm_cache) -> None:
+    harness = Path(trainer.__file__).parent
+    targets = {
+        "etc": "/etc/farm-escape",
+        "cache": str(farm_cache / "pydoc" / "data" / "shard_00000.parquet"),
+        "harness": "__import__('prepare').__file__",
+        "host_tmp": f"/tmp/farm-escape-{uuid.uuid4().hex}",
+    }
+    code = "\n".join(
+        f"try:\n    open({path if key == 'harness' else repr(path)}, 'a').write('pwned')\n"
+        f"    print('PROBE wrote {key}')\nexcept OSError as exc:\n    print('PROBE blocked {key}', exc)"
+        for key, path in targets.items()
+    )
+    before = _tree_digest(farm_cache), _tree_digest(harness)
+    result = run(sandbox, tmp_path, farm_cache, candidates.source("good", prelude=code))
+    log = _read(tmp_path / "run" / "out" / "run.log")
+    assert "PROBE wrote" not in log, log
+    assert log.count("PROBE blocked") == len(targets)
+    assert (_tree_digest(farm_cache), _tree_digest(harness)) == before
+    assert not Path("/etc/farm-escape").exists() and not Path(targets["host_tmp"]).exists()
+    assert result.status == Status.OK
+
+
+def test_daemon_does_not_outlive_the_experiment(sandbox, tmp_path, farm_cache) -> None:
+    tag = f"{600 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 1000:03d}"
+    code = f"import subprocess\nsubprocess.Popen(['sleep', '{tag}'], start_new_session=True)\n"
+    code += "print('PROBE daemon started')"
+    result = run(sandbox, tmp_path, farm_cache, candidates.source("good", prelude=candidates.probe(code)))
+    assert "PROBE daemon started" in _read(tmp_path / "run" / "out" / "run.log")
+    assert result.status == Status.OK
+    assert subprocess.run(["pgrep", "-f", f"sleep {tag}"], capture_output=True).stdout == b""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="network namespaces for the outside host need root")
+def test_no_network_to_outside_or_host_loopback(sandbox, tmp_path, farm_cache, outside_host, loopback_listener) -> None:
+    targets = [outside_host.address, loopback_listener.address]
+    code = "\n".join(
+        f"try:\n    socket.create_connection({addr!r}, timeout=2).close()\n    print('PROBE connected', {addr!r})\n"
+        f"except OSError as exc:\n    print('PROBE blocked', {addr!r}, exc)"
+        for addr in targets
+    )
+    result = run(sandbox, tmp_path, farm_cache, candidates.source("good", prelude="import socket\n" + code))
+    log = _read(tmp_path / "run" / "out" / "run.log")
+    assert "PROBE connected" not in log and log.count("PROBE blocked") == 2, log
+    assert outside_host.connections() == 0 and loopback_listener.connections == 0
+    assert result.status == Status.OK
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            h.update(str(path).encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+class LoopbackListener:
+    """A TCP listener on the host's loopback that counts who reached it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = self.sock.getsockname()
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+@pytest.fixture
+def loopback_listener() -> Iterator[LoopbackListener]:
+    listener = LoopbackListener()
+    socket.create_connection(listener.address, timeout=2).close()  # reachable from the host itself
+    listener.connections = 0
+    yield listener
+    listener.sock.close()
+
+
+class OutsideHost:
+    """A host in a network namespace this test creates (a veth pair), listening on TCP.
+
+    It stands in for "the outside": the host can reach it, so a sandbox that
+    leaked would reach it too, and the packet never leaves this machine.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.ns, self.veth = f"farmtest-{tag}", f"vf{tag}"
+        self.count_file = tmp_path / "outside-connections"
+        self.address = ("10.213.77.2", 8765)
+        sh = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "link", "add", self.veth + "h", "type", "veth", "peer", "name", self.veth + "n")
+        sh("ip", "link", "set", self.veth + "n", "netns", self.ns)
+        sh("ip", "addr", "add", "10.213.77.1/30", "dev", self.veth + "h")
+        sh("ip", "link", "set", self.veth + "h", "up")
+        sh("ip", "netns", "exec", self.ns, "ip", "addr", "add", "10.213.77.2/30", "dev", self.veth + "n")
+        sh("ip", "netns", "exec", self.ns, "ip", "link", "set", self.veth + "n", "up")
+        server = (
+            "import socket,sys\ns=socket.create_server(('10.213.77.2',8765))\nn=0\n"
+            "while True:\n    c,_=s.accept(); n+=1; open(sys.argv[1],'w').write(str(n)); c.close()"
+        )
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", server, str(self.count_file)]
+        )
+        for _ in range(50):  # the host reaches it: proves the probe would have seen a leak
+            try:
+                socket.create_connection(self.address, timeout=1).close()
+                break
+            except OSError:
+                threading.Event().wait(0.1)
+        else:
+            raise RuntimeError("outside host never came up")
+        for _ in range(50):  # the server has counted the host's own probe
+            if self.connections() >= 1:
+                break
+            threading.Event().wait(0.1)
+        self.baseline = self.connections()
+
+    def connections(self) -> int:
+        return int(_read(self.count_file) or 0) - getattr(self, "baseline", 0)
+
+    def close(self) -> None:
+        self.server.kill()
+        subprocess.run(["ip", "link", "del", self.veth + "h"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+
+@pytest.fixture
+def outside_host(tmp_path: Path) -> Iterator[OutsideHost]:
+    host = OutsideHost(tmp_path)
+    yield host
+    host.close()
