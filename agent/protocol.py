@@ -1,0 +1,59 @@
+"""What a proposer receives and returns: plain data, so agents never touch git or the ledger."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+
+class ExperimentSummary(BaseModel):
+    """One past experiment as an agent sees it."""
+
+    experiment_id: str
+    parent_commit: str = ""
+    commit: str = ""
+    agent: str = ""
+    description: str = ""
+    status: str = ""
+    val_bpb: float | None = None
+    verdict: str = ""
+    log_tail: str = ""
+
+
+class Context(BaseModel):
+    """Everything an agent is shown for one proposal, built fresh each time."""
+
+    program: str = Field(description="program.md, the research program")
+    profile: str
+    parent_commit: str
+    parent_train_py: str
+    main_val_bpb: float | None = None
+    noise_sd: float | None = None
+    leaderboard: list[ExperimentSummary] = Field(default_factory=list)
+    recent: list[ExperimentSummary] = Field(default_factory=list)
+    own_recent: list[ExperimentSummary] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    seed: int = Field(0, description="for proposers that draw random numbers: reproducible runs")
+
+
+class Proposal(BaseModel):
+    """A candidate train.py, proposed from a parent commit."""
+
+    parent_commit: str
+    train_py: str
+    description: str
+    agent: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class Proposer(Protocol):
+    name: str
+
+    def propose(self, context: Context) -> Proposal:
+        """One proposal; raises only for faults the caller should count against this agent."""
+        ...
