@@ -110,10 +110,11 @@ class Observer:
             at = received
         self._last_t = at
         if kind == "b":
-            if self.first_batch_received is None:
-                self.first_batch_received = received
+            if self.facts.startup_seconds is None:
                 self.facts.startup_seconds = received - self.spawned_at
             self.clock.tick(at)
+            if self.first_batch_received is None and self.clock.batches >= max(1, self.profile.warmup_batches):
+                self.first_batch_received = received  # wall time counts from where the budget does
             self.facts.train_batches += 1
             self.facts.train_tokens += int(event.get("n", 0))
         elif kind == "eval_start":
