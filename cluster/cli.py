@@ -42,12 +42,22 @@ def cmd_try(args: argparse.Namespace) -> int:
     train_py = Path(args.train_py) if args.train_py else out / "train.py"
     if not args.train_py:
         train_py.write_text(seed_source(profile))
+    sandboxed = args.sandbox != "none"
     if args.output != "json":
+        where = f" in the {args.sandbox} sandbox" if sandboxed else ""
         print(
-            f"running {train_py} under profile {profile.name} (budget {profile.time_budget:g} s); output in {out}",
+            f"running {train_py} under profile {profile.name} (budget {profile.time_budget:g} s){where}; "
+            f"output in {out}",
             flush=True,
         )
-    result = run(train_py, out, profile, seed=args.seed)
+    if sandboxed:
+        result = _try_in_sandbox(args, train_py, out)
+        if result is None:
+            return 2
+        log = out / "out" / "run.log"
+    else:
+        result = run(train_py, out, profile, seed=args.seed)
+        log = out / "run.log"
     if args.output == "json":
         print(result.model_dump_json(indent=2))
     else:
@@ -62,8 +72,34 @@ def cmd_try(args: argparse.Namespace) -> int:
         print(f"eval_seconds:      {f.eval_seconds or 0:.1f}")
         print(f"total_seconds:     {f.total_seconds:.1f}")
         print(f"train_tokens:      {f.train_tokens} in {f.train_batches} batches")
-        print(f"log:               {out / 'run.log'}")
+        print(f"log:               {log}")
     return 0 if result.status.value == "ok" else 1
+
+
+def _try_in_sandbox(args: argparse.Namespace, train_py: Path, out: Path):
+    """The experiment through a sandbox backend (the farm's path); None after printing why it cannot run."""
+    import uuid
+
+    from cluster.sandbox import SandboxError, make_sandbox
+    from cluster.spec import ExperimentSpec, GpuAssignment
+
+    try:
+        options = {"owner": "try"} if args.sandbox == "docker" else {}
+        sandbox = make_sandbox(args.sandbox, **options)
+        sandbox.cleanup_leftovers()  # what an interrupted earlier `farm try` left behind
+        spec = ExperimentSpec(
+            experiment_id=f"try-{uuid.uuid4().hex[:10]}",
+            train_py=train_py.read_text(),
+            profile=args.profile,
+            seed=args.seed,
+            run_dir=out,
+            cache_dir=cache_dir(),
+        )
+        gpu = GpuAssignment(index=args.gpu) if args.gpu is not None else GpuAssignment()
+        return sandbox.run(spec, gpu)
+    except SandboxError as exc:
+        print(f"farm try: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -130,10 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="replicate seed (0 = the script's own)")
     p.add_argument("--out", help="directory for result.json and run.log (default runs/try-PROFILE)")
     p.add_argument("--output", choices=["text", "json"], default="text")
+    p.add_argument(
+        "--sandbox",
+        choices=["none", "process", "docker"],
+        default="none",
+        help="run it isolated like the farm does (none: the runner directly, in this process's environment)",
+    )
+    p.add_argument("--gpu", type=int, default=None, help="host GPU index to give the sandbox (default: none)")
     p.set_defaults(func=cmd_try)
 
     p = sub.add_parser("doctor", help="check GPUs, data, Ray, Docker, API key")
     p.set_defaults(func=cmd_doctor)
+
+    from cluster.run_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -20,4 +20,17 @@ def make_sandbox(kind: str, **options: object) -> Sandbox:
     raise ValueError(f"unknown sandbox {kind!r}: choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Sandbox", "SandboxError", "make_sandbox"]
+def resolve_sandbox(kind: str, image: str | None = None) -> str:
+    """'auto' becomes docker where the engine and image are usable, else process; others are checked."""
+    options = {"image": image} if image else {}
+    if kind == "auto":
+        try:
+            make_sandbox("docker", **options)
+            return "docker"
+        except (SandboxError, ImportError):
+            return "process"
+    make_sandbox(kind, **(options if kind == "docker" else {}))  # fail now, with the fix, not mid-run
+    return kind
+
+
+__all__ = ["BACKENDS", "Sandbox", "SandboxError", "make_sandbox", "resolve_sandbox"]

@@ -1,6 +1,6 @@
 """The inside of the process sandbox, run as root in fresh namespaces (see process.py).
 
-    python -m cluster.sandbox.jail --out DIR [--cgroup PATH ...] [--shm-mb N] -- CMD...
+    python -m cluster.sandbox.jail --out DIR [--rw DIR ...] [--cgroup PATH ...] [--shm-mb N] -- CMD...
 
 By the time this runs, ``unshare`` has given it its own network (nothing but
 a downed loopback), PID and mount namespaces. It joins the experiment's
@@ -35,12 +35,13 @@ def _mount_points() -> list[str]:
     return sorted(set(points), key=len)
 
 
-def lock_down(out: str, shm_mb: int) -> None:
+def lock_down(writable: list[str], shm_mb: int) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do here propagates to the host
-    _mount(out, out, None, MS_BIND)  # the out dir becomes its own (writable) mount
+    for path in writable:
+        _mount(path, path, None, MS_BIND)  # each becomes its own (writable) mount
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={shm_mb}m,mode=1777")
     for point in _mount_points():
-        if point in _KEEP or point == out or point == "/dev/shm" or point.startswith("/proc/"):
+        if point in _KEEP or point in writable or point == "/dev/shm" or point.startswith("/proc/"):
             continue
         try:
             _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
@@ -52,13 +53,13 @@ def lock_down(out: str, shm_mb: int) -> None:
 def main(argv: list[str]) -> None:
     split = argv.index("--")
     opts, cmd = argv[:split], argv[split + 1 :]
-    out = os.path.realpath(opts[opts.index("--out") + 1])
+    writable = [os.path.realpath(opts[i + 1]) for i, opt in enumerate(opts) if opt in ("--out", "--rw")]
     shm_mb = int(opts[opts.index("--shm-mb") + 1]) if "--shm-mb" in opts else 256
     for i, opt in enumerate(opts):
         if opt == "--cgroup":
             with open(os.path.join(opts[i + 1], "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
-    lock_down(out, shm_mb)
+    lock_down(writable, shm_mb)
     os.execvp(
         "setpriv",
         ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--", *cmd],

@@ -11,6 +11,7 @@ session, rlimits and a scrubbed environment; a warning says what is missing.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import signal
@@ -45,6 +46,7 @@ class ProcessSandbox:
 
     def run(self, spec: ExperimentSpec, gpu: GpuAssignment) -> ExperimentResult:
         started = time.time()
+        _kill_marked(f"{spec.experiment_id}-")  # an earlier attempt whose worker was lost
         candidate, out = stage(spec)
         work = out / "home"
         work.mkdir(mode=0o777)
@@ -57,6 +59,9 @@ class ProcessSandbox:
         cgroups = _make_cgroups(marker, spec) if self.isolate else []
         if self.isolate:
             jail = [self.python, "-m", "cluster.sandbox.jail", "--out", str(out), "--shm-mb", str(spec.limits.shm_mb)]
+            if spec.compile_cache_dir:  # shared across experiments so an unchanged model compiles once
+                spec.compile_cache_dir.mkdir(parents=True, exist_ok=True)
+                jail += ["--rw", str(spec.compile_cache_dir)]
             for path in cgroups:
                 jail += ["--cgroup", str(path)]
             argv = [
@@ -80,7 +85,7 @@ class ProcessSandbox:
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
                 start_new_session=True,
-                preexec_fn=lambda: _set_rlimits(spec, cpu_only=gpu.visible is None and not self.isolate),
+                preexec_fn=lambda: _child_setup(spec, cpu_only=gpu.visible is None and not self.isolate),
             )
         killed = False
         try:
@@ -105,8 +110,10 @@ def _str(path: Path | None) -> str | None:
     return str(path) if path else None
 
 
-def _set_rlimits(spec: ExperimentSpec, cpu_only: bool) -> None:
-    """In the child before exec: limits that hold even without cgroups."""
+def _child_setup(spec: ExperimentSpec, cpu_only: bool) -> None:
+    """In the child before exec: die with the caller (a lost Ray worker), and limits that hold without cgroups."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     file_bytes = spec.limits.file_mb * 1024**2
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

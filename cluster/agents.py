@@ -1,0 +1,74 @@
+"""The population: each agent a Ray actor that turns a Context into a Proposal.
+
+Agents never touch git or the ledger; they get text and return text. An
+actor survives its proposer's faults: an exception comes back as a failed
+proposal (counted against that agent), and after repeated failures the actor
+builds a fresh proposer, so one broken agent never stops the farm.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+
+import ray
+from pydantic import BaseModel
+
+from agent.protocol import Context, Proposal, Proposer
+
+RESTART_AFTER_FAILURES = 3
+
+
+class ProposalOutcome(BaseModel):
+    """What came back from one request: a proposal, or why there is none."""
+
+    agent: str
+    proposal: Proposal | None = None
+    error: str = ""
+    fatal: bool = False  # this agent cannot go on (e.g. a rejected API key)
+    seconds: float = 0.0
+
+
+def make_proposer(kind: str, name: str, options: dict) -> Proposer:
+    """Build a proposer by kind; the only place that knows the kinds."""
+    if kind == "mutate":
+        from agent.mutate import MutateProposer
+
+        return MutateProposer(name=name, **options)
+    if kind == "script":
+        from agent.scripted import ScriptedProposer
+
+        return ScriptedProposer(name=name, **options)
+    if kind == "claude":
+        from agent.claude import ClaudeProposer  # the Claude agent issue
+
+        return ClaudeProposer(name=name, **options)
+    raise ValueError(f"unknown agent kind {kind!r}: choose mutate, script or claude")
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class AgentActor:
+    """One agent of the population, holding its proposer between requests."""
+
+    def __init__(self, kind: str, name: str, options: dict, factory: Callable[..., Proposer] | None = None) -> None:
+        self.kind, self.name, self.options = kind, name, options
+        self.factory = factory or make_proposer
+        self.failures = 0
+        self.proposer = self.factory(kind, name, options)
+
+    def propose(self, context: Context) -> ProposalOutcome:
+        started = time.monotonic()
+        try:
+            proposal = self.proposer.propose(context)
+        except Exception as exc:  # any fault of the proposer is this agent's, not the farm's
+            self.failures += 1
+            fatal = getattr(exc, "fatal", False)
+            if self.failures >= RESTART_AFTER_FAILURES and not fatal:
+                self.proposer, self.failures = self.factory(self.kind, self.name, self.options), 0
+            error = f"{type(exc).__name__}: {exc}"
+            tail = traceback.format_exc(limit=3)[-800:]
+            return ProposalOutcome(agent=self.name, error=f"{error}\n{tail}", fatal=fatal,
+                                   seconds=time.monotonic() - started)
+        self.failures = 0
+        return ProposalOutcome(agent=self.name, proposal=proposal, seconds=time.monotonic() - started)

@@ -1,0 +1,319 @@
+"""The farm's control loop: keep every GPU busy with the most useful experiment.
+
+Like a Kubernetes controller it compares what it wants (every GPU running an
+experiment, a few proposals ready ahead, every promising result confirmed)
+with what it sees (Ray tasks in flight, the ledger) and acts on the
+difference. It is the only writer of the research repo and the ledger, and
+everything it knows can be rebuilt from those two after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import ray
+
+from agent.protocol import Context, ExperimentSummary, Proposal
+from cluster.agents import AgentActor, ProposalOutcome
+from cluster.config import FarmConfig
+from cluster.dispatch import TaskOutcome, run_experiment
+from cluster.ledger import Ledger, LedgerRow, write_results_tsv
+from cluster.live import LiveView
+from cluster.repo import ResearchRepo
+from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
+from cluster.spec import ExperimentSpec
+from cluster.state import FarmState, Work, sha
+from cluster.tournament import baseline_request, next_seeds
+from trainer.profiles import get_profile
+
+
+class Farm:
+    """One farm run in one run directory."""
+
+    def __init__(self, config: FarmConfig, run_dir: Path, sandbox: str, proposer_factory=None) -> None:
+        self.config, self.run_dir, self.sandbox = config, run_dir, sandbox
+        self.profile = get_profile(config.profile)
+        self.repo = ResearchRepo.open(run_dir / "repo")
+        self.ledger = Ledger(run_dir / "ledger")
+        main = self.repo.main_head()
+        self.state = FarmState.rebuild(self.ledger.read(), main, self.repo.train_py_at(main))
+        self.rng = random.Random(config.seed)
+        self.proposer_factory = proposer_factory
+        self.inflight: dict[ray.ObjectRef, str] = {}  # experiment refs -> id
+        self.asking: dict[ray.ObjectRef, int] = {}  # proposal refs -> agent index
+        self.agents: list = []
+        self.started = time.time()
+        self.stopping = ""
+        self.view = LiveView(self)
+
+    # ---- set-up -------------------------------------------------------------
+
+    def start_agents(self) -> None:
+        kind = self.config.agent_kind()
+        for i in range(self.config.agents.count):
+            options = self.config.agent_options(i)
+            self.agents.append(AgentActor.remote(kind, f"{kind}-{i}", options, self.proposer_factory))
+        self.idle_agents = list(range(len(self.agents)))
+
+    def queue_baseline(self, gpu_class: str | None = None) -> None:
+        """Measure main (with replicates) before anything is judged: the noise floor comes first."""
+        gpu_class = gpu_class or self._main_class()
+        request = baseline_request(incumbent(self.state, self.repo), gpu_class, self.config.tournament,
+                                   noise_for(self.state, gpu_class))
+        missing = (request.replicates if request else 0) - self.state.pending_replicates(self.state.main_sha)
+        used = [m.seed for ms in self.state.measurements.values() for m in ms]
+        for seed in next_seeds(used + self._pending_seeds(self.state.main_sha), max(0, missing)):
+            self._queue(Work(self.state.new_id(), "baseline", self.state.main_commit, self.state.main_commit,
+                             self.state.main_sha, agent="farm", description="baseline: main", seed=seed))
+
+    def _pending_seeds(self, train_sha: str) -> list[int]:
+        return [w.seed for eid, w in self.state.work.items() if w.train_sha == train_sha and eid not in
+                self.state.finished]
+
+    # ---- the loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        self.start_agents()
+        self.queue_baseline()
+        previous = signal.signal(signal.SIGINT, self._interrupt)
+        try:
+            with self.view:
+                while True:
+                    self._check_stop()
+                    if not self.stopping:
+                        self._request_proposals()
+                    self._dispatch()
+                    if not self.inflight and (self.stopping or not self._can_make_progress()):
+                        break
+                    refs = list(self.inflight) + list(self.asking)
+                    ready, _ = ray.wait(refs, num_returns=1, timeout=0.5) if refs else ([], [])
+                    for ref in ready:
+                        if ref in self.inflight:
+                            self._on_experiment(ref)
+                        else:
+                            self._on_proposal(ref)
+                    self.view.refresh()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self._write_summaries()
+        return 0
+
+    def _can_make_progress(self) -> bool:
+        return bool(self.state.queue or self.asking or self.idle_agents)
+
+    def _interrupt(self, *_: object) -> None:
+        if self.stopping:
+            raise KeyboardInterrupt
+        self.stopping = "interrupted: finishing the experiments in flight (Ctrl-C again to abandon them)"
+
+    def _check_stop(self) -> None:
+        c = self.config
+        finished = len(self.state.finished)
+        if c.max_experiments and finished + len(self.inflight) >= c.max_experiments and not self.stopping:
+            self.stopping = f"reached --max-experiments {c.max_experiments}"
+        if c.hours and time.time() - self.started > c.hours * 3600 and not self.stopping:
+            self.stopping = f"reached --hours {c.hours:g}"
+        if c.cost_cap_usd is not None and self.state.cost_usd >= c.cost_cap_usd and not self.stopping:
+            self.stopping = f"cost cap reached: ${self.state.cost_usd:.2f} of ${c.cost_cap_usd:.2f}"
+
+    # ---- proposals ---------------------------------------------------------
+
+    def _request_proposals(self) -> None:
+        waiting = sum(1 for eid in self.state.queue if self.state.work[eid].kind == "candidate")
+        want = self.config.gpus_total() * self.config.queue_ahead
+        while self.idle_agents and waiting + len(self.asking) < want:
+            index = self.idle_agents.pop(0)
+            ref = self.agents[index].propose.remote(self._context(index))
+            self.asking[ref] = index
+
+    def _context(self, index: int) -> Context:
+        finished = [self._summary(eid) for eid in self.state.finished]
+        ok = sorted((s for s in finished if s.val_bpb is not None), key=lambda s: s.val_bpb)
+        name = f"{self.config.agent_kind()}-{index}"
+        parent, _why = pick_parent(self.state, self.rng, self.config.tournament)
+        return Context(
+            program=self.repo.program_md_at(self.state.main_commit),
+            profile=self.profile.name,
+            parent_commit=parent,
+            parent_train_py=self.repo.train_py_at(parent),
+            main_val_bpb=self.state.main_mean(self._main_class()),
+            leaderboard=ok[:10],
+            recent=finished[-10:],
+            own_recent=[s for s in finished if s.agent == name][-5:],
+            notes=self._notes(),
+            seed=self.rng.randrange(2**31),
+        )
+
+    def _notes(self) -> list[str]:
+        path = self.run_dir / "notes.md"
+        return path.read_text().splitlines()[-50:] if path.exists() else []
+
+    def _on_proposal(self, ref: ray.ObjectRef) -> None:
+        index = self.asking.pop(ref)
+        try:
+            outcome: ProposalOutcome = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the actor died; Ray restarts it
+            outcome = ProposalOutcome(agent=f"agent-{index}", error=str(exc))
+        if not outcome.fatal:
+            self.idle_agents.append(index)
+        if outcome.proposal is None:
+            self.view.note(f"{outcome.agent}: no proposal ({outcome.error.splitlines()[0][:120]})")
+            return
+        self._accept(outcome.proposal)
+
+    def _accept(self, proposal: Proposal) -> None:
+        """Pre-flight a proposal (no GPU for what cannot run or was already run) and queue it."""
+        self.state.cost_usd += proposal.cost_usd
+        train_sha = sha(proposal.train_py)
+        reason = _preflight(proposal.train_py)
+        if not reason and any(w.train_sha == train_sha for w in self.state.work.values()):
+            reason = "duplicate of an earlier experiment's train.py"
+        if reason:
+            self.view.note(f"{proposal.agent}: rejected before running: {reason}")
+            self.state.rejected = getattr(self.state, "rejected", 0) + 1
+            return
+        eid = self.state.new_id()
+        commit = self.repo.commit_experiment(eid, proposal.parent_commit, proposal.train_py, proposal.description,
+                                             {"Farm-Experiment": eid, "Farm-Agent": proposal.agent})
+        self._queue(Work(eid, "candidate", commit, proposal.parent_commit, train_sha, agent=proposal.agent,
+                         description=proposal.description, tokens_in=proposal.tokens_in,
+                         tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd))
+
+    # ---- experiments ----------------------------------------------------------
+
+    def _queue(self, work: Work) -> None:
+        self.ledger.append([LedgerRow(
+            experiment_id=work.experiment_id, event="queued", ts=time.time(), kind=work.kind, commit=work.commit,
+            parent_commit=work.parent_commit, branch=f"exp/{work.experiment_id}", train_sha=work.train_sha,
+            agent=work.agent, description=work.description, status="queued", seed=work.seed,
+            replicate_of=work.replicate_of, tokens_in=work.tokens_in, tokens_out=work.tokens_out,
+            cost_usd=work.cost_usd,
+        )])
+        self.state.enqueue(work)
+
+    def _dispatch(self) -> None:
+        while self.state.queue and len(self.inflight) < self.config.gpus_total():
+            if self.stopping and not self.config.finish_queue_on_stop:
+                return
+            work = self.state.work[self.state.queue.popleft()]
+            spec = ExperimentSpec(
+                experiment_id=work.experiment_id, train_py=self.repo.train_py_at(work.commit),
+                profile=self.profile.name, seed=work.seed, run_dir=self.run_dir / "experiments" / work.experiment_id,
+                cache_dir=self.config.cache_dir, compile_cache_dir=self.config.cache_dir / "compile",
+                image=self.config.image, limits=self.config.limits,
+            )
+            ref = run_experiment.remote(spec.model_dump_json(), self.sandbox)
+            self.inflight[ref] = work.experiment_id
+            self.ledger.append([LedgerRow(experiment_id=work.experiment_id, event="started", ts=time.time(),
+                                          status="running")])
+
+    def _on_experiment(self, ref: ray.ObjectRef) -> None:
+        eid = self.inflight.pop(ref)
+        work = self.state.work[eid]
+        try:
+            outcome = TaskOutcome.model_validate_json(ray.get(ref))
+        except ray.exceptions.RayError as exc:  # retries exhausted: the farm's fault, not the candidate's
+            self.view.note(f"{eid}: lost after retries: {str(exc).splitlines()[0][:200]}")
+            row = LedgerRow(experiment_id=eid, event="finished", ts=time.time(), status="error",
+                            reason=f"lost: {str(exc)[:500]}", kind=work.kind, train_sha=work.train_sha)
+        else:
+            row = LedgerRow.from_result(eid, outcome.result, event="finished", ts=time.time(), kind=work.kind,
+                                        train_sha=work.train_sha, gpu_class=outcome.gpu_class, node=outcome.node,
+                                        commit=work.commit, parent_commit=work.parent_commit, agent=work.agent,
+                                        description=work.description, seed=work.seed,
+                                        replicate_of=work.replicate_of)
+        self.ledger.append([row])
+        if self.state.record_finished(row):
+            self.view.finished(work, row)
+            self._judge(work, row)
+
+    # ---- the tournament -----------------------------------------------------
+
+    def _judge(self, work: Work, row: LedgerRow) -> None:
+        if work.kind == "baseline":
+            for eid, decision in list(self.state.verdicts.items()):
+                if decision == "wait":
+                    self._judge(self.state.work[eid], self.state.finished[eid])
+            return
+        candidate = self.state.work[work.replicate_of] if work.kind == "confirm" else work
+        verdict = judge_candidate(self.state, candidate, row.gpu_class or "cpu", self.repo, self.config.tournament)
+        self.state.verdicts[candidate.experiment_id] = verdict.decision
+        self.ledger.append([LedgerRow(experiment_id=candidate.experiment_id, event="verdict", ts=time.time(),
+                                      verdict=verdict.decision, reason=verdict.reason)])
+        if verdict.decision == "confirm":
+            need = verdict.replicates_needed - self.state.pending_replicates(candidate.train_sha)
+            used = [candidate.seed, *self._pending_seeds(candidate.train_sha)]
+            used += [m.seed for m in self.state.measurements.get((candidate.train_sha, verdict.gpu_class), [])]
+            for seed in next_seeds(used, max(0, need)):
+                self._queue(Work(self.state.new_id(), "confirm", candidate.commit, candidate.parent_commit,
+                                 candidate.train_sha, agent=candidate.agent,
+                                 description=f"confirm {candidate.experiment_id}: {candidate.description}",
+                                 seed=seed, replicate_of=candidate.experiment_id))
+        elif verdict.decision == "wait":
+            self.queue_baseline(verdict.gpu_class)
+        elif verdict.decision in ("promote", "simpler"):
+            self._promote(candidate, verdict.reason)
+
+    def _promote(self, candidate: Work, reason: str) -> None:
+        mean = self._mean(candidate)
+        trailers = {"Farm-Experiment": candidate.experiment_id, "Farm-Val-Bpb": f"{mean:.6f}",
+                    "Farm-Verdict": reason[:200]}
+        outcome = self.repo.promote(candidate.commit, f"{candidate.description}\n\n{reason}", trailers)
+        if outcome.kind in ("fast-forward", "noop"):
+            self.state.main_commit, self.state.main_sha = outcome.new_main, candidate.train_sha
+            self.state.promotions += 1
+            self.state.verdicts[candidate.experiment_id] = "promote"
+            self.view.note(f"main <- {candidate.experiment_id} ({candidate.description}): {mean:.4f}")
+            self.queue_baseline()  # measure the new main afresh: the winner's first run was selected low
+            self._write_summaries()
+        elif outcome.kind == "merge":
+            eid = self.state.new_id()
+            commit = self.repo.commit_experiment(eid, self.state.main_commit, outcome.merged_train_py,
+                                                 f"merge {candidate.experiment_id} into main",
+                                                 {"Farm-Experiment": eid, "Farm-Merges": candidate.experiment_id})
+            self._queue(Work(eid, "merge", commit, self.state.main_commit, sha(outcome.merged_train_py),
+                             agent=candidate.agent, description=f"merge of {candidate.experiment_id}: "
+                             f"{candidate.description}"))
+            self._verdict(candidate.experiment_id, "merging", f"main moved; measuring the merge as {eid}")
+        else:
+            self._verdict(candidate.experiment_id, "conflict", f"conflicts with main, to redo: {outcome.conflict}")
+
+    def _verdict(self, eid: str, decision: str, reason: str) -> None:
+        self.state.verdicts[eid] = decision
+        self.ledger.append([LedgerRow(experiment_id=eid, event="verdict", ts=time.time(), verdict=decision,
+                                      reason=reason)])
+
+    def _mean(self, work: Work) -> float:
+        values = [m.val_bpb for (s, _), ms in self.state.measurements.items() if s == work.train_sha for m in ms]
+        return sum(values) / len(values) if values else float("nan")
+
+    def _main_class(self) -> str:
+        classes = [c for (s, c) in self.state.measurements if s == self.state.main_sha]
+        return classes[0] if classes else "cpu"
+
+    def _summary(self, eid: str) -> ExperimentSummary:
+        row, work = self.state.finished[eid], self.state.work.get(eid)
+        return ExperimentSummary(
+            experiment_id=eid, parent_commit=work.parent_commit if work else "", commit=work.commit if work else "",
+            agent=work.agent if work else "", description=work.description if work else "",
+            status=row.status or "", val_bpb=row.val_bpb, verdict=self.state.verdicts.get(eid, ""),
+        )
+
+    def _write_summaries(self) -> None:
+        write_results_tsv(self.ledger.latest(), self.run_dir / "results.tsv")
+        (self.run_dir / "status.json").write_text(json.dumps(self.view.status(), indent=2))
+
+
+def _preflight(train_py: str) -> str:
+    """Why a proposal cannot even start (so it never takes a GPU), or ''."""
+    try:
+        compile(train_py, "train.py", "exec")
+    except SyntaxError as exc:
+        return f"does not compile: {exc.msg} (line {exc.lineno})"
+    if "evaluate_bpb" not in train_py:
+        return "never calls evaluate_bpb"
+    return ""

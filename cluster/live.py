@@ -1,0 +1,109 @@
+"""What a person watching a running farm sees: a live table, or one line per event.
+
+On a terminal a rich table redraws in place (GPUs busy, queue, experiments by
+status, main and best val_bpb, ETA); anywhere else (CI, a log file) each
+finished experiment and each decision is one plain line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+class LiveView:
+    def __init__(self, farm) -> None:
+        self.farm = farm
+        self.console = Console(stderr=False)
+        self.interactive = sys.stdout.isatty()
+        self.events: deque[str] = deque(maxlen=8)
+        self.live: Live | None = None
+        self._last = 0.0
+
+    def __enter__(self) -> LiveView:
+        f = self.farm
+        self.line(f"farm: run dir {f.run_dir} | profile {f.profile.name} | {f.config.gpus_total()} GPU slot(s) | "
+                  f"sandbox {f.sandbox} | {f.config.agents.count} {f.config.agent_kind()} agent(s)")
+        if self.interactive:
+            self.live = Live(self._table(), console=self.console, refresh_per_second=2, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.live.update(self._table())
+            self.live.__exit__(*exc)
+        s = self.status()
+        self.line(f"farm: done ({self.farm.stopping or 'no more work'}): {s['finished']} experiments, "
+                  f"main {_fmt(s['main_val_bpb'])}, best {_fmt(s['best_val_bpb'])}, {s['promotions']} promotion(s)")
+
+    def line(self, text: str) -> None:
+        if self.live:
+            self.live.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def note(self, text: str) -> None:
+        self.events.append(text)
+        self.line(f"  {time.strftime('%H:%M:%S')} {text}")
+
+    def finished(self, work, row) -> None:
+        bpb = _fmt(row.val_bpb)
+        reason = f" ({row.reason[:80]})" if row.status != "ok" and row.reason else ""
+        self.note(f"{work.experiment_id} {work.kind:<9} {row.status:<7} {bpb} {work.description[:60]}{reason}")
+
+    def refresh(self) -> None:
+        if self.live and time.monotonic() - self._last > 0.5:
+            self._last = time.monotonic()
+            self.live.update(self._table())
+
+    def status(self) -> dict:
+        f = self.farm
+        st = f.state
+        best, _ = st.best()
+        elapsed = time.time() - f.started
+        finished = len(st.finished)
+        rate = finished / elapsed * 3600 if elapsed > 0 else 0.0
+        eta = None
+        if f.config.max_experiments and finished:
+            eta = max(0.0, (f.config.max_experiments - finished) * elapsed / finished)
+        return {
+            "run_dir": str(f.run_dir), "profile": f.profile.name, "gpus": f.config.gpus_total(),
+            "gpus_busy": len(f.inflight), "queue": len(st.queue), "proposals_pending": len(f.asking),
+            "finished": finished, "by_status": st.counts(), "main_commit": st.main_commit,
+            "main_val_bpb": st.main_mean(f._main_class()), "best_val_bpb": best, "promotions": st.promotions,
+            "experiments_per_hour": rate, "elapsed_seconds": elapsed, "eta_seconds": eta,
+            "cost_usd": st.cost_usd, "stopping": f.stopping,
+        }
+
+    def _table(self) -> Table:
+        s = self.status()
+        table = Table(title=f"autoresearch-farm  {s['run_dir']}", show_header=False, expand=False)
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("GPUs busy", f"{s['gpus_busy']}/{s['gpus']}   queue {s['queue']}   "
+                      f"proposals in progress {s['proposals_pending']}")
+        table.add_row("experiments", f"{s['finished']} finished "
+                      + " ".join(f"{k}:{v}" for k, v in sorted(s["by_status"].items()))
+                      + f"   {s['experiments_per_hour']:.0f}/h")
+        table.add_row("main val_bpb", f"{_fmt(s['main_val_bpb'])}  ({s['main_commit'][:8]}, "
+                      f"{s['promotions']} promotion(s))")
+        table.add_row("best val_bpb", _fmt(s["best_val_bpb"]))
+        eta = f"{s['eta_seconds'] / 60:.1f} min" if s["eta_seconds"] is not None else "-"
+        table.add_row("elapsed / ETA", f"{s['elapsed_seconds'] / 60:.1f} min / {eta}")
+        if s["cost_usd"]:
+            table.add_row("LLM cost", f"${s['cost_usd']:.2f}")
+        if s["stopping"]:
+            table.add_row("stopping", s["stopping"])
+        for event in self.events:
+            table.add_row("", event)
+        return table
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"

@@ -1,0 +1,218 @@
+"""`farm run` and the commands that read a run directory (status, leaderboard, show, report)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from cluster.config import ConfigError, FarmConfig, add_config_arguments, load_config, overrides_from_args
+from cluster.report import finished_rows, leaderboard, progress_plot
+from trainer.profiles import Profile, get_profile
+
+CONFIG_FILE = "farm-config.json"
+UPSTREAM_CONSTANTS = {"MAX_SEQ_LEN": "max_seq_len", "TIME_BUDGET": "time_budget", "EVAL_TOKENS": "eval_tokens",
+                      "VOCAB_SIZE": "vocab_size"}  # fmt: skip
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the farm (a new run, or --resume RUN_DIR)")
+    add_config_arguments(p)
+    p.add_argument("--config", type=Path, help="farm.yaml (default ./farm.yaml if present)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run: finished work kept, rest re-queued")
+    p.add_argument("--from", dest="from_path", type=Path, metavar="PATH",
+                   help="start from an autoresearch checkout's train.py and program.md")
+    p.set_defaults(func=cmd_run)
+    for name, func, helptext in (("status", cmd_status, "a run's state"),
+                                 ("leaderboard", cmd_leaderboard, "best experiments of a run"),
+                                 ("report", cmd_report, "write the progress plot")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("run_dir", type=Path)
+        p.add_argument("--output", choices=["text", "json"], default="text")
+        p.set_defaults(func=func)
+    p = sub.add_parser("show", help="one experiment: description, diff, result, log tail")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("experiment_id")
+    p.add_argument("--output", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_show)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.driver import Farm
+    from cluster.sandbox import resolve_sandbox
+    from trainer.data import prepare_profile
+
+    try:
+        overrides = overrides_from_args(args)
+        if args.resume:
+            config = _resumed_config(args.resume, overrides)
+            run_dir = args.resume
+        else:
+            config = load_config(overrides, args.config)
+            run_dir = config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+            _create_run(run_dir, config, args.from_path)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"farm run: {exc}", file=sys.stderr)
+        return 2
+    profile = get_profile(config.profile)
+    print(f"farm run: run dir {run_dir.resolve()} (resume with `farm run --resume {run_dir}`)", flush=True)
+    prepare_profile(profile, config.cache_dir)
+    sandbox = resolve_sandbox(config.sandbox, image=config.image)
+    _init_ray(config)
+    try:
+        Farm(config, run_dir, sandbox).run()
+    finally:
+        ray.shutdown()
+    plot = progress_plot(run_dir)
+    _print_leaderboard(run_dir, limit=10)
+    print(f"results: {run_dir / 'results.tsv'}   plot: {plot}   ledger: {run_dir / 'ledger'}")
+    return 0
+
+
+def _init_ray(config: FarmConfig) -> None:
+    import ray
+
+    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_gpus=config.gpus_total(), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
+
+
+def _create_run(run_dir: Path, config: FarmConfig, from_path: Path | None) -> None:
+    from cluster.repo import ResearchRepo
+    from trainer.seed import seed_source
+
+    if (run_dir / CONFIG_FILE).exists():
+        raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another")
+    profile = get_profile(config.profile)
+    program = (Path(__file__).resolve().parent.parent / "program.md").read_text()
+    train_py = seed_source(profile)
+    if from_path:
+        train_py, program = _import_checkout(from_path, profile, program)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ResearchRepo.create(run_dir / "repo", train_py, program)
+    (run_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+
+
+def _import_checkout(path: Path, profile: Profile, default_program: str) -> tuple[str, str]:
+    """train.py and program.md of an autoresearch checkout; its prepare.py constants checked against the profile."""
+    if not (path / "train.py").is_file():
+        raise FileNotFoundError(f"--from {path}: no train.py there (expected an autoresearch checkout)")
+    program = (path / "program.md").read_text() if (path / "program.md").is_file() else default_program
+    if (path / "prepare.py").is_file():
+        found = _module_constants((path / "prepare.py").read_text())
+        for name, field in UPSTREAM_CONSTANTS.items():
+            ours = getattr(profile, field)
+            if name in found and float(found[name]) != float(ours):
+                print(f"farm run: note: {path}/prepare.py has {name} = {found[name]}, profile {profile.name} uses "
+                      f"{ours:g}; the profile's harness is what runs", file=sys.stderr)
+    return (path / "train.py").read_text(), program
+
+
+def _module_constants(source: str) -> dict[str, float]:
+    """Module-level NAME = <arithmetic on literals> assignments (e.g. 40 * 524288), evaluated safely."""
+    out = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = _arithmetic(node.value)
+            except ValueError:
+                continue
+    return out
+
+
+_OPS = {ast.Add: float.__add__, ast.Sub: float.__sub__, ast.Mult: float.__mul__, ast.Div: float.__truediv__,
+        ast.FloorDiv: float.__floordiv__, ast.Pow: float.__pow__}  # fmt: skip
+
+
+def _arithmetic(node: ast.expr) -> float:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_arithmetic(node.left), _arithmetic(node.right))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_arithmetic(node.operand)
+    raise ValueError("not a constant expression")
+
+
+def _resumed_config(run_dir: Path, overrides: dict) -> FarmConfig:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG_FILE} there, so it is not a farm run directory")
+    saved = FarmConfig.model_validate_json(path.read_text()).model_dump(mode="json")
+    for key, value in overrides.items():  # flags given now win (e.g. more experiments, more GPUs)
+        *parents, last = key.split(".")
+        node = saved
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return FarmConfig.model_validate(saved)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = args.run_dir / "status.json"
+    rows = finished_rows(args.run_dir)
+    status = json.loads(path.read_text()) if path.exists() else {}
+    status["finished"] = len(rows)
+    status["by_status"] = {s: sum(1 for r in rows if r.status == s) for s in sorted({r.status for r in rows})}
+    if args.output == "json":
+        print(json.dumps(status, indent=2))
+    else:
+        for key, value in status.items():
+            print(f"{key:<22} {value}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    if args.output == "json":
+        print(json.dumps([r.model_dump(exclude_none=True) for r in leaderboard(args.run_dir)], indent=2))
+        return 0
+    _print_leaderboard(args.run_dir)
+    return 0
+
+
+def _print_leaderboard(run_dir: Path, limit: int = 20) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"leaderboard: {run_dir}")
+    for col in ("experiment", "kind", "val_bpb", "verdict", "agent", "description"):
+        table.add_column(col)
+    for r in leaderboard(run_dir, limit):
+        table.add_row(r.experiment_id, r.kind or "", f"{r.val_bpb:.6f}", r.verdict or "", r.agent or "",
+                      (r.description or "")[:60])
+    Console().print(table)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from cluster.ledger import Ledger
+    from cluster.repo import ResearchRepo
+
+    row = Ledger(args.run_dir / "ledger").latest().get(args.experiment_id)
+    if row is None:
+        print(f"farm show: no experiment {args.experiment_id} in {args.run_dir}", file=sys.stderr)
+        return 1
+    diff = ResearchRepo.open(args.run_dir / "repo").diff(row.commit) if row.commit else ""
+    log = args.run_dir / "experiments" / args.experiment_id / "out" / "run.log"
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
+    if args.output == "json":
+        print(json.dumps({"row": row.model_dump(exclude_none=True), "diff": diff, "log_tail": tail}, indent=2))
+        return 0
+    for key, value in row.model_dump(exclude_none=True).items():
+        print(f"{key:<18} {value}")
+    print("\n--- diff vs parent ---\n" + (diff or "(none)"))
+    print("\n--- log tail ---\n" + (tail or "(no log)"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(progress_plot(args.run_dir))
+    return 0

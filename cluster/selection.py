@@ -1,0 +1,68 @@
+"""The tournament applied to the farm's state: judge a candidate, pick a parent.
+
+cluster.tournament is pure decision logic; this is the thin layer that feeds
+it from the driver's state and the research repo.
+"""
+
+from __future__ import annotations
+
+import random
+
+from cluster.repo import ResearchRepo
+from cluster.state import FarmState, Work
+from cluster.tournament import (
+    Incumbent,
+    NoiseModel,
+    PoolEntry,
+    TournamentSettings,
+    Verdict,
+    count_lines,
+    judge,
+    noise_models,
+    select_parent,
+)
+
+
+def incumbent(state: FarmState, repo: ResearchRepo) -> Incumbent:
+    """Main as the tournament sees it: its replicates only (a promoted candidate's first run is biased low)."""
+    classes = {gpu for (sha, gpu) in state.measurements if sha == state.main_sha}
+    return Incumbent(
+        commit=state.main_commit,
+        line_count=count_lines(repo.train_py_at(state.main_commit)),
+        measurements={gpu: state.values(state.main_sha, gpu, screening=False) for gpu in classes},
+    )
+
+
+def noise_for(state: FarmState, gpu_class: str) -> NoiseModel:
+    models = noise_models(m for ms in state.measurements.values() for m in ms)
+    return models.get(gpu_class) or NoiseModel.from_groups(gpu_class, [])
+
+
+def judge_candidate(
+    state: FarmState, candidate: Work, gpu_class: str, repo: ResearchRepo, settings: TournamentSettings
+) -> Verdict:
+    return judge(
+        state.values(candidate.train_sha, gpu_class),
+        count_lines(repo.train_py_at(candidate.commit)),
+        incumbent(state, repo),
+        noise_for(state, gpu_class),
+        settings,
+        gpu_class,
+        commit=candidate.commit,
+    )
+
+
+def pick_parent(state: FarmState, rng: random.Random, settings: TournamentSettings) -> tuple[str, str]:
+    """Mostly main; sometimes a promising near-miss, so good ideas can be combined."""
+    pool = []
+    for eid, decision in state.verdicts.items():
+        work = state.work.get(eid)
+        if work is None or work.kind != "candidate" or decision in ("promote", "simpler", "merging"):
+            continue
+        for (sha, gpu), ms in state.measurements.items():
+            main = state.main_mean(gpu)
+            if sha == work.train_sha and ms and main is not None:
+                mean = sum(m.val_bpb for m in ms) / len(ms)
+                pool.append(PoolEntry(commit=work.commit, val_bpb=mean, delta=mean - main,
+                                      near_miss=decision in ("discard", "confirm", "wait")))
+    return select_parent(state.main_commit, pool, rng, settings)

@@ -1,0 +1,146 @@
+"""The farm's state, kept in memory and rebuilt from the ledger after a crash.
+
+Measurements are keyed by the sha256 of train.py, not by commit: a promoted
+commit on main carries the very file its experiment measured, so what was
+measured for the candidate counts for main, and replicates of the same file
+pool together, whatever branch they ran on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from cluster.ledger import LedgerRow
+from cluster.tournament import Measurement
+
+# Work that re-measures a known file runs before new ideas: the tournament waits on it.
+PRIORITY = {"baseline": 0, "confirm": 0, "merge": 1, "candidate": 2}
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Work:
+    """One experiment to run: what, from where, and why."""
+
+    experiment_id: str
+    kind: str  # baseline | candidate | confirm | merge
+    commit: str
+    parent_commit: str
+    train_sha: str
+    agent: str = ""
+    description: str = ""
+    seed: int = 0
+    replicate_of: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class FarmState:
+    next_id: int = 1
+    main_commit: str = ""
+    main_sha: str = ""
+    work: dict[str, Work] = field(default_factory=dict)  # every experiment ever queued
+    finished: dict[str, LedgerRow] = field(default_factory=dict)
+    verdicts: dict[str, str] = field(default_factory=dict)  # candidate id -> last decision
+    # (train.py sha, GPU class) -> ok measurements; a candidate's first run is marked as screening
+    measurements: dict[tuple[str, str], list[Measurement]] = field(default_factory=lambda: defaultdict(list))
+    queue: deque[str] = field(default_factory=deque)
+    promotions: int = 0
+    cost_usd: float = 0.0
+
+    def new_id(self) -> str:
+        eid = f"e{self.next_id:04d}"
+        self.next_id += 1
+        return eid
+
+    def enqueue(self, work: Work) -> None:
+        self.work[work.experiment_id] = work
+        # stable priority: insert before the first item of a lower priority
+        rank = PRIORITY[work.kind]
+        for i, other in enumerate(self.queue):
+            if PRIORITY[self.work[other].kind] > rank:
+                self.queue.insert(i, work.experiment_id)
+                return
+        self.queue.append(work.experiment_id)
+
+    def record_finished(self, row: LedgerRow) -> bool:
+        """Count a finished experiment once; False if it was already counted."""
+        if row.experiment_id in self.finished:
+            return False
+        self.finished[row.experiment_id] = row
+        work = self.work.get(row.experiment_id)
+        if work and row.status == "ok" and row.val_bpb is not None:
+            gpu = row.gpu_class or "cpu"
+            self.measurements[(work.train_sha, gpu)].append(Measurement(
+                commit=work.train_sha, gpu_class=gpu, val_bpb=row.val_bpb, seed=work.seed,
+                screening=work.kind in ("candidate", "merge"),
+            ))
+        return True
+
+    def values(self, train_sha: str, gpu_class: str, screening: bool = True) -> list[float]:
+        """ok val_bpb of a file on a GPU class (without first runs of candidates if screening=False)."""
+        return [m.val_bpb for m in self.measurements.get((train_sha, gpu_class), []) if screening or not m.screening]
+
+    def pending_replicates(self, train_sha: str) -> int:
+        """Replicates of a file that are queued or running."""
+        return sum(
+            1
+            for eid, w in self.work.items()
+            if w.train_sha == train_sha and eid not in self.finished and w.kind in ("confirm", "baseline")
+        )
+
+    def best(self) -> tuple[float | None, str | None]:
+        """The lowest mean val_bpb of any measured file (any GPU class), and its sha."""
+        means = {k: sum(m.val_bpb for m in v) / len(v) for k, v in self.measurements.items() if v}
+        if not means:
+            return None, None
+        key = min(means, key=means.get)
+        return means[key], key[0]
+
+    def main_mean(self, gpu_class: str) -> float | None:
+        values = self.values(self.main_sha, gpu_class, screening=False)
+        return sum(values) / len(values) if values else None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for row in self.finished.values():
+            out[row.status or "?"] += 1
+        return dict(out)
+
+    @classmethod
+    def rebuild(cls, rows: list[LedgerRow], main_commit: str, main_train_py: str) -> FarmState:
+        """The state a crashed driver had: finished experiments kept, unfinished ones queued again."""
+        state = cls(main_commit=main_commit, main_sha=sha(main_train_py))
+        for row in rows:
+            eid = row.experiment_id
+            state.next_id = max(state.next_id, int(eid[1:]) + 1) if eid[1:].isdigit() else state.next_id
+            if row.event == "queued":
+                state.work[eid] = Work(
+                    experiment_id=eid, kind=row.kind or "candidate", commit=row.commit or "",
+                    parent_commit=row.parent_commit or "", train_sha=row.train_sha or "", agent=row.agent or "",
+                    description=row.description or "", seed=row.seed or 0, replicate_of=row.replicate_of,
+                    tokens_in=row.tokens_in or 0, tokens_out=row.tokens_out or 0, cost_usd=row.cost_usd or 0.0,
+                )
+                state.cost_usd += row.cost_usd or 0.0
+            elif row.event == "finished":
+                state.record_finished(row)
+            elif row.event == "verdict" and row.verdict:
+                state.verdicts[eid] = row.verdict
+                if row.verdict == "promote":
+                    state.promotions += 1
+        for eid, work in state.work.items():
+            if eid not in state.finished:
+                state.enqueue_existing(work)
+        return state
+
+    def enqueue_existing(self, work: Work) -> None:
+        if work.experiment_id not in self.queue:
+            del self.work[work.experiment_id]
+            self.enqueue(work)

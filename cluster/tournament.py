@@ -1,0 +1,355 @@
+"""The tournament: which commit a proposal starts from, and what enters main. Pure logic: no git, I/O or Ray.
+
+Why noise-aware: with a run-to-run sd of ~0.04 (cpu-tiny) or ~0.002 (H100), "keep if lower" keeps half of all
+useless changes, and published runs kept gains that did not reproduce. So main is measured several times, the
+noise is pooled per GPU class, a candidate must beat main's mean by a margin from a test of the difference of
+two means and hold up on a replicate with another seed, and GPU classes are never compared with each other.
+
+The driver's loop: measure main as ``baseline_request`` asks; ``judge`` each result (a candidate's first run is
+a ``screening`` Measurement); on "confirm"/"wait" run ``verdict.measure`` (seeds from ``next_seeds``) and judge
+again with all values; on "promote"/"simpler" merge, start a fresh ``Incumbent`` and measure it; record every
+``verdict.reason``; offer near-misses to ``select_parent`` as ``PoolEntry``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Decision = Literal["promote", "confirm", "discard", "simpler", "wait"]
+
+
+class TournamentSettings(BaseModel):
+    """Knobs of promotion and parent selection; defaults are sized by tests/test_tournament.py's simulation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baseline_replicates: int = Field(4, ge=2, description="times main is measured (at start, after a promotion, "
+                                     "on a new GPU class) so its noise is known before anything is promoted")
+    margin_sigmas: float = Field(2.3, gt=0, description="a (fully measured) candidate must beat main's mean by "
+                                 "this many standard errors of the difference of the two means")
+    promising_sigmas: float = Field(1.5, ge=0, description="a first measurement that beats main by this many "
+                                    "standard errors is promising and earns confirmation replicates; lower than "
+                                    "margin_sigmas so real gains are rarely lost before they are confirmed")
+    min_margin: float = Field(0.0, ge=0, description="absolute floor of the margin, in val_bpb")
+    confirm_replicates: int = Field(1, ge=0, description="replicates on other seeds before a promotion "
+                                    "(0 promotes on one measurement: only for ablations)")
+    small_sample_correction: bool = Field(True, description="use Student's t quantile for the noise's degrees of "
+                                          "freedom: an sd estimated from 2 replicates is itself very uncertain")
+    simplicity_tolerance: float = Field(0.5, ge=0, le=1, description="a candidate with fewer lines whose mean is "
+                                        "within this fraction of the margin of main's counts as equal and wins")
+    max_pending_confirmations: int = Field(4, ge=1, description="confirmation runs the driver keeps queued or in "
+                                           "flight at once; beyond that, the strongest (Verdict.strength) go first")
+    parent_main_prob: float = Field(0.7, ge=0, le=1, description="share of proposals whose parent is main's head")
+    tournament_size: int = Field(3, ge=1, description="branches drawn at random; the best of them is the parent")
+    near_miss_margins: float = Field(1.0, ge=0, description="a discarded result at most this many margins worse "
+                                     "than main is a near-miss: a candidate parent")
+    pool_recent: int = Field(32, ge=1, description="only this many most recent near-misses may be parents")
+    min_noise_df: int = Field(7, ge=1, description="main is measured beyond baseline_replicates until the noise on "
+                              "a class has this many degrees of freedom: with 3 df the t margin is ~2x wider and "
+                              "a 3-sd gain is promoted 39 % of the time instead of 75 %")
+
+    @model_validator(mode="after")
+    def _screen_below_margin(self) -> TournamentSettings:
+        if self.promising_sigmas > self.margin_sigmas:
+            raise ValueError(f"promising_sigmas ({self.promising_sigmas}) must not exceed margin_sigmas "
+                             f"({self.margin_sigmas}): the screen for confirmation cannot be stricter than promotion")
+        return self
+
+
+@lru_cache(maxsize=4096)
+def t_quantile(z: float, df: int) -> float:
+    """Student-t quantile at the normal level of ``z`` sigmas (exact for integer df, A&S 26.7.3-4)."""
+    if df >= 300 or z <= 0:
+        return z
+    target = math.erf(z / math.sqrt(2))  # P(|T| < t) wanted
+
+    def inside(t: float) -> float:  # P(|T| < t)
+        theta = math.atan(t / math.sqrt(df))
+        s, c2 = math.sin(theta), math.cos(theta) ** 2
+        term = math.cos(theta) if df % 2 else 1.0
+        total = term if df != 1 else 0.0
+        for e in range(df % 2, df - 2, 2):
+            term *= (e + 1) / (e + 2) * c2
+            total += term
+        return 2 / math.pi * (theta + s * total) if df % 2 else s * total
+
+    lo, hi = z, 2 * z
+    while inside(hi) < target:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if inside(mid) < target else (lo, mid)
+    return hi
+
+
+class NoiseModel(BaseModel):
+    """Run-to-run spread on one GPU class: pooled within-commit sd over every commit measured at least twice.
+
+    Replicates of main and confirmations of candidates count, so the estimate sharpens as the run goes; a
+    candidate's screening run does not (see ``Measurement.screening``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    gpu_class: str
+    ss: float = Field(0.0, description="sum over commits of squared deviations from that commit's mean")
+    df: int = Field(0, description="degrees of freedom: sum over commits of (ok measurements - 1)")
+
+    @classmethod
+    def from_groups(cls, gpu_class: str, groups: Iterable[Sequence[float]]) -> NoiseModel:
+        """Pool the given per-commit lists of ok val_bpb (lists with one value add nothing)."""
+        model = cls(gpu_class=gpu_class)
+        for values in groups:
+            model = model.with_group(values)
+        return model
+
+    def with_group(self, values: Sequence[float]) -> NoiseModel:
+        """This model plus one more commit's measurements (cheap: the driver can add as results arrive)."""
+        values = _ok(values)
+        if len(values) < 2:
+            return self
+        mean = sum(values) / len(values)
+        ss = sum((v - mean) ** 2 for v in values)
+        return NoiseModel(gpu_class=self.gpu_class, ss=self.ss + ss, df=self.df + len(values) - 1)
+
+    @property
+    def known(self) -> bool:
+        """Nothing is promoted before some commit was measured twice on this class (with different values:
+        identical replicates mean one seed was reused, not that the noise is zero)."""
+        return self.df >= 1 and self.ss > 0
+
+    @property
+    def sd(self) -> float | None:
+        return math.sqrt(self.ss / self.df) if self.df else None
+
+    def sigmas(self, sigmas: float, settings: TournamentSettings) -> float:
+        """The multiplier of the standard error: ``sigmas`` itself or its t quantile for ``df``."""
+        return t_quantile(sigmas, self.df) if settings.small_sample_correction and self.known else sigmas
+
+    def margin(self, n_candidate: int, n_incumbent: int, settings: TournamentSettings,
+               sigmas: float | None = None) -> float:
+        """How much lower a mean of ``n_candidate`` must be than a mean of ``n_incumbent`` to count."""
+        if not self.known:
+            return math.inf
+        k = self.sigmas(settings.margin_sigmas if sigmas is None else sigmas, settings)
+        return max(settings.min_margin, k * self.sd * math.sqrt(1 / n_candidate + 1 / n_incumbent))
+
+
+class Measurement(BaseModel):
+    """One finished experiment as the tournament needs it; not ok → ``val_bpb`` ignored.
+
+    ``commit`` may be any id of the measured code: a train.py hash pools identical files across commits.
+    """
+
+    commit: str
+    gpu_class: str
+    val_bpb: float | None = None
+    ok: bool = True
+    seed: int = 0
+    screening: bool = Field(False, description="a candidate's first run, whose low value earned its replicates: "
+                            "left out of the noise (selected values inflate the spread ~2x in simulation)")
+
+
+def noise_models(measurements: Iterable[Measurement]) -> dict[str, NoiseModel]:
+    """One pooled NoiseModel per GPU class from main's replicates and candidates' confirmations."""
+    groups: dict[str, dict[str, list[float]]] = {}
+    for m in measurements:
+        if m.ok and not m.screening and m.val_bpb is not None and math.isfinite(m.val_bpb):
+            groups.setdefault(m.gpu_class, {}).setdefault(m.commit, []).append(m.val_bpb)
+    return {gpu: NoiseModel.from_groups(gpu, by_commit.values()) for gpu, by_commit in groups.items()}
+
+
+class Incumbent(BaseModel):
+    """Main's head: its commit, its ok val_bpb per GPU class, and its line count (for the simplicity rule).
+
+    After a promotion start a new Incumbent with no measurements and measure it afresh: the candidate's own
+    values were selected for being low (winner's curse) and would make main look better than it is.
+    """
+
+    commit: str
+    line_count: int
+    measurements: dict[str, list[float]] = Field(default_factory=dict)
+
+    def values(self, gpu_class: str) -> list[float]:
+        return _ok(self.measurements.get(gpu_class, []))
+
+
+class MeasureRequest(BaseModel):
+    """What the driver should run next: ``replicates`` more runs of ``commit`` on ``gpu_class``, on new seeds."""
+
+    commit: str
+    gpu_class: str
+    replicates: int
+    why: str
+
+
+def baseline_request(incumbent: Incumbent, gpu_class: str, settings: TournamentSettings,
+                     noise: NoiseModel | None = None) -> MeasureRequest | None:
+    """Main's missing replicates on ``gpu_class`` (baseline, then up to ``min_noise_df``), or None."""
+    have = len(incumbent.values(gpu_class))
+    missing = settings.baseline_replicates - have
+    if noise is not None:
+        missing = max(missing, settings.min_noise_df - noise.df + (have == 0))
+    if missing <= 0:
+        return None
+    why = f"main {incumbent.commit[:12]} has {have} measurements on {gpu_class}; baseline " \
+          f"{settings.baseline_replicates}, noise df {noise.df if noise else '?'} of {settings.min_noise_df}"
+    return MeasureRequest(commit=incumbent.commit, gpu_class=gpu_class, replicates=missing, why=why)
+
+
+def next_seeds(used: Iterable[int], count: int) -> list[int]:
+    """The ``count`` smallest seeds not used yet for a commit: a confirmation must use another seed."""
+    used = set(used)
+    return [s for s in range(len(used) + count) if s not in used][:count]
+
+
+class Verdict(BaseModel):
+    """The tournament's decision on one candidate, with the numbers behind it."""
+
+    decision: Decision
+    reason: str
+    gpu_class: str
+    candidate_mean: float | None = None
+    incumbent_mean: float | None = None
+    delta: float | None = Field(None, description="candidate mean - main mean (negative is better)")
+    margin: float | None = None
+    n_candidate: int = 0
+    n_incumbent: int = 0
+    near_miss: bool = Field(False, description="at most near_miss_margins margins worse than main: if it is "
+                            "not promoted, a possible parent (PoolEntry)")
+    measure: MeasureRequest | None = Field(None, description="for confirm and wait: what to run next")
+
+    @property
+    def replicates_needed(self) -> int:
+        """Confirmation runs of the candidate to schedule now (0 unless the decision is confirm)."""
+        return self.measure.replicates if self.decision == "confirm" and self.measure else 0
+
+    @property
+    def measure_main(self) -> bool:
+        """A wait: main must be measured (more) on this GPU class before the candidate can be judged."""
+        return self.decision == "wait"
+
+    @property
+    def strength(self) -> float:
+        """How many margins the candidate beats main by: order pending confirmations by it."""
+        if self.delta is None or not self.margin or math.isinf(self.margin):
+            return 0.0
+        return -self.delta / self.margin
+
+
+def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent, noise: NoiseModel,
+          settings: TournamentSettings, gpu_class: str, commit: str = "") -> Verdict:
+    """Decide on a candidate from its ok val_bpb on ``gpu_class`` (all its measurements, first one first).
+
+    Call again with all measurements after the requested confirmation replicates have run: the decision
+    then uses the mean of all of them against main's mean, with the margin for those counts.
+    """
+    if noise.gpu_class != gpu_class:
+        raise ValueError(f"noise model is for {noise.gpu_class}, candidate was measured on {gpu_class}")
+    cand, inc = _ok(candidate), incumbent.values(gpu_class)
+    base = {"gpu_class": gpu_class, "n_candidate": len(cand), "n_incumbent": len(inc)}
+    if not cand:
+        return Verdict(decision="discard", reason="no ok measurement", **base)
+    if not inc or not noise.known:
+        request = baseline_request(incumbent, gpu_class, settings, noise) or MeasureRequest(
+            commit=incumbent.commit, gpu_class=gpu_class, replicates=1, why="noise unknown")
+        what = f"main not measured on {gpu_class} (never compared across GPU classes)" if not inc else \
+            f"noise on {gpu_class} not known yet (no commit measured twice on different seeds)"
+        return Verdict(decision="wait", reason=f"{what}: measure {incumbent.commit[:12]} on {gpu_class} "
+                       f"x{request.replicates}", measure=request, **base)
+    n_c, n_i = len(cand), len(inc)
+    c_mean, i_mean = sum(cand) / n_c, sum(inc) / n_i
+    delta, margin = c_mean - i_mean, noise.margin(n_c, n_i, settings)
+    screen = noise.margin(n_c, n_i, settings, settings.promising_sigmas)
+    fewer = candidate_lines < incumbent.line_count
+    tie = fewer and abs(delta) <= settings.simplicity_tolerance * margin
+    numbers = f"{c_mean:.4f} (n={n_c}) vs main {i_mean:.4f} (n={n_i}) on {gpu_class}: {delta:+.4f}"
+    noise_s = f"sd {noise.sd:.4f}, df {noise.df}"
+    lines = f"{candidate_lines} vs {incumbent.line_count} lines"
+    base |= {"candidate_mean": c_mean, "incumbent_mean": i_mean, "delta": delta, "margin": margin,
+             "near_miss": delta <= settings.near_miss_margins * margin}
+    confirmed = n_c >= 1 + settings.confirm_replicates
+    if confirmed and delta < -margin:
+        why = f"{numbers} beats margin {margin:.4f} ({settings.margin_sigmas} sigma, {noise_s})"
+        return Verdict(decision="promote", reason=why, **base)
+    if confirmed and tie:
+        why = f"{numbers} equal within {settings.simplicity_tolerance} x margin {margin:.4f} ({noise_s}); {lines}"
+        return Verdict(decision="simpler", reason=why, **base)
+    if not confirmed and (delta < -screen or tie):
+        need = 1 + settings.confirm_replicates - n_c
+        kind = f"beats screen {screen:.4f} ({settings.promising_sigmas} sigma" if delta < -screen else \
+            f"equal with fewer lines ({lines}; tolerance {settings.simplicity_tolerance * margin:.4f}"
+        request = MeasureRequest(commit=commit, gpu_class=gpu_class, replicates=need, why="confirmation")
+        return Verdict(decision="confirm", reason=f"{numbers} {kind}, {noise_s}): confirm x{need} on other seeds",
+                       measure=request, **base)
+    why = f"{'did not reproduce: ' if n_c > 1 else ''}{numbers} does not beat margin {margin:.4f} " \
+          f"({settings.margin_sigmas} sigma, {noise_s})"
+    equal = abs(delta) <= settings.simplicity_tolerance * margin
+    return Verdict(decision="discard", reason=why + (f"; equal but not simpler ({lines})" if equal else ""), **base)
+
+
+class PoolEntry(BaseModel):
+    """A finished, not promoted experiment the driver offers as a possible parent (oldest first in the pool)."""
+
+    commit: str
+    val_bpb: float
+    delta: float = Field(description="its mean minus main's on its GPU class when judged: ranks across classes")
+    ok: bool = True
+    near_miss: bool = True
+    promoted: bool = False
+    reachable: bool = True
+
+
+def select_parent(main_commit: str, pool: Sequence[PoolEntry], rng: random.Random,
+                  settings: TournamentSettings) -> tuple[str, str]:
+    """Main's head with probability ``parent_main_prob``, else the best of a random draw of recent near-misses.
+
+    Mostly main, because that is where gains compound; sometimes a near-miss, because two near-misses can
+    combine into a win that neither is alone. Deterministic given ``rng``.
+    """
+    if rng.random() < settings.parent_main_prob:
+        return main_commit, f"main (p={settings.parent_main_prob})"
+    eligible = [e for e in pool if e.ok and e.near_miss and not e.promoted and e.reachable
+                and math.isfinite(e.delta) and e.commit != main_commit][-settings.pool_recent:]
+    if not eligible:
+        return main_commit, "main (no near-miss to draw from)"
+    drawn = rng.sample(eligible, min(settings.tournament_size, len(eligible)))
+    best = min(drawn, key=lambda e: e.delta)
+    return best.commit, f"best of {len(drawn)} near-misses drawn from {len(eligible)}: {best.val_bpb:.4f} " \
+                        f"({best.delta:+.4f} vs main)"
+
+
+class Standing(BaseModel):
+    """One commit's row on the leaderboard."""
+
+    commit: str
+    gpu_class: str
+    mean: float
+    best: float
+    n: int
+
+
+def leaderboard(measurements: Iterable[Measurement], gpu_class: str | None = None) -> list[Standing]:
+    """Mean ok val_bpb per (commit, GPU class), best first; means, not luckiest single runs."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for m in measurements:
+        if m.ok and m.val_bpb is not None and math.isfinite(m.val_bpb) and gpu_class in (None, m.gpu_class):
+            groups.setdefault((m.commit, m.gpu_class), []).append(m.val_bpb)
+    rows = [Standing(commit=c, gpu_class=g, mean=sum(v) / len(v), best=min(v), n=len(v))
+            for (c, g), v in groups.items()]
+    return sorted(rows, key=lambda s: (s.mean, s.commit))
+
+
+def count_lines(train_py: str) -> int:
+    """Lines of code for the simplicity rule: blank and comment-only lines do not count."""
+    return sum(1 for line in train_py.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
+def _ok(values: Sequence[float]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
