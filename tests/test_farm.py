@@ -133,7 +133,7 @@ def test_killed_ray_worker_reruns_the_experiment_once(tmp_path: Path) -> None:
 
     def worker_running_an_experiment() -> bool:
         assert proc.poll() is None, _logs(tmp_path)
-        for runner in _sandboxed_runners():
+        for runner in _sandboxed_runners(run_dir):
             worker = _ray_worker_ancestor(runner)
             if worker:
                 victim.update(worker=worker, runner=runner)
@@ -147,7 +147,7 @@ def test_killed_ray_worker_reruns_the_experiment_once(tmp_path: Path) -> None:
     assert proc.wait(timeout=400) == 0, _logs(tmp_path)
     rows = [r for r in finished(run_dir) if r.experiment_id == eid]
     assert len(rows) == 1 and rows[0].status == "ok", rows  # re-run by Ray, counted once
-    assert not _sandboxed_runners(), "the killed attempt left processes behind"
+    assert not _sandboxed_runners(run_dir), "the killed attempt left processes behind"
 
 
 def test_bad_config_names_the_field_and_the_reason(tmp_path: Path) -> None:
@@ -170,14 +170,15 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def _sandboxed_runners() -> list[int]:
+def _sandboxed_runners(run_dir: Path) -> list[int]:
+    """Runner processes of this run's experiments (other tests may run sandboxes at the same time)."""
     pids = []
     for proc_dir in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc_dir / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"trainer.runner" in cmdline and "FARM_SANDBOX_ID" in _environ(int(proc_dir.name)):
+        if b"trainer.runner" in cmdline and str(run_dir).encode() in cmdline:
             pids.append(int(proc_dir.name))
     return pids
 

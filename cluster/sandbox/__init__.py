@@ -17,7 +17,12 @@ def make_sandbox(kind: str, **options: object) -> Sandbox:
         from cluster.sandbox.docker_engine import DockerSandbox
 
         return DockerSandbox(**options)
-    raise ValueError(f"unknown sandbox {kind!r}: choose one of {', '.join(BACKENDS)}")
+    if ":" in kind:  # "package.module:Class": a backend of your own (benchmarks use a stand-in trainer)
+        import importlib
+
+        module, _, attr = kind.partition(":")
+        return getattr(importlib.import_module(module), attr)(**options)
+    raise ValueError(f"unknown sandbox {kind!r}: choose one of {', '.join(BACKENDS)} (or module:Class)")
 
 
 def resolve_sandbox(kind: str, image: str | None = None) -> str:
