@@ -7,7 +7,18 @@ CPU_TORCH ?= torch==2.13.0
 PROFILE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo h100 || echo cpu-tiny)
 RUN_DIR ?= runs/try-$(PROFILE)
 
-.PHONY: install test test-fast farm prepare doctor lint clean
+# Images (images/build.sh; no registry needed): the trainer image FROM a debootstrapped base, torch from
+# wheels downloaded on the host (IMAGES_WHEELS=0: pip inside the build uses the index, e.g. a CUDA torch).
+BASE_IMAGE ?= autoresearch-farm/base:bookworm
+TORCH_SPEC ?= $(CPU_TORCH)
+EXTRA_PIP ?=
+APT_PACKAGES ?=
+IMAGES_WHEELS ?= 1
+FARM_IMAGE ?= 0
+IMAGES_ENV = BASE_IMAGE='$(BASE_IMAGE)' TORCH_SPEC='$(TORCH_SPEC)' EXTRA_PIP='$(EXTRA_PIP)' APT_PACKAGES='$(APT_PACKAGES)' \
+	IMAGES_WHEELS='$(IMAGES_WHEELS)' FARM_IMAGE='$(FARM_IMAGE)' PIP='$(BIN)/pip'
+
+.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels
 
 install: $(VENV)/.installed
 
@@ -29,8 +40,18 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-## Prepare data for the profile, then run the seed train.py once end to end.
+## The farm. With a GPU: every GPU (or GPUS=N), the h100 profile, Claude agents when ANTHROPIC_API_KEY is set.
+## Without one: the cpu-tiny profile, the offline mutator, a bounded demo run (FARM_ARGS to change it).
+GPUS ?=
+HAS_GPU := $(filter h100,$(PROFILE))
+FARM_ARGS ?= $(if $(HAS_GPU),,--max-experiments 30)
+# cpu-tiny's noise is small next to real changes (docs/trainer.md): fewer baseline runs before judging
+FARM_ENV ?= $(if $(HAS_GPU),,FARM_TOURNAMENT__BASELINE_REPLICATES=3 FARM_TOURNAMENT__MIN_NOISE_DF=3)
 farm: prepare
+	$(FARM_ENV) $(BIN)/farm run --profile $(PROFILE) $(if $(GPUS),--gpus $(GPUS)) $(FARM_ARGS)
+
+## One experiment on the profile's seed train.py, end to end (`farm try`).
+try: prepare
 	$(BIN)/farm try --profile $(PROFILE) --out $(RUN_DIR)
 
 prepare: install
@@ -39,8 +60,16 @@ prepare: install
 doctor: install
 	$(BIN)/farm doctor
 
+## The Docker images: base (debootstrap, once), wheels, trainer [, farm with FARM_IMAGE=1]. Needs dockerd.
+images: install
+	$(IMAGES_ENV) images/build.sh all
+
+## Only download the wheels the images install from (into images/.build/wheels).
+images-wheels: install
+	$(IMAGES_ENV) images/build.sh wheels
+
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache images/.build

@@ -39,6 +39,7 @@ class Farm:
         self.profile = get_profile(config.profile)
         self.repo = ResearchRepo.open(run_dir / "repo")
         self.ledger = Ledger(run_dir / "ledger")
+        self.ledger.compact()  # one file to read instead of one per event, after a resume
         main = self.repo.main_head()
         self.state = FarmState.rebuild(self.ledger.read(), main, self.repo.train_py_at(main))
         self.rng = random.Random(config.seed)
@@ -100,6 +101,7 @@ class Farm:
         finally:
             signal.signal(signal.SIGINT, previous)
             self._write_summaries()
+            self.ledger.close()  # everything on disk before we say we are done
         return 0
 
     def _can_make_progress(self) -> bool:

@@ -15,7 +15,7 @@ def finished_rows(run_dir: Path) -> list[LedgerRow]:
     """Finished experiments in finish order, each with its last verdict merged in."""
     latest = Ledger(run_dir / "ledger").latest()
     rows = [r for r in latest.values() if r.status not in (None, "queued", "running")]
-    return sorted(rows, key=lambda r: r.ts or 0.0)
+    return sorted(rows, key=lambda r: r.finished_at or r.ts or 0.0)
 
 
 def leaderboard(run_dir: Path, limit: int = 20) -> list[LedgerRow]:

@@ -98,7 +98,11 @@ class FarmState:
 
     def best(self) -> tuple[float | None, str | None]:
         """The lowest mean val_bpb of any measured file (any GPU class), and its sha."""
-        means = {k: sum(m.val_bpb for m in v) / len(v) for k, v in self.measurements.items() if v}
+        means = {}
+        for key, ms in self.measurements.items():
+            values = [m.val_bpb for m in ms if not m.screening] or [m.val_bpb for m in ms]  # replicates if any
+            if values:
+                means[key] = sum(values) / len(values)
         if not means:
             return None, None
         key = min(means, key=means.get)
