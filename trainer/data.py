@@ -22,14 +22,18 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import requests
-import tiktoken
-import torch
 
 from trainer.profiles import Profile, cache_dir, shard_filename
+
+if TYPE_CHECKING:
+    import tiktoken
+
+# torch, requests and tiktoken are imported where used: the runner imports this
+# module on every experiment's start-up path and needs none of them.
 
 Progress = Callable[[str], None]
 
@@ -99,6 +103,7 @@ def _fetch(url: str, part: Path, timeout: float, say: Progress, stop: threading.
     Asks for identity encoding so the bytes on disk are the bytes the server's
     Content-Length and Range offsets count.
     """
+    import requests
     have = part.stat().st_size if part.exists() else 0
     headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
@@ -137,6 +142,7 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQU
 def _download_one(
     url: str, dest: Path, retries: int, timeout: float, backoff: float, say: Progress, stop: threading.Event
 ) -> None:
+    import requests
     part = dest.with_name(dest.name + ".part")
     last_error = ""
     for attempt in range(1, retries + 1):
@@ -304,6 +310,7 @@ def _save_tokenizer(enc: tiktoken.Encoding, tokenizer_dir: Path) -> None:
     Specials get 0 so evaluate_bpb excludes them. The pickle is written last,
     so a present pickle means a complete tokenizer.
     """
+    import torch
     if enc.decode(enc.encode_ordinary(_ROUNDTRIP_TEXT)) != _ROUNDTRIP_TEXT:
         raise PrepareError(f"tokenizer round trip failed: delete {tokenizer_dir} and prepare again")
     special_ids = {enc.encode_single_token(s) for s in enc.special_tokens_set}
@@ -324,6 +331,7 @@ def build_byte_tokenizer(tokenizer_dir: Path) -> None:
     No merges means no training data and no Unicode surprises; bits per byte
     then equals the per-token loss over ln 2, which makes CPU runs easy to read.
     """
+    import tiktoken
     if tokenizer_ready(tokenizer_dir):
         return
     specials = {tok: 256 + i for i, tok in enumerate(SPECIAL_TOKENS)}
@@ -364,6 +372,7 @@ def train_bpe_tokenizer(
     ``vocab_size - 4`` learned tokens (256 bytes + merges) plus the specials
     after them, the same layout as upstream so its train.py runs unchanged.
     """
+    import tiktoken
     if tokenizer_ready(tokenizer_dir):
         progress(f"tokenizer: present in {tokenizer_dir}")
         return
