@@ -10,6 +10,7 @@ everything it knows can be rebuilt from those two after a crash.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -49,6 +50,7 @@ class Farm:
         self.agents: list = []
         self.started = time.time()
         self.stopping = ""
+        self._status_written = 0.0
         self.view = LiveView(self)
 
     # ---- set-up -------------------------------------------------------------
@@ -98,6 +100,8 @@ class Farm:
                         else:
                             self._on_proposal(ref)
                     self.view.refresh()
+                    if time.monotonic() - self._status_written > 5:  # `farm status` on a running farm
+                        self._write_summaries()
         finally:
             signal.signal(signal.SIGINT, previous)
             self._write_summaries()
@@ -307,7 +311,13 @@ class Farm:
 
     def _write_summaries(self) -> None:
         write_results_tsv(self.ledger.latest(), self.run_dir / "results.tsv")
-        (self.run_dir / "status.json").write_text(json.dumps(self.view.status(), indent=2))
+        self._write_status()
+
+    def _write_status(self) -> None:
+        tmp = self.run_dir / "status.json.tmp"
+        tmp.write_text(json.dumps(self.view.status(), indent=2))
+        os.replace(tmp, self.run_dir / "status.json")
+        self._status_written = time.monotonic()
 
 
 def _preflight(train_py: str) -> str:
