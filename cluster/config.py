@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import importlib.util
 import os
 import types
 import typing
@@ -143,10 +144,11 @@ class FarmConfig(BaseModel):
         return self.gpus or detect_cuda_gpus() or cpu_slots()
 
     def agent_kind(self, env: Mapping[str, str] | None = None) -> str:
-        """The proposer kind, with auto resolved from ANTHROPIC_API_KEY."""
+        """The proposer kind, with auto resolved from ANTHROPIC_API_KEY (and whether the Claude agent is installed)."""
         if self.agents.kind != "auto":
             return self.agents.kind
-        return "claude" if (os.environ if env is None else env).get("ANTHROPIC_API_KEY") else "mutate"
+        has_key = bool((os.environ if env is None else env).get("ANTHROPIC_API_KEY"))
+        return "claude" if has_key and importlib.util.find_spec("agent.claude") else "mutate"
 
     def agent_options(self, index: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Keyword options for agent ``index``'s proposer: the ones its kind takes, unset ones left out."""
