@@ -18,7 +18,7 @@ FARM_IMAGE ?= 0
 IMAGES_ENV = BASE_IMAGE='$(BASE_IMAGE)' TORCH_SPEC='$(TORCH_SPEC)' EXTRA_PIP='$(EXTRA_PIP)' APT_PACKAGES='$(APT_PACKAGES)' \
 	IMAGES_WHEELS='$(IMAGES_WHEELS)' FARM_IMAGE='$(FARM_IMAGE)' PIP='$(BIN)/pip'
 
-.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels
+.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch
 
 install: $(VENV)/.installed
 
@@ -73,3 +73,9 @@ lint: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache images/.build
+
+## Benchmark (not a test) of the farm's own overhead: GPU duty, dispatch gap, driver CPU on 8/16/64 logical GPUs
+## with a sleeping stand-in trainer (~10 min; docs/bench/dispatch.md). BENCH_ARGS e.g. --variants "as-is;all".
+BENCH_ARGS ?=
+bench-dispatch: install
+	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)

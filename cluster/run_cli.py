@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import ray
 
     from cluster.driver import Farm
-    from cluster.sandbox import resolve_sandbox
+    from cluster.sandbox import make_sandbox, resolve_sandbox
     from trainer.data import prepare_profile
 
     try:
@@ -64,6 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"farm run: run dir {run_dir.resolve()} (resume with `farm run --resume {run_dir}`)", flush=True)
     prepare_profile(profile, config.cache_dir)
     sandbox = resolve_sandbox(config.sandbox, image=config.image)
+    removed = make_sandbox(sandbox).cleanup_leftovers()  # what a crashed farm left running
+    if removed:
+        print(f"farm run: removed {removed} experiment(s) left running by an earlier farm", flush=True)
     _init_ray(config)
     try:
         Farm(config, run_dir, sandbox).run()

@@ -18,7 +18,7 @@ from cluster.sandbox.base import ENV_ALLOW, stage
 from cluster.sandbox.docker_engine import DockerSandbox
 from cluster.spec import TRAINER_IMAGE, ExperimentSpec, GpuAssignment, Limits
 from tests import candidates
-from trainer.result import Status
+from trainer.result import ExperimentResult, Status
 
 REQUIRED = os.environ.get("FARM_REQUIRE_DOCKER") == "1"
 SECRET = "sk-test-" + uuid.uuid4().hex
@@ -32,6 +32,7 @@ ALLOWED_ENV = set(ENV_ALLOW) - {"PATH"} | {
     "CUDA_VISIBLE_DEVICES",
     "TORCHINDUCTOR_CACHE_DIR",
     "TRITON_CACHE_DIR",
+    "NVIDIA_VISIBLE_DEVICES",
 }
 
 
@@ -96,6 +97,7 @@ def test_container_config_carries_every_restriction(sandbox, tmp_path, farm_cach
     assert set(env) <= ALLOWED_ENV, set(env) - ALLOWED_ENV
     assert SECRET not in repr(env) and "127.0.0.1:9" not in repr(env)
     assert env["FARM_CACHE"] == "/cache" and env["HOME"] == "/tmp" and env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"  # no GPU even where dockerd's default runtime is nvidia
     assert env["TORCHINDUCTOR_CACHE_DIR"].startswith("/compile-cache/")
 
     # ...and the engine took them as meant: create (never start) the container and read its HostConfig back.
@@ -183,6 +185,21 @@ def test_interrupted_caller_still_removes_the_container(sandbox, tmp_path, farm_
     assert labelled(sandbox, spec) == []
 
 
+def test_a_retry_removes_the_lost_attempt_of_the_same_experiment(sandbox, tmp_path, farm_cache) -> None:
+    spec = make_spec(tmp_path, farm_cache)
+    lost = sandbox.client.containers.run(
+        sandbox.image or TRAINER_IMAGE,
+        entrypoint=["sleep", "600"],
+        labels={de.ROLE_LABEL: de.ROLE, de.EXPERIMENT_LABEL: spec.experiment_id},
+        network_mode="none",
+        detach=True,
+    )
+    result = sandbox.run(spec, GpuAssignment())
+    assert result.status == Status.OK, result.reason
+    assert lost.id not in {c.id for c in sandbox.client.containers.list(all=True)}
+    assert labelled(sandbox, spec) == []
+
+
 def test_leaked_container_is_removed_by_cleanup(sandbox) -> None:
     experiment = f"leak-{uuid.uuid4().hex[:8]}"
     sandbox.client.containers.run(
@@ -225,12 +242,27 @@ def test_gpu_is_requested_by_uuid_and_named_by_uuid_inside(sandbox, tmp_path, fa
     config = sandbox.container_config(spec, GpuAssignment(index=1))
     [request] = config["device_requests"]
     assert request["DeviceIDs"] == ["GPU-bbbb"] and request["Capabilities"] == [["gpu"]]
-    assert config["environment"]["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
+    assert (
+        config["environment"]["CUDA_VISIBLE_DEVICES"] == config["environment"]["NVIDIA_VISIBLE_DEVICES"] == "GPU-bbbb"
+    )
     with pytest.raises(SandboxError, match="GPU 5 is not visible"):
         sandbox.container_config(spec, GpuAssignment(index=5))
     monkeypatch.setattr(de, "_host_gpus", lambda: {})
     with pytest.raises(SandboxError, match="GPU 0 is not visible: no NVIDIA driver"):
         sandbox.container_config(spec, GpuAssignment(index=0))
+
+
+def test_farm_try_in_the_docker_sandbox(sandbox, tmp_path, capsys) -> None:
+    from cluster.cli import main
+
+    train_py = candidates.write(tmp_path, "good")
+    out = tmp_path / "try"
+    rc = main(
+        ["try", str(train_py), "--sandbox", "docker", "--profile", "cpu-smoke", "--out", str(out), "--output", "json"]
+    )
+    result = ExperimentResult.model_validate_json(capsys.readouterr().out)
+    assert rc == 0 and result.status == Status.OK, result.reason
+    assert (out / "out" / "result.json").exists() and (out / "out" / "run.log").exists()
 
 
 @pytest.mark.slow

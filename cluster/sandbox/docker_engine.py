@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,9 @@ class DockerSandbox:
             home="/tmp",
         )
         env.pop("PATH", None)  # the host's PATH means nothing in the image: keep the image's (/opt/venv/bin first)
+        # CUDA base images say NVIDIA_VISIBLE_DEVICES=all; where dockerd's default runtime is nvidia, that
+        # alone would show every GPU to a CPU-only experiment. Name the one GPU, or none ("void").
+        env["NVIDIA_VISIBLE_DEVICES"] = gpu.uuid or "void"
         cpus = limits.cpus or (profile.torch_threads and profile.torch_threads + RUNNER_CPU_SLACK)
         memory = f"{limits.memory_mb}m"
         file_bytes = limits.file_mb * 1024**2
@@ -186,6 +190,7 @@ class DockerSandbox:
         attempt = uuid.uuid4().hex[:12]
         config["labels"][RUN_LABEL] = attempt
         config["name"] = f"farm-{spec.experiment_id}-{attempt[:6]}"
+        self._remove_earlier_attempts(spec.experiment_id)  # a retried task: its lost attempt may still run
         _, out = stage(spec)
         if spec.compile_cache_dir:
             _shared_dir(spec.compile_cache_dir)
@@ -221,6 +226,12 @@ class DockerSandbox:
         return removed
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _remove_earlier_attempts(self, experiment_id: str) -> None:
+        for container in self.client.containers.list(
+            all=True, filters={"label": [f"{ROLE_LABEL}={ROLE}", f"{EXPERIMENT_LABEL}={experiment_id}"]}
+        ):
+            self._remove(container, "")
 
     def _require_image(self, image: str) -> None:
         if image in self._images_ok:
@@ -306,7 +317,7 @@ class DockerSandbox:
             except Exception:
                 return  # the engine is gone; cleanup_leftovers finds it next time
         for c in targets:
-            for _ in range(3):
+            for attempt_no in range(3):
                 try:
                     c.remove(force=True)
                     break
@@ -314,6 +325,11 @@ class DockerSandbox:
                     code = getattr(getattr(exc, "response", None), "status_code", None)
                     if code == 404:
                         break
+                    if attempt_no == 2:
+                        warnings.warn(
+                            f"could not remove container {c.name}: {_short(exc)}; the farm's next start removes it",
+                            stacklevel=2,
+                        )
                     time.sleep(0.5)  # 409: removal already in progress; retry
 
 

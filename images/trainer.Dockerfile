@@ -1,0 +1,61 @@
+# The trainer image: what runs inside every experiment's sandbox. ONE file for CPU and GPU.
+#
+# Build from the repository root (the root .dockerignore keeps the context small):
+#   make images                                    # CPU: debootstrapped base + the CPU torch wheel, offline
+#   docker build -f images/trainer.Dockerfile -t autoresearch-farm/trainer:latest \
+#       --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04-python \
+#       --build-arg TORCH_SPEC=torch==2.13.0 --build-arg EXTRA_PIP=kernels \
+#       --build-arg APT_PACKAGES="gcc libc6-dev python3-dev" .                   # GPU
+#
+# BASE_IMAGE must have python3 (3.11+) with the venv module. When the build context holds
+# wheels in images/.build/wheels (`images/build.sh` downloads them), everything installs from
+# those wheels with --no-index (no network needed in the build); otherwise from the index
+# (PIP_INDEX_URL / PIP_EXTRA_INDEX_URL may be passed as build arguments, e.g. a CUDA torch index).
+#
+# Only trainer/ is copied: it imports nothing from cluster/ or agent/.
+ARG BASE_IMAGE=autoresearch-farm/base:bookworm
+
+FROM ${BASE_IMAGE} AS build
+ARG TORCH_SPEC=torch==2.13.0
+ARG EXTRA_PIP=
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+# requirements file always exists; the wheels dir may not (the [s] glob then matches nothing)
+COPY images/trainer-requirements.txt images/.build/wheel[s] /tmp/build/
+RUN set -eux; \
+    python3 -m venv /opt/venv; \
+    if ls /tmp/build/*.whl >/dev/null 2>&1; then \
+        src="--no-index --find-links /tmp/build"; \
+    else \
+        src=""; \
+    fi; \
+    /opt/venv/bin/pip install $src "$TORCH_SPEC" -r /tmp/build/trainer-requirements.txt $EXTRA_PIP; \
+    /opt/venv/bin/pip uninstall -y pip setuptools wheel 2>/dev/null || true
+
+FROM ${BASE_IMAGE}
+# Debian packages for the run time, from the base's apt sources (needs the mirror; default none).
+# GPU: "gcc libc6-dev python3-dev": Triton (torch.compile) compiles its launchers with a C compiler
+# and Python's headers when a run starts.
+ARG APT_PACKAGES=
+RUN if [ -n "$APT_PACKAGES" ]; then \
+        set -eux; apt-get update; apt-get install -y --no-install-recommends $APT_PACKAGES; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi
+# Multi-stage: the wheels never land in a layer of the final image.
+COPY --from=build /opt/venv /opt/venv
+COPY trainer/ /opt/farm/trainer/
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONPATH=/opt/farm \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LANG=C.UTF-8
+# Byte-code compiled now: the root fs is read-only at run time, so every start would recompile.
+RUN python -m compileall -q /opt/farm/trainer && python -c "import torch, numpy, pyarrow, tiktoken, pydantic, requests, trainer.runner, trainer.prepare; \
+print('torch', torch.__version__)"
+LABEL org.opencontainers.image.title="autoresearch-farm trainer" \
+      org.opencontainers.image.description="runs one candidate train.py under the trusted harness (python -m trainer.runner)"
+# nobody:nogroup; the sandbox also sets it, this is the default for anyone running the image by hand
+USER 65534:65534
+WORKDIR /tmp
+ENTRYPOINT ["python", "-m", "trainer.runner"]
