@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import sys
 from pathlib import Path
 
@@ -140,8 +139,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         line(True, "ray", ray.__version__)
     except Exception as exc:
         line(False, "ray", f"cannot import: {exc}")
-    docker = shutil.which("docker")
-    line(None, "docker", f"client at {docker}" if docker else "no docker client (the process sandbox will be used)")
+    from cluster.sandbox import SandboxError, make_sandbox
+
+    try:
+        make_sandbox("docker")
+        line(True, "docker", "engine reachable, trainer image present: experiments run in containers")
+    except (SandboxError, ImportError) as exc:
+        root = "as root: namespaces, cgroups, read-only mounts" if os.geteuid() == 0 else "NOT root: rlimits only"
+        line(None, "docker", f"{str(exc).splitlines()[0][:160]} -> the process sandbox will be used ({root})")
     key = bool(os.environ.get("ANTHROPIC_API_KEY"))
     line(
         None, "anthropic", "ANTHROPIC_API_KEY is set" if key else "no ANTHROPIC_API_KEY: agents use the offline mutator"
