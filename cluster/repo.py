@@ -113,6 +113,7 @@ class ResearchRepo:
         self.path = Path(path).resolve()
         self._git = _runner(self.path)
         self._lock = threading.RLock()  # one writer, but the driver may call from several threads
+        self._blobs: dict[tuple[str, str], str] = {}  # (commit sha, file) -> text
 
     # -- creating and opening -------------------------------------------------------------
 
@@ -304,11 +305,18 @@ class ResearchRepo:
         return out.strip() if status == 0 else None
 
     def _blob(self, commit: str, name: str) -> str:
+        """A file at a commit; cached by full sha (commits never change), so the driver's loop spawns no git."""
+        key = (commit, name)
+        if len(commit) == 40 and key in self._blobs:
+            return self._blobs[key]
         with self._lock:
             sha = self.resolve(commit)
             status, out, _ = self._run(["cat-file", "blob", f"{sha}:{name}"], check=False)
             if status != 0:
                 raise RepoError(f"commit {sha[:7]} has no {name}: not a farm commit")
+            if len(self._blobs) > 4096:
+                self._blobs.clear()
+            self._blobs[(sha, name)] = out
             return out
 
     def _commit_fields(self, sha: str) -> tuple[str, list[str], str]:

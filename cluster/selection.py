@@ -53,16 +53,21 @@ def judge_candidate(
 
 
 def pick_parent(state: FarmState, rng: random.Random, settings: TournamentSettings) -> tuple[str, str]:
-    """Mostly main; sometimes a promising near-miss, so good ideas can be combined."""
+    """Mostly main; sometimes a promising near-miss, so good ideas can be combined.
+
+    One pass over the measurements: this runs for every proposal, on the driver's hot path.
+    """
+    main = {gpu: state.main_mean(gpu) for (_, gpu) in state.measurements}
+    means: dict[str, list[tuple[float, str]]] = {}
+    for (sha, gpu), ms in state.measurements.items():
+        if ms and main.get(gpu) is not None:
+            means.setdefault(sha, []).append((sum(m.val_bpb for m in ms) / len(ms), gpu))
     pool = []
     for eid, decision in state.verdicts.items():
         work = state.work.get(eid)
         if work is None or work.kind != "candidate" or decision in ("promote", "simpler", "merging"):
             continue
-        for (sha, gpu), ms in state.measurements.items():
-            main = state.main_mean(gpu)
-            if sha == work.train_sha and ms and main is not None:
-                mean = sum(m.val_bpb for m in ms) / len(ms)
-                pool.append(PoolEntry(commit=work.commit, val_bpb=mean, delta=mean - main,
-                                      near_miss=decision in ("discard", "confirm", "wait")))
+        for mean, gpu in means.get(work.train_sha, []):
+            pool.append(PoolEntry(commit=work.commit, val_bpb=mean, delta=mean - main[gpu],
+                                  near_miss=decision in ("discard", "confirm", "wait")))
     return select_parent(state.main_commit, pool, rng, settings)
