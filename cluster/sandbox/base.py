@@ -111,7 +111,10 @@ def collect(spec: ExperimentSpec, out: Path, started: float, *, killed: bool, ex
         except ValueError as exc:
             note = f"unreadable result file ({exc.__class__.__name__}); {note}"
     if killed:
-        status, reason = Status.TIMEOUT, f"killed by the sandbox at {spec.wall_limit() + OUTER_KILL_GRACE:g} s"
+        status, reason = Status.TIMEOUT, (
+            f"killed by the sandbox at the wall limit ({spec.wall_limit():g} s + {OUTER_KILL_GRACE:g} s grace): "
+            "the runner did not stop it itself"
+        )
     else:
         status, reason = Status.ERROR, f"the runner wrote no result (exit code {exit_code}) {note}".strip()
     log = out / "run.log"
