@@ -30,9 +30,11 @@ the stand-in's own record of when each sleep started and ended
 - peak busy: the most sleeps in progress at once (N when every slot was used).
 - driver CPU: ``time.process_time()`` of the driver process around
   ``Farm.run()`` (all its threads: the loop, the ledger writer, Ray's core
-  worker; not its git child processes), total and per experiment; machine
-  CPU: every process's busy share of the cores over the same wall time (other
-  users of the machine included: the load average is recorded).
+  worker), total and per experiment; *git CPU*: the driver's child processes
+  (the research repo's git commands) over the same time; machine CPU: every
+  process's busy share of the cores over the same wall time (Ray, agents, other
+  users of the machine included; the 1-min load average when the configuration
+  started is recorded, and includes the tail of the configuration before).
 - experiments/hour over the span, against the ideal N x 3600 / seconds.
 
 ``--what-if`` runs the same with proposed fixes patched in, in the child
@@ -52,6 +54,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,69 +72,44 @@ DUTY_GOAL, GAP_GOAL = 0.97, 1.0
 
 
 # ---- what-ifs: proposed fixes, patched into the child process only ------------------------------------------
+# (The first three found here, max_calls=0 for the experiment task, the blob cache and the one-pass pick_parent,
+# are in the farm's code since 40beb9f; docs/bench/dispatch.md keeps the numbers from before.)
 
 
-def _reuse_workers() -> None:
-    import ray
-
-    import cluster.driver
-    from cluster.dispatch import TASK_RETRIES, run_experiment_local
-
-    # .options() cannot change max_calls: declare the task again, as cluster/dispatch.py would with the fix
-    cluster.driver.run_experiment = ray.remote(num_gpus=1, num_cpus=0, max_retries=TASK_RETRIES, max_calls=0)(
-        run_experiment_local
-    )
-
-
-def _parent_index() -> None:
-    import cluster.driver
-    from cluster.tournament import PoolEntry, select_parent
-
-    def pick_parent(state, rng, settings):  # cluster.selection.pick_parent, same pool in the same order
-        by_sha: dict[str, list] = {}
-        for (sha, gpu), ms in state.measurements.items():
-            by_sha.setdefault(sha, []).append((gpu, ms))
-        main_means: dict[str, float | None] = {}
-        pool = []
-        for eid, decision in state.verdicts.items():
-            work = state.work.get(eid)
-            if work is None or work.kind != "candidate" or decision in ("promote", "simpler", "merging"):
-                continue
-            for gpu, ms in by_sha.get(work.train_sha, ()):
-                main = main_means[gpu] if gpu in main_means else main_means.setdefault(gpu, state.main_mean(gpu))
-                if ms and main is not None:
-                    mean = sum(m.val_bpb for m in ms) / len(ms)
-                    pool.append(PoolEntry(commit=work.commit, val_bpb=mean, delta=mean - main,
-                                          near_miss=decision in ("discard", "confirm", "wait")))  # fmt: skip
-        return select_parent(state.main_commit, pool, rng, settings)
-
-    cluster.driver.pick_parent = pick_parent
-
-
-def _blob_cache() -> None:
+def _fast_commit() -> None:
     import re
 
-    from cluster.repo import ResearchRepo
+    from cluster import repo as r
 
-    original, cache, full_sha = ResearchRepo._blob, {}, re.compile(r"^[0-9a-f]{40}$")
+    original, entries, full_sha = r.ResearchRepo.commit_experiment, {}, re.compile(r"^[0-9a-f]{40}$")
 
-    def _blob(self, commit: str, name: str) -> str:  # a commit's content never changes: cache by full sha
-        if not full_sha.match(commit):
-            return original(self, commit, name)
-        key = (str(self.path), commit, name)
-        if key not in cache:
-            cache[key] = original(self, commit, name)
-        return cache[key]
+    def commit_experiment(self, experiment_id, parent_commit, train_py, description, trailers=None):
+        """4 git processes instead of 7: no rev-parse of a full sha, the parent's tree listing cached (commits never
+        change), and no look-up of a branch that a new id cannot have (update-ref's compare-and-swap against
+        zero checks that; if it fails, the original call does the idempotent re-commit)."""
+        if not full_sha.match(parent_commit):
+            return original(self, experiment_id, parent_commit, train_py, description, trailers)
+        r._check_id(experiment_id)
+        with self._lock:
+            key = (str(self.path), parent_commit)
+            if key not in entries:
+                entries[key] = self._entries(parent_commit)
+            tree = self._mktree(entries[key], {r.TRAIN_PY: train_py})
+            message = r._format_message(description, {"Farm-Experiment": experiment_id, **(trailers or {})})
+            sha = self._commit_tree(tree, [parent_commit], message)
+            try:
+                self._update_ref(f"refs/heads/{r.EXP_PREFIX}{experiment_id}", sha, r._ZERO,
+                                 f"experiment {experiment_id}")  # fmt: skip
+            except r.RepoError:  # the branch exists (a resumed run): the original's checks decide
+                return original(self, experiment_id, parent_commit, train_py, description, trailers)
+            return sha
 
-    ResearchRepo._blob = _blob
+    r.ResearchRepo.commit_experiment = commit_experiment
 
 
 WHAT_IFS = {
-    "reuse-workers": (_reuse_workers, "experiment task with max_calls=0 (cluster/dispatch.py: Ray's default for a "
-                      "num_gpus task is max_calls=1, a fresh worker process per experiment)"),
-    "parent-index": (_parent_index, "pick_parent without its O(verdicts x measurements) scan (cluster/selection.py)"),
-    "blob-cache": (_blob_cache, "ResearchRepo._blob cached by commit sha (2 git processes per train.py/program.md "
-                   "read)"),
+    "fast-commit": (_fast_commit, "ResearchRepo.commit_experiment with 4 git processes instead of 7 "
+                    "(cluster/repo.py: rev-parse, ls-tree and the branch look-up skipped where they cannot matter)"),
 }  # fmt: skip
 
 
@@ -181,14 +159,14 @@ def run_one(n: int, seconds: float, per_gpu: int, agents: int, root: Path, cap: 
             import cProfile
 
             profiler = cProfile.Profile()
-        busy0, wall0, cpu0 = _machine_busy(), time.time(), time.process_time()
+        busy0, wall0, cpu0, kids0 = _machine_busy(), time.time(), time.process_time(), _children_cpu()
         with open(root / "farm.log", "w") as log, contextlib.redirect_stdout(log):
             if profiler:
                 profiler.enable()
             farm.run()
             if profiler:
                 profiler.disable()
-        cpu1, wall1, busy1 = time.process_time(), time.time(), _machine_busy()
+        cpu1, wall1, busy1, kids1 = time.process_time(), time.time(), _machine_busy(), _children_cpu()
     finally:
         ray.shutdown()
     if profiler:
@@ -196,12 +174,18 @@ def run_one(n: int, seconds: float, per_gpu: int, agents: int, root: Path, cap: 
     out = analyse(run_dir, n, seconds)
     out.update(
         variant=",".join(what_ifs) or "as-is", agents=agents, target=per_gpu * n, stop=farm.stopping,
-        driver_cpu_s=cpu1 - cpu0, driver_wall_s=wall1 - wall0, load_before=load,
+        driver_cpu_s=cpu1 - cpu0, git_cpu_s=kids1 - kids0, driver_wall_s=wall1 - wall0, load_before=load,
         machine_cpu_util=(busy1 - busy0) / ((wall1 - wall0) * (os.cpu_count() or 1)),
         promotions=farm.state.promotions, rejected=getattr(farm.state, "rejected", 0), profiled=bool(profile),
     )  # fmt: skip
     out["driver_cpu_ms_per_exp"] = 1000 * out["driver_cpu_s"] / max(1, out["experiments"])
     return out
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the driver's finished child processes: its git commands (Ray's are reaped only at shutdown)."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def _machine_busy() -> float:
@@ -290,6 +274,10 @@ def _pct(values: list[float], q: float) -> float:
 def spawn(n: int, seconds: float, what_ifs: list[str], args, work: Path, profile: Path | None = None) -> dict:
     label = ",".join(what_ifs) or "as-is"
     root = work / f"n{n}-s{seconds:g}-{label.replace(',', '+')}{'-profile' if profile else ''}"
+    if (root / "result.json").exists() and (profile is None or profile.exists()):  # rerun with the same --work
+        print(f"N={n:<3} {seconds:g} s, {label}{' (cProfile)' if profile else ''}: kept from {root}", flush=True)
+        return json.loads((root / "result.json").read_text())
+    shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     agents = args.agents or min(n, 16)
     cap = max(args.cap, 1.5 * args.per_gpu * seconds)
@@ -306,6 +294,7 @@ def spawn(n: int, seconds: float, what_ifs: list[str], args, work: Path, profile
         raise SystemExit(f"N={n} failed (rc {proc.returncode}); see {root}/farm.log\n{proc.stderr[-3000:]}")
     r = json.loads((root / "result.json").read_text())
     r["process_wall_s"] = time.monotonic() - started
+    (root / "result.json").write_text(json.dumps(r, indent=2))
     print(f"      {r['experiments']}/{r['target']} exp., duty {r['duty']:.1%} (steady {r['steady_duty']:.1%}), "
           f"gap p50 {r['gap_p50']:.3f} s p95 {r['gap_p95']:.3f} s, driver CPU {r['driver_cpu_s']:.1f} s "
           f"({r['driver_cpu_ms_per_exp']:.0f} ms/exp.), {r['exp_per_hour']:.0f}/h of {r['ideal_per_hour']:.0f}/h "
@@ -328,7 +317,8 @@ def main() -> int:
     p.add_argument("--profile", metavar="VARIANTS", help="';'-separated what-if sets (e.g. 'as-is;all') whose "
                    "largest N runs once more under cProfile")  # fmt: skip
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "bench", help="where dispatch.md/.png/.json go")
-    p.add_argument("--work", type=Path, help="keep the run dirs here (default: a temp dir, removed)")
+    p.add_argument("--work", type=Path, help="keep the run dirs here (default: a temp dir, removed); a rerun with "
+                   "the same --work keeps the configurations that finished")  # fmt: skip
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--profile-to", type=Path, help=argparse.SUPPRESS)
@@ -342,6 +332,7 @@ def main() -> int:
 
     ns = sorted(int(x) for x in args.gpus.split(","))
     variants = [parse_variant(v) for v in (args.variants.split(";") if args.variants else [args.what_if])]
+    code_version = _code_version()
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dispatch-")))
         work.mkdir(parents=True, exist_ok=True)
@@ -357,15 +348,27 @@ def main() -> int:
                 spawn(ns[-1], args.seconds, what_ifs, args, work, profile=prof_path)
                 profiles[label] = hot_spots(prof_path)
                 print(profiles[label][:3000])
-        total = time.monotonic() - started
+        total = max(time.monotonic() - started, sum(r.get("process_wall_s", 0.0) for r in results))
         machine = (f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
-                   f"Ray {_ray_version()}")  # fmt: skip
+                   f"Ray {_ray_version()}; farm code at {code_version}")  # fmt: skip
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "dispatch.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
         plot(results, args.seconds, args.out / "dispatch.png")
         write_doc(results, args, machine, total, profiles, args.out / "dispatch.md")
     print(f"wrote {args.out / 'dispatch.md'}, dispatch.png, dispatch.json ({total:.0f} s)")
     return 0
+
+
+def _code_version() -> str:
+    """The commit the farm's code is at, and whether cluster/ agent/ trainer/ differ from it."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "cluster", "agent", "trainer"], capture_output=True,
+                               text=True).stdout.strip()  # fmt: skip
+    except OSError:
+        return "unknown"
+    return f"{head or 'unknown'}{' + uncommitted changes' if dirty else ''}"
 
 
 def _ray_version() -> str:
@@ -392,16 +395,17 @@ def plot(results: list[dict], seconds: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5.6))
     xs = sorted({r["gpus"] for r in results})
-    for i, variant in enumerate(dict.fromkeys(r["variant"] for r in results)):
-        base = [r for r in results if r["variant"] == variant and r["seconds"] == seconds]
+    for i, name in enumerate(dict.fromkeys(r["variant"] for r in results)):
+        base = [r for r in results if r["variant"] == name and r["seconds"] == seconds]
+        variant = name
         color = f"C{i}"
         gx = [r["gpus"] for r in base]
         a.plot(gx, [100 * r["duty"] for r in base], "o-", color=color, label=f"{variant}: duty")
         a.plot(gx, [100 * r["steady_duty"] for r in base], "s--", color=color, label=f"{variant}: steady duty")
         for r in results:
-            if r["variant"] == variant and r["seconds"] != seconds:
+            if r["variant"] == name and r["seconds"] != seconds:
                 a.plot([r["gpus"]], [100 * r["duty"]], "^", color=color, ms=9,
                        label=f"{variant}: duty, {r['seconds']:g} s exp.")  # fmt: skip
                 b.plot([r["gpus"]], [max(r["gap_p95"], 1e-3)], "^", color=color, ms=9,
@@ -417,7 +421,7 @@ def plot(results: list[dict], seconds: float, path: Path) -> None:
     for ax in (a, b):
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.minorticks_off()
-        ax.legend(fontsize=6.5)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -440,8 +444,8 @@ def write_doc(results: list[dict], args, machine: str, total: float, profiles: d
         "no drain); *gap* = per Ray GPU slot, an experiment's end -> the next start on that slot; *starved* = gaps "
         "where nothing was queued when the slot freed; *result* = sleep end -> driver records it; *launch* = driver "
         "submits -> sleep starts; *peak* = most experiments running at once; *driver CPU* = `time.process_time()` "
-        "of the driver around `Farm.run()`; *machine CPU* = all processes' share of the cores (other users "
-        "included).",
+        "of the driver around `Farm.run()`; *git CPU* = its child processes (git); *machine CPU* = all processes' "
+        "share of the cores (Ray, agents, other users included), with the 1-min load average at the start.",
         "",
         f"Machine: {machine}. Agents: min(N, 16) mutate agents; queue_ahead 2; baseline 3 replicates.",
         "",
@@ -451,9 +455,9 @@ def write_doc(results: list[dict], args, machine: str, total: float, profiles: d
         lines += [f"- `{name}`: {desc}" for name, (_, desc) in WHAT_IFS.items()] + [""]
     lines += [
         "| variant | N | exp. s | experiments | duty | steady duty | gap p50 | gap p95 | gap max | starved gaps "
-        "| result p50 / p95 | launch p50 / p95 | peak busy | driver CPU | per exp. | machine CPU (load) "
+        "| result p50 / p95 | launch p50 / p95 | peak busy | driver CPU | per exp. | git CPU | machine CPU (load) "
         "| exp/h (ideal) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         capped = "" if r["experiments"] >= r["target"] else " (cap)"
@@ -463,7 +467,8 @@ def write_doc(results: list[dict], args, machine: str, total: float, profiles: d
             f"| {r['gap_max']:.1f} s | {r['gaps_starved']}/{r['gaps']} "
             f"| {r['result_p50']:.2f} / {r['result_p95']:.2f} s "
             f"| {r['launch_p50']:.2f} / {r['launch_p95']:.2f} s | {r['peak_busy']} | {r['driver_cpu_s']:.0f} s "
-            f"| {r['driver_cpu_ms_per_exp']:.0f} ms | {r['machine_cpu_util']:.0%} ({r['load_before']:.1f}) "
+            f"| {r['driver_cpu_ms_per_exp']:.0f} ms | {r['git_cpu_s']:.1f} s "
+            f"| {r['machine_cpu_util']:.0%} ({r['load_before']:.1f}) "
             f"| {r['exp_per_hour']:.0f} ({r['ideal_per_hour']:.0f}) |"
         )  # fmt: skip
     lines.append("")
