@@ -180,7 +180,7 @@ class Farm:
             reason = "duplicate of an earlier experiment's train.py"
         if reason:
             self.view.note(f"{proposal.agent}: rejected before running: {reason}")
-            self.state.rejected = getattr(self.state, "rejected", 0) + 1
+            self.state.rejected += 1
             return
         eid = self.state.new_id()
         commit = self.repo.commit_experiment(eid, proposal.parent_commit, proposal.train_py, proposal.description,

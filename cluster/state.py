@@ -53,6 +53,7 @@ class FarmState:
     measurements: dict[tuple[str, str], list[Measurement]] = field(default_factory=lambda: defaultdict(list))
     queue: deque[str] = field(default_factory=deque)
     promotions: int = 0
+    rejected: int = 0  # proposals refused before running (do not compile, duplicates)
     cost_usd: float = 0.0
 
     def new_id(self) -> str:
