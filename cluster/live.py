@@ -78,7 +78,7 @@ class LiveView:
             "finished": finished, "by_status": st.counts(), "main_commit": st.main_commit,
             "main_val_bpb": st.main_mean(f._main_class()), "best_val_bpb": best, "promotions": st.promotions,
             "experiments_per_hour": rate, "elapsed_seconds": elapsed, "eta_seconds": eta,
-            "cost_usd": st.cost_usd, "stopping": f.stopping,
+            "cost_usd": st.cost_usd, "rejected_proposals": st.rejected, "stopping": f.stopping,
         }
 
     def _table(self) -> Table:
