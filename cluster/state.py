@@ -140,7 +140,7 @@ class FarmState:
                 state.verdicts[eid] = row.verdict
                 if row.verdict == "promote":
                     state.promotions += 1
-        for eid, work in state.work.items():
+        for eid, work in list(state.work.items()):  # enqueue_existing re-inserts into state.work
             if eid not in state.finished:
                 state.enqueue_existing(work)
         return state
