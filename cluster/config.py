@@ -109,6 +109,8 @@ class FarmConfig(BaseModel):
     ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local one")
     tournament: TournamentSettings = Field(default_factory=TournamentSettings)
     metrics_port: int | None = Field(9464, ge=1, le=65535, description="Prometheus exporter port; None: off")
+    metrics_address: str = Field("127.0.0.1", min_length=1,
+                                 description="address the exporter binds (0.0.0.0: every interface, e.g. in a pod)")
     cost_cap_usd: float | None = Field(None, ge=0, description="stop proposing when LLM spend reaches this")
     max_experiments: int | None = Field(None, ge=1, description="stop after this many experiments")
     hours: float | None = Field(None, gt=0, description="stop after this many hours")
@@ -163,7 +165,8 @@ CLI_FLAGS = {
     "gpus": ("--gpus", int), "agents.count": ("--agents", int), "agents.kind": ("--agent-kind", str),
     "profile": ("--profile", str), "sandbox": ("--sandbox", str), "image": ("--image", str),
     "run_dir": ("--run-dir", str), "cache_dir": ("--cache-dir", str), "ray_address": ("--address", str),
-    "metrics_port": ("--metrics-port", int), "cost_cap_usd": ("--cost-cap", float),
+    "metrics_port": ("--metrics-port", int), "metrics_address": ("--metrics-address", str),
+    "cost_cap_usd": ("--cost-cap", float),
     "max_experiments": ("--max-experiments", int), "hours": ("--hours", float),
     "queue_ahead": ("--queue-ahead", int), "seed": ("--seed", int),
 }  # fmt: skip

@@ -24,6 +24,7 @@ from cluster.config import FarmConfig
 from cluster.dispatch import TaskOutcome, run_experiment
 from cluster.ledger import Ledger, LedgerRow, write_results_tsv
 from cluster.live import LiveView
+from cluster.metrics import FarmMetrics
 from cluster.repo import ResearchRepo
 from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
 from cluster.spec import ExperimentSpec
@@ -52,6 +53,7 @@ class Farm:
         self.stopping = ""
         self._status_written = 0.0
         self.view = LiveView(self)
+        self.metrics = FarmMetrics.for_farm(self)  # served by run_cli (metrics_port)
 
     # ---- set-up -------------------------------------------------------------
 
@@ -167,9 +169,11 @@ class Farm:
         if not outcome.fatal:
             self.idle_agents.append(index)
         if outcome.proposal is None:
+            self.metrics.proposal(index, outcome)
             self.view.note(f"{outcome.agent}: no proposal ({outcome.error.splitlines()[0][:120]})")
             return
         self._accept(outcome.proposal)
+        self.metrics.proposal(index, outcome)
 
     def _accept(self, proposal: Proposal) -> None:
         """Pre-flight a proposal (no GPU for what cannot run or was already run) and queue it."""
@@ -214,12 +218,14 @@ class Farm:
             )
             ref = run_experiment.remote(spec.model_dump_json(), self.sandbox)
             self.inflight[ref] = work.experiment_id
+            self.metrics.dispatched(work)
             self.ledger.append([LedgerRow(experiment_id=work.experiment_id, event="started", ts=time.time(),
                                           status="running")])
 
     def _on_experiment(self, ref: ray.ObjectRef) -> None:
         eid = self.inflight.pop(ref)
         work = self.state.work[eid]
+        outcome = None
         try:
             outcome = TaskOutcome.model_validate_json(ray.get(ref))
         except ray.exceptions.RayError as exc:  # retries exhausted: the farm's fault, not the candidate's
@@ -236,6 +242,7 @@ class Farm:
         if self.state.record_finished(row):
             self.view.finished(work, row)
             self._judge(work, row)
+        self.metrics.finished(work, row, outcome)  # after the state took the result: main/best are current
 
     # ---- the tournament -----------------------------------------------------
 
@@ -272,6 +279,7 @@ class Farm:
         if outcome.kind in ("fast-forward", "noop"):
             self.state.main_commit, self.state.main_sha = outcome.new_main, candidate.train_sha
             self.state.promotions += 1
+            self.metrics.promoted()
             self.state.verdicts[candidate.experiment_id] = "promote"
             self.view.note(f"main <- {candidate.experiment_id} ({candidate.description}): {mean:.4f}")
             self.queue_baseline()  # measure the new main afresh: the winner's first run was selected low

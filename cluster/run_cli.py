@@ -69,13 +69,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"farm run: removed {removed} experiment(s) left running by an earlier farm", flush=True)
     _init_ray(config)
     try:
-        Farm(config, run_dir, sandbox).run()
+        farm = Farm(config, run_dir, sandbox)
+        server = _serve_metrics(farm, config)
+        try:
+            farm.run()
+        finally:
+            if server:
+                server.close()
     finally:
         ray.shutdown()
     plot = progress_plot(run_dir)
     _print_leaderboard(run_dir, limit=10)
     print(f"results: {run_dir / 'results.tsv'}   plot: {plot}   ledger: {run_dir / 'ledger'}")
     return 0
+
+
+def _serve_metrics(farm, config: FarmConfig):
+    """The farm's /metrics endpoint, or None (off, or the port is taken: the farm runs on without it)."""
+    from cluster.metrics import serve
+
+    try:
+        server = serve(farm.metrics, config.metrics_port, config.metrics_address)
+    except OSError as exc:
+        print(f"farm run: warning: no metrics on {config.metrics_address}:{config.metrics_port}: {exc.strerror or exc}"
+              " (pick another with --metrics-port)", file=sys.stderr, flush=True)
+        return None
+    if server:
+        print(f"farm run: metrics at {server.url}", flush=True)
+    return server
 
 
 def _init_ray(config: FarmConfig) -> None:
