@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -18,7 +18,9 @@ class ExperimentSummary(BaseModel):
     status: str = ""
     val_bpb: float | None = None
     verdict: str = ""
+    reason: str = Field("", description="why it failed or was judged so (the runner's or the tournament's words)")
     log_tail: str = ""
+    diff: str = Field("", description="unified diff of train.py against its parent (candidates and merges)")
 
 
 class Context(BaseModel):
@@ -34,21 +36,29 @@ class Context(BaseModel):
     recent: list[ExperimentSummary] = Field(default_factory=list)
     own_recent: list[ExperimentSummary] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    own_rejected: list[str] = Field(default_factory=list, description="this agent's proposals refused before running")
     seed: int = Field(0, description="for proposers that draw random numbers: reproducible runs")
 
 
-class Proposal(BaseModel):
+class Spend(BaseModel):
+    """LLM tokens and USD one proposal cost (zero for proposers without an LLM)."""
+
+    tokens_in: int = 0  # uncached input tokens
+    tokens_out: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class Proposal(Spend):
     """A candidate train.py, proposed from a parent commit."""
 
     parent_commit: str
     train_py: str
     description: str
     agent: str
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost_usd: float = 0.0
+    notes: list[str] = Field(default_factory=list, description="one-line insights for the shared notes file")
+    transcript: dict[str, Any] | None = Field(None, description="the conversation, key redacted, for the run dir")
 
 
 class Proposer(Protocol):

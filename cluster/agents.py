@@ -15,7 +15,7 @@ from collections.abc import Callable
 import ray
 from pydantic import BaseModel
 
-from agent.protocol import Context, Proposal, Proposer
+from agent.protocol import Context, Proposal, Proposer, Spend
 
 RESTART_AFTER_FAILURES = 3
 
@@ -28,6 +28,8 @@ class ProposalOutcome(BaseModel):
     error: str = ""
     fatal: bool = False  # this agent cannot go on (e.g. a rejected API key)
     seconds: float = 0.0
+    spend: Spend | None = None  # what a failed proposal still cost (LLM tokens), for the ledger and the cap
+    transcript: dict | None = None  # a failed proposal's conversation, for the run dir
 
 
 def make_proposer(kind: str, name: str, options: dict) -> Proposer:
@@ -69,6 +71,7 @@ class AgentActor:
             error = f"{type(exc).__name__}: {exc}"
             tail = traceback.format_exc(limit=3)[-800:]
             return ProposalOutcome(agent=self.name, error=f"{error}\n{tail}", fatal=fatal,
-                                   seconds=time.monotonic() - started)
+                                   seconds=time.monotonic() - started, spend=getattr(exc, "spend", None),
+                                   transcript=getattr(exc, "transcript", None))
         self.failures = 0
         return ProposalOutcome(agent=self.name, proposal=proposal, seconds=time.monotonic() - started)
