@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", choices=["text", "json"], default="text")
     p.add_argument(
         "--sandbox",
-        choices=["none", "process", "docker"],
+        choices=["none", "process", "docker", "kubernetes"],
         default="none",
         help="run it isolated like the farm does (none: the runner directly, in this process's environment)",
     )

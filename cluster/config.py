@@ -29,6 +29,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.cost import DEFAULT_MODEL, Price, price_for
+from cluster.sandbox.kube_pod import KubernetesSettings
 from cluster.spec import TRAINER_IMAGE, Limits
 from cluster.tournament import TournamentSettings
 from trainer.profiles import cache_dir, get_profile
@@ -60,13 +62,33 @@ class AgentOptions(BaseModel):
     model: str | None = Field(None, description="Anthropic model name (claude)")
     temperature: float | None = Field(None, ge=0, le=1, description="sampling temperature (claude)")
     max_tokens: int | None = Field(None, ge=1, description="output tokens per model call (claude)")
+    base_url: str | None = Field(None, description="Messages API base URL; default ANTHROPIC_BASE_URL (claude)")
+    timeout_seconds: float | None = Field(None, gt=0, description="one model call's timeout (claude)")
+    max_turns: int | None = Field(None, ge=1, le=200, description="model calls per proposal (claude)")
+    max_retries: int | None = Field(None, ge=0, le=20, description="retries of a failed model call (claude)")
+    retry_base_seconds: float | None = Field(None, gt=0, description="first retry backoff, doubling (claude)")
+    retry_max_seconds: float | None = Field(None, gt=0, description="longest retry backoff (claude)")
+    prices: dict[str, Price] | None = Field(None, description="USD per MTok by model name prefix (claude)")
     changes: list[dict[str, int | float | str]] | None = Field(None, description="change sets to replay (script)")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _priced(self) -> AgentOptions:
+        price_for(self.model or DEFAULT_MODEL, self.prices)  # ValueError: spend must never count as free
+        return self
 
 
 KIND_OPTIONS = {
     "mutate": set(),
     "script": {"changes"},
-    "claude": {"direction", "temperament", "model", "temperature", "max_tokens"},
+    "claude": {"direction", "temperament", "model", "temperature", "max_tokens", "base_url", "timeout_seconds",
+               "max_turns", "max_retries", "retry_base_seconds", "retry_max_seconds", "prices"},
 }
 
 
@@ -102,8 +124,11 @@ class FarmConfig(BaseModel):
     gpus: int | None = Field(None, ge=1, description="GPU slots; default: local CUDA GPUs, else CPU logical slots")
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     profile: str | None = Field(None, description="default: h100 when a CUDA GPU is present, else cpu-tiny")
-    sandbox: Literal["auto", "docker", "process"] = Field("auto", description="auto: docker when usable")
-    image: str = Field(TRAINER_IMAGE, min_length=1, description="trainer image (docker sandbox)")
+    sandbox: Literal["auto", "docker", "process", "kubernetes"] = Field("auto", description="auto: docker when usable")
+    image: str = Field(TRAINER_IMAGE, min_length=1, description="trainer image (docker and kubernetes sandboxes)")
+    kubernetes: KubernetesSettings = Field(
+        default_factory=KubernetesSettings, description="experiment pods (kubernetes sandbox; FARM_KUBERNETES__*)"
+    )
     run_dir: Path | None = Field(None, description="the run's directory; default: a new one under runs/")
     cache_dir: Path = Field(default_factory=cache_dir, description="prepared data and tokenizers")
     ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local one")
@@ -149,7 +174,8 @@ class FarmConfig(BaseModel):
         """The proposer kind, with auto resolved from ANTHROPIC_API_KEY (and whether the Claude agent is installed)."""
         if self.agents.kind != "auto":
             return self.agents.kind
-        has_key = bool((os.environ if env is None else env).get("ANTHROPIC_API_KEY"))
+        env = os.environ if env is None else env
+        has_key = bool(env.get("ANTHROPIC_API_KEY") or env.get("ANTHROPIC_API_KEY_FILE"))
         return "claude" if has_key and importlib.util.find_spec("agent.claude") else "mutate"
 
     def agent_options(self, index: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:

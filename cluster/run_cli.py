@@ -63,6 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     profile = get_profile(config.profile)
     print(f"farm run: run dir {run_dir.resolve()} (resume with `farm run --resume {run_dir}`)", flush=True)
     prepare_profile(profile, config.cache_dir)
+    if config.sandbox == "kubernetes":  # the backend (here and in local Ray workers) reads FARM_KUBERNETES__*
+        os.environ.update(config.kubernetes.to_env())
     sandbox = resolve_sandbox(config.sandbox, image=config.image)
     removed = make_sandbox(sandbox).cleanup_leftovers()  # what a crashed farm left running
     if removed:
@@ -187,12 +189,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = json.loads(path.read_text()) if path.exists() else {}
     status["finished"] = len(rows)
     status["by_status"] = {s: sum(1 for r in rows if r.status == s) for s in sorted({r.status for r in rows})}
+    status["llm"] = _llm_spend(args.run_dir, status.get("llm", {}).get("cost_cap_usd"))
+    status["cost_usd"] = status["llm"]["cost_usd"]
     if args.output == "json":
         print(json.dumps(status, indent=2))
     else:
+        llm = status.pop("llm")
         for key, value in status.items():
             print(f"{key:<22} {value}")
+        cap = f" of cap ${llm['cost_cap_usd']:.4f}" if llm["cost_cap_usd"] is not None else ""
+        print(f"{'llm spend':<22} ${llm['cost_usd']:.4f}{cap} | {_spend_line(llm)}")
+        for name, spend in llm["agents"].items():
+            print(f"  {name:<20} ${spend['cost_usd']:.4f} | {_spend_line(spend)}")
     return 0
+
+
+def _llm_spend(run_dir: Path, cap: float | None) -> dict:
+    """LLM tokens and USD per agent and in all, from the ledger (so a crashed run's spend is right too)."""
+    from cluster.ledger import Ledger
+    from cluster.state import FarmState
+
+    spend = FarmState.rebuild(Ledger(run_dir / "ledger").read(), "", "").spend
+    keys = ("proposals", "failed", "tokens_in", "tokens_out", "cache_read_tokens", "cache_write_tokens")
+    return {"cost_cap_usd": cap, **{k: sum(getattr(a, k) for a in spend.values()) for k in keys},
+            "cost_usd": sum(a.cost_usd for a in spend.values()),
+            "agents": {name: vars(a) for name, a in sorted(spend.items())}}  # fmt: skip
+
+
+def _spend_line(s: dict) -> str:
+    return (f"{s['proposals']} proposal(s), {s['failed']} failed | tokens in {s['tokens_in']} out {s['tokens_out']} "
+            f"cache read {s['cache_read_tokens']} write {s['cache_write_tokens']}")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cluster.sandbox.base import Sandbox, SandboxError
 
-BACKENDS = ("process", "docker")
+BACKENDS = ("process", "docker", "kubernetes")
 
 
 def make_sandbox(kind: str, **options: object) -> Sandbox:
@@ -17,6 +17,10 @@ def make_sandbox(kind: str, **options: object) -> Sandbox:
         from cluster.sandbox.docker_engine import DockerSandbox
 
         return DockerSandbox(**options)
+    if kind == "kubernetes":  # settings from FARM_KUBERNETES__* (see cluster/sandbox/kube_pod.py)
+        from cluster.sandbox.kubernetes import KubernetesSandbox
+
+        return KubernetesSandbox(**options)
     if ":" in kind:  # "package.module:Class": a backend of your own (benchmarks use a stand-in trainer)
         import importlib
 

@@ -1,0 +1,240 @@
+"""The kubernetes sandbox's lifecycle against a fake API server on 127.0.0.1 (tests/fake_kube.py).
+
+No cluster runs here: the fake speaks the REST paths and JSON the backend
+uses. One test runs the pod's real container command (the runner on the
+cpu-smoke profile, with the pod's mounts mapped to local directories), so
+the candidate-in / result-out path is the real one.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cluster.sandbox import SandboxError, kube_api, make_sandbox, resolve_sandbox
+from cluster.sandbox import kubernetes as kube
+from cluster.sandbox.kube_pod import (
+    END_MARK,
+    EXPERIMENT_LABEL,
+    INSTANCE_LABEL,
+    RESULT_MARK,
+    ROLE,
+    ROLE_LABEL,
+    KubernetesSettings,
+    parse_log,
+)
+from cluster.spec import ExperimentSpec, GpuAssignment, Limits
+from tests import candidates
+from tests.fake_kube import FakeKube, Script
+from trainer.result import ExperimentResult, Status
+
+
+@pytest.fixture
+def token(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text("good-token\n")
+    return path
+
+
+def settings(kube_: FakeKube, token: Path, **fields) -> KubernetesSettings:
+    return KubernetesSettings(api_server=kube_.url, token_file=token, namespace="farm", instance="t1",
+                              cache_pvc="cache", poll_max_s=0.2, **fields)  # fmt: skip
+
+
+def make_spec(tmp_path: Path, cache: Path, source: str | None = None, **fields) -> ExperimentSpec:
+    return ExperimentSpec(
+        experiment_id=f"kt-{uuid.uuid4().hex[:10]}",
+        train_py=source or candidates.source("good"),
+        profile="cpu-smoke",
+        run_dir=tmp_path / "run",
+        cache_dir=cache,
+        **fields,
+    )
+
+
+def assert_nothing_left(kube_: FakeKube) -> None:
+    assert kube_.names("pods") == [] and kube_.names("configmaps") == []
+
+
+def test_real_run_through_the_pod_spec(tmp_path, token, farm_cache) -> None:
+    """Created, run (the pod's own command, locally), result read from the log, everything deleted."""
+    with FakeKube(lambda pod: "run", pvcs={"cache": str(farm_cache)}) as fake:
+        sandbox = kube.KubernetesSandbox(settings(fake, token))
+        spec = make_spec(tmp_path, farm_cache)
+        stale = {ROLE_LABEL: ROLE, INSTANCE_LABEL: "t1", EXPERIMENT_LABEL: spec.experiment_id}
+        fake.add("pods", "farm-lost-attempt", stale)  # an earlier attempt of the same experiment (a lost worker)
+        result = sandbox.run(spec, GpuAssignment())
+        assert result.status == Status.OK, result.reason + result.log_tail
+        assert result.val_bpb is not None and result.facts.train_batches > 0
+        out = spec.run_dir / "out"
+        assert ExperimentResult.model_validate_json((out / "result.json").read_text()).val_bpb == result.val_bpb
+        assert "val_bpb" in (out / "run.log").read_text()  # the runner's run.log, carried back in the log
+        assert_nothing_left(fake)
+        methods = [(m, p.rsplit("/", 2)[-2] if p.count("/") > 5 else p.rsplit("/", 1)[-1]) for m, p, _ in fake.requests]
+        assert ("POST", "configmaps") in methods and ("POST", "pods") in methods
+        deleted = [p for m, p, _ in fake.requests if m == "DELETE"]
+        assert any(p.endswith("/pods/farm-lost-attempt") for p in deleted)
+        logs = [q for m, p, q in fake.requests if p.endswith("/log")]
+        assert logs and all(int(q["limitBytes"]) <= kube.LOG_LIMIT_BYTES and "tailLines" in q for q in logs)
+
+
+def test_deadline_kills_and_keeps_the_log(tmp_path, token, farm_cache, monkeypatch) -> None:
+    monkeypatch.setattr(kube, "OUTER_KILL_GRACE", 0.5)
+    with FakeKube(lambda pod: Script(pending_s=0.3, log="step 1\nstep 2 still going\n")) as fake:
+        sandbox = kube.KubernetesSandbox(settings(fake, token))
+        spec = make_spec(tmp_path, farm_cache, limits=Limits(wall_seconds=1.0))
+        result = sandbox.run(spec, GpuAssignment())
+        assert result.status == Status.TIMEOUT
+        assert "killed by the sandbox at the wall limit" in result.reason
+        assert "still going" in result.log_tail
+        assert (spec.run_dir / "out" / "container.log").read_text().startswith("step 1")
+        assert_nothing_left(fake)
+
+
+def test_kubelet_deadline_counts_as_timeout(tmp_path, token, farm_cache, monkeypatch) -> None:
+    """The backstop: the kubelet's activeDeadlineSeconds fires (here: before the sandbox's own clock)."""
+    monkeypatch.setattr(kube, "OUTER_KILL_GRACE", 60.0)
+
+    def short_deadline(pod: dict) -> Script:
+        pod["spec"]["activeDeadlineSeconds"] = 1
+        return Script(log="training\n")
+
+    with FakeKube(short_deadline) as fake:
+        result = kube.KubernetesSandbox(settings(fake, token)).run(
+            make_spec(tmp_path, farm_cache, limits=Limits(wall_seconds=1.0)), GpuAssignment()
+        )
+        assert result.status == Status.TIMEOUT
+        assert_nothing_left(fake)
+
+
+def test_oom_killed_pod_is_oom(tmp_path, token, farm_cache) -> None:
+    with FakeKube(lambda pod: Script(run_s=0.2, exit_code=137, reason="OOMKilled", log="Killed\n")) as fake:
+        result = kube.KubernetesSandbox(settings(fake, token)).run(make_spec(tmp_path, farm_cache), GpuAssignment())
+        assert result.status == Status.OOM and "limit" in result.reason
+        assert_nothing_left(fake)
+
+
+def test_canned_result_block_is_read_and_the_last_one_wins(tmp_path, token, farm_cache) -> None:
+    spec = make_spec(tmp_path, farm_cache)
+    good = ExperimentResult(status=Status.OK, val_bpb=1.25, profile="cpu-smoke", time_budget=3, started_at=0)
+    fake_block = block(good.model_copy(update={"val_bpb": 0.01}))  # "printed by the candidate" earlier
+    log = f"noise\n{fake_block}status=ok\n{block(good)}"
+    with FakeKube(lambda pod: Script(run_s=0.1, log=log)) as fake:
+        result = kube.KubernetesSandbox(settings(fake, token)).run(spec, GpuAssignment())
+        assert result.status == Status.OK and result.val_bpb == 1.25
+        assert_nothing_left(fake)
+
+
+def block(result: ExperimentResult) -> str:
+    text = base64.b64encode(result.model_dump_json().encode()).decode()
+    lines = [text[i : i + 76] for i in range(0, len(text), 76)]
+    return "\n".join([RESULT_MARK, *lines, END_MARK]) + "\n"
+
+
+def test_parse_log_ignores_damaged_blocks() -> None:
+    run_log, result, plain = parse_log(f"a\n{RESULT_MARK}\n!!not base64!!\n{END_MARK}\nb\n")
+    assert run_log is None and result is None and plain == "a\nb"
+
+
+def test_exception_mid_wait_still_deletes(tmp_path, token, farm_cache) -> None:
+    with FakeKube(lambda pod: Script()) as fake:
+        sandbox = kube.KubernetesSandbox(settings(fake, token))
+        fake.fail_gets_after = 2
+        with pytest.raises(SandboxError, match="500"):
+            sandbox.run(make_spec(tmp_path, farm_cache), GpuAssignment())
+        assert_nothing_left(fake)
+
+
+def test_interrupt_mid_wait_still_deletes(tmp_path, token, farm_cache, monkeypatch) -> None:
+    def interrupt(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with FakeKube(lambda pod: Script()) as fake:
+        sandbox = kube.KubernetesSandbox(settings(fake, token))
+        monkeypatch.setattr(kube.time, "sleep", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            sandbox.run(make_spec(tmp_path, farm_cache), GpuAssignment())
+        monkeypatch.undo()
+        assert_nothing_left(fake)
+
+
+def test_unschedulable_pod_times_out_as_error(tmp_path, token, farm_cache) -> None:
+    unschedulable = Script(pending_s=float("inf"), conditions=[{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])  # fmt: skip
+    with FakeKube(lambda pod: unschedulable) as fake:
+        sandbox = kube.KubernetesSandbox(settings(fake, token, start_timeout_s=0.5))
+        result = sandbox.run(make_spec(tmp_path, farm_cache), GpuAssignment())
+        assert result.status == Status.ERROR
+        assert "did not start within 0.5 s" in result.reason and "Insufficient nvidia.com/gpu" in result.reason
+        assert_nothing_left(fake)
+
+
+def test_bad_image_fails_at_once(tmp_path, token, farm_cache) -> None:
+    bad = Script(pending_s=float("inf"), waiting={"reason": "InvalidImageName", "message": 'invalid "x::y"'})
+    with FakeKube(lambda pod: bad) as fake:
+        result = kube.KubernetesSandbox(settings(fake, token)).run(make_spec(tmp_path, farm_cache), GpuAssignment())
+        assert result.status == Status.ERROR and "InvalidImageName" in result.reason
+        assert_nothing_left(fake)
+
+
+def test_cleanup_leftovers_by_label(tmp_path, token) -> None:
+    ours = {ROLE_LABEL: ROLE, INSTANCE_LABEL: "t1", EXPERIMENT_LABEL: "e1"}
+    with FakeKube() as fake:
+        fake.add("pods", "farm-e1-a", ours)
+        fake.add("configmaps", "farm-e1-a-src", ours)
+        fake.add("pods", "farm-e2-b", {**ours, INSTANCE_LABEL: "other-release"})
+        fake.add("pods", "someone-elses", {"app": "web"})
+        removed = kube.KubernetesSandbox(settings(fake, token)).cleanup_leftovers()
+        assert removed == 2
+        assert fake.names("pods") == ["farm-e2-b", "someone-elses"] and fake.names("configmaps") == []
+        selectors = {q.get("labelSelector") for m, _, q in fake.requests if m == "GET"}
+        assert f"{ROLE_LABEL}={ROLE},{INSTANCE_LABEL}=t1" in selectors
+
+
+def test_unauthorized_is_a_clear_error(tmp_path, token) -> None:
+    token.write_text("stale-token")
+    with FakeKube() as fake, pytest.raises(SandboxError, match="401 Unauthorized.*TOKEN_FILE"):
+        kube.KubernetesSandbox(settings(fake, token))
+
+
+def test_forbidden_is_a_clear_error(tmp_path, token) -> None:
+    with FakeKube(forbidden=("pods",)) as fake, pytest.raises(SandboxError, match="403 Forbidden.*Role"):
+        kube.KubernetesSandbox(settings(fake, token))
+
+
+def test_not_in_a_cluster_is_a_clear_error(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(kube_api, "SA_DIR", tmp_path / "no-such-dir")
+    for name in [n for n in __import__("os").environ if n.startswith("FARM_KUBERNETES__")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(SandboxError, match="not running inside a Kubernetes pod.*Helm chart"):
+        make_sandbox("kubernetes")
+    with pytest.raises(SandboxError, match="not running inside a Kubernetes pod"):
+        resolve_sandbox("kubernetes")
+
+
+def test_in_cluster_configuration(monkeypatch, tmp_path) -> None:
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("t")
+    (sa / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    (sa / "namespace").write_text("research\n")
+    monkeypatch.setattr(kube_api, "SA_DIR", sa)
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    client = kube_api.KubeClient.from_settings(KubernetesSettings(), env)  # builds only: no request is sent
+    assert client.server == "https://10.96.0.1:443" and client.namespace == "research"
+    assert client.token_file == sa / "token" and client.session.verify == str(sa / "ca.crt")
+    client = kube_api.KubeClient.from_settings(
+        KubernetesSettings(namespace="x"), {"KUBERNETES_SERVICE_HOST": "fd00::1"}
+    )
+    assert client.server == "https://[fd00::1]:443" and client.namespace == "x"
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    s = KubernetesSettings(namespace="n", gpu=False, tolerations=[{"key": "gpu", "operator": "Exists"}],
+                           node_selector={"pool": "gpu"}, runtime_class="gvisor", start_timeout_s=30)  # fmt: skip
+    assert KubernetesSettings.from_env(s.to_env()) == s
