@@ -25,14 +25,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from agent.cost import Price, Tally, price_for
+from agent.cost import DEFAULT_MODEL, Price, Tally, price_for
 from agent.llm import AgentError, RetryPolicy, call_with_retries, make_client, read_api_key
 from agent.prompt import default_persona, system_blocks, user_message
 from agent.protocol import Context, Proposal, Spend
 from agent.tools import ToolExecutor, Workspace, tool_schemas
 from agent.transcript import redact
-
-DEFAULT_MODEL = "claude-sonnet-4-5"
 
 
 class ClaudeProposer:

@@ -33,6 +33,8 @@ def _price(input_: float, output: float) -> Price:
     return Price(input=input_, output=output, cache_read=round(input_ * 0.1, 6), cache_write=input_ * 1.25)
 
 
+DEFAULT_MODEL = "claude-sonnet-4-5"  # the Claude agent's model when config names none; priced below
+
 # Model-name prefixes; the longest matching prefix wins ("claude-opus-4-5" before "claude-opus-4").
 DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4-5": _price(5.0, 25.0),

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import ray
 
+from agent.llm import ApiKeyMissing, read_api_key
 from agent.protocol import Context, ExperimentSummary, Proposal
+from agent.transcript import write_transcript
 from cluster.agents import AgentActor, ProposalOutcome
 from cluster.config import FarmConfig
 from cluster.dispatch import TaskOutcome, run_experiment
@@ -28,7 +30,7 @@ from cluster.metrics import FarmMetrics
 from cluster.repo import ResearchRepo
 from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
 from cluster.spec import ExperimentSpec
-from cluster.state import FarmState, Work, sha
+from cluster.state import FarmState, Work, diff_signature, sha
 from cluster.tournament import baseline_request, next_seeds
 from trainer.profiles import get_profile
 
@@ -52,6 +54,7 @@ class Farm:
         self.started = time.time()
         self.stopping = ""
         self._status_written = 0.0
+        self._details: dict[str, tuple[str, str]] = {}  # finished experiment -> (diff, log tail) shown to agents
         self.view = LiveView(self)
         self.metrics = FarmMetrics.for_farm(self)  # served by run_cli (metrics_port)
 
@@ -126,7 +129,8 @@ class Farm:
         if c.hours and time.time() - self.started > c.hours * 3600 and not self.stopping:
             self.stopping = f"reached --hours {c.hours:g}"
         if c.cost_cap_usd is not None and self.state.cost_usd >= c.cost_cap_usd and not self.stopping:
-            self.stopping = f"cost cap reached: ${self.state.cost_usd:.2f} of ${c.cost_cap_usd:.2f}"
+            self.stopping = (f"cost cap reached: LLM spend ${self.state.cost_usd:.4f} >= cost_cap_usd "
+                             f"${c.cost_cap_usd:.4f}; no new proposals, the experiments in flight finish")
 
     # ---- proposals ---------------------------------------------------------
 
@@ -143,18 +147,36 @@ class Farm:
         ok = sorted((s for s in finished if s.val_bpb is not None), key=lambda s: s.val_bpb)
         name = f"{self.config.agent_kind()}-{index}"
         parent, _why = pick_parent(self.state, self.rng, self.config.tournament)
+        leaderboard, recent = ok[:10], finished[-10:]
+        own = [s for s in finished if s.agent == name][-5:]
+        for summary in {id(s): s for s in (*leaderboard, *recent, *own)}.values():  # what agents look up
+            summary.diff, summary.log_tail = self._detail(summary)
         return Context(
             program=self.repo.program_md_at(self.state.main_commit),
             profile=self.profile.name,
             parent_commit=parent,
             parent_train_py=self.repo.train_py_at(parent),
             main_val_bpb=self.state.main_mean(self._main_class()),
-            leaderboard=ok[:10],
-            recent=finished[-10:],
-            own_recent=[s for s in finished if s.agent == name][-5:],
+            noise_sd=noise_for(self.state, self._main_class()).sd,
+            leaderboard=leaderboard,
+            recent=recent,
+            own_recent=own,
+            own_rejected=[why for agent, why in self.state.rejections if agent == name][-5:],
             notes=self._notes(),
             seed=self.rng.randrange(2**31),
         )
+
+    def _detail(self, summary: ExperimentSummary) -> tuple[str, str]:
+        """(diff vs parent for candidates and merges, log tail for failures) of a finished experiment, cached."""
+        if summary.experiment_id not in self._details:
+            work = self.state.work.get(summary.experiment_id)
+            diff = self.repo.diff(work.commit) if work and work.kind in ("candidate", "merge") else ""
+            log = self.run_dir / "experiments" / summary.experiment_id / "out" / "run.log"
+            tail = ""
+            if summary.status != "ok" and log.exists():
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            self._details[summary.experiment_id] = (diff[:6000], tail[-2000:])
+        return self._details[summary.experiment_id]
 
     def _notes(self) -> list[str]:
         path = self.run_dir / "notes.md"
@@ -168,30 +190,72 @@ class Farm:
             outcome = ProposalOutcome(agent=f"agent-{index}", error=str(exc))
         if not outcome.fatal:
             self.idle_agents.append(index)
-        if outcome.proposal is None:
+        proposal = outcome.proposal
+        if proposal is None:
+            spend = outcome.spend
+            if spend and (spend.cost_usd or spend.tokens_in or spend.tokens_out):  # paid for: on the ledger
+                self.state.charge(outcome.agent, spend, failed=True)
+                self.ledger.append([LedgerRow(experiment_id=self.state.new_id(), event="proposal_failed",
+                                              ts=time.time(), agent=outcome.agent,
+                                              reason=outcome.error.splitlines()[0][:500], **spend.model_dump())])
+            self._save_transcript(outcome.agent, outcome.transcript, "failed: " + outcome.error.splitlines()[0])
             self.metrics.proposal(index, outcome)
-            self.view.note(f"{outcome.agent}: no proposal ({outcome.error.splitlines()[0][:120]})")
+            stops = " (this agent stops; the others go on)" if outcome.fatal else ""
+            self.view.note(f"{outcome.agent}: no proposal ({outcome.error.splitlines()[0][:200]}){stops}")
             return
-        self._accept(outcome.proposal)
+        self._append_notes(proposal.agent, proposal.notes)
+        result = self._accept(proposal)
+        self._save_transcript(proposal.agent, proposal.transcript, result)
         self.metrics.proposal(index, outcome)
 
-    def _accept(self, proposal: Proposal) -> None:
-        """Pre-flight a proposal (no GPU for what cannot run or was already run) and queue it."""
-        self.state.cost_usd += proposal.cost_usd
+    def _append_notes(self, agent: str, notes: list[str]) -> None:
+        """An agent's one-line insights onto the shared notes file every agent is shown (driver._notes)."""
+        lines = [f"- {agent}: {' '.join(n.split())[:300]}" for n in notes if n.strip()]
+        if lines:
+            with open(self.run_dir / "notes.md", "a") as f:
+                f.write("\n".join(lines) + "\n")
+
+    def _save_transcript(self, agent: str, transcript: dict | None, result: str) -> None:
+        if transcript:  # redacted by the agent; again here with the key this process can see
+            try:
+                keys = [read_api_key()]
+            except ApiKeyMissing:
+                keys = []
+            write_transcript(self.run_dir / "transcripts", agent, {**transcript, "result": result}, keys)
+
+    def _accept(self, proposal: Proposal) -> str:
+        """Pre-flight a proposal (no GPU for what cannot run or was already run) and queue it.
+
+        Returns its experiment id, or "rejected: why". Either way its LLM spend goes on the ledger.
+        """
+        self.state.charge(proposal.agent, proposal)
         train_sha = sha(proposal.train_py)
+        change = diff_signature(self.repo.train_py_at(proposal.parent_commit), proposal.train_py)
         reason = _preflight(proposal.train_py)
         if not reason and any(w.train_sha == train_sha for w in self.state.work.values()):
             reason = "duplicate of an earlier experiment's train.py"
+        if not reason and change is None:
+            reason = "changes nothing but whitespace"
+        same = next((w for w in self.state.work.values() if change and w.diff_sha == change), None)
+        if not reason and same:
+            reason = f"the same change as {same.experiment_id} ({same.description[:80]})"
+        spend = {k: getattr(proposal, k) for k in ("tokens_in", "tokens_out", "cache_read_tokens",
+                                                  "cache_write_tokens", "cost_usd")}
         if reason:
             self.view.note(f"{proposal.agent}: rejected before running: {reason}")
             self.state.rejected += 1
-            return
+            self.state.rejections.append((proposal.agent, f"{proposal.description}: {reason}"))
+            self.ledger.append([LedgerRow(experiment_id=self.state.new_id(), event="rejected", ts=time.time(),
+                                          agent=proposal.agent, parent_commit=proposal.parent_commit,
+                                          train_sha=train_sha, diff_sha=change, description=proposal.description,
+                                          reason=reason, **spend)])
+            return f"rejected: {reason}"
         eid = self.state.new_id()
         commit = self.repo.commit_experiment(eid, proposal.parent_commit, proposal.train_py, proposal.description,
                                              {"Farm-Experiment": eid, "Farm-Agent": proposal.agent})
         self._queue(Work(eid, "candidate", commit, proposal.parent_commit, train_sha, agent=proposal.agent,
-                         description=proposal.description, tokens_in=proposal.tokens_in,
-                         tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd))
+                         description=proposal.description, diff_sha=change, **spend))
+        return eid
 
     # ---- experiments ----------------------------------------------------------
 
@@ -201,7 +265,8 @@ class Farm:
             parent_commit=work.parent_commit, branch=f"exp/{work.experiment_id}", train_sha=work.train_sha,
             agent=work.agent, description=work.description, status="queued", seed=work.seed,
             replicate_of=work.replicate_of, tokens_in=work.tokens_in, tokens_out=work.tokens_out,
-            cost_usd=work.cost_usd,
+            cost_usd=work.cost_usd, cache_read_tokens=work.cache_read_tokens,
+            cache_write_tokens=work.cache_write_tokens, diff_sha=work.diff_sha,
         )])
         self.state.enqueue(work)
 
@@ -315,6 +380,7 @@ class Farm:
             experiment_id=eid, parent_commit=work.parent_commit if work else "", commit=work.commit if work else "",
             agent=work.agent if work else "", description=work.description if work else "",
             status=row.status or "", val_bpb=row.val_bpb, verdict=self.state.verdicts.get(eid, ""),
+            reason=row.reason or "",
         )
 
     def _write_summaries(self) -> None:
@@ -323,7 +389,13 @@ class Farm:
 
     def _write_status(self) -> None:
         tmp = self.run_dir / "status.json.tmp"
-        tmp.write_text(json.dumps(self.view.status(), indent=2))
+        status = self.view.status()
+        spend = self.state.spend
+        status["llm"] = {"cost_cap_usd": self.config.cost_cap_usd, **{  # per run, then per agent
+            k: sum(getattr(a, k) for a in spend.values()) for k in ("proposals", "failed", "tokens_in", "tokens_out",
+                                                                     "cache_read_tokens", "cache_write_tokens")},
+            "cost_usd": self.state.cost_usd, "agents": {name: vars(a) for name, a in sorted(spend.items())}}
+        tmp.write_text(json.dumps(status, indent=2))
         os.replace(tmp, self.run_dir / "status.json")
         self._status_written = time.monotonic()
 

@@ -37,7 +37,9 @@ from pydantic import BaseModel, ConfigDict
 
 from trainer.result import ExperimentResult, Status
 
-Event = Literal["queued", "started", "finished", "verdict"]
+# rejected: a proposal refused before running (no GPU); proposal_failed: an agent returned none but spent tokens.
+# Both carry only the LLM spend (and why), so a resumed farm still counts what was paid for.
+Event = Literal["queued", "started", "finished", "verdict", "rejected", "proposal_failed"]
 RowStatus = Literal["queued", "running", "ok", "crash", "oom", "nan", "timeout", "invalid", "error"]
 
 # Verdicts that put an experiment on main: results.tsv says ``keep`` (see write_results_tsv).
@@ -90,6 +92,9 @@ class LedgerRow(BaseModel):
     tokens_in: int | None = None
     tokens_out: int | None = None
     cost_usd: float | None = None
+    cache_read_tokens: int | None = None  # LLM input read from the prompt cache
+    cache_write_tokens: int | None = None  # LLM input written to the prompt cache
+    diff_sha: str | None = None  # a candidate's change vs its parent, whitespace-normalised: same change, same sha
     verdict: str | None = None
     reason: str | None = None
     finished_at: float | None = None  # the driver's clock at the finish (one clock for all nodes): results.tsv order
@@ -125,7 +130,8 @@ SCHEMA = pa.schema(
         ("startup_seconds", _F64), ("eval_seconds", _F64), ("peak_memory_mb", _F64), ("mfu_percent", _F64),
         ("num_steps", _I64), ("num_params_M", _F64), ("gpu_class", _STR), ("node", _STR), ("seed", _I64),
         ("replicate_of", _STR), ("attempt", _I64), ("tokens_in", _I64), ("tokens_out", _I64), ("cost_usd", _F64),
-        ("verdict", _STR), ("reason", _STR), ("finished_at", _F64),
+        ("cache_read_tokens", _I64), ("cache_write_tokens", _I64), ("diff_sha", _STR), ("verdict", _STR),
+        ("reason", _STR), ("finished_at", _F64),
     ]
 )  # fmt: skip
 assert SCHEMA.names == list(LedgerRow.model_fields), "the Parquet schema and LedgerRow must list the same fields"

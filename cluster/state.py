@@ -8,7 +8,9 @@ pool together, whatever branch they ran on.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import json
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
@@ -21,6 +23,33 @@ PRIORITY = {"baseline": 0, "confirm": 0, "merge": 1, "candidate": 2}
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def diff_signature(parent: str, child: str) -> str | None:
+    """A sha of the change from ``parent`` to ``child`` that ignores whitespace and where the change lies.
+
+    Two proposals that make the same edit (the same lines removed and added, however indented or spaced) get
+    the same signature, even from different parents, so an idea already run is not run again. None: the
+    files differ in whitespace only (nothing to run).
+    """
+    norm = lambda text: [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    old, new = norm(parent), norm(child)
+    hunks = [(tag, old[i1:i2], new[j1:j2]) for tag, i1, i2, j1, j2 in
+             difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes() if tag != "equal"]
+    return sha(json.dumps(hunks)) if hunks else None
+
+
+@dataclass
+class AgentSpend:
+    """One agent's LLM spend over the run (proposals refused or failed included: they were paid for)."""
+
+    proposals: int = 0  # proposals that reached the driver (queued or rejected)
+    failed: int = 0  # requests that came back without a proposal, having spent tokens
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass
@@ -39,6 +68,9 @@ class Work:
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    diff_sha: str | None = None  # candidates: diff_signature vs the parent
 
 
 @dataclass
@@ -54,7 +86,24 @@ class FarmState:
     queue: deque[str] = field(default_factory=deque)
     promotions: int = 0
     rejected: int = 0  # proposals refused before running (do not compile, duplicates)
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # LLM spend of the whole run
+    spend: dict[str, AgentSpend] = field(default_factory=dict)  # by agent
+    rejections: list[tuple[str, str]] = field(default_factory=list)  # (agent, "description: why"), oldest first
+
+    def charge(self, agent: str, spend: object, failed: bool = False) -> None:
+        """Count a proposal's LLM spend (anything with tokens_in/out, cache_*_tokens, cost_usd attributes)."""
+        get = lambda name: getattr(spend, name, None) or 0
+        if not failed and not any(get(n) for n in ("tokens_in", "tokens_out", "cost_usd")) and agent not in self.spend:
+            return  # a proposer without an LLM: nothing to count
+        mine = self.spend.setdefault(agent or "?", AgentSpend())
+        if failed:
+            mine.failed += 1
+        else:
+            mine.proposals += 1
+        for name in ("tokens_in", "tokens_out", "cache_read_tokens", "cache_write_tokens"):
+            setattr(mine, name, getattr(mine, name) + int(get(name)))
+        mine.cost_usd += float(get("cost_usd"))
+        self.cost_usd += float(get("cost_usd"))
 
     def new_id(self) -> str:
         eid = f"e{self.next_id:04d}"
@@ -132,8 +181,16 @@ class FarmState:
                     parent_commit=row.parent_commit or "", train_sha=row.train_sha or "", agent=row.agent or "",
                     description=row.description or "", seed=row.seed or 0, replicate_of=row.replicate_of,
                     tokens_in=row.tokens_in or 0, tokens_out=row.tokens_out or 0, cost_usd=row.cost_usd or 0.0,
+                    cache_read_tokens=row.cache_read_tokens or 0, cache_write_tokens=row.cache_write_tokens or 0,
+                    diff_sha=row.diff_sha,
                 )
-                state.cost_usd += row.cost_usd or 0.0
+                if row.kind == "candidate":
+                    state.charge(row.agent or "", row)
+            elif row.event in ("rejected", "proposal_failed"):
+                state.charge(row.agent or "", row, failed=row.event == "proposal_failed")
+                if row.event == "rejected":
+                    state.rejected += 1
+                    state.rejections.append((row.agent or "", f"{row.description or ''}: {row.reason or ''}"))
             elif row.event == "finished":
                 state.record_finished(row)
             elif row.event == "verdict" and row.verdict:

@@ -66,10 +66,11 @@ def test_agent_kind_and_options() -> None:
     claude_installed = importlib.util.find_spec("agent.claude") is not None
     assert c.agent_kind({"ANTHROPIC_API_KEY": "sk-x"}) == ("claude" if claude_installed else "mutate")
     c = load_config(
-        {"agents": {"kind": "claude", "options": [{"model": "m1", "temperature": 0.5}, {"direction": "optimizer"}]}}
+        {"agents": {"kind": "claude", "options": [{"model": "claude-haiku-4-5", "temperature": 0.5},
+                                                  {"direction": "optimizer"}]}}
     )
     assert c.agent_kind({}) == "claude"
-    assert c.agent_options(0) == {"model": "m1", "temperature": 0.5}
+    assert c.agent_options(0) == {"model": "claude-haiku-4-5", "temperature": 0.5}
     assert c.agent_options(3) == {"direction": "optimizer"}
     mutate = c.model_copy(update={"agents": c.agents.model_copy(update={"kind": "mutate"})})
     assert mutate.agent_options(0) == {}  # the mutator takes none of the LLM options
@@ -224,3 +225,19 @@ def test_example_yaml_is_valid_defaults_and_names_every_field() -> None:
     text = EXAMPLE.read_text()
     missing = [name for name in sorted(_field_names(FarmConfig)) if not re.search(rf"\b{name}:", text)]
     assert not missing, f"farm.example.yaml does not mention {missing}"
+
+
+def test_claude_options_are_validated_and_priced() -> None:
+    price = {"input": 1, "output": 2, "cache_read": 0.1, "cache_write": 1.25}
+    c = load_config({"agents": {"kind": "claude", "options": [{
+        "model": "my-proxy-model", "base_url": "http://127.0.0.1:9", "max_turns": 5, "max_retries": 0,
+        "timeout_seconds": 2.5, "prices": {"my-proxy": price},
+    }]}}, None, {})
+    options = c.agent_options(0)
+    assert options["base_url"] == "http://127.0.0.1:9" and options["max_turns"] == 5
+    assert options["prices"] == {"my-proxy": price}
+    assert "no price for model 'mystery'" in error_of(cli_overrides={"agents.options": [{"model": "mystery"}]},
+                                                       env={})
+    assert "must start with http" in error_of(cli_overrides={"agents.options": [{"base_url": "ftp://x"}]}, env={})
+    assert "max_turns = 0: must be >= 1" in error_of(cli_overrides={"agents.options": [{"max_turns": 0}]}, env={})
+    assert c.agent_kind({"ANTHROPIC_API_KEY_FILE": "/run/secrets/key"}) == "claude"
