@@ -18,7 +18,7 @@ FARM_IMAGE ?= 0
 IMAGES_ENV = BASE_IMAGE='$(BASE_IMAGE)' TORCH_SPEC='$(TORCH_SPEC)' EXTRA_PIP='$(EXTRA_PIP)' APT_PACKAGES='$(APT_PACKAGES)' \
 	IMAGES_WHEELS='$(IMAGES_WHEELS)' FARM_IMAGE='$(FARM_IMAGE)' PIP='$(BIN)/pip'
 
-.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch
+.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search monitor monitor-down
 
 install: $(VENV)/.installed
 
@@ -79,3 +79,19 @@ clean:
 BENCH_ARGS ?=
 bench-dispatch: install
 	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)
+
+## Search efficiency (issue 7): sequential vs naive parallel vs the tournament on the surrogate landscape, the real
+## farm on a virtual clock; writes docs/bench/search.{md,json} and search-*.png (BENCH_ARGS to change sizes).
+bench-search: install
+	$(BIN)/python bench/search.py $(BENCH_ARGS)
+
+## Prometheus + Grafana for a farm on this machine (docker compose, images pulled once): Grafana at
+## http://127.0.0.1:3000 (dashboard autoresearch-farm), Prometheus at http://127.0.0.1:9090, scraping the
+## farm's metrics on 127.0.0.1:9464 (monitoring/prometheus.yml). `make monitor-down` stops them.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+monitor:
+	$(COMPOSE) -f monitoring/docker-compose.yml up -d
+	@echo "Grafana: http://127.0.0.1:3000 (dashboard autoresearch-farm)  Prometheus: http://127.0.0.1:9090"
+
+monitor-down:
+	$(COMPOSE) -f monitoring/docker-compose.yml down

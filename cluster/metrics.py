@@ -26,7 +26,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
@@ -51,7 +51,8 @@ TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
 ERROR_KINDS = ("auth", "quota", "rate_limit", "overloaded", "timeout", "connection", "server", "bad_request",
                "invalid_response", "actor_died", "other")  # fmt: skip
 _ERROR_TYPES = {  # exception class name (anthropic's, Ray's, Python's) -> error kind
-    **dict.fromkeys(["AuthenticationError", "PermissionDeniedError", "CredentialsError"], "auth"),
+    **dict.fromkeys(["AuthenticationError", "PermissionDeniedError", "CredentialsError", "ApiKeyMissing",
+                     "ApiKeyRejected"], "auth"),
     **dict.fromkeys(["PaymentRequiredError", "EnforcedSpendLimitReachedError", "ContractSpendLimitReachedError",
                      "OrganizationOnHoldError", "LinkedOrganizationSpendLimitReachedError"], "quota"),
     **dict.fromkeys(["RateLimitError", "RampLimitExceededError"], "rate_limit"),
@@ -61,13 +62,16 @@ _ERROR_TYPES = {  # exception class name (anthropic's, Ray's, Python's) -> error
     **dict.fromkeys(["APIConnectionError", "ConnectionError", "ConnectError", "RemoteProtocolError"], "connection"),
     **dict.fromkeys(["InternalServerError", "ServiceUnavailableError", "APIStatusError"], "server"),
     **dict.fromkeys(["BadRequestError", "NotFoundError", "UnprocessableEntityError", "RequestTooLargeError",
-                     "ContentTooLargeError", "ConflictError"], "bad_request"),
+                     "ContentTooLargeError", "ConflictError", "FatalAgentError"], "bad_request"),
     **dict.fromkeys(["APIResponseValidationError", "ValueError", "ValidationError", "JSONDecodeError",
-                     "ProposalError", "ParseError", "KeyError"], "invalid_response"),
+                     "ProposalError", "ParseError", "KeyError", "AgentError"], "invalid_response"),
     **dict.fromkeys(["RayActorError", "ActorDiedError", "ActorUnavailableError", "ActorUnschedulableError",
                      "WorkerCrashedError", "RaySystemError"], "actor_died"),
 }  # fmt: skip
 _TYPE_RE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+)(?::|\(|$)")
+_HTTP_RE = re.compile(r"\b(?:http|error code:?)\s*(\d{3})\b")  # in lower case
+# Types whose message says more than their name (agent.llm wraps the SDK's errors: "...last: HTTP 529 (...)")
+_READ_MESSAGE = {"other", "server", "invalid_response", "RetriesExhausted"}
 DEFAULT_ADDRESS = "127.0.0.1"
 
 
@@ -75,21 +79,46 @@ def error_kind(error: str) -> str:
     """The bounded kind of an agent's error text ('TypeName: message...', as cluster.agents writes it)."""
     first = error.strip().splitlines()[0] if error.strip() else ""
     match = _TYPE_RE.match(first)
-    kind = _ERROR_TYPES.get(match.group(1), "other") if match else "other"
+    name = match.group(1) if match else ""
+    kind = _ERROR_TYPES.get(name, "other")
     lower = first.lower()
-    if kind in ("other", "server") and "overloaded" in lower:
-        return "overloaded"
+    if kind in _READ_MESSAGE or name in _READ_MESSAGE:
+        kind = _kind_from_message(lower, kind)
     if kind == "other" and "actor" in lower and ("died" in lower or "unavailable" in lower):
         return "actor_died"  # Ray's messages for a dead actor do not always start with the type
+    return kind
+
+
+def _kind_from_message(lower: str, kind: str) -> str:
+    http = _HTTP_RE.search(lower)
+    status = int(http.group(1)) if http else 0
+    if "overloaded" in lower or status == 529:
+        return "overloaded"
+    if status in (401, 403):
+        return "auth"
+    if status == 402:
+        return "quota"
+    if status == 429:
+        return "rate_limit"
+    if status == 408 or "timed out" in lower or "timeout" in lower:
+        return "timeout"
+    if status >= 500:
+        return "server"
+    if status >= 400:
+        return "bad_request"
+    if "connection" in lower:
+        return "connection"
     return kind
 
 
 class FarmMetrics(Collector):
     """The farm's metrics: event methods for the driver, ``collect`` for the scrape."""
 
-    def __init__(self, farm: Any = None, *, gpus: int = 0, agents: Sequence[str] = (), info: dict | None = None):
+    def __init__(self, farm: Any = None, *, gpus: int = 0, agents: Sequence[str] = (), info: dict | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``farm`` (a cluster.driver.Farm, optional) is read at scrape time for its queue and in-flight counts."""
         self.farm = farm
+        self.clock = clock  # for GPU-seconds: monotonic, so a wall-clock step never makes them jump
         self.gpus = gpus
         self.agents = list(agents)
         self.info = {k: str(v) for k, v in (info or {}).items()}
@@ -107,7 +136,7 @@ class FarmMetrics(Collector):
         self._dispatched: dict[str, float] = {}  # experiment id -> when the driver dispatched it
         self._busy = 0  # GPUs busy now (one per experiment in flight)
         self._busy_seconds = 0.0  # integral of _busy over time, up to _busy_since
-        self._busy_since = time.monotonic()
+        self._busy_since = clock()
         self._rejected_seen = getattr(getattr(farm, "state", None), "rejected", 0)
         if farm is not None:  # a resumed run knows main and the best already
             self.main_val_bpb, self.best_val_bpb = self._values()
@@ -126,14 +155,14 @@ class FarmMetrics(Collector):
 
     def dispatched(self, work: Work) -> None:
         """An experiment left for a GPU."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             self._dispatched[work.experiment_id] = time.time()
             self._set_busy(self._busy + 1, now)
 
     def finished(self, work: Work, row: LedgerRow, outcome: TaskOutcome | None = None) -> None:
         """An experiment came back (``outcome`` None when Ray lost it); its GPU is free again."""
-        now = time.monotonic()
+        now = self.clock()
         dispatched = self._dispatched.pop(work.experiment_id, None)
         phases = _phases(dispatched, outcome) if outcome is not None else {}
         main, best = self._values()
@@ -156,11 +185,12 @@ class FarmMetrics(Collector):
                 self.errors[(agent, error_kind(outcome.error))] += 1
             else:
                 self.proposals["rejected" if rejected > self._rejected_seen else "queued"] += 1
-                p = outcome.proposal
-                for kind, count in zip(TOKEN_TYPES, (p.tokens_in, p.tokens_out, p.cache_read_tokens,
-                                                     p.cache_write_tokens), strict=True):
+            spend = outcome.proposal or getattr(outcome, "spend", None)  # a failed proposal may have cost too
+            if spend is not None:
+                for kind, count in zip(TOKEN_TYPES, (spend.tokens_in, spend.tokens_out, spend.cache_read_tokens,
+                                                     spend.cache_write_tokens), strict=True):
                     self.tokens[(agent, kind)] += max(0, int(count or 0))
-                self.cost[agent] += max(0.0, float(p.cost_usd or 0.0))
+                self.cost[agent] += max(0.0, float(spend.cost_usd or 0.0))
             self._rejected_seen = rejected
 
     def promoted(self) -> None:
@@ -173,7 +203,7 @@ class FarmMetrics(Collector):
     # ---- the scrape (the server's thread) ------------------------------------------------
 
     def collect(self) -> Iterable:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             experiments, proposals = dict(self.experiments), dict(self.proposals)
             tokens, cost, errors = dict(self.tokens), dict(self.cost), dict(self.errors)
