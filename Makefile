@@ -90,8 +90,8 @@ bench-search: install
 ## farm's metrics on 127.0.0.1:9464 (monitoring/prometheus.yml). `make monitor-down` stops them.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 monitor:
-	$(COMPOSE) -f monitoring/docker-compose.yml up -d
+	$(COMPOSE) -p autoresearch-farm-monitoring -f monitoring/docker-compose.yml up -d
 	@echo "Grafana: http://127.0.0.1:3000 (dashboard autoresearch-farm)  Prometheus: http://127.0.0.1:9090"
 
 monitor-down:
-	$(COMPOSE) -f monitoring/docker-compose.yml down
+	$(COMPOSE) -p autoresearch-farm-monitoring -f monitoring/docker-compose.yml down

@@ -339,13 +339,23 @@ def test_prometheus_config_passes_promtool_and_scrapes_the_default_port() -> Non
     assert f"127.0.0.1:{FarmConfig().metrics_port}" in targets
 
 
-def test_compose_file_provisions_the_datasource_and_the_dashboard() -> None:
-    compose_file = MONITORING / "docker-compose.yml"
+def compose_commands() -> list[list[str]]:
+    """The compose CLIs on this machine: the docker plugin (v2) and/or docker-compose (v1)."""
+    out = []
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        proc = subprocess.run([docker, "compose", "-f", str(compose_file), "config", "--quiet"], capture_output=True,
+        out.append([docker, "compose"])
+    if shutil.which("docker-compose"):
+        out.append([shutil.which("docker-compose")])
+    return out
+
+
+def test_compose_file_provisions_the_datasource_and_the_dashboard() -> None:
+    compose_file = MONITORING / "docker-compose.yml"
+    for compose in compose_commands():  # what `make monitor` would run, where one is installed
+        proc = subprocess.run([*compose, "-f", str(compose_file), "config", "--quiet"], capture_output=True,
                               text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == 0, f"{' '.join(compose)} config: {proc.stderr}"
     compose = yaml.safe_load(compose_file.read_text())
     services = compose["services"]
     assert set(services) == {"prometheus", "grafana"}
