@@ -242,6 +242,19 @@ def test_served_on_its_own_port_and_address_and_off_without_a_port() -> None:
     assert config.metrics_port == 9464 and config.metrics_address == "127.0.0.1"
 
 
+def test_a_taken_port_warns_and_the_farm_runs_on(capsys: pytest.CaptureFixture[str]) -> None:
+    from cluster.run_cli import _serve_metrics
+
+    farm = SimpleNamespace(metrics=FarmMetrics(fake_farm(), gpus=1))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert _serve_metrics(farm, FarmConfig(metrics_port=port)) is None
+    assert f"no metrics on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert _serve_metrics(farm, FarmConfig(metrics_port=None)) is None
+
+
 # ---- the dashboard and the monitoring stack, statically ------------------------------------
 
 
