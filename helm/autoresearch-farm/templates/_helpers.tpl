@@ -1,0 +1,154 @@
+{{/* The chart name, overridable. */}}
+{{- define "farm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The full name: release-chart, or the release alone when it already contains the chart name. */}}
+{{- define "farm.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* chart-version, for the helm.sh/chart label. */}}
+{{- define "farm.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select (stable across upgrades). */}}
+{{- define "farm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "farm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The standard labels of every resource; call with (dict "ctx" $ "component" "name"). */}}
+{{- define "farm.labels" -}}
+{{ include "farm.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+helm.sh/chart: {{ include "farm.chart" .ctx }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "farm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "farm.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "farm.cacheClaim" -}}
+{{- default (printf "%s-cache" (include "farm.fullname" .)) .Values.cache.existingClaim }}
+{{- end }}
+
+{{- define "farm.apiKeySecret" -}}
+{{- if .Values.apiKey.existingSecret }}
+{{- .Values.apiKey.existingSecret }}
+{{- else if .Values.apiKey.value }}
+{{- printf "%s-api-key" (include "farm.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "farm.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end }}
+
+{{- define "farm.trainerImage" -}}
+{{- printf "%s:%s" .Values.trainerImage.repository .Values.trainerImage.tag }}
+{{- end }}
+
+{{/* Where the run directory lives on the head. */}}
+{{- define "farm.runDir" -}}
+{{- printf "/farm/runs/%s" (include "farm.fullname" .) }}
+{{- end }}
+
+{{/* The API key as a read-only file: volume and mount (head and agent workers only). */}}
+{{- define "farm.apiKeyVolume" -}}
+{{- if include "farm.apiKeySecret" . }}
+- name: api-key
+  secret:
+    secretName: {{ include "farm.apiKeySecret" . }}
+    defaultMode: 0400
+    items:
+      - key: {{ .Values.apiKey.secretKey }}
+        path: api-key
+{{- end }}
+{{- end }}
+
+{{- define "farm.apiKeyMount" -}}
+{{- if include "farm.apiKeySecret" . }}
+- name: api-key
+  mountPath: /var/run/secrets/autoresearch-farm
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "farm.apiKeyEnv" -}}
+{{- if include "farm.apiKeySecret" . }}
+- name: ANTHROPIC_API_KEY_FILE
+  value: /var/run/secrets/autoresearch-farm/api-key
+{{- end }}
+{{- end }}
+
+{{/* The container security context of the farm's own pods (Ray needs a writable root for its session dirs). */}}
+{{- define "farm.securityContext" -}}
+runAsNonRoot: true
+runAsUser: 65534
+runAsGroup: 65534
+allowPrivilegeEscalation: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* FARM_* settings of the Ray head: the driver's config and the kubernetes sandbox's (FARM_KUBERNETES__*). */}}
+{{- define "farm.env" -}}
+- name: FARM_CACHE
+  value: /cache
+- name: FARM_KUBERNETES__NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+- name: FARM_KUBERNETES__INSTANCE
+  value: {{ include "farm.fullname" . | quote }}
+- name: FARM_KUBERNETES__CACHE_PVC
+  value: {{ include "farm.cacheClaim" . | quote }}
+- name: FARM_KUBERNETES__CACHE_SUB_PATH
+  value: {{ .Values.cache.subPath | quote }}
+{{- if not (kindIs "invalid" .Values.experiments.gpu) }}
+- name: FARM_KUBERNETES__GPU
+  value: {{ .Values.experiments.gpu | quote }}
+{{- end }}
+- name: FARM_KUBERNETES__GPU_RESOURCE
+  value: {{ .Values.experiments.gpuResource | quote }}
+- name: FARM_KUBERNETES__NODE_SELECTOR
+  value: {{ .Values.experiments.nodeSelector | toJson | quote }}
+- name: FARM_KUBERNETES__TOLERATIONS
+  value: {{ .Values.experiments.tolerations | toJson | quote }}
+{{- with .Values.experiments.runtimeClass.name }}
+- name: FARM_KUBERNETES__RUNTIME_CLASS
+  value: {{ . | quote }}
+{{- end }}
+- name: FARM_KUBERNETES__IMAGE_PULL_POLICY
+  value: {{ .Values.trainerImage.pullPolicy | quote }}
+- name: FARM_KUBERNETES__IMAGE_PULL_SECRETS
+  value: {{ .Values.imagePullSecrets | toJson | quote }}
+{{- with .Values.experiments.priorityClassName }}
+- name: FARM_KUBERNETES__PRIORITY_CLASS
+  value: {{ . | quote }}
+{{- end }}
+- name: FARM_KUBERNETES__TMP_MB
+  value: {{ .Values.experiments.tmpMb | quote }}
+- name: FARM_KUBERNETES__START_TIMEOUT_S
+  value: {{ .Values.experiments.startTimeoutSeconds | quote }}
+{{- end }}

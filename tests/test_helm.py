@@ -1,0 +1,429 @@
+"""The Helm chart (helm/autoresearch-farm) and the experiment Pod the kubernetes sandbox builds.
+
+No helm binary and no cluster here: helm-python-sdk (Helm's Go SDK, embedded)
+loads, lints and renders the chart offline; kubernetes-validate checks every
+core manifest against the bundled Kubernetes OpenAPI schemas (strict: unknown
+fields fail). KubeRay's and the Prometheus Operator's CRDs have no bundled
+schema: those manifests are checked for apiVersion, kind and structure here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+import shlex
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from cluster.cli import build_parser
+from cluster.config import load_config, overrides_from_args
+from cluster.sandbox.base import ENV_ALLOW, OUTER_KILL_GRACE
+from cluster.sandbox.kube_pod import KubernetesSettings, labels, pod_manifest
+from cluster.spec import ExperimentSpec, GpuAssignment, Limits
+from trainer.profiles import get_profile
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "helm" / "autoresearch-farm"
+DASHBOARD = REPO / "monitoring" / "grafana" / "autoresearch-farm.json"
+K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+CRDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+SECRET = "sk-test-never-in-a-pod"
+
+ALL_ON = {
+    "fullnameOverride": "arf",
+    "commonLabels": {"team": "research"},
+    "imagePullSecrets": ["regcred"],
+    "trainerImage": {"repository": "registry.example/trainer", "tag": "cu128", "pullPolicy": "Always"},
+    "farm": {"profile": "h100", "gpuSlots": 16, "agents": 24, "agentKind": "claude", "maxExperiments": 500,
+             "hours": 12, "costCapUsd": 50, "extraArgs": ["--queue-ahead", "3"],
+             "extraEnv": [{"name": "FARM_TOURNAMENT__MARGIN_SIGMAS", "value": "3"}],
+             "runs": {"existingClaim": "farm-runs"}},
+    "rayJob": {"activeDeadlineSeconds": 86400, "backoffLimit": 5},
+    "rayCluster": {"enableInTreeAutoscaling": True,
+                   "head": {"rayStartParams": {"num-cpus": "4"}, "nodeSelector": {"pool": "cpu"},
+                            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "farm",
+                                             "effect": "NoSchedule"}]},
+                   "agentWorkers": {"replicas": 2, "maxReplicas": 8, "nodeSelector": {"pool": "cpu"}}},
+    "apiKey": {"existingSecret": "anthropic", "secretKey": "key"},
+    "cache": {"existingClaim": "datasets", "subPath": "autoresearch"},
+    "experiments": {"gpu": True, "gpuResource": "nvidia.com/gpu", "nodeSelector": {"gpu": "h100"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                                    {"key": "spot", "operator": "Exists"}],
+                    "startTimeoutSeconds": 900, "priorityClassName": "research", "tmpMb": 2048,
+                    "runtimeClass": {"name": "gvisor", "create": True, "handler": "runsc"}},
+    "serviceAccount": {"annotations": {"example.com/role": "farm"}},
+    "metrics": {"port": 9500, "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kps"},
+                                                 "interval": "15s"}},
+    "grafanaDashboard": {"enabled": True, "sidecarLabel": "grafana_dashboard", "sidecarLabelValue": "1",
+                         "folder": "Research", "additionalLabels": {"x": "y"}},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chart() -> helm.Chart:
+    logging.getLogger().setLevel(logging.WARNING)
+    return helm.Chart.load(CHART)
+
+
+def render(chart: helm.Chart, values: dict | None = None) -> list[dict]:
+    out = chart.render(values or {}, name="farm", namespace="research", is_install=True)
+    docs = []
+    for path, text in sorted(out.items()):
+        if not path.endswith(".txt"):
+            docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind}s"
+    return found[0]
+
+
+def head_env(docs: list[dict]) -> dict[str, str]:
+    head = one(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in head["env"]}
+
+
+def validate_all(docs: list[dict]) -> None:
+    for doc in docs:
+        for version in K8S_VERSIONS:
+            if (doc["apiVersion"], doc["kind"]) in CRDS:
+                with pytest.raises(kubernetes_validate.SchemaNotFoundError):  # CRDs only warn: checked below
+                    kubernetes_validate.validate(doc, version, strict=True)
+            else:
+                kubernetes_validate.validate(doc, version, strict=True)
+        meta = doc["metadata"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/component", "app.kubernetes.io/managed-by", "helm.sh/chart"):  # fmt: skip
+            assert key in meta["labels"], (doc["kind"], key)
+    text = json.dumps(docs)
+    assert "docker.sock" not in text and "hostPath" not in text and 'privileged": true' not in text
+
+
+def check_kuberay(docs: list[dict], slots: int) -> None:
+    cluster = one(docs, "RayCluster")
+    assert cluster["apiVersion"] == "ray.io/v1"
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == str(slots)
+    assert all(isinstance(v, str) for v in head["rayStartParams"].values())
+    pod = head["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True and pod["serviceAccountName"]
+    container = pod["containers"][0]
+    assert {p["name"] for p in container["ports"]} >= {"gcs", "dashboard", "client", "farm-metrics"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/cache", "/farm/runs", "/tmp"}
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "h"}, "spec": pod},
+                                 K8S_VERSIONS[-1], strict=True)  # fmt: skip
+    for group in cluster["spec"].get("workerGroupSpecs", []):
+        assert group["rayStartParams"]["num-gpus"] == "0"
+        assert group["template"]["spec"]["automountServiceAccountToken"] is False
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "w"},
+                                      "spec": group["template"]["spec"]}, K8S_VERSIONS[-1], strict=True)  # fmt: skip
+    job = one(docs, "RayJob")
+    assert job["apiVersion"] == "ray.io/v1"
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert job["spec"]["shutdownAfterJobFinishes"] is False
+    assert "farm run" in job["spec"]["entrypoint"]
+
+
+def farm_args(entrypoint: str) -> list[list[str]]:
+    """The two `farm run` commands of the entrypoint (new run, resume)."""
+    words = shlex.split(entrypoint.replace(";", " ; "))
+    runs, current = [], None
+    for word in words:
+        if word == "farm":
+            current = []
+        elif word in (";", "fi", "else") and current is not None:
+            runs.append(current)
+            current = None
+        elif current is not None:
+            current.append(word)
+    return runs
+
+
+def test_lint_is_clean(chart) -> None:
+    for values in (None, ALL_ON):
+        report = helm.lint(CHART, values, strict=True, namespace="research", kube_version="v1.30.0")
+        assert report["errors"] == [] and report["total_charts_linted"] == 1
+        serious = [m for m in report["messages"] if m["severity"] >= 2]
+        assert serious == [], serious
+
+
+def test_every_value_is_commented() -> None:
+    """helm-docs style: every value has a '# --' comment; a section has a plain comment and commented children."""
+    content_indent = None  # inside the default of a commented value (e.g. resources:), keys are content
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if content_indent is not None and indent > content_indent:
+            continue
+        content_indent = None
+        if stripped.startswith("-") or ":" not in stripped:
+            continue
+        previous = lines[i - 1].strip()
+        assert previous.startswith("#"), f"values.yaml line {i + 1} has no comment: {line}"
+        if previous.startswith("# --"):
+            content_indent = indent
+
+
+def test_default_render_validates(chart) -> None:
+    docs = render(chart)
+    validate_all(docs)
+    check_kuberay(docs, 8)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(["RayCluster", "RayJob", "ServiceAccount", "Role", "RoleBinding",
+                            "PersistentVolumeClaim", "NetworkPolicy", "Service"])  # fmt: skip
+    pvc = one(docs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    env = head_env(docs)
+    assert "ANTHROPIC_API_KEY" not in env and "ANTHROPIC_API_KEY_FILE" not in env
+    notes = chart.render({}, name="farm", namespace="research")["autoresearch-farm/templates/NOTES.txt"]
+    assert "port-forward service/farm-autoresearch-farm-head-svc 8265:8265" in notes
+    assert "port-forward service/farm-autoresearch-farm-metrics 9464:9464" in notes
+
+
+def test_all_flags_render_validates(chart) -> None:
+    docs = render(chart, ALL_ON)
+    validate_all(docs)
+    check_kuberay(docs, 16)
+    assert not [d for d in docs if d["kind"] in ("Secret", "PersistentVolumeClaim")]  # existing ones are used
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    service = one(docs, "Service")
+    assert service["spec"]["ports"][0]["port"] == 9500 and service["spec"]["ports"][0]["name"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics" and monitor["spec"]["endpoints"][0]["interval"] == "15s"
+    dashboard = one(docs, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1" and dashboard["metadata"]["labels"]["x"] == "y"
+    assert dashboard["metadata"]["annotations"]["grafana_folder"] == "Research"
+    assert json.loads(dashboard["data"]["autoresearch-farm.json"]) == json.loads(DASHBOARD.read_text())
+    runtime = one(docs, "RuntimeClass")
+    assert runtime["metadata"]["name"] == "gvisor" and runtime["handler"] == "runsc"
+    cluster = one(docs, "RayCluster")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    assert head["imagePullSecrets"] == [{"name": "regcred"}] and head["nodeSelector"] == {"pool": "cpu"}
+    assert {"name": "runs", "persistentVolumeClaim": {"claimName": "farm-runs"}} in head["volumes"]
+    assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 2
+    env = head_env(docs)
+    assert env["FARM_TOURNAMENT__MARGIN_SIGMAS"] == "3" and env["FARM_KUBERNETES__RUNTIME_CLASS"] == "gvisor"
+    assert env["FARM_KUBERNETES__CACHE_PVC"] == "datasets" and env["FARM_KUBERNETES__CACHE_SUB_PATH"] == "autoresearch"
+
+
+def test_api_key_reaches_the_driver_side_only_as_a_file(chart) -> None:
+    docs = render(chart, {"apiKey": {"value": SECRET}})
+    validate_all(docs)
+    secret = one(docs, "Secret")
+    assert base64.b64decode(secret["data"]["ANTHROPIC_API_KEY"]).decode() == SECRET
+    cluster = one(docs, "RayCluster")
+    pods = [cluster["spec"]["headGroupSpec"]["template"]["spec"]]
+    pods += [g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"]]
+    for pod in pods:
+        container = pod["containers"][0]
+        assert {"name": "ANTHROPIC_API_KEY_FILE", "value": "/var/run/secrets/autoresearch-farm/api-key"} in container[
+            "env"
+        ]
+        assert not any("valueFrom" in e for e in container["env"])  # never an env var holding the key itself
+        volume = next(v for v in pod["volumes"] if v["name"] == "api-key")
+        assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+        assert next(m for m in container["volumeMounts"] if m["name"] == "api-key")["readOnly"] is True
+    job = one(docs, "RayJob")["spec"]["submitterPodTemplate"]["spec"]
+    assert "volumes" not in job  # the submitter pod only runs `ray job submit`
+    assert SECRET not in json.dumps([d for d in docs if d["kind"] != "Secret"])
+
+
+def test_schema_rejects_typos_and_wrong_types(chart) -> None:
+    chart.validate_schema(ALL_ON)
+    bad = [
+        {"farm": {"gpuSlot": 4}},  # a typo'd key
+        {"experimentz": {}},
+        {"metrics": {"port": "9464"}},  # a string where a number goes
+        {"metrics": {"port": 8265}},  # Ray's dashboard port
+        {"farm": {"gpuSlots": 0}},
+        {"farm": {"profile": "h200"}},
+        {"experiments": {"gpu": "yes"}},
+        {"experiments": {"tolerations": [{"key": "a", "operater": "Exists"}]}},
+        {"cache": {"accessModes": ["ReadWriteAll"]}},
+        {"rayCluster": {"head": {"rayStartParams": {"num-gpus": "2"}}}},  # set by the chart from gpuSlots
+        {"metrics": {"serviceMonitor": {"interval": "often"}}},
+    ]
+    for values in bad:
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(values)
+        with pytest.raises(helm.HelmError):
+            chart.render(values, name="farm", namespace="research")
+
+
+def test_rbac_is_only_what_the_backend_needs(chart) -> None:
+    docs = render(chart)
+    role = one(docs, "Role")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    assert rules == {
+        (("",), ("pods",)): {"create", "get", "list", "watch", "delete"},
+        (("",), ("pods/log",)): {"get"},
+        (("",), ("configmaps",)): {"create", "get", "list", "delete"},
+    }
+    binding = one(docs, "RoleBinding")
+    account = one(docs, "ServiceAccount")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": "research"}]  # fmt: skip
+    head = one(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
+    assert head["serviceAccountName"] == account["metadata"]["name"]
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def test_driver_entrypoint_is_a_valid_farm_run(chart) -> None:
+    for values, slots in (({}, 8), (ALL_ON, 16)):
+        docs = render(chart, values)
+        env = {**head_env(docs), "ANTHROPIC_API_KEY": "sk-x"}  # the key would come from the file
+        runs = farm_args(one(docs, "RayJob")["spec"]["entrypoint"])
+        assert len(runs) == 2 and runs[0][:2] == ["run", "--resume"] and runs[1][:2] == ["run", "--run-dir"]
+        for argv in runs:
+            args = build_parser().parse_args(argv)
+            config = load_config(overrides_from_args(args), None, env)
+            assert config.sandbox == "kubernetes" and config.gpus == slots
+            assert config.metrics_port == (9500 if values else 9464) and config.metrics_address == "0.0.0.0"
+            assert config.kubernetes.namespace == "research"
+
+
+def experiment_pod(settings: KubernetesSettings, profile: str = "h100", tmp: Path = Path("/nonexistent")) -> dict:
+    spec = ExperimentSpec(experiment_id="e0042.retry_1", train_py="print('hi')\n", profile=profile, seed=3,
+                          run_dir=tmp / "run", cache_dir=Path("/cache"), image="registry.example/trainer:cu128",
+                          limits=Limits(memory_mb=30000, shm_mb=4096, cpus=6))  # fmt: skip
+    return pod_manifest(
+        spec, GpuAssignment(index=0), settings, "farm-e0042-retry-1-abcdef12", "farm-e0042-src", "a" * 12
+    )
+
+
+def s_index(args: list[str], flag: str) -> int:
+    return args.index(flag) + 1
+
+
+def assert_restricted(pod: dict, settings: KubernetesSettings, gpu: bool) -> None:
+    """Every restriction of the kubernetes sandbox, field by field."""
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+    spec = pod["spec"]
+    (container,) = spec["containers"]
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65534 and sc["runAsGroup"] == 65534
+    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 65534
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+    assert spec["restartPolicy"] == "Never"
+    assert spec["hostNetwork"] is False and spec["hostPID"] is False and spec["hostIPC"] is False
+    wall = get_profile(pod["spec"]["containers"][0]["args"][s_index(container["args"], "--profile")]).wall_limit
+    assert spec["activeDeadlineSeconds"] == math.ceil(wall + OUTER_KILL_GRACE + settings.start_timeout_s)
+    assert f"{wall:g}" == container["args"][s_index(container["args"], "--wall-limit")]
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert limits == requests and limits["memory"] == "30000Mi" and limits["cpu"] == "6000m"
+    if gpu:
+        assert limits[settings.gpu_resource] == "1"
+    else:
+        assert settings.gpu_resource not in limits
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/tmp"]["name"] == "tmp" and "emptyDir" in volumes["tmp"]
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"] == f"{settings.tmp_mb}Mi"
+    assert mounts["/dev/shm"]["name"] == "shm" and volumes["shm"]["emptyDir"] == {
+        "medium": "Memory",
+        "sizeLimit": "4096Mi",
+    }
+    assert mounts["/cache"]["readOnly"] is True and volumes["cache"]["persistentVolumeClaim"] == {
+        "claimName": settings.cache_pvc, "readOnly": True}  # fmt: skip
+    assert mounts["/candidate"]["readOnly"] is True and volumes["candidate"]["configMap"]["name"] == "farm-e0042-src"
+    assert set(mounts) == {"/tmp", "/dev/shm", "/cache", "/candidate"}  # nothing else is mounted, nothing writable
+    assert not any("hostPath" in v for v in volumes.values())
+    assert spec.get("runtimeClassName") == settings.runtime_class
+    assert spec.get("nodeSelector", {}) == settings.node_selector
+    assert spec.get("tolerations", []) == settings.tolerations
+    env = {e["name"]: e["value"] for e in container["env"]}
+    allowed = set(ENV_ALLOW) - {"PATH"}
+    allowed |= {"FARM_PROFILE", "FARM_CACHE", "FARM_SEED", "HOME", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
+                "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"}  # fmt: skip
+    assert set(env) <= allowed, set(env) - allowed
+    assert SECRET not in json.dumps(pod)
+    assert env["FARM_CACHE"] == "/cache" and env["HOME"] == "/tmp"
+    if gpu:
+        assert "CUDA_VISIBLE_DEVICES" not in env  # the device plugin shows the pod its one GPU
+    else:
+        assert env["CUDA_VISIBLE_DEVICES"] == "" and env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert all("valueFrom" not in e for e in container["env"])
+    assert container["args"][:2] == ["-m", "trainer.runner"] and "/candidate/train.py" in container["args"]
+    assert "--wall-limit" in container["args"]
+    meta = pod["metadata"]["labels"]
+    assert meta["autoresearch-farm/role"] == "experiment"
+    assert meta["autoresearch-farm/instance"] == (settings.instance or "farm")
+    assert meta["autoresearch-farm/experiment"] == "e0042.retry_1"
+
+
+def test_experiment_pod_carries_every_restriction(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9/")
+    defaults = KubernetesSettings()
+    assert_restricted(experiment_pod(defaults, tmp=tmp_path), defaults, gpu=True)
+    cpu = KubernetesSettings(runtime_class="gvisor", node_selector={"pool": "cpu"},
+                             tolerations=[{"key": "spot", "operator": "Exists"}], tmp_mb=512)  # fmt: skip
+    assert_restricted(experiment_pod(cpu, "cpu-tiny", tmp_path), cpu, gpu=False)
+    forced = KubernetesSettings(gpu=False)
+    assert_restricted(experiment_pod(forced, "h100", tmp_path), forced, gpu=False)
+
+
+def test_chart_settings_drive_the_experiment_pod(chart, monkeypatch, tmp_path) -> None:
+    """The head's FARM_KUBERNETES__* (what the backend reads) give a pod the chart's NetworkPolicy covers."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    for values in ({}, ALL_ON):
+        docs = render(chart, values)
+        env = head_env(docs)
+        assert load_config({"gpus": 2}, None, env).kubernetes == KubernetesSettings.from_env(env)
+        settings = KubernetesSettings.from_env(env)
+        assert settings.namespace == "research"
+        claims = [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
+        assert settings.cache_pvc == (claims[0] if claims else "datasets")
+        pod = experiment_pod(settings, "h100", tmp_path)
+        assert_restricted(pod, settings, gpu=True)
+        policy = one(docs, "NetworkPolicy")
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert not policy["spec"].get("ingress") and not policy["spec"].get("egress")  # deny all, both ways
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        cluster = one(docs, "RayCluster")
+        assert settings.instance == cluster["metadata"]["name"]
+        if values:
+            assert pod["spec"]["runtimeClassName"] == "gvisor" and pod["spec"]["nodeSelector"] == {"gpu": "h100"}
+            assert pod["spec"]["tolerations"] == ALL_ON["experiments"]["tolerations"]
+            assert pod["spec"]["priorityClassName"] == "research" and pod["spec"]["imagePullSecrets"] == [
+                {"name": "regcred"}
+            ]
+            assert pod["spec"]["containers"][0]["imagePullPolicy"] == "Always"
+            assert pod["spec"]["containers"][0]["volumeMounts"][1]["subPath"] == "autoresearch"
+
+
+def test_labels_are_valid_for_odd_experiment_ids(tmp_path) -> None:
+    settings = KubernetesSettings(instance="x" * 70)
+    spec = ExperimentSpec(experiment_id="A" + "_" * 61 + ".", train_py="", run_dir=tmp_path, cache_dir=tmp_path)
+    pod = pod_manifest(spec, GpuAssignment(), settings, "farm-a-00000000", "farm-a-00000000-src", "0" * 12)
+    kubernetes_validate.validate(pod, K8S_VERSIONS[-1], strict=True)
+    assert all(len(v) <= 63 for v in labels(settings, spec, "0" * 12).values())
+
+
+def test_dashboard_symlink_points_at_the_monitoring_file() -> None:
+    link = CHART / "dashboards" / "autoresearch-farm.json"
+    assert link.is_symlink() and link.resolve() == DASHBOARD.resolve()
+    assert os.readlink(link) == "../../../monitoring/grafana/autoresearch-farm.json"
