@@ -303,7 +303,8 @@ def test_dashboard_is_a_grafana_dashboard_on_a_datasource_variable() -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     ids = [p["id"] for p in panels(dash)]
-    assert len(ids) == len(set(ids))
+    titles = [p["title"] for p in panels(dash)]
+    assert len(ids) == len(set(ids)) and len(titles) == len(set(titles))
     titles = " | ".join(p["title"] for p in panels(dash)).lower()
     for wanted in ("gpu duty", "experiments per hour by status", "val_bpb", "queue and in flight",
                    "phase durations", "agent spend", "tokens", "errors"):
