@@ -122,9 +122,10 @@ class ClaudeProposer:
             record.messages.append({"role": "user", "content": results})
             if ws.description is not None:
                 record.outcome = "submitted"
-                return Proposal(
-                    parent_commit=context.parent_commit, train_py=ws.train_py, description=ws.description,
-                    agent=self.name, notes=ws.notes, **tally.as_dict(self.price),
+                return Proposal(  # notes and description reach files every agent reads: no secrets in them
+                    parent_commit=context.parent_commit, train_py=ws.train_py,
+                    description=redact(ws.description, [key]), agent=self.name, notes=redact(ws.notes, [key]),
+                    **tally.as_dict(self.price),
                     transcript=self._transcript(context, record, tally, key),
                 )
         raise AgentError(f"no submit within the turn limit ({self.max_turns} turns)")
@@ -136,8 +137,8 @@ class ClaudeProposer:
         messages[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
         request: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "system": system,
                                    "tools": self.tools, "messages": messages}
-        if self.temperature is not None:
-            request["temperature"] = self.temperature
+        if self.temperature is not None:  # not a parameter of this SDK's create(); the API field is sent as is
+            request["extra_body"] = {"temperature": self.temperature}
         return request
 
     def _client_for(self, key: str) -> Any:

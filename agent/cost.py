@@ -33,15 +33,18 @@ def _price(input_: float, output: float) -> Price:
     return Price(input=input_, output=output, cache_read=round(input_ * 0.1, 6), cache_write=input_ * 1.25)
 
 
-DEFAULT_MODEL = "claude-sonnet-4-5"  # the Claude agent's model when config names none; priced below
+DEFAULT_MODEL = "claude-sonnet-4-6"  # the Claude agent's model when config names none (4-5 is deprecated)
 
-# Model-name prefixes; the longest matching prefix wins ("claude-opus-4-5" before "claude-opus-4").
+# Model-name prefixes; the longest matching prefix wins. Only families whose price we know: a newer model
+# (e.g. claude-opus-4-6, claude-sonnet-5) needs a `prices` entry rather than a guess.
 DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4-5": _price(5.0, 25.0),
-    "claude-opus-4": _price(15.0, 75.0),
-    "claude-sonnet-4": _price(3.0, 15.0),
+    "claude-opus-4-1": _price(15.0, 75.0),
+    "claude-opus-4-0": _price(15.0, 75.0),
+    "claude-opus-4-2025": _price(15.0, 75.0),  # claude-opus-4-20250514
+    "claude-sonnet-4": _price(3.0, 15.0),  # 4, 4-5, 4-6: every Sonnet so far was $3/$15 (check yours)
     "claude-3-7-sonnet": _price(3.0, 15.0),
-    "claude-haiku-4": _price(1.0, 5.0),
+    "claude-haiku-4-5": _price(1.0, 5.0),
     "claude-3-5-haiku": _price(0.8, 4.0),
 }
 

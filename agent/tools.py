@@ -246,6 +246,7 @@ def format_summary(s: ExperimentSummary, with_reason: bool = False) -> str:
 def _closest_line(text: str, wanted: str) -> str:
     import difflib
 
-    first = next((ln for ln in wanted.splitlines() if ln.strip()), "")
-    close = difflib.get_close_matches(first, text.splitlines(), n=1, cutoff=0.6)
-    return close[0].strip() if close else ""
+    first = next((ln.strip() for ln in wanted.splitlines() if ln.strip()), "")
+    heads = {ln.strip()[: len(first)]: ln.strip() for ln in text.splitlines() if ln.strip()}  # compare like with like
+    close = difflib.get_close_matches(first, list(heads), n=1, cutoff=0.6)
+    return heads[close[0]] if close else ""

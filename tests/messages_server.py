@@ -97,7 +97,7 @@ class MessagesServer:
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
@@ -146,7 +146,8 @@ class MessagesServer:
                     body = {"_raw": raw.decode(errors="replace")}
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with server.lock:
-                    server.requests.append({"path": self.path, "headers": headers, "body": body})
+                    server.requests.append({"path": self.path, "headers": headers, "body": body,
+                                            "at": time.monotonic()})
                 if self.path.split("?")[0] != "/v1/messages":
                     return self._send(404, {"type": "error", "error": {"type": "not_found_error",
                                                                          "message": f"no route {self.path}"}})
