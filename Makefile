@@ -18,7 +18,7 @@ FARM_IMAGE ?= 0
 IMAGES_ENV = BASE_IMAGE='$(BASE_IMAGE)' TORCH_SPEC='$(TORCH_SPEC)' EXTRA_PIP='$(EXTRA_PIP)' APT_PACKAGES='$(APT_PACKAGES)' \
 	IMAGES_WHEELS='$(IMAGES_WHEELS)' FARM_IMAGE='$(FARM_IMAGE)' PIP='$(BIN)/pip'
 
-.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search monitor monitor-down
+.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search monitor monitor-down helm-render
 
 install: $(VENV)/.installed
 
@@ -95,3 +95,9 @@ monitor:
 
 monitor-down:
 	$(COMPOSE) -p autoresearch-farm-monitoring -f monitoring/docker-compose.yml down
+
+## The Helm chart's manifests without a helm binary (Helm's Go SDK via helm-python-sdk), linted and checked against
+## Kubernetes schemas: HELM_ARGS e.g. "-f my-values.yaml -n research"; pipe the output to `kubectl apply -f -`.
+HELM_ARGS ?=
+helm-render: install
+	@$(BIN)/python helm/render.py --lint --validate $(HELM_ARGS)

@@ -427,3 +427,17 @@ def test_dashboard_symlink_points_at_the_monitoring_file() -> None:
     link = CHART / "dashboards" / "autoresearch-farm.json"
     assert link.is_symlink() and link.resolve() == DASHBOARD.resolve()
     assert os.readlink(link) == "../../../monitoring/grafana/autoresearch-farm.json"
+
+
+def test_render_script_without_a_helm_binary(capsys) -> None:
+    """helm/render.py: the chart's manifests for `kubectl apply -f -`, linted and validated on the way."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("helm_render", CHART.parent / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["-n", "research", "--set", "metrics.serviceMonitor.enabled=true", "--lint", "--validate"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert {d["kind"] for d in docs} >= {"RayCluster", "RayJob", "ServiceMonitor", "NetworkPolicy", "Role"}
+    assert module.main(["--set", "metrics.port=8265"]) == 1  # the schema's refusal, said on stderr
+    assert "metrics/port" in capsys.readouterr().err
