@@ -63,8 +63,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     profile = get_profile(config.profile)
     print(f"farm run: run dir {run_dir.resolve()} (resume with `farm run --resume {run_dir}`)", flush=True)
     prepare_profile(profile, config.cache_dir)
-    if config.sandbox == "kubernetes":  # the backend (here and in local Ray workers) reads FARM_KUBERNETES__*
-        os.environ.update(config.kubernetes.to_env())
+    if config.sandbox == "kubernetes":  # the backend (here and in local Ray workers) reads FARM_KUBERNETES__*;
+        for name, value in config.kubernetes.to_env().items():  # variables already set (the chart's) win on resume
+            os.environ.setdefault(name, value)
     sandbox = resolve_sandbox(config.sandbox, image=config.image)
     removed = make_sandbox(sandbox).cleanup_leftovers()  # what a crashed farm left running
     if removed:

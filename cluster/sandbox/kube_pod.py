@@ -8,7 +8,9 @@ The candidate crosses into the pod as a ConfigMap mounted read-only at
 shared volume, no exec-argument size limit, the source never in the pod spec.
 The result crosses back in the pod's log: ``IN_POD`` runs the runner, then
 prints the tail of run.log and result.json base64-encoded between markers,
-which ``parse_log`` reads back (the last block wins).
+which ``parse_log`` reads back (the last block wins). Short lines, because
+the container runtime splits long ones and the log API's tailLines counts
+the pieces.
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ def pod_manifest(
         "args": runner_args(spec, f"{CANDIDATE_MOUNT}/train.py", OUT_DIR),
         "workingDir": "/tmp",
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-        "resources": {"limits": dict(resources), "requests": dict(resources)},  # Guaranteed QoS
+        "resources": {"limits": dict(resources), "requests": dict(resources)},  # Guaranteed when a CPU limit is set
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": SANDBOX_UID,
