@@ -147,6 +147,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except (SandboxError, ImportError) as exc:
         root = "as root: namespaces, cgroups, read-only mounts" if os.geteuid() == 0 else "NOT root: rlimits only"
         line(None, "docker", f"{str(exc).splitlines()[0][:160]} -> the process sandbox will be used ({root})")
+    if os.environ.get("KUBERNETES_SERVICE_HOST") or os.environ.get("FARM_KUBERNETES__API_SERVER"):
+        try:
+            make_sandbox("kubernetes")
+            line(True, "kubernetes", "API reachable, experiment pods allowed: --sandbox kubernetes works")
+        except SandboxError as exc:
+            line(False, "kubernetes", str(exc).splitlines()[0][:200])
     key = bool(os.environ.get("ANTHROPIC_API_KEY"))
     line(
         None, "anthropic", "ANTHROPIC_API_KEY is set" if key else "no ANTHROPIC_API_KEY: agents use the offline mutator"

@@ -238,3 +238,16 @@ def test_settings_round_trip_through_the_environment() -> None:
     s = KubernetesSettings(namespace="n", gpu=False, tolerations=[{"key": "gpu", "operator": "Exists"}],
                            node_selector={"pool": "gpu"}, runtime_class="gvisor", start_timeout_s=30)  # fmt: skip
     assert KubernetesSettings.from_env(s.to_env()) == s
+
+
+def test_doctor_reports_the_kubernetes_sandbox(monkeypatch, token, capsys) -> None:
+    from cluster.cli import main
+
+    with FakeKube() as fake:
+        monkeypatch.setenv("FARM_KUBERNETES__API_SERVER", fake.url)
+        monkeypatch.setenv("FARM_KUBERNETES__TOKEN_FILE", str(token))
+        main(["doctor"])
+        assert "[ok  ] kubernetes" in capsys.readouterr().out
+        token.write_text("revoked")
+        main(["doctor"])
+        assert "[FAIL] kubernetes   the Kubernetes API rejected" in capsys.readouterr().out
