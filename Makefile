@@ -18,7 +18,8 @@ FARM_IMAGE ?= 0
 IMAGES_ENV = BASE_IMAGE='$(BASE_IMAGE)' TORCH_SPEC='$(TORCH_SPEC)' EXTRA_PIP='$(EXTRA_PIP)' APT_PACKAGES='$(APT_PACKAGES)' \
 	IMAGES_WHEELS='$(IMAGES_WHEELS)' FARM_IMAGE='$(FARM_IMAGE)' PIP='$(BIN)/pip'
 
-.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search monitor monitor-down helm-render
+.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search monitor monitor-down helm-render \
+	farm-live-check
 
 install: $(VENV)/.installed
 
@@ -59,6 +60,12 @@ prepare: install
 
 doctor: install
 	$(BIN)/farm doctor
+
+## One real Claude proposal against the real API (ANTHROPIC_API_KEY): prints its diff and cost. Skips (exit 0)
+## without a key; CI never needs it. LIVE_ARGS e.g. --model claude-haiku-4-5.
+LIVE_ARGS ?=
+farm-live-check: install
+	$(BIN)/python -m agent.live_check $(LIVE_ARGS)
 
 ## The Docker images: base (debootstrap, once), wheels, trainer [, farm with FARM_IMAGE=1]. Needs dockerd.
 images: install

@@ -411,3 +411,20 @@ def test_a_claude_farm_stops_at_the_cost_cap_and_keeps_the_key_out_of_everything
                              text=True, check=True).stdout
     assert KEY not in history
     print(f"claude farm test: {seconds:.1f} s")
+
+
+def test_the_live_check_skips_without_a_key_and_prints_diff_and_cost_with_one(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from agent import live_check
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY_FILE", raising=False)
+    assert live_check.main([]) == 0 and "skipped: no API key" in capsys.readouterr().out
+    with MessagesServer() as server:
+        server.add(reply(*edit_and_submit(), usage_=usage(1000, 100)))
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        assert live_check.main(["--profile", "cpu-smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "-DEPTH = 4" in out and "+DEPTH = 3" in out and "description: DEPTH 4 -> 3" in out
+    assert "cost: $0.0045" in out and KEY not in out
