@@ -318,6 +318,15 @@ def test_rejected_and_failed_proposals_spend_survives_a_rebuild() -> None:
     assert state.rejections == [("claude-0", "same again: the same change as e0002")]
 
 
+def test_each_agent_gets_a_direction_and_temperament_by_default_or_from_config() -> None:
+    from agent.prompt import DIRECTIONS, TEMPERAMENTS
+
+    first, fourth, seventh = (ClaudeProposer(f"claude-{i}") for i in (0, 3, 6))
+    assert (first.direction, fourth.direction, seventh.direction) == (DIRECTIONS[0], DIRECTIONS[3], DIRECTIONS[0])
+    assert (first.temperament, seventh.temperament) == (TEMPERAMENTS[0], TEMPERAMENTS[1])
+    assert ClaudeProposer("claude-0", direction="tokenizer-free tricks").direction == "tokenizer-free tricks"
+
+
 def test_retry_delays_back_off_with_jitter_and_honour_retry_after() -> None:
     import random
 
@@ -395,6 +404,11 @@ def test_a_claude_farm_stops_at_the_cost_cap_and_keeps_the_key_out_of_everything
                                         "json"], capture_output=True, text=True, check=True).stdout)
     assert status["llm"]["cost_usd"] == pytest.approx(0.018) and status["llm"]["agents"]["claude-0"]["proposals"] == 3
     assert status["llm"]["tokens_in"] == 3000 and status["llm"]["cost_cap_usd"] == 0.015
+    written = json.loads((run_dir / "status.json").read_text())  # the driver's own, as it stopped
+    assert written["llm"]["cost_usd"] == pytest.approx(0.018) and written["rejected_proposals"] == 1
+    text_status = subprocess.run([sys.executable, "-m", "cluster.cli", "status", str(run_dir)], capture_output=True,
+                                 text=True, check=True).stdout
+    assert "llm spend              $0.0180 of cap $0.0150" in text_status and "  claude-0" in text_status
     # the shared note reached the next proposal's context; every proposal's transcript is in the run dir
     assert "MATRIX_LR far below" in (run_dir / "notes.md").read_text()
     assert "MATRIX_LR far below" in sonnet[-1]["messages"][0]["content"][0]["text"]
