@@ -192,16 +192,16 @@ class Farm:
             self.idle_agents.append(index)
         proposal = outcome.proposal
         if proposal is None:
-            spend = outcome.spend
+            error, spend = (outcome.error.splitlines() or ["no reason given"])[0], outcome.spend
             if spend and (spend.cost_usd or spend.tokens_in or spend.tokens_out):  # paid for: on the ledger
                 self.state.charge(outcome.agent, spend, failed=True)
                 self.ledger.append([LedgerRow(experiment_id=self.state.new_id(), event="proposal_failed",
-                                              ts=time.time(), agent=outcome.agent,
-                                              reason=outcome.error.splitlines()[0][:500], **spend.model_dump())])
-            self._save_transcript(outcome.agent, outcome.transcript, "failed: " + outcome.error.splitlines()[0])
+                                              ts=time.time(), agent=outcome.agent, reason=error[:500],
+                                              **spend.model_dump())])
+            self._save_transcript(outcome.agent, outcome.transcript, f"failed: {error}")
             self.metrics.proposal(index, outcome)
             stops = " (this agent stops; the others go on)" if outcome.fatal else ""
-            self.view.note(f"{outcome.agent}: no proposal ({outcome.error.splitlines()[0][:200]}){stops}")
+            self.view.note(f"{outcome.agent}: no proposal ({error[:200]}){stops}")
             return
         self._append_notes(proposal.agent, proposal.notes)
         result = self._accept(proposal)

@@ -340,6 +340,59 @@ def test_retry_delays_back_off_with_jitter_and_honour_retry_after() -> None:
     assert (tally.tokens_in, tally.cache_read_tokens) == (1, 0) and tally.usd(SONNET) == pytest.approx(33e-6)
 
 
+def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and_rejects_repeats(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.protocol import Proposal, Spend
+    from cluster.agents import ProposalOutcome
+    from cluster.config import FarmConfig
+    from cluster.driver import Farm
+    from cluster.repo import ResearchRepo
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    ResearchRepo.create(tmp_path / "repo", SEED, "# program")
+    config = FarmConfig(profile="cpu-smoke", gpus=1, metrics_port=None, agents={"kind": "claude", "count": 2})
+    farm = Farm(config, tmp_path, "process")
+    main = farm.state.main_commit
+    spent = Spend(tokens_in=100, tokens_out=10, cache_read_tokens=1000, cost_usd=0.5)
+
+    def proposal(train_py: str, description: str, **extra) -> Proposal:
+        return Proposal(parent_commit=main, train_py=train_py, description=description, agent="claude-0",
+                        **spent.model_dump(), **extra)
+
+    outcomes = {
+        "failed": ProposalOutcome(agent="claude-1", error="AgentError: no submit\ntraceback", spend=spent,
+                                  transcript={"messages": [f"leaked {KEY}"]}),
+        "ok": ProposalOutcome(agent="claude-0", proposal=proposal(
+            SEED.replace("DEPTH = 4", "DEPTH = 3"), "DEPTH 4 -> 3", notes=["depth 3 trains faster"],
+            transcript={"messages": ["hello"]})),
+        "again": ProposalOutcome(agent="claude-0", proposal=proposal(
+            SEED.replace("DEPTH = 4", "DEPTH =   3"), "DEPTH to 3 once more")),
+    }
+    monkeypatch.setattr("cluster.driver.ray.get", outcomes.__getitem__)
+    farm.idle_agents, farm.asking = [], dict.fromkeys(outcomes, 0)
+    for ref in outcomes:
+        farm._on_proposal(ref)
+    farm._write_status()
+    farm.ledger.close()
+
+    rows = {r.event: r for r in Ledger(tmp_path / "ledger").read()}
+    assert rows["proposal_failed"].cost_usd == 0.5 and rows["proposal_failed"].reason == "AgentError: no submit"
+    assert rows["queued"].cost_usd == 0.5 and rows["queued"].cache_read_tokens == 1000 and rows["queued"].diff_sha
+    assert rows["rejected"].cost_usd == 0.5 and rows["rejected"].reason.startswith("the same change as e0002")
+    assert farm.state.cost_usd == pytest.approx(1.5)
+    rebuilt = FarmState.rebuild(Ledger(tmp_path / "ledger").read(), main, SEED)
+    assert rebuilt.cost_usd == pytest.approx(1.5) and rebuilt.rejected == 1 and rebuilt.spend["claude-1"].failed == 1
+    assert (tmp_path / "notes.md").read_text() == "- claude-0: depth 3 trains faster\n"
+    assert sorted(p.name for p in (tmp_path / "transcripts").iterdir()) == ["claude-0-1.json", "claude-1-1.json"]
+    failed = json.loads((tmp_path / "transcripts" / "claude-1-1.json").read_text())
+    assert failed["result"] == "failed: AgentError: no submit" and KEY not in json.dumps(failed)
+    status = json.loads((tmp_path / "status.json").read_text())["llm"]
+    assert status["agents"]["claude-0"]["proposals"] == 2 and status["cost_usd"] == pytest.approx(1.5)
+    context = farm._context(0)
+    assert context.own_rejected == ["DEPTH to 3 once more: the same change as e0002 (DEPTH 4 -> 3)"]
+    assert context.notes == ["- claude-0: depth 3 trains faster"]
+
+
 # ---- a farm with Claude agents ----------------------------------------------------------
 
 
