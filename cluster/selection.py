@@ -10,6 +10,7 @@ import random
 
 from cluster.repo import ResearchRepo
 from cluster.state import FarmState, Work
+from cluster.state import sha as file_sha
 from cluster.tournament import (
     Incumbent,
     NoiseModel,
@@ -30,6 +31,8 @@ def incumbent(state: FarmState, repo: ResearchRepo) -> Incumbent:
         commit=state.main_commit,
         line_count=count_lines(repo.train_py_at(state.main_commit)),
         measurements={gpu: state.values(state.main_sha, gpu, screening=False) for gpu in classes},
+        screening={gpu: [m.val_bpb for m in state.measurements.get((state.main_sha, gpu), []) if m.screening]
+                   for gpu in classes},
     )
 
 
@@ -38,13 +41,29 @@ def noise_for(state: FarmState, gpu_class: str) -> NoiseModel:
     return models.get(gpu_class) or NoiseModel.from_groups(gpu_class, [])
 
 
+def former_main(state: FarmState, candidate: Work, gpu_class: str, repo: ResearchRepo,
+                settings: TournamentSettings) -> Incumbent | None:
+    """A candidate's parent when main has moved on from it and it was measured as main: what its change is
+    judged against with ``judge_against: parent``; None otherwise."""
+    if candidate.kind != "candidate" or candidate.parent_commit == state.main_commit:
+        return None
+    parent_py = repo.train_py_at(candidate.parent_commit)
+    parent_sha = file_sha(parent_py)
+    values = state.values(parent_sha, gpu_class, screening=False)
+    if parent_sha == state.main_sha or len(values) < settings.baseline_replicates:
+        return None
+    return Incumbent(commit=candidate.parent_commit, line_count=count_lines(parent_py),
+                     measurements={gpu_class: values})
+
+
 def judge_candidate(
     state: FarmState, candidate: Work, gpu_class: str, repo: ResearchRepo, settings: TournamentSettings
 ) -> Verdict:
+    parent = former_main(state, candidate, gpu_class, repo, settings) if settings.judge_against == "parent" else None
     return judge(
         state.values(candidate.train_sha, gpu_class),
         count_lines(repo.train_py_at(candidate.commit)),
-        incumbent(state, repo),
+        parent or incumbent(state, repo),
         noise_for(state, gpu_class),
         settings,
         gpu_class,

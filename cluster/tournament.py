@@ -50,6 +50,18 @@ class TournamentSettings(BaseModel):
     near_miss_margins: float = Field(1.0, ge=0, description="a discarded result at most this many margins worse "
                                      "than main is a near-miss: a candidate parent")
     pool_recent: int = Field(32, ge=1, description="only this many most recent near-misses may be parents")
+    policy: Literal["tournament", "greedy"] = Field("tournament", description="greedy: autoresearch's own loop, "
+                                                    "for benchmarks (bench/search.py): main and each candidate run "
+                                                    "once, keep if lower; no replicates, margin or confirmation")
+    judge_against: Literal["main", "parent"] = Field("main", description="parent: a candidate whose parent is a "
+                                                     "former main (measured >= baseline_replicates times) is judged "
+                                                     "against that parent, so a gain proposed before main moved is "
+                                                     "not lost; the driver then merges it into main and the merge is "
+                                                     "judged against main like any candidate")
+    max_replicates: int = Field(0, ge=0, description="a candidate still promising after its confirmations (its "
+                                "mean beats the screen for its count of runs, not yet the margin) gets one more "
+                                "replicate at a time up to this many runs in all; 0: off (decide after the first "
+                                "confirmation)")
     min_noise_df: int = Field(7, ge=1, description="main is measured beyond baseline_replicates until the noise on "
                               "a class has this many degrees of freedom: with 3 df the t margin is ~2x wider and "
                               "a 3-sd gain is promoted 39 % of the time instead of 75 %")
@@ -175,9 +187,15 @@ class Incumbent(BaseModel):
     commit: str
     line_count: int
     measurements: dict[str, list[float]] = Field(default_factory=dict)
+    screening: dict[str, list[float]] = Field(default_factory=dict, description="main's first runs as a candidate "
+                                              "(biased low): only the greedy policy compares against them")
 
     def values(self, gpu_class: str) -> list[float]:
         return _ok(self.measurements.get(gpu_class, []))
+
+    def greedy_values(self, gpu_class: str) -> list[float]:
+        """What "keep if lower" compares with: every ok run of main's train.py, the one that got it kept included."""
+        return _ok(self.screening.get(gpu_class, [])) + self.values(gpu_class)
 
 
 class MeasureRequest(BaseModel):
@@ -192,6 +210,10 @@ class MeasureRequest(BaseModel):
 def baseline_request(incumbent: Incumbent, gpu_class: str, settings: TournamentSettings,
                      noise: NoiseModel | None = None) -> MeasureRequest | None:
     """Main's missing replicates on ``gpu_class`` (baseline, then up to ``min_noise_df``), or None."""
+    if settings.policy == "greedy":  # one run of main, then never again
+        if incumbent.greedy_values(gpu_class):
+            return None
+        return MeasureRequest(commit=incumbent.commit, gpu_class=gpu_class, replicates=1, why="greedy: main once")
     have = len(incumbent.values(gpu_class))
     missing = settings.baseline_replicates - have
     if noise is not None:
@@ -256,6 +278,8 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
     base = {"gpu_class": gpu_class, "n_candidate": len(cand), "n_incumbent": len(inc)}
     if not cand:
         return Verdict(decision="discard", reason="no ok measurement", **base)
+    if settings.policy == "greedy":
+        return _judge_greedy(cand[0], incumbent, settings, gpu_class, base)
     if not inc or not noise.known:
         request = baseline_request(incumbent, gpu_class, settings, noise) or MeasureRequest(
             commit=incumbent.commit, gpu_class=gpu_class, replicates=1, why="noise unknown")
@@ -281,6 +305,11 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
     if confirmed and tie:
         why = f"{numbers} equal within {settings.simplicity_tolerance} x margin {margin:.4f} ({noise_s}); {lines}"
         return Verdict(decision="simpler", reason=why, **base)
+    if confirmed and n_c < settings.max_replicates and delta < -screen:
+        request = MeasureRequest(commit=commit, gpu_class=gpu_class, replicates=1, why="still promising")
+        return Verdict(decision="confirm", reason=f"{numbers} beats screen {screen:.4f}, not yet margin {margin:.4f} "
+                       f"({noise_s}): one more replicate ({n_c + 1} of at most {settings.max_replicates})",
+                       measure=request, **base)
     if not confirmed and (delta < -screen or tie):
         need = 1 + settings.confirm_replicates - n_c
         kind = f"beats screen {screen:.4f} ({settings.promising_sigmas} sigma" if delta < -screen else \
@@ -292,6 +321,22 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
           f"({settings.margin_sigmas} sigma, {noise_s})"
     equal = abs(delta) <= settings.simplicity_tolerance * margin
     return Verdict(decision="discard", reason=why + (f"; equal but not simpler ({lines})" if equal else ""), **base)
+
+
+def _judge_greedy(value: float, incumbent: Incumbent, settings: TournamentSettings, gpu_class: str,
+                  base: dict) -> Verdict:
+    """Autoresearch's loop: one run against main's run, keep if lower (the benchmark's noise-blind reference)."""
+    ref = incumbent.greedy_values(gpu_class)
+    if not ref:
+        request = baseline_request(incumbent, gpu_class, settings)
+        return Verdict(decision="wait", reason=f"greedy: main not measured on {gpu_class}", measure=request, **base)
+    main = sum(ref) / len(ref)
+    delta = value - main
+    base |= {"candidate_mean": value, "incumbent_mean": main, "delta": delta, "margin": 0.0, "near_miss": True}
+    numbers = f"{value:.4f} vs main {main:.4f} on {gpu_class}: {delta:+.4f}"
+    if delta < 0:
+        return Verdict(decision="promote", reason=f"greedy: {numbers} is lower", **base)
+    return Verdict(decision="discard", reason=f"greedy: {numbers} is not lower", **base)
 
 
 class PoolEntry(BaseModel):

@@ -1,0 +1,692 @@
+"""Search efficiency: does the farm find a better train.py per GPU-hour than one agent alone? (issue 7)
+
+Every strategy is the REAL farm: ``cluster.driver.Farm`` (its loop, dispatch queue with priorities, tournament
+via cluster.selection, research repo in git with three-way merges, Parquet ledger) with mutate agents, on the
+same experiment budget and the same seeds. Only two things are stood in:
+
+- the trainer: ``bench.surrogate:SurrogateSandbox`` (val_bpb = a fixed smooth function of train.py's constants
+  + Gaussian noise; the benchmark knows the noiseless value) or, with ``--cpu-tiny``, the real cpu-tiny trainer
+  in the process sandbox;
+- Ray: a deterministic in-process stand-in with a *virtual clock* (``VirtualRay``). An experiment occupies one
+  of N logical GPUs for one time unit (x U(0.9, 1.1), so slots do not march in lock-step; a run that does not
+  finish ok takes 0.25: crashes are found early); proposals are instant. Time is counted in experiment
+  durations, so "sequential" takes one unit per experiment and parallel efficiency is well defined, and
+  results do not depend on the load of this 2-core machine. The real trainer runs one experiment at a time
+  (the same CPU conditions for every strategy: N logical workers time-share the machine).
+
+Proposals are asked for just in time (``BenchFarm``: when a slot would otherwise idle, with the state as it is
+then), not ``queue_ahead`` per GPU ahead as the driver does to hide LLM latency: the mutator is instant, so
+just-in-time is the strongest form of every strategy; ``--prefetch`` measures the driver's own policy.
+
+Strategies (``STRATEGIES``), all configurations of the real farm:
+
+- ``sequential``: autoresearch's loop. 1 GPU, tournament ``policy: greedy`` (main measured once, each
+  candidate once, keep if lower than main's run, else revert), every proposal from main.
+- ``naive``: N GPUs, the same greedy policy: keep whatever is lowest so far (a candidate whose parent is no
+  longer main is merged into main and the merge measured once, like any farm merge).
+- ``tournament``: N GPUs, the farm's noise-aware tournament with its shipped defaults.
+- ``tournament-*``: tuned settings (see TOURNAMENT_VARIANTS and docs/bench/search.md for what was tried).
+
+Reported (docs/bench/search.md, written by this file): the TRUE val_bpb of main (noiseless, surrogate) against
+experiments, time and worker-time (N x time); time-to-target, where the target is the mean over seeds of
+sequential's final true value and the time is when a strategy's mean curve first reaches it; speed-up =
+sequential's time to the target / the strategy's; parallel efficiency = speed-up / N; false promotions (a main
+change whose true effect is not an improvement, i.e. >= 0); wasted runs (not ok; duplicates are refused by the
+driver before they run and counted as rejected).
+
+    .venv/bin/python bench/search.py                    # the full surrogate benchmark (make bench-search)
+    .venv/bin/python bench/search.py --seeds 2 --n 2 --budget 12 --out /tmp/s   # a quick look
+    .venv/bin/python bench/search.py --cpu-tiny         # the real trainer, sequential vs tournament N=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import ray  # noqa: E402  (the real module: its exceptions; nothing is started)
+
+from agent.protocol import Context  # noqa: E402
+from bench import surrogate  # noqa: E402
+from cluster import driver as driver_module  # noqa: E402
+from cluster.agents import ProposalOutcome, make_proposer  # noqa: E402
+from cluster.config import FarmConfig  # noqa: E402
+from cluster.dispatch import TaskOutcome  # noqa: E402
+from cluster.repo import ResearchRepo  # noqa: E402
+from cluster.sandbox import make_sandbox  # noqa: E402
+from cluster.spec import ExperimentSpec, GpuAssignment  # noqa: E402
+from cluster.tournament import TournamentSettings  # noqa: E402
+from trainer.profiles import get_profile  # noqa: E402
+from trainer.result import ExperimentResult, Status  # noqa: E402
+from trainer.seed import seed_source  # noqa: E402
+
+SURROGATE = "bench.surrogate:SurrogateSandbox"
+MARKER = "<!-- everything above is written by bench/search.py; notes below this line are kept on a rerun -->"
+GOAL_N, GOAL_EFFICIENCY = 8, 0.8
+CRASH_DURATION, JITTER = 0.25, 0.1
+GREEDY = {"policy": "greedy", "parent_main_prob": 1.0}
+
+# name -> (label, tournament settings over TournamentSettings' defaults, what-ifs)
+TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    "tournament": ("the farm's tournament, shipped defaults", {}, ()),
+}
+
+
+# ---- what-ifs: a proposed change outside the tournament, patched in for one run only --------------------------------
+
+
+def _linewise_merge() -> Any:
+    """ResearchRepo's three-way merge of train.py, line by line when no line was added or removed: git merge-file
+    calls edits of two ADJACENT lines a conflict, and the constants block is one constant per line (DEPTH and
+    ASPECT_RATIO changed by two workers conflict). Where both sides changed the same line, git decides."""
+    from cluster import repo as r
+
+    original = r.ResearchRepo._merge_train_py
+
+    def merge(self, base: str, ours: str, theirs: str):
+        b, o, t = base.split("\n"), ours.split("\n"), theirs.split("\n")
+        if not len(b) == len(o) == len(t):
+            return original(self, base, ours, theirs)
+        out = []
+        for x, y, z in zip(b, o, t, strict=True):
+            if y == z or z == x:
+                out.append(y)
+            elif y == x:
+                out.append(z)
+            else:
+                return original(self, base, ours, theirs)
+        return "\n".join(out), None
+
+    r.ResearchRepo._merge_train_py = merge
+    return lambda: setattr(r.ResearchRepo, "_merge_train_py", original)
+
+
+WHAT_IFS = {"linewise-merge": _linewise_merge}
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    name: str  # sequential | naive | tournament[-variant]
+    n: int
+    settings: dict[str, Any]
+    label: str
+    what_ifs: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.n}"
+
+
+def strategies(ns: list[int], variants: list[str]) -> list[Strategy]:
+    out = [Strategy("sequential", 1, GREEDY, "autoresearch's loop: 1 GPU, keep if lower")]
+    for n in ns:
+        out.append(Strategy("naive", n, GREEDY, "N GPUs, keep whatever is lowest (greedy policy)"))
+        for name in variants:
+            label, settings, what_ifs = TOURNAMENT_VARIANTS[name]
+            out.append(Strategy(name, n, settings, label, what_ifs))
+    return out
+
+
+# ---- Ray with a virtual clock ------------------------------------------------------------------------------------
+
+
+class Ref:
+    """A stand-in ObjectRef: ready at ``ready`` on the virtual clock."""
+
+    __slots__ = ("ready", "seq", "value")
+
+    def __init__(self, ready: float, seq: int, value: Any) -> None:
+        self.ready, self.seq, self.value = ready, seq, value
+
+
+class VirtualRay:
+    """Just enough of Ray for cluster.driver: ``wait`` jumps the clock to the earliest result, ``get`` returns it."""
+
+    exceptions = ray.exceptions
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._seq = 0
+
+    def ref(self, delay: float, value: Any) -> Ref:
+        self._seq += 1
+        return Ref(self.now + delay, self._seq, value)
+
+    def wait(self, refs: list[Ref], num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
+        first = min(refs, key=lambda r: (r.ready, r.seq))
+        self.now = max(self.now, first.ready)
+        return [first], [r for r in refs if r is not first]
+
+    def get(self, ref: Ref) -> Any:
+        return ref.value
+
+    def __getattr__(self, name: str) -> Any:  # anything else the driver may use: the real module's
+        return getattr(ray, name)
+
+
+class _Method:
+    def __init__(self, call) -> None:
+        self._call = call
+
+    def remote(self, *args: Any) -> Ref:
+        return self._call(*args)
+
+
+class VirtualAgent:
+    """An AgentActor without Ray: the proposer in this process, its faults returned as AgentActor returns them."""
+
+    def __init__(self, vray: VirtualRay, kind: str, name: str, options: dict, factory=None) -> None:
+        self.vray, self.name = vray, name
+        self.proposer = (factory or make_proposer)(kind, name, options)
+        self.propose = _Method(self._propose)
+
+    def _propose(self, context: Context) -> Ref:
+        try:
+            outcome = ProposalOutcome(agent=self.name, proposal=self.proposer.propose(context))
+        except Exception as exc:  # as AgentActor.propose: the agent's fault, not the farm's
+            outcome = ProposalOutcome(agent=self.name, error=f"{type(exc).__name__}: {exc}")
+        return self.vray.ref(0.0, outcome)
+
+
+class VirtualExperiments:
+    """``run_experiment`` without Ray: runs the sandbox now, the result is ready one experiment-time later."""
+
+    def __init__(self, vray: VirtualRay, seed: int) -> None:
+        self.vray, self.seed = vray, seed
+        self.sandboxes: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+
+    def remote(self, spec_json: str, sandbox: str) -> Ref:
+        spec = ExperimentSpec.model_validate_json(spec_json)
+        if sandbox not in self.sandboxes:
+            self.sandboxes[sandbox] = make_sandbox(sandbox)
+        result: ExperimentResult = self.sandboxes[sandbox].run(spec, GpuAssignment())
+        jitter = random.Random(f"{self.seed}:{spec.experiment_id}").uniform(1 - JITTER, 1 + JITTER)
+        duration = jitter if result.status == Status.OK else CRASH_DURATION
+        self.started[spec.experiment_id] = self.vray.now
+        outcome = TaskOutcome(experiment_id=spec.experiment_id, result=result, node="virtual", gpu_class="cpu",
+                              started_at=self.vray.now, finished_at=self.vray.now + duration, attempt_pid=os.getpid())
+        return self.vray.ref(duration, outcome.model_dump_json())
+
+
+@contextlib.contextmanager
+def virtual_ray(seed: int):
+    """Point cluster.driver at the virtual Ray for the duration (this process only)."""
+    vray = VirtualRay()
+    experiments = VirtualExperiments(vray, seed)
+    saved = driver_module.ray, driver_module.run_experiment, driver_module.AgentActor
+
+    class Actors:
+        @staticmethod
+        def remote(kind, name, options, factory=None):
+            return VirtualAgent(vray, kind, name, options, factory)
+
+    driver_module.ray, driver_module.run_experiment, driver_module.AgentActor = vray, experiments, Actors
+    try:
+        yield vray, experiments
+    finally:
+        driver_module.ray, driver_module.run_experiment, driver_module.AgentActor = saved
+
+
+class BenchFarm(driver_module.Farm):
+    """The farm, asking for proposals just in time, and recording main's history on the virtual clock."""
+
+    prefetch = False
+    vray: VirtualRay
+
+    def _request_proposals(self) -> None:
+        if self.prefetch:
+            return super()._request_proposals()
+        free = self.config.gpus_total() - len(self.inflight) - len(self.state.queue)
+        while self.idle_agents and len(self.asking) < free:
+            index = self.idle_agents.pop(0)
+            ref = self.agents[index].propose.remote(self._context(index))
+            self.asking[ref] = index
+
+    def _on_experiment(self, ref) -> None:
+        before = self.state.main_commit
+        super()._on_experiment(ref)
+        self.events.append((self.vray.now, len(self.state.finished)))
+        if self.state.main_commit != before:
+            self.mains.append((self.vray.now, len(self.state.finished), self.state.main_commit))
+
+
+# ---- one run -------------------------------------------------------------------------------------------------------
+
+
+def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float, sandbox: str = SURROGATE,
+            profile: str = "cpu-tiny", prefetch: bool = False) -> dict:
+    """One farm run of a strategy on one seed; returns its record (see analyse)."""
+    os.environ["FARM_SURROGATE_SIGMA"] = repr(sigma)
+    os.environ["FARM_SURROGATE_NOISE_SEED"] = str(seed)
+    run_dir = root / f"{strategy.key}-s{seed}"
+    config = FarmConfig(
+        gpus=strategy.n, profile=profile, sandbox="process", metrics_port=None, run_dir=run_dir,
+        agents={"count": strategy.n, "kind": "mutate"}, queue_ahead=1, max_experiments=budget, seed=seed,
+        tournament=TournamentSettings(**strategy.settings),
+    )  # fmt: skip
+    train_py = seed_source(get_profile(profile))
+    run_dir.mkdir(parents=True)
+    ResearchRepo.create(run_dir / "repo", train_py, (ROOT / "program.md").read_text())
+    wall = time.monotonic()
+    undo = [WHAT_IFS[name]() for name in strategy.what_ifs]
+    try:
+        with virtual_ray(seed) as (vray, experiments), open(run_dir / "farm.log", "w") as log, \
+                contextlib.redirect_stdout(log):
+            farm = BenchFarm(config, run_dir, sandbox)
+            farm.vray, farm.prefetch = vray, prefetch
+            farm.events, farm.mains = [], [(0.0, 0, farm.state.main_commit)]
+            farm.run()
+    finally:
+        for restore in reversed(undo):
+            restore()
+    st = farm.state
+    runs = []
+    for eid, row in st.finished.items():
+        work = st.work[eid]
+        runs.append({"id": eid, "kind": work.kind, "status": row.status, "val_bpb": row.val_bpb,
+                     "start": experiments.started.get(eid), "verdict": st.verdicts.get(eid, "")})
+    mains = []
+    for t, n_done, commit in farm.mains:
+        text = farm.repo.train_py_at(commit)
+        real = sandbox != SURROGATE  # the real trainer: the true value is measured afterwards (remeasure)
+        mains.append({"t": t, "n": n_done, "commit": commit, "true": None if real else surrogate.true_bpb(text),
+                      "train_py": text if real else None})
+    verdicts = {}
+    for decision in st.verdicts.values():
+        verdicts[decision] = verdicts.get(decision, 0) + 1
+    return {
+        "strategy": strategy.name, "n": strategy.n, "seed": seed, "budget": budget, "sigma": sigma,
+        "settings": strategy.settings, "end": vray.now, "finished": len(st.finished), "rejected": st.rejected,
+        "promotions": st.promotions, "mains": mains, "runs": runs, "verdicts": verdicts,
+        "wall_s": time.monotonic() - wall, "prefetch": prefetch, "what_ifs": list(strategy.what_ifs),
+        "noop_promotions": sum("main <- " in line for line in (run_dir / "farm.log").read_text().splitlines())
+        - (len(mains) - 1),  # promotions the driver counted though main did not move (repo.promote said noop)
+    }
+
+
+# ---- analysis ------------------------------------------------------------------------------------------------------
+
+
+def main_true_at(record: dict, t: float, axis: str = "t") -> float:
+    """The true value of main at time (or experiment count) ``t``: the last change at or before it."""
+    value = record["mains"][0]["true"]
+    for m in record["mains"]:
+        if m[axis] <= t:
+            value = m["true"]
+        else:
+            break
+    return value
+
+
+def false_promotions(record: dict) -> int:
+    mains = record["mains"]
+    return sum(1 for a, b in zip(mains, mains[1:], strict=False) if b["true"] >= a["true"] - 1e-12)
+
+
+def mean_curve(records: list[dict], grid: list[float], axis: str = "t") -> list[float]:
+    return [statistics.fmean(main_true_at(r, x, axis) for r in records) for x in grid]
+
+
+def first_reach(records: list[dict], target: float, step: float = 0.05) -> float:
+    """The first time the mean (over seeds) of main's true value is at or below ``target`` (inf: never)."""
+    changes = sorted({m["t"] for r in records for m in r["mains"]})
+    for t in changes:
+        if statistics.fmean(main_true_at(r, t) for r in records) <= target + 1e-12:
+            return t
+    return math.inf
+
+
+def summarise(records: list[dict]) -> dict:
+    """Per strategy: the table's numbers (see the module docstring)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["strategy"], r["n"]), []).append(r)
+    seq = groups.get(("sequential", 1))
+    if not seq:
+        raise ValueError("no sequential runs: nothing to compare with")
+    target = statistics.fmean(main_true_at(r, math.inf) for r in seq)
+    t_seq = first_reach(seq, target)
+    seq_budget = seq[0]["budget"]
+    per_seed_seq = {r["seed"]: (main_true_at(r, math.inf), first_reach([r], main_true_at(r, math.inf))) for r in seq}
+    rows = []
+    for (name, n), rs in groups.items():
+        t = first_reach(rs, target)
+        speedup = t_seq / t if t > 0 else math.inf
+        seed_eff = []
+        for r in rs:
+            goal, t_goal = per_seed_seq.get(r["seed"], (None, None))
+            if goal is None:
+                continue
+            t_r = first_reach([r], goal)
+            seed_eff.append((t_goal / t_r if t_r > 0 else math.inf) / n)
+        kinds: dict[str, int] = {}
+        for r in rs:
+            for run in r["runs"]:
+                kinds[run["kind"]] = kinds.get(run["kind"], 0) + 1
+        total = sum(kinds.values())
+        not_ok = sum(1 for r in rs for run in r["runs"] if run["status"] != "ok")
+        finals = [main_true_at(r, math.inf) for r in rs]
+        same_budget = [main_true_at(r, seq_budget, "n") for r in rs]
+        rows.append({
+            "strategy": name, "n": n, "seeds": len(rs), "budget": rs[0]["budget"],
+            "final_true": statistics.fmean(finals), "final_sd": statistics.pstdev(finals),
+            "true_at_seq_budget": statistics.fmean(same_budget),
+            "time": statistics.fmean(r["end"] for r in rs), "time_to_target": t, "speedup": speedup,
+            "efficiency": speedup / n, "seed_efficiency_median": statistics.median(seed_eff) if seed_eff else None,
+            "seeds_reaching": sum(1 for e in seed_eff if e > 0),
+            "promotions": sum(r["promotions"] for r in rs), "false_promotions": sum(false_promotions(r) for r in rs),
+            "seeds_with_false": sum(1 for r in rs if false_promotions(r)),
+            "runs": total, "kinds": kinds, "not_ok": not_ok, "rejected": sum(r["rejected"] for r in rs),
+            "wall_s": sum(r["wall_s"] for r in rs),
+        })  # fmt: skip
+    order = {"sequential": 0, "naive": 1}
+    rows.sort(key=lambda row: (row["n"] != 1, row["n"], order.get(row["strategy"], 2), row["strategy"]))
+    return {"target": target, "t_seq": t_seq, "rows": rows}
+
+
+# ---- report --------------------------------------------------------------------------------------------------------
+
+
+def _fmt_t(x: float) -> str:
+    return "never" if math.isinf(x) else f"{x:.1f}"
+
+
+def table(summary: dict) -> str:
+    head = ("| strategy | N | seeds | budget | true val_bpb at end (sd) | at sequential's budget | time to target | "
+            "speed-up | efficiency | per-seed eff. (median) | promotions | false promotions (seeds) | "
+            "runs: candidate / baseline / confirm / merge | not ok | rejected dup. |")
+    lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
+    for r in summary["rows"]:
+        k = r["kinds"]
+        eff = r["seed_efficiency_median"]
+        runs = " / ".join(str(k.get(kind, 0)) for kind in ("candidate", "baseline", "confirm", "merge"))
+        lines.append(
+            f"| {r['strategy']} | {r['n']} | {r['seeds']} | {r['budget']} | {r['final_true']:.4f} "
+            f"({r['final_sd']:.4f}) | {r['true_at_seq_budget']:.4f} | {_fmt_t(r['time_to_target'])} | "
+            f"{r['speedup']:.2f} | **{r['efficiency']:.2f}** | {'-' if eff is None else f'{eff:.2f}'} | "
+            f"{r['promotions']} | **{r['false_promotions']}** ({r['seeds_with_false']}) | {runs} | {r['not_ok']} | "
+            f"{r['rejected']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], summary: dict, path: Path, n_show: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["strategy"], r["n"]), []).append(r)
+    shown = [k for k in groups if k[1] in (1, n_show)]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    for (name, n) in shown:
+        rs = groups[(name, n)]
+        label = f"{name} N={n}"
+        budget = max(r["budget"] for r in rs)
+        xs = [i * budget / 200 for i in range(201)]
+        axes[0].plot(xs, mean_curve(rs, xs, "n"), label=label)
+        t_end = max(r["end"] for r in rs)
+        ts = [i * t_end / 400 for i in range(401)]
+        curve = mean_curve(rs, ts)
+        axes[1].plot(ts, curve, label=label)
+        axes[2].plot([t * n for t in ts], curve, label=label)
+    for ax, xlabel in zip(axes, ["experiments finished", "time (experiment durations)",
+                                 "worker-time (N x time = GPU-hours in experiment durations)"], strict=True):
+        ax.axhline(summary["target"], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("main's true val_bpb (mean over seeds)")
+        ax.grid(alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[0].legend(fontsize=8)
+    axes[1].set_title(f"dotted: sequential's final value ({summary['target']:.4f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scaling(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = sorted({r["strategy"] for r in summary["rows"] if r["n"] > 1})
+    for name in names:
+        rows = sorted((r for r in summary["rows"] if r["strategy"] == name), key=lambda r: r["n"])
+        axes[0].plot([r["n"] for r in rows], [r["efficiency"] for r in rows], marker="o", label=name)
+        axes[1].plot([r["n"] for r in rows], [r["false_promotions"] / r["seeds"] for r in rows], marker="o", label=name)
+    seq = next(r for r in summary["rows"] if r["strategy"] == "sequential")
+    axes[1].axhline(seq["false_promotions"] / seq["seeds"], color="grey", linestyle=":", label="sequential")
+    axes[0].axhline(GOAL_EFFICIENCY, color="red", linestyle=":", label=f"goal {GOAL_EFFICIENCY}")
+    axes[0].set_ylabel("parallel efficiency (speed-up to sequential's final value / N)")
+    axes[1].set_ylabel("false promotions per run (mean over seeds)")
+    for ax in axes:
+        ax.set_xlabel("N (GPUs)")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_doc(path: Path, summary: dict, meta: dict, png: list[str]) -> None:
+    notes = ""
+    if path.exists():
+        old = path.read_text()
+        if MARKER in old:
+            notes = old.split(MARKER, 1)[1]
+    goal = next((r for r in summary["rows"] if r["n"] == GOAL_N and r["strategy"].startswith("tournament")
+                 and r["efficiency"] >= GOAL_EFFICIENCY and r["false_promotions"] == 0), None)
+    lines = [
+        "# Search efficiency: the farm against one agent alone (surrogate landscape)",
+        "",
+        f"`{meta['command']}` ({meta['minutes']:.1f} min; code at {meta['commit']}, Python {meta['python']}).",
+        "",
+        f"The REAL farm (cluster.driver.Farm, the tournament, the git research repo, the ledger, mutate agents) on "
+        f"`bench.surrogate:SurrogateSandbox` (noise sd {meta['sigma']}), with Ray replaced by a virtual clock: one "
+        f"experiment = one time unit (x U(0.9, 1.1); a run that is not ok: {CRASH_DURATION}). Seeds "
+        f"{meta['seeds']}; sequential's budget {meta['budget']} experiments, the parallel strategies' "
+        f"{meta['parallel_budget']} (so that a slower strategy's time to the target can be measured). "
+        f"Definitions: bench/search.py's docstring.",
+        "",
+        f"**Target** = sequential's final true val_bpb, mean over seeds: **{summary['target']:.4f}** (the seed "
+        f"scores {meta['seed_true']:.4f}; the landscape's optimum is ~{meta['optimum']:.2f}), reached by "
+        f"sequential's mean curve at t = {summary['t_seq']:.1f}. *Time to target*: the first time a strategy's "
+        f"mean curve reaches it; *speed-up* = {summary['t_seq']:.1f} / that; *efficiency* = speed-up / N. "
+        f"*Per-seed eff.*: the same against each seed's own sequential run (0 = never reached). *False "
+        f"promotions*: main changes whose true effect is >= 0 (summed over seeds; in brackets the seeds with any).",
+        "",
+        table(summary),
+        "",
+        f"**Goal** (N = {GOAL_N}: efficiency >= {GOAL_EFFICIENCY}, zero false promotions across seeds): "
+        + (f"**met** by `{goal['strategy']}` (efficiency {goal['efficiency']:.2f})." if goal else "**not met**; "
+           "see the notes."),
+        "",
+    ]
+    lines += [f"![{p}]({p})" for p in png]
+    lines += ["", MARKER]
+    path.write_text("\n".join(lines) + (notes if notes else "\n\n## Notes\n\n(none yet)\n"))
+
+
+# ---- main ----------------------------------------------------------------------------------------------------------
+
+
+def run_all(strats: list[Strategy], seeds: list[int], budget: int, parallel_budget: int, sigma: float,
+            root: Path, prefetch: bool = False, log=print) -> list[dict]:
+    records = []
+    for seed in seeds:
+        for s in strats:
+            b = budget if s.n == 1 else parallel_budget
+            r = run_one(s, seed, b, root, sigma, prefetch=prefetch)
+            records.append(r)
+            log(f"  seed {seed} {s.key:<22} end t={r['end']:6.1f} true {main_true_at(r, math.inf):.4f} "
+                f"promotions {r['promotions']:2d} false {false_promotions(r)} ({r['wall_s']:.1f} s)")
+    return records
+
+
+# ---- the real cpu-tiny trainer -------------------------------------------------------------------------------------
+
+CPU_TINY_SETTINGS = {"baseline_replicates": 3, "min_noise_df": 3}  # what `make farm` sets for cpu-tiny (Makefile)
+
+
+def remeasure(train_pys: dict[str, str], replicates: int, root: Path, profile: str = "cpu-tiny",
+              log=print) -> dict[str, list[float | None]]:
+    """Fresh runs (seeds 1000+) of each named train.py through the process sandbox, round-robin so every file
+    sees the same machine conditions; ok val_bpb or None per run."""
+    from cluster.spec import Limits
+
+    config = FarmConfig(profile=profile, metrics_port=None, gpus=1)
+    sandbox = make_sandbox("process")
+    out: dict[str, list[float | None]] = {name: [] for name in train_pys}
+    for r in range(replicates):
+        for name, text in train_pys.items():
+            spec = ExperimentSpec(experiment_id=f"r{r}-{name}", train_py=text, profile=profile, seed=1000 + r,
+                                  run_dir=root / "remeasure" / f"r{r}-{name}", cache_dir=config.cache_dir,
+                                  compile_cache_dir=config.cache_dir / "compile", limits=Limits())
+            result = sandbox.run(spec, GpuAssignment())
+            out[name].append(result.val_bpb if result.status == Status.OK else None)
+            log(f"  remeasure {name:<12} seed {1000 + r}: {result.status} {result.val_bpb}")
+    return out
+
+
+def cpu_tiny(args: argparse.Namespace) -> int:
+    """Sequential vs the tournament (N logical workers, one experiment at a time) on the real cpu-tiny trainer."""
+    started = time.monotonic()
+    strats = [Strategy("sequential", 1, GREEDY, "autoresearch's loop"),
+              Strategy("tournament", args.cpu_tiny_n, CPU_TINY_SETTINGS, "the tournament as `make farm` sets it")]
+    seed = 0
+    records = []
+    with tempfile.TemporaryDirectory(prefix="farm-search-cpu-") as tmp:
+        root = args.keep or Path(tmp)
+        for s in strats:
+            r = run_one(s, seed, args.cpu_tiny_budget, root, 0.0, sandbox="process", profile="cpu-tiny")
+            records.append(r)
+            print(f"  {s.key}: {r['promotions']} promotions, end t={r['end']:.1f} ({r['wall_s'] / 60:.1f} min)")
+        files = {"seed": seed_source(get_profile("cpu-tiny"))}
+        for r in records:
+            files[r["strategy"]] = r["mains"][-1]["train_py"]
+        values = remeasure(files, args.cpu_tiny_replicates, root)
+    means = {k: statistics.fmean(x for x in v if x is not None) if any(x is not None for x in v) else None
+             for k, v in values.items()}
+    meta = {"command": ".venv/bin/python bench/search.py " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+            "minutes": (time.monotonic() - started) / 60, "commit": _git_head(), "python": platform.python_version(),
+            "budget": args.cpu_tiny_budget, "n": args.cpu_tiny_n, "replicates": args.cpu_tiny_replicates}
+    out = args.out / f"{args.name}-cpu-tiny"
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "values": values, "records": records}, default=str))
+    lines = [
+        "# Search efficiency on the real cpu-tiny trainer",
+        "",
+        f"`{meta['command']}` ({meta['minutes']:.0f} min; code at {meta['commit']}). The real farm with the "
+        f"process sandbox and the real cpu-tiny trainer (20 s budget, mutate agents), Ray on the virtual clock: "
+        f"the N logical workers are time-shared, ONE experiment runs at a time on this 2-core machine, so every "
+        f"strategy gets the same CPU per experiment and time is counted in experiments (1 unit each). Budget "
+        f"{meta['budget']} experiments each, seed {seed}. The final main of each strategy and the seed were then "
+        f"re-measured {meta['replicates']}x on fresh seeds (1000+), round-robin.",
+        "",
+        "| strategy | N | experiments | time | promotions | main's own estimate at the end | final main re-measured "
+        "(mean; runs) | vs seed re-measured |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        name = r["strategy"]
+        runs = ", ".join("-" if x is None else f"{x:.4f}" for x in values[name])
+        est = next((f"{run['val_bpb']:.4f}" for run in reversed(r["runs"]) if run["verdict"] == "promote"
+                    and run["val_bpb"] is not None), "-")
+        delta = "-" if means[name] is None or means["seed"] is None else f"{means[name] - means['seed']:+.4f}"
+        mean = "-" if means[name] is None else f"{means[name]:.4f}"
+        lines.append(f"| {name} | {r['n']} | {r['finished']} | {r['end']:.1f} | {r['promotions']} | {est} | "
+                     f"{mean} ({runs}) | {delta} |")
+    seed_runs = ", ".join("-" if x is None else f"{x:.4f}" for x in values["seed"])
+    lines += ["", f"The seed re-measured: {means['seed'] or float('nan'):.4f} ({seed_runs}).", "",
+              "Main's history (time, experiments finished, commit) per strategy:", ""]
+    for r in records:
+        steps = "; ".join(f"t={m['t']:.1f} n={m['n']} {m['commit'][:8]}" for m in r["mains"])
+        lines.append(f"- {r['strategy']}: {steps}")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--n", default="4,8,16", help="parallel GPU counts")
+    parser.add_argument("--budget", type=int, default=80, help="sequential's experiments")
+    parser.add_argument("--parallel-budget", type=int, default=None, help="default: 2 x budget")
+    parser.add_argument("--sigma", type=float, default=0.037)
+    parser.add_argument("--variants", default=",".join(TOURNAMENT_VARIANTS))
+    parser.add_argument("--prefetch", action="store_true", help="the driver's own proposal queue (queue_ahead 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
+    parser.add_argument("--name", default="search", help="file stem of the outputs in --out")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run dirs here")
+    parser.add_argument("--cpu-tiny", action="store_true", help="the real cpu-tiny trainer instead (slow: ~25 s "
+                        "per experiment); writes <name>-cpu-tiny.{md,json}")
+    parser.add_argument("--cpu-tiny-budget", type=int, default=16)
+    parser.add_argument("--cpu-tiny-n", type=int, default=2)
+    parser.add_argument("--cpu-tiny-replicates", type=int, default=3)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.cpu_tiny:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return cpu_tiny(args)
+    ns = [int(x) for x in args.n.split(",") if x]
+    variants = [v for v in args.variants.split(",") if v]
+    seeds = list(range(args.seeds))
+    pbudget = args.parallel_budget or 2 * args.budget
+    strats = strategies(ns, variants)
+    started = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="farm-search-") as tmp:
+        root = args.keep or Path(tmp)
+        records = run_all(strats, seeds, args.budget, pbudget, args.sigma, root, args.prefetch)
+    summary = summarise(records)
+    stem = args.out / args.name
+    command = "bench/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "command": f".venv/bin/python {command.strip()}", "minutes": (time.monotonic() - started) / 60,
+        "commit": _git_head(), "python": platform.python_version(), "sigma": args.sigma, "seeds": len(seeds),
+        "budget": args.budget, "parallel_budget": pbudget, "ns": ns, "variants": variants,
+        "seed_true": surrogate.true_bpb(seed_source(get_profile("cpu-tiny"))), "optimum": surrogate.BASE,
+    }  # fmt: skip
+    (stem.with_suffix(".json")).write_text(json.dumps({"meta": meta, "summary": summary, "records": [
+        {k: v for k, v in r.items() if k != "runs"} | {"runs": r["runs"]} for r in records]}, default=str))
+    plot(records, summary, args.out / f"{args.name}-curves.png", GOAL_N if GOAL_N in ns else max(ns))
+    plot_scaling(summary, args.out / f"{args.name}-scaling.png")
+    write_doc(stem.with_suffix(".md"), summary, meta, [f"{args.name}-curves.png", f"{args.name}-scaling.png"])
+    print(table(summary))
+    print(f"target {summary['target']:.4f} at t={summary['t_seq']:.1f}; wrote {stem}.md/.json/-*.png")
+    return 0
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

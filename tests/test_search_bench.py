@@ -1,0 +1,59 @@
+"""bench/search.py at a tiny size, so the search-efficiency benchmark cannot rot; and the surrogate's landscape."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import search, surrogate
+from cluster.spec import ExperimentSpec, GpuAssignment
+from trainer.profiles import get_profile
+from trainer.seed import seed_source
+
+SEED = seed_source(get_profile("cpu-tiny"))
+
+
+def spec(tmp_path, train_py: str, seed: int = 0) -> ExperimentSpec:
+    return ExperimentSpec(experiment_id="e0001", train_py=train_py, profile="cpu-tiny", seed=seed,
+                          run_dir=tmp_path / "e0001", cache_dir=tmp_path, compile_cache_dir=tmp_path)
+
+
+def test_surrogate_value_is_the_landscape_function_plus_seeded_noise(tmp_path) -> None:
+    values = surrogate.constants_of(SEED)
+    assert values["DEPTH"] == 4 and values["ASPECT_RATIO"] == 32
+    status, true, _ = surrogate.evaluate(values)
+    assert status == "ok" and true == surrogate.true_bpb(SEED) == pytest.approx(2.7723, abs=1e-3)
+    exact = surrogate.SurrogateSandbox(sigma=0.0).run(spec(tmp_path, SEED), GpuAssignment())
+    assert exact.status == "ok" and exact.val_bpb == true
+    assert (tmp_path / "e0001" / "out" / "result.json").exists()
+    noisy = surrogate.SurrogateSandbox(sigma=0.037, noise_seed=3)
+    a, b = (noisy.run(spec(tmp_path, SEED, seed=s), GpuAssignment()).val_bpb for s in (0, 1))
+    assert a != b and a == noisy.run(spec(tmp_path, SEED, seed=0), GpuAssignment()).val_bpb
+    assert a - true == pytest.approx(surrogate.noise(SEED, 0, 0.037, 3), abs=1e-12)
+    # the landscape as docs/trainer.md measured cpu-tiny: smaller models win, grad accumulation hurts, ROPE is inert
+    assert surrogate.evaluate({"DEPTH": 3})[1] < true - 0.3
+    assert surrogate.evaluate({"DEVICE_BATCH_SIZE": 8})[1] > true + 0.2
+    assert surrogate.evaluate({"ROPE_BASE": 5000.0})[1] == true
+    assert surrogate.evaluate({"MATRIX_LR": 0.5})[0] == "nan"
+    assert surrogate.evaluate({"DEPTH": 10})[0] == "oom"
+    assert surrogate.outcome("x = 1\n")[0] == "crash"
+
+
+def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
+    assert search.main(["--seeds", "1", "--n", "2", "--budget", "8", "--out", str(tmp_path)]) == 0
+    doc = (tmp_path / "search.md").read_text()
+    assert "| sequential | 1 | 1 | 8 |" in doc and "| naive | 2 |" in doc and "| tournament | 2 |" in doc
+    assert search.MARKER in doc and "search-curves.png" in doc
+    assert (tmp_path / "search-curves.png").stat().st_size > 0 and (tmp_path / "search-scaling.png").exists()
+    data = json.loads((tmp_path / "search.json").read_text())
+    rows = {(r["strategy"], r["n"]): r for r in data["summary"]["rows"]}
+    assert set(rows) == {("sequential", 1), ("naive", 2), ("tournament", 2)}
+    seq = rows[("sequential", 1)]
+    assert seq["runs"] == 8 and seq["efficiency"] == pytest.approx(1.0) and rows[("naive", 2)]["runs"] == 16
+    for record in data["records"]:
+        mains = record["mains"]
+        assert mains[0]["t"] == 0 and mains[0]["true"] == surrogate.true_bpb(SEED)
+        assert all(math.isfinite(m["true"]) for m in mains) and record["finished"] == record["budget"]
+        assert record["end"] > 0 and len(record["runs"]) == record["budget"]
