@@ -34,6 +34,8 @@ from cluster.state import FarmState, Work, diff_signature, sha
 from cluster.tournament import baseline_request, next_seeds
 from trainer.profiles import get_profile
 
+PROPOSAL_DRAIN_SECONDS = 120  # on a stop: how long proposals already paid for may still arrive
+
 
 class Farm:
     """One farm run in one run directory."""
@@ -53,6 +55,7 @@ class Farm:
         self.agents: list = []
         self.started = time.time()
         self.stopping = ""
+        self._stopped_at: float | None = None  # when the loop first saw self.stopping
         self._status_written = 0.0
         self._details: dict[str, tuple[str, str]] = {}  # finished experiment -> (diff, log tail) shown to agents
         self.view = LiveView(self)
@@ -95,7 +98,7 @@ class Farm:
                     if not self.stopping:
                         self._request_proposals()
                     self._dispatch()
-                    if not self.inflight and (self.stopping or not self._can_make_progress()):
+                    if not self.inflight and (self._drained() if self.stopping else not self._can_make_progress()):
                         break
                     refs = list(self.inflight) + list(self.asking)
                     ready, _ = ray.wait(refs, num_returns=1, timeout=0.5) if refs else ([], [])
@@ -112,6 +115,15 @@ class Farm:
             self._write_summaries()
             self.ledger.close()  # everything on disk before we say we are done
         return 0
+
+    def _drained(self) -> bool:
+        """On a stop, proposals already being written are awaited (a bounded while): their spend is booked."""
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
+            if self.asking:
+                self.view.note(f"waiting up to {PROPOSAL_DRAIN_SECONDS} s for {len(self.asking)} proposals "
+                               "in flight, so that what they cost is booked")
+        return not self.asking or time.monotonic() - self._stopped_at > PROPOSAL_DRAIN_SECONDS
 
     def _can_make_progress(self) -> bool:
         return bool(self.state.queue or self.asking or self.idle_agents)
