@@ -86,6 +86,12 @@ GREEDY = {"policy": "greedy", "parent_main_prob": 1.0}
 # name -> (label, tournament settings over TournamentSettings' defaults, what-ifs)
 TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "tournament": ("the farm's tournament, shipped defaults", {}, ()),
+    "tournament-tuned": ("judged against a former-main parent, up to 4 replicates while promising",
+                         {"judge_against": "parent", "max_replicates": 4}, ()),
+    "tournament-lw": ("tournament-tuned + what-if linewise-merge", {"judge_against": "parent", "max_replicates": 4},
+                      ("linewise-merge",)),
+    "tournament-lw-cpp": ("tournament-tuned + what-ifs linewise-merge, change-per-parent",
+                          {"judge_against": "parent", "max_replicates": 4}, ("linewise-merge", "change-per-parent")),
 }
 
 
@@ -118,7 +124,21 @@ def _linewise_merge() -> Any:
     return lambda: setattr(r.ResearchRepo, "_merge_train_py", original)
 
 
-WHAT_IFS = {"linewise-merge": _linewise_merge}
+def _change_per_parent() -> Any:
+    """The driver refuses a proposal that makes the same edit as any earlier experiment, from whatever parent
+    (cluster.state.diff_signature): with this, only the same edit of the same parent is refused, so an idea tried
+    on an older main may be tried again on the current one."""
+    original = driver_module.diff_signature
+
+    def signature(parent: str, child: str) -> str | None:
+        change = original(parent, child)
+        return change and f"{change}:{hash(parent)}"
+
+    driver_module.diff_signature = signature
+    return lambda: setattr(driver_module, "diff_signature", original)
+
+
+WHAT_IFS = {"linewise-merge": _linewise_merge, "change-per-parent": _change_per_parent}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -632,11 +652,12 @@ def cpu_tiny(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--n", default="4,8,16", help="parallel GPU counts")
+    parser.add_argument("--n", default="2,8,16", help="parallel GPU counts")
     parser.add_argument("--budget", type=int, default=80, help="sequential's experiments")
     parser.add_argument("--parallel-budget", type=int, default=None, help="default: 2 x budget")
     parser.add_argument("--sigma", type=float, default=0.037)
-    parser.add_argument("--variants", default=",".join(TOURNAMENT_VARIANTS))
+    parser.add_argument("--variants", default="tournament,tournament-tuned",
+                        help=f"tournament variants, of: {', '.join(TOURNAMENT_VARIANTS)}")
     parser.add_argument("--prefetch", action="store_true", help="the driver's own proposal queue (queue_ahead 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
     parser.add_argument("--name", default="search", help="file stem of the outputs in --out")

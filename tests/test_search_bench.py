@@ -49,7 +49,7 @@ def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
     assert (tmp_path / "search-curves.png").stat().st_size > 0 and (tmp_path / "search-scaling.png").exists()
     data = json.loads((tmp_path / "search.json").read_text())
     rows = {(r["strategy"], r["n"]): r for r in data["summary"]["rows"]}
-    assert set(rows) == {("sequential", 1), ("naive", 2), ("tournament", 2)}
+    assert set(rows) == {("sequential", 1), ("naive", 2), ("tournament", 2), ("tournament-tuned", 2)}
     seq = rows[("sequential", 1)]
     assert seq["runs"] == 8 and seq["efficiency"] == pytest.approx(1.0) and rows[("naive", 2)]["runs"] == 16
     for record in data["records"]:
@@ -57,3 +57,26 @@ def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
         assert mains[0]["t"] == 0 and mains[0]["true"] == surrogate.true_bpb(SEED)
         assert all(math.isfinite(m["true"]) for m in mains) and record["finished"] == record["budget"]
         assert record["end"] > 0 and len(record["runs"]) == record["budget"]
+
+
+def test_benchmark_settings_of_the_tournament() -> None:
+    from cluster.tournament import Incumbent, NoiseModel, TournamentSettings, baseline_request, judge
+
+    greedy = TournamentSettings(policy="greedy")
+    fresh = Incumbent(commit="m", line_count=300)
+    assert baseline_request(fresh, "g", greedy).replicates == 1  # autoresearch measures main once
+    kept = Incumbent(commit="m", line_count=300, screening={"g": [2.70]})  # main = a kept candidate's one run
+    assert baseline_request(kept, "g", greedy) is None
+    unknown = NoiseModel(gpu_class="g")
+    assert judge([2.6999], 300, kept, unknown, greedy, "g").decision == "promote"  # lower by noise is enough
+    assert judge([2.7001], 300, kept, unknown, greedy, "g").decision == "discard"
+    assert judge([2.6], 300, fresh, unknown, greedy, "g").decision == "wait"
+    # max_replicates: a candidate still promising after its confirmation gets one more run at a time
+    main = Incumbent(commit="m", line_count=300, measurements={"g": [1.0, 1.01, 0.99, 1.0]})
+    noise = NoiseModel(gpu_class="g", ss=0.04**2 * 50, df=50)
+    more = TournamentSettings(max_replicates=4)
+    assert judge([0.93, 0.95], 300, main, noise, TournamentSettings(), "g").decision == "discard"
+    v = judge([0.93, 0.95], 300, main, noise, more, "g", commit="c")
+    assert v.decision == "confirm" and v.replicates_needed == 1 and "3 of at most 4" in v.reason
+    assert judge([0.93, 0.95, 0.91, 0.92], 300, main, noise, more, "g").decision == "promote"
+    assert judge([0.93, 0.95, 1.0, 1.01], 300, main, noise, more, "g").decision == "discard"
