@@ -148,16 +148,20 @@ class Strategy:
     settings: dict[str, Any]
     label: str
     what_ifs: tuple[str, ...] = ()
+    sigma: float | None = None  # the landscape's noise for this strategy (None: the run's --sigma)
 
     @property
     def key(self) -> str:
         return f"{self.name}@{self.n}"
 
 
-def strategies(ns: list[int], variants: list[str]) -> list[Strategy]:
+def strategies(ns: list[int], variants: list[str], oracle: bool = False) -> list[Strategy]:
     out = [Strategy("sequential", 1, GREEDY, "autoresearch's loop: 1 GPU, keep if lower")]
     for n in ns:
         out.append(Strategy("naive", n, GREEDY, "N GPUs, keep whatever is lowest (greedy policy)"))
+        if oracle:
+            out.append(Strategy("oracle", n, GREEDY, "naive on a NOISELESS landscape: the bound of any judging "
+                                "with this proposer and the farm's merges", sigma=0.0))
         for name in variants:
             label, settings, what_ifs = TOURNAMENT_VARIANTS[name]
             out.append(Strategy(name, n, settings, label, what_ifs))
@@ -417,7 +421,7 @@ def summarise(records: list[dict]) -> dict:
             "runs": total, "kinds": kinds, "not_ok": not_ok, "rejected": sum(r["rejected"] for r in rs),
             "wall_s": sum(r["wall_s"] for r in rs),
         })  # fmt: skip
-    order = {"sequential": 0, "naive": 1}
+    order = {"sequential": 0, "naive": 1, "oracle": 2}
     rows.sort(key=lambda row: (row["n"] != 1, row["n"], order.get(row["strategy"], 2), row["strategy"]))
     return {"target": target, "t_seq": t_seq, "rows": rows}
 
@@ -559,7 +563,7 @@ def run_all(strats: list[Strategy], seeds: list[int], budget: int, parallel_budg
     for seed in seeds:
         for s in strats:
             b = budget if s.n == 1 else parallel_budget
-            r = run_one(s, seed, b, root, sigma, prefetch=prefetch)
+            r = run_one(s, seed, b, root, sigma if s.sigma is None else s.sigma, prefetch=prefetch)
             records.append(r)
             log(f"  seed {seed} {s.key:<22} end t={r['end']:6.1f} true {main_true_at(r, math.inf):.4f} "
                 f"promotions {r['promotions']:2d} false {false_promotions(r)} ({r['wall_s']:.1f} s)")
@@ -658,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma", type=float, default=0.037)
     parser.add_argument("--variants", default="tournament,tournament-tuned",
                         help=f"tournament variants, of: {', '.join(TOURNAMENT_VARIANTS)}")
+    parser.add_argument("--no-oracle", action="store_true", help="leave out the noiseless greedy bound")
     parser.add_argument("--prefetch", action="store_true", help="the driver's own proposal queue (queue_ahead 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
     parser.add_argument("--name", default="search", help="file stem of the outputs in --out")
@@ -676,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     seeds = list(range(args.seeds))
     pbudget = args.parallel_budget or 2 * args.budget
-    strats = strategies(ns, variants)
+    strats = strategies(ns, variants, oracle=not args.no_oracle)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="farm-search-") as tmp:

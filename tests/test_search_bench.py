@@ -42,7 +42,7 @@ def test_surrogate_value_is_the_landscape_function_plus_seeded_noise(tmp_path) -
 
 
 def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
-    assert search.main(["--seeds", "1", "--n", "2", "--budget", "8", "--out", str(tmp_path)]) == 0
+    assert search.main(["--seeds", "1", "--n", "2", "--budget", "8", "--no-oracle", "--out", str(tmp_path)]) == 0
     doc = (tmp_path / "search.md").read_text()
     assert "| sequential | 1 | 1 | 8 |" in doc and "| naive | 2 |" in doc and "| tournament | 2 |" in doc
     assert search.MARKER in doc and "search-curves.png" in doc
