@@ -58,7 +58,10 @@ def test_candidate_is_classified(tmp_path: Path, name: str, status: Status, reas
         assert result.val_bpb == pytest.approx(f.val_bpb) and 2.0 < result.val_bpb < 8.0
         assert result.summary.val_bpb == pytest.approx(result.val_bpb, abs=1e-6)
         assert f.eval_split_files == ["shard_00001.parquet"] and f.eval_tokens == 8192
-        assert 2.9 <= f.training_seconds <= 3.0 * 1.1 + 0.5  # the harness clock (+ one capped step), not the script
+        # the harness clock (+ one capped step), not the script's; a script timing itself with time.time()
+        # stops after 3 s of wall time, which the robust clock charges less of when the machine stalls
+        low = 2.0 if name == "own_wall_clock" else 2.9
+        assert low <= f.training_seconds <= 3.0 * 1.1 + 0.5
         assert f.train_batches > 50 and f.train_tokens == f.train_batches * 8 * 128
         assert f.target_leak_ratio is not None and f.target_leak_ratio < 2
         assert f.startup_seconds is not None and f.startup_seconds < 20
