@@ -52,6 +52,10 @@ def former_main(state: FarmState, candidate: Work, gpu_class: str, repo: Researc
     values = state.values(parent_sha, gpu_class, screening=False)
     if parent_sha == state.main_sha or len(values) < settings.baseline_replicates:
         return None
+    main_py = repo.train_py_at(state.main_commit)
+    merged, conflict = repo._merge_train_py(parent_py, main_py, repo.train_py_at(candidate.commit))
+    if not conflict and merged == repo.train_py_at(candidate.commit):
+        return None  # it already has what main gained since (promote would fast-forward it): judge it against main
     return Incumbent(commit=candidate.parent_commit, line_count=count_lines(parent_py),
                      measurements={gpu_class: values})
 
