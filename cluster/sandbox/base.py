@@ -119,14 +119,18 @@ def collect(spec: ExperimentSpec, out: Path, started: float, *, killed: bool, ex
         status, reason = Status.ERROR, f"the runner wrote no result (exit code {exit_code}) {note}".strip()
     log = out / "run.log"
     tail = log.read_text(errors="replace")[-4000:] if log.exists() else note
+    return no_result(spec, started, status, reason, exit_code=exit_code, log_tail=tail)
+
+
+def no_result(spec: ExperimentSpec, started: float, status: Status, reason: str, **fields: object) -> ExperimentResult:
+    """A result for a run the runner could not report on itself (killed, never started, refused)."""
     return ExperimentResult(
         status=status,
         reason=reason,
         profile=spec.profile,
         seed=spec.seed,
         time_budget=get_profile(spec.profile).time_budget,
-        exit_code=exit_code,
-        log_tail=tail,
         started_at=started,
         finished_at=time.time(),
+        **fields,
     )

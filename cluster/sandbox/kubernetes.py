@@ -23,7 +23,7 @@ import time
 import uuid
 import warnings
 
-from cluster.sandbox.base import OUTER_KILL_GRACE, SandboxError, collect, stage
+from cluster.sandbox.base import OUTER_KILL_GRACE, SandboxError, collect, no_result, stage
 from cluster.sandbox.kube_api import KubeApiError, KubeClient
 from cluster.sandbox.kube_pod import (
     CONFIGMAP_MAX_BYTES,
@@ -40,7 +40,6 @@ from cluster.sandbox.kube_pod import (
     pod_manifest,
 )
 from cluster.spec import ExperimentSpec, GpuAssignment
-from trainer.profiles import get_profile
 from trainer.result import LOG_FILE, RESULT_FILE, ExperimentResult, Status
 
 # Waiting reasons that never resolve by themselves: the run is an error at once.
@@ -95,7 +94,7 @@ class KubernetesSandbox:
         source = configmap_manifest(spec, self.settings, name + "-src", attempt)
         size = len(spec.train_py.encode())
         if size > CONFIGMAP_MAX_BYTES:
-            return _result(spec, started, Status.INVALID, f"train.py is {size} bytes, more than the "
+            return no_result(spec, started, Status.INVALID, f"train.py is {size} bytes, more than the "
                            f"{CONFIGMAP_MAX_BYTES} the kubernetes sandbox carries")  # fmt: skip
         self._remove(self._selector(spec.experiment_id))  # a retried task: its lost attempt may still run
         _, out = stage(spec)
@@ -209,18 +208,6 @@ def _unscheduled(status: dict) -> str:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".strip()
     return ""
-
-
-def _result(spec: ExperimentSpec, started: float, status: Status, reason: str) -> ExperimentResult:
-    return ExperimentResult(
-        status=status,
-        reason=reason,
-        profile=spec.profile,
-        seed=spec.seed,
-        time_budget=get_profile(spec.profile).time_budget,
-        started_at=started,
-        finished_at=time.time(),
-    )
 
 
 __all__ = ["KubernetesSandbox", "KubernetesSettings", "SandboxError"]
