@@ -495,3 +495,35 @@ def test_the_live_check_skips_without_a_key_and_prints_diff_and_cost_with_one(
     out = capsys.readouterr().out
     assert "-DEPTH = 4" in out and "+DEPTH = 3" in out and "description: DEPTH 4 -> 3" in out
     assert "cost: $0.0045" in out and KEY not in out
+
+
+@pytest.mark.slow
+def test_a_stop_at_the_cost_cap_still_books_the_proposal_being_written(tmp_path: Path) -> None:
+    """A proposal already paid for arrives after the cap stopped the farm and after its experiments finished."""
+    submit = {"description": "EMBEDDING_LR 0.6 -> 0.3"}
+    with MessagesServer() as server:
+        server.add(reply(tool_use("edit_train_py", {"old_text": "MATRIX_LR = 0.04", "new_text": "MATRIX_LR = 0.02"}),
+                         tool_use("submit", {"description": "MATRIX_LR 0.04 -> 0.02"}), usage_=usage(1000, 200)),
+                   model="claude-sonnet-4-6")
+        server.add(slow(25, reply(tool_use("edit_train_py", {"old_text": "EMBEDDING_LR = 0.6",
+                                                             "new_text": "EMBEDDING_LR = 0.3"}),
+                                  tool_use("submit", submit), usage_=usage(1000, 200))),
+                   model="claude-haiku-4-5")
+        fast = {"max_retries": 0, "timeout_seconds": 60}
+        config = {"profile": "cpu-smoke", "sandbox": "process", "gpus": 1, "metrics_port": None,
+                  "cost_cap_usd": 0.005,  # the first proposal ($0.006) reaches it
+                  "agents": {"count": 2, "kind": "claude", "options": [{"model": "claude-sonnet-4-6", **fast},
+                                                                       {"model": "claude-haiku-4-5", **fast}]}}
+        (tmp_path / "farm.yaml").write_text(yaml.safe_dump(config))
+        run_dir = tmp_path / "run"
+        env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": server.url}
+        proc = subprocess.run([sys.executable, "-m", "cluster.cli", "run", "--config", "farm.yaml", "--run-dir",
+                               str(run_dir)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+    assert "cost cap reached" in output and "proposals in flight" in output
+    rows = Ledger(run_dir / "ledger").read()
+    spent = {r.agent: r.cost_usd for r in rows if r.event == "queued" and r.kind == "candidate"}
+    assert set(spent) == {"claude-0", "claude-1"}, spent  # the late one is on the ledger, to be run on a resume
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["llm"]["cost_usd"] == pytest.approx(sum(spent.values()))
