@@ -48,7 +48,7 @@ def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
     assert search.MARKER in doc and "search-curves.png" in doc
     assert (tmp_path / "search-curves.png").stat().st_size > 0 and (tmp_path / "search-scaling.png").exists()
     data = json.loads((tmp_path / "search.json").read_text())
-    rows = {(r["strategy"], r["n"]): r for r in data["summary"]["rows"]}
+    rows = {(r["strategy"], r["n"]): r for r in search.summarise(data["records"])["rows"]}
     assert set(rows) == {("sequential", 1), ("naive", 2), ("tournament", 2), ("tournament-tuned", 2)}
     seq = rows[("sequential", 1)]
     assert seq["runs"] == 8 and seq["efficiency"] == pytest.approx(1.0) and rows[("naive", 2)]["runs"] == 16
@@ -56,7 +56,7 @@ def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
         mains = record["mains"]
         assert mains[0]["t"] == 0 and mains[0]["true"] == surrogate.true_bpb(SEED)
         assert all(math.isfinite(m["true"]) for m in mains) and record["finished"] == record["budget"]
-        assert record["end"] > 0 and len(record["runs"]) == record["budget"]
+        assert record["end"] > 0 and sum(record["kinds"].values()) == record["budget"] and "runs" not in record
 
 
 def test_benchmark_settings_of_the_tournament() -> None:
