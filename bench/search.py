@@ -515,14 +515,21 @@ def plot_scaling(summary: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     names = sorted({r["strategy"] for r in summary["rows"] if r["n"] > 1})
-    for name in names:
+    for i, name in enumerate(names):
         rows = sorted((r for r in summary["rows"] if r["strategy"] == name), key=lambda r: r["n"])
-        axes[0].plot([r["n"] for r in rows], [r["efficiency"] for r in rows], marker="o", label=name)
+        color = f"C{i}"
+        ns = [r["n"] for r in rows]
+        axes[0].plot(ns, [r["efficiency_bound"] or r["efficiency"] for r in rows], color=color, label=name)
+        for r in rows:  # filled: reached the target; a down-triangle: never reached, at most this
+            marker = "v" if r["efficiency_bound"] else "o"
+            axes[0].plot([r["n"]], [r["efficiency_bound"] or r["efficiency"]], marker=marker, color=color)
+        axes[0].plot(ns, [r["efficiency_partial"] for r in rows], color=color, linestyle="--", marker=".",
+                     label=f"{name}, to 90 % of sequential's gain")
         axes[1].plot([r["n"] for r in rows], [r["false_promotions"] / r["seeds"] for r in rows], marker="o", label=name)
     seq = next(r for r in summary["rows"] if r["strategy"] == "sequential")
     axes[1].axhline(seq["false_promotions"] / seq["seeds"], color="grey", linestyle=":", label="sequential")
     axes[0].axhline(GOAL_EFFICIENCY, color="red", linestyle=":", label=f"goal {GOAL_EFFICIENCY}")
-    axes[0].set_ylabel("parallel efficiency (speed-up to sequential's final value / N)")
+    axes[0].set_ylabel("parallel efficiency (speed-up / N); v = never reached, at most")
     axes[1].set_ylabel("false promotions per run (mean over seeds)")
     for ax in axes:
         ax.set_xlabel("N (GPUs)")
