@@ -353,11 +353,13 @@ class Farm:
         trailers = {"Farm-Experiment": candidate.experiment_id, "Farm-Val-Bpb": f"{mean:.6f}",
                     "Farm-Verdict": reason[:200]}
         outcome = self.repo.promote(candidate.commit, f"{candidate.description}\n\n{reason}", trailers)
-        if outcome.kind in ("fast-forward", "noop"):
+        if outcome.kind == "noop":  # main already has the change (and perhaps more): main does not move
+            self._verdict(candidate.experiment_id, "noop", outcome.reason)
+        elif outcome.kind == "fast-forward":
             self.state.main_commit, self.state.main_sha = outcome.new_main, candidate.train_sha
             self.state.promotions += 1
             self.metrics.promoted()
-            self.state.verdicts[candidate.experiment_id] = "promote"
+            self._verdict(candidate.experiment_id, "promote", f"main <- {outcome.new_main[:7]}: {reason}")
             self.view.note(f"main <- {candidate.experiment_id} ({candidate.description}): {mean:.4f}")
             self.queue_baseline()  # measure the new main afresh: the winner's first run was selected low
             self._write_summaries()

@@ -43,7 +43,7 @@ Event = Literal["queued", "started", "finished", "verdict", "rejected", "proposa
 RowStatus = Literal["queued", "running", "ok", "crash", "oom", "nan", "timeout", "invalid", "error"]
 
 # Verdicts that put an experiment on main: results.tsv says ``keep`` (see write_results_tsv).
-KEEP_VERDICTS = frozenset({"promote", "simpler", "keep"})
+KEEP_VERDICTS = frozenset({"promote", "simpler", "keep", "noop"})  # noop: main already has it
 STALE_TMP_SECONDS = 600.0
 # What a run produced: cleared when a new attempt starts (see Ledger.latest).
 RESULT_FIELDS = (

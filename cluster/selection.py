@@ -88,7 +88,7 @@ def pick_parent(state: FarmState, rng: random.Random, settings: TournamentSettin
     pool = []
     for eid, decision in state.verdicts.items():
         work = state.work.get(eid)
-        if work is None or work.kind != "candidate" or decision in ("promote", "simpler", "merging"):
+        if work is None or work.kind != "candidate" or decision in ("promote", "simpler", "merging", "noop"):
             continue
         for mean, gpu in means.get(work.train_sha, []):
             pool.append(PoolEntry(commit=work.commit, val_bpb=mean, delta=mean - main[gpu],

@@ -194,9 +194,8 @@ class FarmState:
             elif row.event == "finished":
                 state.record_finished(row)
             elif row.event == "verdict" and row.verdict:
-                state.verdicts[eid] = row.verdict
-                if row.verdict == "promote":
-                    state.promotions += 1
+                state.verdicts[eid] = row.verdict  # the last one stands: promote, then merging, say
+        state.promotions = sum(1 for v in state.verdicts.values() if v == "promote")
         for eid, work in list(state.work.items()):  # enqueue_existing re-inserts into state.work
             if eid not in state.finished:
                 state.enqueue_existing(work)

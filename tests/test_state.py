@@ -24,3 +24,18 @@ def test_rebuild_keeps_finished_and_requeues_unfinished_by_priority() -> None:
     assert state.next_id == 5 and state.new_id() == "e0005"
     assert state.main_sha == sha("train.py text")
     assert state.values("e0001", "cpu") == [2.5]
+
+
+def test_rebuild_counts_promotions_by_each_candidates_last_verdict() -> None:
+    def verdict(eid: str, decision: str) -> LedgerRow:
+        return LedgerRow(experiment_id=eid, event="verdict", ts=0.0, verdict=decision)
+
+    rows = [
+        verdict("e0002", "confirm"), verdict("e0002", "promote"),  # landed on main
+        verdict("e0003", "promote"), verdict("e0003", "merging"),  # main had moved: its merge is measured
+        verdict("e0004", "promote"), verdict("e0004", "noop"),  # main already had it: main did not move
+        verdict("e0005", "simpler"), verdict("e0005", "promote"),  # the simplicity rule, then landed
+    ]
+    state = FarmState.rebuild(rows, "main", "train.py text")
+    assert state.promotions == 2
+    assert state.verdicts["e0004"] == "noop"
