@@ -676,7 +676,10 @@ def cpu_tiny(args: argparse.Namespace) -> int:
     for r in records:
         steps = "; ".join(f"t={m['t']:.1f} n={m['n']} {m['commit'][:8]}" for m in r["mains"])
         lines.append(f"- {r['strategy']}: {steps}")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    notes = "\n\n## Notes\n\n(none yet)\n"
+    if out.with_suffix(".md").exists() and MARKER in (old := out.with_suffix(".md").read_text()):
+        notes = old.split(MARKER, 1)[1]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n\n" + MARKER + notes)
     print("\n".join(lines))
     return 0
 
