@@ -645,8 +645,9 @@ def cpu_tiny(args: argparse.Namespace) -> int:
     meta = {"command": ".venv/bin/python bench/search.py " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
             "minutes": (time.monotonic() - started) / 60, "commit": _git_head(), "python": platform.python_version(),
             "budget": args.cpu_tiny_budget, "n": args.cpu_tiny_n, "replicates": args.cpu_tiny_replicates}
-    out = args.out / f"{args.name}-cpu-tiny"
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "values": values, "records": records}, default=str))
+    doc = args.out / f"{args.name}-cpu-tiny.md"
+    (args.out / f"{args.name}-cpu-tiny.json").write_text(
+        json.dumps({"meta": meta, "values": values, "records": records}, default=str))
     lines = [
         "# Search efficiency on the real cpu-tiny trainer",
         "",
@@ -677,9 +678,9 @@ def cpu_tiny(args: argparse.Namespace) -> int:
         steps = "; ".join(f"t={m['t']:.1f} n={m['n']} {m['commit'][:8]}" for m in r["mains"])
         lines.append(f"- {r['strategy']}: {steps}")
     notes = "\n\n## Notes\n\n(none yet)\n"
-    if out.with_suffix(".md").exists() and MARKER in (old := out.with_suffix(".md").read_text()):
+    if doc.exists() and MARKER in (old := doc.read_text()):
         notes = old.split(MARKER, 1)[1]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n\n" + MARKER + notes)
+    doc.write_text("\n".join(lines) + "\n\n" + MARKER + notes)
     print("\n".join(lines))
     return 0
 
@@ -725,7 +726,6 @@ def main(argv: list[str] | None = None) -> int:
         root = args.keep or Path(tmp)
         records = run_all(strats, seeds, args.budget, pbudget, args.sigma, root, args.prefetch)
     summary = summarise(records)
-    stem = args.out / args.name
     command = "bench/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": f".venv/bin/python {command.strip()}", "minutes": (time.monotonic() - started) / 60,
@@ -734,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed_true": surrogate.true_bpb(seed_source(get_profile("cpu-tiny"))), "optimum": surrogate.BASE,
     }  # fmt: skip
     records = [{k: v for k, v in r.items() if k != "runs"} for r in records]  # the counts stay, not every run
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "records": records}, default=str))
+    (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "records": records}, default=str))
     return _report(records, summary, meta, args.out, args.name, ns)
 
 
@@ -742,7 +742,7 @@ def _report(records: list[dict], summary: dict, meta: dict, out: Path, name: str
     stem = out / name
     plot(records, summary, out / f"{name}-curves.png", GOAL_N if GOAL_N in ns else max(ns))
     plot_scaling(summary, out / f"{name}-scaling.png")
-    write_doc(stem.with_suffix(".md"), summary, meta, [f"{name}-curves.png", f"{name}-scaling.png"])
+    write_doc(out / f"{name}.md", summary, meta, [f"{name}-curves.png", f"{name}-scaling.png"])
     print(table(summary))
     print(f"target {summary['target']:.4f} at t={summary['t_seq']:.1f}; wrote {stem}.md/.json/-*.png")
     return 0
