@@ -14,12 +14,13 @@ import os
 import random
 import signal
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import ray
 
 from agent.llm import ApiKeyMissing, read_api_key
-from agent.protocol import Context, ExperimentSummary, Proposal
+from agent.protocol import Context, ExperimentSummary, Proposal, Spend
 from agent.transcript import write_transcript
 from cluster.agents import AgentActor, ProposalOutcome
 from cluster.config import FarmConfig
@@ -30,11 +31,12 @@ from cluster.metrics import FarmMetrics
 from cluster.repo import ResearchRepo
 from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
 from cluster.spec import ExperimentSpec
-from cluster.state import FarmState, Work, diff_signature, sha
+from cluster.state import AgentSpend, FarmState, Work, diff_signature, sha
 from cluster.tournament import baseline_request, next_seeds
 from trainer.profiles import get_profile
 
 PROPOSAL_DRAIN_SECONDS = 120  # on a stop: how long proposals already paid for may still arrive
+REJECTED = "rejected: "  # what _accept returns for a proposal refused before running, then why
 
 
 class Farm:
@@ -218,7 +220,7 @@ class Farm:
         self._append_notes(proposal.agent, proposal.notes)
         result = self._accept(proposal)
         self._save_transcript(proposal.agent, proposal.transcript, result)
-        self.metrics.proposal(index, outcome)
+        self.metrics.proposal(index, outcome, rejected=result.startswith(REJECTED))
 
     def _append_notes(self, agent: str, notes: list[str]) -> None:
         """An agent's one-line insights onto the shared notes file every agent is shown (driver._notes)."""
@@ -238,7 +240,7 @@ class Farm:
     def _accept(self, proposal: Proposal) -> str:
         """Pre-flight a proposal (no GPU for what cannot run or was already run) and queue it.
 
-        Returns its experiment id, or "rejected: why". Either way its LLM spend goes on the ledger.
+        Returns its experiment id, or REJECTED + why. Either way its LLM spend goes on the ledger.
         """
         self.state.charge(proposal.agent, proposal)
         train_sha = sha(proposal.train_py)
@@ -251,8 +253,7 @@ class Farm:
         same = next((w for w in self.state.work.values() if change and w.diff_sha == change), None)
         if not reason and same:
             reason = f"the same change as {same.experiment_id} ({same.description[:80]})"
-        spend = {k: getattr(proposal, k) for k in ("tokens_in", "tokens_out", "cache_read_tokens",
-                                                  "cache_write_tokens", "cost_usd")}
+        spend = {k: getattr(proposal, k) for k in Spend.model_fields}
         if reason:
             self.view.note(f"{proposal.agent}: rejected before running: {reason}")
             self.state.rejected += 1
@@ -261,7 +262,7 @@ class Farm:
                                           agent=proposal.agent, parent_commit=proposal.parent_commit,
                                           train_sha=train_sha, diff_sha=change, description=proposal.description,
                                           reason=reason, **spend)])
-            return f"rejected: {reason}"
+            return f"{REJECTED}{reason}"
         eid = self.state.new_id()
         commit = self.repo.commit_experiment(eid, proposal.parent_commit, proposal.train_py, proposal.description,
                                              {"Farm-Experiment": eid, "Farm-Agent": proposal.agent})
@@ -405,10 +406,10 @@ class Farm:
         tmp = self.run_dir / "status.json.tmp"
         status = self.view.status()
         spend = self.state.spend
-        status["llm"] = {"cost_cap_usd": self.config.cost_cap_usd, **{  # per run, then per agent
-            k: sum(getattr(a, k) for a in spend.values()) for k in ("proposals", "failed", "tokens_in", "tokens_out",
-                                                                     "cache_read_tokens", "cache_write_tokens")},
-            "cost_usd": self.state.cost_usd, "agents": {name: vars(a) for name, a in sorted(spend.items())}}
+        status["llm"] = {"cost_cap_usd": self.config.cost_cap_usd,  # per run, then per agent
+                         **{f.name: sum(getattr(a, f.name) for a in spend.values()) for f in fields(AgentSpend)},
+                         "cost_usd": self.state.cost_usd,
+                         "agents": {name: vars(a) for name, a in sorted(spend.items())}}
         tmp.write_text(json.dumps(status, indent=2))
         os.replace(tmp, self.run_dir / "status.json")
         self._status_written = time.monotonic()

@@ -137,7 +137,6 @@ class FarmMetrics(Collector):
         self._busy = 0  # GPUs busy now (one per experiment in flight)
         self._busy_seconds = 0.0  # integral of _busy over time, up to _busy_since
         self._busy_since = clock()
-        self._rejected_seen = getattr(getattr(farm, "state", None), "rejected", 0)
         if farm is not None:  # a resumed run knows main and the best already
             self.main_val_bpb, self.best_val_bpb = self._values()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -175,23 +174,21 @@ class FarmMetrics(Collector):
                 self.phase_sums[phase] += seconds
             self.main_val_bpb, self.best_val_bpb = main, best
 
-    def proposal(self, index: int, outcome: ProposalOutcome) -> None:
-        """A proposal request came back, after the driver queued or rejected what it brought."""
+    def proposal(self, index: int, outcome: ProposalOutcome, rejected: bool = False) -> None:
+        """A proposal request came back, after the driver queued or rejected (``rejected``) what it brought."""
         agent = self._agent(index)
-        rejected = getattr(getattr(self.farm, "state", None), "rejected", 0)
         with self._lock:
             if outcome.proposal is None:
                 self.proposals["failed"] += 1
                 self.errors[(agent, error_kind(outcome.error))] += 1
             else:
-                self.proposals["rejected" if rejected > self._rejected_seen else "queued"] += 1
+                self.proposals["rejected" if rejected else "queued"] += 1
             spend = outcome.proposal or getattr(outcome, "spend", None)  # a failed proposal may have cost too
             if spend is not None:
                 for kind, count in zip(TOKEN_TYPES, (spend.tokens_in, spend.tokens_out, spend.cache_read_tokens,
                                                      spend.cache_write_tokens), strict=True):
                     self.tokens[(agent, kind)] += max(0, int(count or 0))
                 self.cost[agent] += max(0.0, float(spend.cost_usd or 0.0))
-            self._rejected_seen = rejected
 
     def promoted(self) -> None:
         """Main moved to a confirmed winner."""

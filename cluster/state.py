@@ -14,6 +14,7 @@ import json
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from agent.protocol import Spend
 from cluster.ledger import LedgerRow
 from cluster.tournament import Measurement
 
@@ -100,9 +101,8 @@ class FarmState:
             mine.failed += 1
         else:
             mine.proposals += 1
-        for name in ("tokens_in", "tokens_out", "cache_read_tokens", "cache_write_tokens"):
-            setattr(mine, name, getattr(mine, name) + int(get(name)))
-        mine.cost_usd += float(get("cost_usd"))
+        for name in Spend.model_fields:  # token counts and cost_usd
+            setattr(mine, name, getattr(mine, name) + get(name))
         self.cost_usd += float(get("cost_usd"))
 
     def new_id(self) -> str:

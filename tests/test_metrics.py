@@ -153,8 +153,7 @@ def test_proposals_tokens_cost_and_errors_by_agent() -> None:
     proposal = Proposal(parent_commit="p", train_py="x", description="d", agent="mutate-1", tokens_in=1000,
                         tokens_out=200, cache_read_tokens=5000, cache_write_tokens=300, cost_usd=0.0125)
     m.proposal(1, ProposalOutcome(agent="mutate-1", proposal=proposal))  # queued
-    farm.state.rejected += 1  # the driver refused the next one before running it
-    m.proposal(1, ProposalOutcome(agent="mutate-1", proposal=proposal))
+    m.proposal(1, ProposalOutcome(agent="mutate-1", proposal=proposal), rejected=True)  # refused before running
     m.proposal(0, ProposalOutcome(agent="mutate-0", error="RateLimitError: Error code: 429\nTraceback ..."))
     m.proposal(0, ProposalOutcome(agent="agent-0", error="The actor died unexpectedly before finishing this task."))
     spent = Spend(tokens_in=10, tokens_out=5, cost_usd=0.001)  # a failed proposal still paid for its calls
