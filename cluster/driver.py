@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import ray
@@ -31,7 +30,7 @@ from cluster.metrics import FarmMetrics
 from cluster.repo import ResearchRepo
 from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
 from cluster.spec import ExperimentSpec
-from cluster.state import AgentSpend, FarmState, Work, diff_signature, sha
+from cluster.state import FarmState, Work, diff_signature, sha, spend_summary
 from cluster.tournament import baseline_request, next_seeds
 from trainer.profiles import get_profile
 
@@ -405,11 +404,7 @@ class Farm:
     def _write_status(self) -> None:
         tmp = self.run_dir / "status.json.tmp"
         status = self.view.status()
-        spend = self.state.spend
-        status["llm"] = {"cost_cap_usd": self.config.cost_cap_usd,  # per run, then per agent
-                         **{f.name: sum(getattr(a, f.name) for a in spend.values()) for f in fields(AgentSpend)},
-                         "cost_usd": self.state.cost_usd,
-                         "agents": {name: vars(a) for name, a in sorted(spend.items())}}
+        status["llm"] = spend_summary(self.state.spend, self.config.cost_cap_usd)
         tmp.write_text(json.dumps(status, indent=2))
         os.replace(tmp, self.run_dir / "status.json")
         self._status_written = time.monotonic()

@@ -208,13 +208,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _llm_spend(run_dir: Path, cap: float | None) -> dict:
     """LLM tokens and USD per agent and in all, from the ledger (so a crashed run's spend is right too)."""
     from cluster.ledger import Ledger
-    from cluster.state import FarmState
+    from cluster.state import FarmState, spend_summary
 
-    spend = FarmState.rebuild(Ledger(run_dir / "ledger").read(), "", "").spend
-    keys = ("proposals", "failed", "tokens_in", "tokens_out", "cache_read_tokens", "cache_write_tokens")
-    return {"cost_cap_usd": cap, **{k: sum(getattr(a, k) for a in spend.values()) for k in keys},
-            "cost_usd": sum(a.cost_usd for a in spend.values()),
-            "agents": {name: vars(a) for name, a in sorted(spend.items())}}  # fmt: skip
+    return spend_summary(FarmState.rebuild(Ledger(run_dir / "ledger").read(), "", "").spend, cap)
 
 
 def _spend_line(s: dict) -> str:

@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from agent.protocol import Spend
 from cluster.ledger import LedgerRow
@@ -51,6 +51,12 @@ class AgentSpend:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cost_usd: float = 0.0
+
+
+def spend_summary(spend: dict[str, AgentSpend], cost_cap_usd: float | None) -> dict:
+    """The LLM spend as status.json and `farm status` show it: the run's totals, then each agent's."""
+    totals = {f.name: sum(getattr(a, f.name) for a in spend.values()) for f in fields(AgentSpend)}
+    return {"cost_cap_usd": cost_cap_usd, **totals, "agents": {name: vars(a) for name, a in sorted(spend.items())}}
 
 
 @dataclass
