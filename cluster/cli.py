@@ -153,10 +153,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             line(True, "kubernetes", "API reachable, experiment pods allowed: --sandbox kubernetes works")
         except SandboxError as exc:
             line(False, "kubernetes", str(exc).splitlines()[0][:200])
-    key = bool(os.environ.get("ANTHROPIC_API_KEY"))
-    line(
-        None, "anthropic", "ANTHROPIC_API_KEY is set" if key else "no ANTHROPIC_API_KEY: agents use the offline mutator"
-    )
+    from agent.llm import ApiKeyMissing, read_api_key  # the agents' own rule: the variable, else the key file
+
+    try:
+        read_api_key()
+        line(None, "anthropic", "an API key is set (ANTHROPIC_API_KEY or ANTHROPIC_API_KEY_FILE): agents are Claude")
+    except ApiKeyMissing as exc:  # a key file named but unreadable: Claude agents would start and stop at once
+        named = bool(os.environ.get("ANTHROPIC_API_KEY_FILE"))
+        line(False if named else None, "anthropic", str(exc) if named else f"{exc}: agents use the offline mutator")
     return 1 if problems else 0
 
 

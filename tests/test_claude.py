@@ -527,3 +527,18 @@ def test_a_stop_at_the_cost_cap_still_books_the_proposal_being_written(tmp_path:
     assert set(spent) == {"claude-0", "claude-1"}, spent  # the late one is on the ledger, to be run on a resume
     status = json.loads((run_dir / "status.json").read_text())
     assert status["llm"]["cost_usd"] == pytest.approx(sum(spent.values()))
+
+
+def test_doctor_finds_the_key_where_the_agents_do(monkeypatch, tmp_path: Path, capsys) -> None:
+    """A key in a mounted file (the Helm chart's way) counts; a named file that cannot be read is a problem."""
+    from cluster.cli import main
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    (tmp_path / "key").write_text(KEY + "\n")
+    monkeypatch.setenv("ANTHROPIC_API_KEY_FILE", str(tmp_path / "key"))
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert "[note] anthropic    an API key is set" in out and KEY not in out
+    monkeypatch.setenv("ANTHROPIC_API_KEY_FILE", str(tmp_path / "missing"))
+    main(["doctor"])
+    assert "[FAIL] anthropic    cannot read the API key file" in capsys.readouterr().out
