@@ -80,12 +80,13 @@ def _try_in_sandbox(args: argparse.Namespace, train_py: Path, out: Path):
     import uuid
 
     from cluster.sandbox import SandboxError, make_sandbox
-    from cluster.spec import ExperimentSpec, GpuAssignment
+    from cluster.spec import ExperimentSpec, GpuAssignment, owner_of
 
     try:
-        options = {"owner": "try"} if args.sandbox == "docker" else {}
+        owner = "try-" + owner_of(out)  # its own lane: a farm or another `farm try` running beside it is left alone
+        options = {"owner": owner} if args.sandbox in ("process", "docker") else {}
         sandbox = make_sandbox(args.sandbox, **options)
-        sandbox.cleanup_leftovers()  # what an interrupted earlier `farm try` left behind
+        sandbox.cleanup_leftovers()  # what an interrupted earlier `farm try` into the same --out left behind
         spec = ExperimentSpec(
             experiment_id=f"try-{uuid.uuid4().hex[:10]}",
             train_py=train_py.read_text(),
@@ -93,6 +94,7 @@ def _try_in_sandbox(args: argparse.Namespace, train_py: Path, out: Path):
             seed=args.seed,
             run_dir=out,
             cache_dir=cache_dir(),
+            owner=owner,
         )
         gpu = GpuAssignment(index=args.gpu) if args.gpu is not None else GpuAssignment()
         return sandbox.run(spec, gpu)

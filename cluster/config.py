@@ -45,7 +45,13 @@ REASONS = {  # pydantic's error types, said shortly
     **dict.fromkeys(["float_parsing", "float_type"], "must be a number"),
     **dict.fromkeys(["bool_parsing", "bool_type"], "must be true or false"),
 }
+DEFAULT_COST_CAP_USD = 10.0  # a run nobody capped still cannot spend without end (issue: a looping agent)
 RAY_PORTS = {6379: "Ray's GCS", 8265: "Ray's dashboard", 10001: "Ray's client server"}
+
+
+def absolute(path: Path | str) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the current directory (links kept as they are)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 class ConfigError(ValueError):
@@ -136,7 +142,10 @@ class FarmConfig(BaseModel):
     metrics_port: int | None = Field(9464, ge=1, le=65535, description="Prometheus exporter port; None: off")
     metrics_address: str = Field("127.0.0.1", min_length=1,
                                  description="address the exporter binds (0.0.0.0: every interface, e.g. in a pod)")
-    cost_cap_usd: float | None = Field(None, ge=0, description="stop proposing when LLM spend reaches this")
+    cost_cap_usd: float | None = Field(DEFAULT_COST_CAP_USD, ge=0, description="stop proposing when LLM spend "
+                                       "reaches this (USD); none: no cap")
+    max_consecutive_errors: int = Field(3, ge=0, description="stop after this many experiments in a row fail "
+                                        "through the farm's own fault (status error) with no ok in between; 0: never")
     max_experiments: int | None = Field(None, ge=1, description="stop after this many experiments")
     hours: float | None = Field(None, gt=0, description="stop after this many hours")
     limits: Limits = Field(default_factory=Limits)
@@ -150,6 +159,12 @@ class FarmConfig(BaseModel):
         if value is not None:
             get_profile(value)  # ValueError listing the valid names
         return value
+
+    @field_validator("run_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        """Made absolute once, here where a path enters: sandboxes resolve nothing against their own cwd."""
+        return absolute(value) if value is not None else None
 
     @field_validator("metrics_port")
     @classmethod

@@ -22,27 +22,33 @@ from agent.llm import ApiKeyMissing, read_api_key
 from agent.protocol import Context, ExperimentSummary, Proposal, Spend
 from agent.transcript import write_transcript
 from cluster.agents import AgentActor, ProposalOutcome
-from cluster.config import FarmConfig
+from cluster.config import FarmConfig, absolute
 from cluster.dispatch import TaskOutcome, run_experiment
 from cluster.ledger import Ledger, LedgerRow, write_results_tsv
 from cluster.live import LiveView
 from cluster.metrics import FarmMetrics
 from cluster.repo import ResearchRepo
 from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
-from cluster.spec import ExperimentSpec
+from cluster.spec import ExperimentSpec, owner_of
 from cluster.state import FarmState, Work, diff_signature, sha, spend_summary
 from cluster.tournament import baseline_request, next_seeds
 from trainer.profiles import get_profile
 
 PROPOSAL_DRAIN_SECONDS = 120  # on a stop: how long proposals already paid for may still arrive
 REJECTED = "rejected: "  # what _accept returns for a proposal refused before running, then why
+# An agent whose last proposals came to nothing (rejected or failed) this many times in a row waits for the
+# next finished experiment (new information) before it is asked again, while anything runs that will finish.
+PARK_AFTER = 2
+# Proposals in a row, across all agents, that came to nothing: the agents cannot produce anything new.
+STUCK_MIN_PROPOSALS = 20
+STUCK_PER_AGENT = 4
 
 
 class Farm:
     """One farm run in one run directory."""
 
     def __init__(self, config: FarmConfig, run_dir: Path, sandbox: str, proposer_factory=None) -> None:
-        self.config, self.run_dir, self.sandbox = config, run_dir, sandbox
+        self.config, self.run_dir, self.sandbox = config, absolute(run_dir), sandbox
         self.profile = get_profile(config.profile)
         self.repo = ResearchRepo.open(run_dir / "repo")
         self.ledger = Ledger(run_dir / "ledger")
@@ -56,6 +62,12 @@ class Farm:
         self.agents: list = []
         self.started = time.time()
         self.stopping = ""
+        self.failure = ""  # why the farm could not do its job (set with stopping): the run exits non-zero
+        self._errors_in_row: list[tuple[str, str]] = []  # farm faults (status error) since the last ok result
+        self._unproductive = 0  # proposals in a row, over all agents, that were rejected or failed
+        self._last_unproductive = ""
+        self._streak: dict[int, int] = {}  # agent index -> its own proposals in a row that came to nothing
+        self.parked: list[int] = []  # agents waiting for the next finished experiment (PARK_AFTER)
         self._stopped_at: float | None = None  # when the loop first saw self.stopping
         self._status_written = 0.0
         self._details: dict[str, tuple[str, str]] = {}  # finished experiment -> (diff, log tail) shown to agents
@@ -115,7 +127,7 @@ class Farm:
             signal.signal(signal.SIGINT, previous)
             self._write_summaries()
             self.ledger.close()  # everything on disk before we say we are done
-        return 0
+        return 1 if self.failure else 0
 
     def _drained(self) -> bool:
         """On a stop, proposals already being written are awaited (a bounded while): their spend is booked."""
@@ -127,7 +139,19 @@ class Farm:
         return not self.asking or time.monotonic() - self._stopped_at > PROPOSAL_DRAIN_SECONDS
 
     def _can_make_progress(self) -> bool:
-        return bool(self.state.queue or self.asking or self.idle_agents)
+        if self.state.queue or self.asking or self.idle_agents:
+            return True
+        if self.parked:  # nothing runs that could give them anything new
+            self.fail(f"no agent can propose anything new: {self._unproductive} proposal(s) in a row came to "
+                      f"nothing, the last: {self._last_unproductive}")
+        return False
+
+    def fail(self, reason: str) -> None:
+        """Stop because the farm cannot do its job (it finishes what is in flight); the run exits non-zero."""
+        if not self.failure:
+            self.failure = reason
+            self.stopping = self.stopping or f"cannot go on: {reason}"
+            self.view.note(f"STOPPING: {reason}")
 
     def _interrupt(self, *_: object) -> None:
         if self.stopping:
@@ -201,10 +225,10 @@ class Farm:
             outcome: ProposalOutcome = ray.get(ref)
         except ray.exceptions.RayError as exc:  # the actor died; Ray restarts it
             outcome = ProposalOutcome(agent=f"agent-{index}", error=str(exc))
-        if not outcome.fatal:
-            self.idle_agents.append(index)
         proposal = outcome.proposal
         if proposal is None:
+            self._after_proposal(index, outcome.agent, f"failed: {(outcome.error.splitlines() or ['?'])[0][:200]}",
+                                 fatal=outcome.fatal)
             error, spend = (outcome.error.splitlines() or ["no reason given"])[0], outcome.spend
             if spend and (spend.cost_usd or spend.tokens_in or spend.tokens_out):  # paid for: on the ledger
                 self.state.charge(outcome.agent, spend, failed=True)
@@ -220,6 +244,32 @@ class Farm:
         result = self._accept(proposal)
         self._save_transcript(proposal.agent, proposal.transcript, result)
         self.metrics.proposal(index, outcome, rejected=result.startswith(REJECTED))
+        self._after_proposal(index, proposal.agent, result if result.startswith(REJECTED) else "")
+
+    def _after_proposal(self, index: int, agent: str, nothing: str, fatal: bool = False) -> None:
+        """Where the agent goes next: asked again, parked until the next result, or gone (fatal).
+
+        ``nothing``: why its proposal came to nothing ("" when one was queued). An agent stuck repeating
+        itself (or an API that always fails) must not be asked again and again at full speed: every ask costs
+        money and the answers carry nothing new until a new result does. A whole population that keeps
+        coming back empty-handed stops the farm instead of spending without end.
+        """
+        if not nothing:
+            self._streak[index], self._unproductive = 0, 0
+        else:
+            self._streak[index] = self._streak.get(index, 0) + 1
+            self._unproductive += 1
+            self._last_unproductive = f"{agent}: {nothing}"
+            limit = max(STUCK_MIN_PROPOSALS, STUCK_PER_AGENT * len(self.agents))
+            if self._unproductive >= limit and not self.stopping:
+                self.fail(f"no agent proposed anything new in the last {self._unproductive} proposals; the last: "
+                          f"{self._last_unproductive}")
+        if fatal:
+            return
+        if nothing and self._streak[index] >= PARK_AFTER and (self.inflight or self.state.queue):
+            self.parked.append(index)
+        else:
+            self.idle_agents.append(index)
 
     def _append_notes(self, agent: str, notes: list[str]) -> None:
         """An agent's one-line insights onto the shared notes file every agent is shown (driver._notes)."""
@@ -291,7 +341,7 @@ class Farm:
                 experiment_id=work.experiment_id, train_py=self.repo.train_py_at(work.commit),
                 profile=self.profile.name, seed=work.seed, run_dir=self.run_dir / "experiments" / work.experiment_id,
                 cache_dir=self.config.cache_dir, compile_cache_dir=self.config.cache_dir / "compile",
-                image=self.config.image, limits=self.config.limits,
+                image=self.config.image, limits=self.config.limits, owner=owner_of(self.run_dir),
             )
             ref = run_experiment.remote(spec.model_dump_json(), self.sandbox)
             self.inflight[ref] = work.experiment_id
@@ -318,8 +368,38 @@ class Farm:
         self.ledger.append([row])
         if self.state.record_finished(row):
             self.view.finished(work, row)
+            self._watch_health(work, row)
             self._judge(work, row)
         self.metrics.finished(work, row, outcome)  # after the state took the result: main/best are current
+        self.idle_agents += self.parked  # a new result: something new to propose from
+        self.parked = []
+
+    def _watch_health(self, work: Work, row: LedgerRow) -> None:
+        """Stop a farm that cannot work: its own faults pile up, or main itself cannot run.
+
+        Only status ``error`` (the farm's fault: no result, a lost task, a sandbox that cannot start, data
+        missing) counts toward the first rule, so no candidate can stop the farm by failing.
+        """
+        if row.status == "ok":
+            self._errors_in_row = []
+        elif row.status == "error":
+            self._errors_in_row.append((work.experiment_id, row.reason or "no reason given"))
+            limit = self.config.max_consecutive_errors
+            if limit and len(self._errors_in_row) >= limit:
+                eid, reason = self._errors_in_row[0]
+                self.fail(f"{len(self._errors_in_row)} experiments in a row failed through the farm's own fault "
+                          f"(status error), none ok in between; the first, {eid}: {reason[:300]} (full log: "
+                          f"{self.run_dir / 'experiments' / eid / 'out'}/)")
+        if work.kind == "baseline" and work.train_sha == self.state.main_sha and row.status != "ok":
+            runs = [self.state.finished[eid] for eid, w in self.state.work.items()
+                    if w.train_sha == self.state.main_sha and eid in self.state.finished]
+            own = [r for r in runs if r.status != "error"]  # the farm's own faults: the rule above
+            if own and not any(r.status == "ok" for r in runs) and not self.state.pending_replicates(
+                    self.state.main_sha):
+                first = own[0]
+                self.fail(f"main cannot run: its {len(runs)} baseline run(s) all failed, so nothing can be judged "
+                          f"against it; {first.experiment_id}: {first.status}: {(first.reason or '')[:300]} "
+                          f"(log: {self.run_dir / 'experiments' / first.experiment_id / 'out' / 'run.log'})")
 
     # ---- the tournament -----------------------------------------------------
 

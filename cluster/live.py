@@ -27,8 +27,10 @@ class LiveView:
 
     def __enter__(self) -> LiveView:
         f = self.farm
+        cap = f"${f.config.cost_cap_usd:g}" if f.config.cost_cap_usd is not None else "none"
         self.line(f"farm: run dir {f.run_dir} | profile {f.profile.name} | {f.config.gpus_total()} GPU slot(s) | "
-                  f"sandbox {f.sandbox} | {f.config.agents.count} {f.config.agent_kind()} agent(s)")
+                  f"sandbox {f.sandbox} | {f.config.agents.count} {f.config.agent_kind()} agent(s) | "
+                  f"LLM cost cap {cap} (--cost-cap)")
         if self.interactive:
             self.live = Live(self._table(), console=self.console, refresh_per_second=2, transient=False)
             self.live.__enter__()
@@ -78,7 +80,9 @@ class LiveView:
             "finished": finished, "by_status": st.counts(), "main_commit": st.main_commit,
             "main_val_bpb": st.main_mean(f._main_class()), "best_val_bpb": best, "promotions": st.promotions,
             "experiments_per_hour": rate, "elapsed_seconds": elapsed, "eta_seconds": eta,
-            "cost_usd": st.cost_usd, "rejected_proposals": st.rejected, "stopping": f.stopping,
+            "cost_usd": st.cost_usd, "cost_cap_usd": f.config.cost_cap_usd, "rejected_proposals": st.rejected,
+            "stopping": f.stopping, "failure": f.failure, "best_experiment": _best_experiment(st),
+            "main_unmeasured": _why_unmeasured(st) if st.main_mean(f._main_class()) is None else "",
         }
 
     def _table(self) -> Table:
@@ -98,11 +102,31 @@ class LiveView:
         table.add_row("elapsed / ETA", f"{s['elapsed_seconds'] / 60:.1f} min / {eta}")
         if s["cost_usd"]:
             table.add_row("LLM cost", f"${s['cost_usd']:.2f}")
+        if s["cost_cap_usd"] is not None and s["cost_usd"]:
+            table.add_row("LLM cap", f"${s['cost_cap_usd']:.2f}")
         if s["stopping"]:
             table.add_row("stopping", s["stopping"])
         for event in self.events:
             table.add_row("", event)
         return table
+
+
+def _best_experiment(state) -> str:
+    """The id of the first experiment that ran the best-measured train.py (its description after it)."""
+    _, best_sha = state.best()
+    eid = next((eid for eid, w in state.work.items() if w.train_sha == best_sha and eid in state.finished), None)
+    return f"{eid}: {state.work[eid].description[:80]}" if eid else ""
+
+
+def _why_unmeasured(state) -> str:
+    """Why main has no measured val_bpb (yet): what its runs came to."""
+    runs = [state.finished[eid] for eid, w in state.work.items()
+            if w.train_sha == state.main_sha and eid in state.finished]
+    failed = [r for r in runs if r.status != "ok"]
+    if not failed:
+        return "its baseline runs have not finished"
+    first = failed[0]
+    return f"its {len(failed)} run(s) failed; {first.experiment_id}: {first.status}: {(first.reason or '')[:200]}"
 
 
 def _fmt(value: float | None) -> str:

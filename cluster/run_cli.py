@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.config import ConfigError, FarmConfig, add_config_arguments, load_config, overrides_from_args
+from cluster.config import ConfigError, FarmConfig, absolute, add_config_arguments, load_config, overrides_from_args
 from cluster.report import finished_rows, leaderboard, progress_plot
 from trainer.profiles import Profile, get_profile
 
@@ -45,29 +45,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     import ray
 
     from cluster.driver import Farm
-    from cluster.sandbox import make_sandbox, resolve_sandbox
+    from cluster.sandbox import SandboxError, make_sandbox, resolve_sandbox
+    from cluster.spec import owner_of
     from trainer.data import prepare_profile
 
-    try:
+    try:  # every path is made absolute here, where it enters: nothing below resolves one against its own cwd
         overrides = overrides_from_args(args)
         if args.resume:
-            config = _resumed_config(args.resume, overrides)
-            run_dir = args.resume
+            run_dir = absolute(args.resume)
+            config = _resumed_config(run_dir, overrides)
         else:
-            config = load_config(overrides, args.config)
-            run_dir = config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-            _create_run(run_dir, config, args.from_path)
+            config = load_config(overrides, absolute(args.config) if args.config else None)
+            run_dir = config.run_dir or absolute(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+            config = config.model_copy(update={"run_dir": run_dir})
+            _create_run(run_dir, config, absolute(args.from_path) if args.from_path else None)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"farm run: {exc}", file=sys.stderr)
         return 2
     profile = get_profile(config.profile)
-    print(f"farm run: run dir {run_dir.resolve()} (resume with `farm run --resume {run_dir}`)", flush=True)
+    print(f"farm run: run dir {run_dir} (resume with `farm run --resume {run_dir}`)", flush=True)
     prepare_profile(profile, config.cache_dir)
     if config.sandbox == "kubernetes":  # the backend (here and in local Ray workers) reads FARM_KUBERNETES__*;
         for name, value in config.kubernetes.to_env().items():  # variables already set (the chart's) win on resume
             os.environ.setdefault(name, value)
-    sandbox = resolve_sandbox(config.sandbox, image=config.image)
-    removed = make_sandbox(sandbox).cleanup_leftovers()  # what a crashed farm left running
+    try:
+        sandbox = resolve_sandbox(config.sandbox, image=config.image)
+    except SandboxError as exc:
+        print(f"farm run: the {config.sandbox} sandbox cannot run experiments: {exc}", file=sys.stderr)
+        return 2
+    owner = {"owner": owner_of(run_dir)} if sandbox in ("process", "docker") else {}
+    removed = make_sandbox(sandbox, **owner).cleanup_leftovers()  # what this run left running when it crashed
     if removed:
         print(f"farm run: removed {removed} experiment(s) left running by an earlier farm", flush=True)
     _init_ray(config)
@@ -75,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         farm = Farm(config, run_dir, sandbox)
         server = _serve_metrics(farm, config)
         try:
-            farm.run()
+            code = farm.run()
         finally:
             if server:
                 server.close()
@@ -84,7 +91,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     plot = progress_plot(run_dir)
     _print_leaderboard(run_dir, limit=10)
     print(f"results: {run_dir / 'results.tsv'}   plot: {plot}   ledger: {run_dir / 'ledger'}")
-    return 0
+    print(closing_summary(run_dir, farm.failure or farm.stopping, failed=bool(farm.failure)), flush=True)
+    return code
+
+
+def closing_summary(run_dir: Path, why: str, failed: bool) -> str:
+    """What the run did, said once at its end: experiments by status, main, the best, promotions, and why it
+    stopped. Built from the run directory (the same numbers `farm status` shows)."""
+    status = _read_status(run_dir)
+    counts = status.get("by_status", {})
+    done = sum(counts.values())
+    main, best = status.get("main_val_bpb"), status.get("best_val_bpb")
+    lines = [f"farm: {'FAILED' if failed else 'finished'}: {why or 'no more work'}",
+             f"  experiments  {done}" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
+                                         if counts else ""),
+             "  main         " + (f"{main:.6f} (mean of its replicates, {status.get('main_commit', '')[:8]})"
+                                   if main is not None else f"not measured: {status.get('main_unmeasured', '?')}"),
+             "  best         " + (f"{best:.6f} ({status.get('best_experiment') or '?'})" if best is not None
+                                   else "-"),
+             f"  promotions   {status.get('promotions', 0)}"]
+    if failed:
+        lines.append(f"  exit code 1: the farm could not do its job; the run dir keeps everything: {run_dir}")
+    return "\n".join(lines)
+
+
+def _read_status(run_dir: Path) -> dict:
+    path = run_dir / "status.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def require_run_dir(command: str, run_dir: Path) -> Path | None:
+    """The run directory made absolute, or None after saying that it is not one (and where runs are)."""
+    path = absolute(run_dir)
+    if (path / CONFIG_FILE).is_file() or (path / "ledger").is_dir():
+        return path
+    what = "does not exist" if not path.exists() else f"is not a farm run directory (no {CONFIG_FILE} or ledger/)"
+    print(f"farm {command}: {run_dir} {what}; a run directory is what `farm run` printed at its start "
+          "(runs/<date-time> under the directory it was started in, or its --run-dir)", file=sys.stderr)
+    return None
 
 
 def _serve_metrics(farm, config: FarmConfig):
@@ -175,6 +222,7 @@ def _resumed_config(run_dir: Path, overrides: dict) -> FarmConfig:
     if not path.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG_FILE} there, so it is not a farm run directory")
     saved = FarmConfig.model_validate_json(path.read_text()).model_dump(mode="json")
+    saved["run_dir"] = str(run_dir)  # where it is now (it may have been moved, or saved relative by an old farm)
     for key, value in overrides.items():  # flags given now win (e.g. more experiments, more GPUs)
         *parents, last = key.split(".")
         node = saved
@@ -185,12 +233,13 @@ def _resumed_config(run_dir: Path, overrides: dict) -> FarmConfig:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = args.run_dir / "status.json"
-    rows = finished_rows(args.run_dir)
-    status = json.loads(path.read_text()) if path.exists() else {}
+    if (run_dir := require_run_dir("status", args.run_dir)) is None:
+        return 2
+    rows = finished_rows(run_dir)
+    status = _read_status(run_dir)
     status["finished"] = len(rows)
     status["by_status"] = {s: sum(1 for r in rows if r.status == s) for s in sorted({r.status for r in rows})}
-    status["llm"] = _llm_spend(args.run_dir, status.get("llm", {}).get("cost_cap_usd"))
+    status["llm"] = _llm_spend(run_dir, status.get("llm", {}).get("cost_cap_usd"))
     status["cost_usd"] = status["llm"]["cost_usd"]
     if args.output == "json":
         print(json.dumps(status, indent=2))
@@ -219,10 +268,12 @@ def _spend_line(s: dict) -> str:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    if (run_dir := require_run_dir("leaderboard", args.run_dir)) is None:
+        return 2
     if args.output == "json":
-        print(json.dumps([r.model_dump(exclude_none=True) for r in leaderboard(args.run_dir)], indent=2))
+        print(json.dumps([r.model_dump(exclude_none=True) for r in leaderboard(run_dir)], indent=2))
         return 0
-    _print_leaderboard(args.run_dir)
+    _print_leaderboard(run_dir)
     return 0
 
 
@@ -243,12 +294,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     from cluster.ledger import Ledger
     from cluster.repo import ResearchRepo
 
-    row = Ledger(args.run_dir / "ledger").latest().get(args.experiment_id)
+    if (run_dir := require_run_dir("show", args.run_dir)) is None:
+        return 2
+    row = Ledger(run_dir / "ledger").latest().get(args.experiment_id)
     if row is None:
-        print(f"farm show: no experiment {args.experiment_id} in {args.run_dir}", file=sys.stderr)
+        print(f"farm show: no experiment {args.experiment_id} in {run_dir}", file=sys.stderr)
         return 1
-    diff = ResearchRepo.open(args.run_dir / "repo").diff(row.commit) if row.commit else ""
-    log = args.run_dir / "experiments" / args.experiment_id / "out" / "run.log"
+    diff = ResearchRepo.open(run_dir / "repo").diff(row.commit) if row.commit else ""
+    log = run_dir / "experiments" / args.experiment_id / "out" / "run.log"
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
     if args.output == "json":
         print(json.dumps({"row": row.model_dump(exclude_none=True), "diff": diff, "log_tail": tail}, indent=2))
@@ -261,5 +314,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(progress_plot(args.run_dir))
+    if (run_dir := require_run_dir("report", args.run_dir)) is None:
+        return 2
+    print(progress_plot(run_dir))
     return 0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainer.profiles import get_profile
 
@@ -49,6 +50,22 @@ class ExperimentSpec(BaseModel):
     compile_cache_dir: Path | None = Field(None, description="torch inductor/triton cache shared across runs")
     image: str = TRAINER_IMAGE
     limits: Limits = Field(default_factory=Limits)
+    owner: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,48}$",
+                       description="the farm (or `farm try`) that runs it: a backend cleans up only its owner's")
+
+    @field_validator("run_dir", "cache_dir", "compile_cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        """A backend runs things from other working directories (the out dir, a container): relative paths
+        would resolve a second time there. The CLI and config make paths absolute where they enter."""
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"{value} is a relative path; sandboxes take absolute paths only")
+        return value
 
     def wall_limit(self) -> float:
         return self.limits.wall_seconds or get_profile(self.profile).wall_limit
+
+
+def owner_of(run_dir: Path) -> str:
+    """The owner name of a farm run's experiments: a backend cleans up its own run's leftovers, never another's."""
+    return "run-" + hashlib.sha256(str(run_dir).encode()).hexdigest()[:12]

@@ -47,7 +47,7 @@ def test_defaults() -> None:
     assert c.sandbox == "auto" and c.image == TRAINER_IMAGE
     assert c.run_dir is None and c.cache_dir == cache_dir()
     assert c.ray_address is None and c.metrics_port == 9464
-    assert c.cost_cap_usd is None and c.max_experiments is None and c.hours is None
+    assert c.cost_cap_usd == 10.0 and c.max_experiments is None and c.hours is None
     assert c.limits == Limits() and c.tournament == TournamentSettings()
     assert c.queue_ahead == 2 and c.seed == 0 and c.finish_queue_on_stop is False
 

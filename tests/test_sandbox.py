@@ -78,7 +78,8 @@ def assert_host_clean(spec: ExperimentSpec) -> None:
             environ = (proc_dir / "environ").read_bytes()
         except OSError:
             continue
-        if f"{MARKER}={spec.experiment_id}-".encode() in environ:
+        if any(e.startswith(f"{MARKER}=".encode()) and f".{spec.experiment_id}.".encode() in e
+               for e in environ.split(b"\0")):
             leftovers.append(proc_dir.name)
     assert not leftovers, f"processes left running: {leftovers}"
     docker = subprocess.run(

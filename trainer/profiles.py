@@ -166,6 +166,6 @@ def active_profile() -> Profile:
 def cache_dir() -> Path:
     """Where prepared data and tokenizers live (``FARM_CACHE``); mounted read-only into sandboxes."""
     env = os.environ.get("FARM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autoresearch-farm"
+    if env:  # absolute: a relative FARM_CACHE=./cache must mean the same directory in a sandbox's cwd
+        return Path(os.path.abspath(Path(env).expanduser()))
+    return Path(os.path.abspath(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")))) / "autoresearch-farm"

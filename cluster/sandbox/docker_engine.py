@@ -40,7 +40,7 @@ from trainer.result import RESULT_FILE, ExperimentResult, Status
 
 ROLE_LABEL = "autoresearch-farm.role"
 EXPERIMENT_LABEL = "autoresearch-farm.experiment"
-OWNER_LABEL = "autoresearch-farm.owner"  # who started it, when not the farm (e.g. `farm try`)
+OWNER_LABEL = "autoresearch-farm.owner"  # the farm run (or `farm try`) that started it: cleanup stays in its lane
 RUN_LABEL = "autoresearch-farm.run"  # unique per attempt: finds a container whose handle was lost
 ROLE = "experiment"
 SANDBOX_USER = "65534:65534"  # nobody:nogroup
@@ -75,8 +75,8 @@ class DockerSandbox:
         root, else the farm's own uid:gid, so that the files a run writes stay deletable
         by the user who owns the run dir (still unprivileged: no capabilities, no new
         privileges, and only the mounts to write to).
-        ``owner``: labels the containers (e.g. "try") so that ``cleanup_leftovers`` removes
-        only that owner's; None (the farm) removes every experiment container.
+        ``owner``: labels the containers (a spec's own ``owner`` wins) so that ``cleanup_leftovers``
+        removes only that owner's; None removes every experiment container.
         """
         self.image = image
         self.owner = owner
@@ -153,7 +153,7 @@ class DockerSandbox:
             labels={
                 ROLE_LABEL: ROLE,
                 EXPERIMENT_LABEL: spec.experiment_id,
-                **({OWNER_LABEL: self.owner} if self.owner else {}),
+                **({OWNER_LABEL: spec.owner or self.owner} if spec.owner or self.owner else {}),
             },
             network_mode="none",
             read_only=True,
@@ -190,7 +190,7 @@ class DockerSandbox:
         attempt = uuid.uuid4().hex[:12]
         config["labels"][RUN_LABEL] = attempt
         config["name"] = f"farm-{spec.experiment_id}-{attempt[:6]}"
-        self._remove_earlier_attempts(spec.experiment_id)  # a retried task: its lost attempt may still run
+        self._remove_earlier_attempts(config["labels"])  # a retried task: its lost attempt may still run
         _, out = stage(spec)
         if spec.compile_cache_dir:
             _shared_dir(spec.compile_cache_dir)
@@ -227,10 +227,10 @@ class DockerSandbox:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _remove_earlier_attempts(self, experiment_id: str) -> None:
-        for container in self.client.containers.list(
-            all=True, filters={"label": [f"{ROLE_LABEL}={ROLE}", f"{EXPERIMENT_LABEL}={experiment_id}"]}
-        ):
+    def _remove_earlier_attempts(self, labels: dict[str, str]) -> None:
+        """This owner's containers of this experiment (another farm's e0001 is not ours to remove)."""
+        mine = [f"{k}={labels[k]}" for k in (ROLE_LABEL, EXPERIMENT_LABEL, OWNER_LABEL) if k in labels]
+        for container in self.client.containers.list(all=True, filters={"label": mine}):
             self._remove(container, "")
 
     def _require_image(self, image: str) -> None:

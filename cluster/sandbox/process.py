@@ -34,8 +34,11 @@ MARKER = "FARM_SANDBOX_ID"
 class ProcessSandbox:
     name = "process"
 
-    def __init__(self, python: str = sys.executable, isolate: bool | None = None) -> None:
+    def __init__(self, python: str = sys.executable, isolate: bool | None = None, owner: str | None = None) -> None:
+        """``owner``: whose leftovers ``cleanup_leftovers`` kills (a farm run's ExperimentSpec.owner, or a
+        `farm try`'s); None kills every experiment's. Two farms on one machine must never kill each other's."""
         self.python = python
+        self.owner = owner
         self.isolate = os.geteuid() == 0 if isolate is None else isolate
         if not self.isolate:
             warnings.warn(
@@ -46,11 +49,12 @@ class ProcessSandbox:
 
     def run(self, spec: ExperimentSpec, gpu: GpuAssignment) -> ExperimentResult:
         started = time.time()
-        _kill_marked(f"{spec.experiment_id}-")  # an earlier attempt whose worker was lost
+        prefix = f"{spec.owner or '-'}.{spec.experiment_id}."  # this farm's experiment, any attempt
+        _kill_marked(prefix)  # an earlier attempt whose worker was lost
         candidate, out = stage(spec)
         work = out / "home"
         work.mkdir(mode=0o777)
-        marker = f"{spec.experiment_id}-{uuid.uuid4().hex[:8]}"
+        marker = f"{prefix}{uuid.uuid4().hex[:8]}"
         env = sandbox_env(
             spec, gpu, cache=str(spec.cache_dir), compile_cache=_str(spec.compile_cache_dir), home=str(work)
         )
@@ -99,11 +103,12 @@ class ProcessSandbox:
     def cleanup_leftovers(self) -> int:
         """Kill the processes of experiments an earlier farm left running, and their cgroups."""
         removed = 0
+        prefix = f"{self.owner}." if self.owner else ""
         for controller in ("pids", "memory"):
             parent = CGROUP_ROOT / controller / CGROUP_PARENT
-            for child in parent.glob("*/") if parent.is_dir() else []:
+            for child in parent.glob(f"{prefix}*/") if parent.is_dir() else []:
                 removed += _kill_cgroup(child)
-        return removed + _kill_marked(None)
+        return removed + _kill_marked(prefix)
 
 
 def _str(path: Path | None) -> str | None:
@@ -177,9 +182,9 @@ def _kill_cgroup(path: Path) -> int:
     return killed
 
 
-def _kill_marked(marker: str | None) -> int:
-    """Kill processes whose environment carries the sandbox marker (any experiment's if marker is None)."""
-    needle = f"{MARKER}={marker}".encode() if marker else f"{MARKER}=".encode()
+def _kill_marked(prefix: str) -> int:
+    """Kill processes whose sandbox marker starts with ``prefix`` ("OWNER.EXPERIMENT.ATTEMPT"; "": any)."""
+    needle = f"{MARKER}={prefix}".encode()
     killed = 0
     for proc_dir in Path("/proc").glob("[0-9]*"):
         try:
