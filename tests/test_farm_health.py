@@ -1,0 +1,158 @@
+"""A farm that cannot work stops and says why; a candidate's own failures never stop it.
+
+The real driver (cluster.driver.Farm: its loop, the tournament, git, the ledger) runs on bench/search.py's
+virtual Ray (no Ray start, a virtual clock), with a sandbox whose outcome each test scripts: the rules under
+test are the driver's, and they see exactly what a real backend would return.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.protocol import Context, Proposal
+from bench.search import virtual_ray
+from bench.standin import measured_bpb
+from cluster.config import FarmConfig
+from cluster.driver import Farm
+from cluster.repo import ResearchRepo
+from cluster.sandbox.base import no_result, stage
+from cluster.spec import ExperimentSpec, GpuAssignment
+from cluster.state import sha
+from trainer.profiles import get_profile
+from trainer.result import ExperimentResult, HarnessFacts, Status
+from trainer.seed import seed_source
+
+SEED = seed_source(get_profile("cpu-tiny"))
+SANDBOX = f"{__name__}:ScriptedSandbox"
+
+
+class ScriptedSandbox:
+    """Every run's status from a rule: ``main`` for the seed train.py, ``others`` for every other file, or the next
+    of ``sequence`` when it is set. ok results score like bench/standin.py's (deterministic, small noise)."""
+
+    name = "scripted"
+    main: Status = Status.OK
+    others: Status = Status.OK
+    sequence: list[Status] = []
+    runs: list[str] = []
+
+    def run(self, spec: ExperimentSpec, gpu: GpuAssignment) -> ExperimentResult:
+        stage(spec)
+        cls = type(self)
+        cls.runs.append(spec.experiment_id)
+        if cls.sequence:
+            status = cls.sequence.pop(0)
+        else:
+            status = cls.main if sha(spec.train_py) == sha(SEED) else cls.others
+        if status != Status.OK:
+            return no_result(spec, 0.0, status, f"scripted {status.value} (the test's)")
+        return ExperimentResult(status=Status.OK, val_bpb=measured_bpb(spec.train_py, spec.seed, 0.01),
+                                profile=spec.profile, seed=spec.seed, time_budget=20.0,
+                                facts=HarnessFacts(training_seconds=20.0, eval_calls=1), exit_code=0)
+
+    def cleanup_leftovers(self) -> int:
+        return 0
+
+
+class SameEdit:
+    """A proposer stuck repeating itself: the same small edit every time (an LLM in a loop)."""
+
+    calls = 0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def propose(self, context: Context) -> Proposal:
+        type(self).calls += 1
+        text = context.parent_train_py.replace("DEPTH = 4", "DEPTH = 3", 1)
+        return Proposal(agent=self.name, parent_commit=context.parent_commit, train_py=text,
+                        description="DEPTH 4 -> 3")
+
+
+class Fresh:
+    """A proposer that always has a new idea (a different WARMDOWN_RATIO each time)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.n = name, 0
+
+    def propose(self, context: Context) -> Proposal:
+        self.n += 1
+        text = context.parent_train_py + f"\n# idea {self.name} {self.n}\nUNUSED_{self.n} = {self.n}\n"
+        return Proposal(agent=self.name, parent_commit=context.parent_commit, train_py=text,
+                        description=f"idea {self.n}")
+
+
+@pytest.fixture(autouse=True)
+def scripted() -> None:
+    ScriptedSandbox.main = ScriptedSandbox.others = Status.OK
+    ScriptedSandbox.sequence, ScriptedSandbox.runs = [], []
+    SameEdit.calls = 0
+
+
+def run_farm(tmp_path: Path, proposer=Fresh, **config) -> tuple[Farm, int]:
+    run_dir = tmp_path / "run"
+    settings = {"gpus": 1, "profile": "cpu-tiny", "sandbox": "process", "metrics_port": None, "run_dir": run_dir,
+                "agents": {"count": 2, "kind": "mutate"}, "max_experiments": 12,
+                "tournament": {"baseline_replicates": 2, "min_noise_df": 1}, **config}
+    ResearchRepo.create(run_dir / "repo", SEED, "program")
+    with virtual_ray(0):
+        farm = Farm(FarmConfig(**settings), run_dir, SANDBOX, proposer_factory=lambda kind, name, opts: proposer(name))
+        code = farm.run()
+    return farm, code
+
+
+def test_consecutive_farm_errors_stop_the_farm_with_the_first_reason(tmp_path: Path) -> None:
+    ScriptedSandbox.main = ScriptedSandbox.others = Status.ERROR
+    farm, code = run_farm(tmp_path, max_consecutive_errors=3)
+    assert code == 1
+    assert len(ScriptedSandbox.runs) == 3  # one slot: nothing past the third error was started
+    assert "3 experiments in a row failed through the farm's own fault" in farm.failure
+    assert "e0001: scripted error" in farm.failure and "experiments/e0001/out" in farm.failure
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["failure"] == farm.failure and status["by_status"] == {"error": 3}
+
+
+def test_an_ok_result_in_between_resets_the_count(tmp_path: Path) -> None:
+    E, OK = Status.ERROR, Status.OK
+    ScriptedSandbox.sequence = [E, E, OK, E, E, OK, OK, OK, OK, OK, OK, OK]
+    farm, code = run_farm(tmp_path, max_consecutive_errors=3)
+    assert code == 0 and not farm.failure
+    assert len(farm.state.finished) == 12
+
+
+def test_candidates_failures_never_stop_the_farm(tmp_path: Path) -> None:
+    for status in (Status.CRASH, Status.OOM, Status.TIMEOUT, Status.INVALID, Status.NAN):
+        ScriptedSandbox.others, ScriptedSandbox.runs = status, []
+        farm, code = run_farm(tmp_path / status.value, max_consecutive_errors=2)
+        assert code == 0 and not farm.failure, (status, farm.failure)
+        assert len(farm.state.finished) == 12 and farm.stopping == "reached --max-experiments 12"
+        assert farm.state.counts()[status.value] >= 8
+
+
+def test_main_that_cannot_run_stops_the_farm_before_anything_is_judged_against_it(tmp_path: Path) -> None:
+    ScriptedSandbox.main = Status.CRASH
+    farm, code = run_farm(tmp_path)
+    assert code == 1
+    assert farm.failure.startswith("main cannot run: its 2 baseline run(s) all failed")
+    assert "crash: scripted crash" in farm.failure
+    kinds = {farm.state.work[eid].kind for eid in farm.state.finished}
+    assert kinds == {"baseline"}  # no candidate ran against a main that has no value
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["main_val_bpb"] is None and "scripted crash" in status["main_unmeasured"]
+
+
+def test_an_agent_stuck_repeating_itself_is_parked_and_the_farm_ends(tmp_path: Path) -> None:
+    farm, code = run_farm(tmp_path, proposer=SameEdit, max_experiments=50)
+    finished = len(farm.state.finished)
+    assert code == 1 and "no agent proposed anything new" in farm.failure, farm.failure
+    assert "the same change as" in farm.failure or "duplicate" in farm.failure
+    assert finished < 50
+    assert SameEdit.calls <= 25 + 3 * finished, (SameEdit.calls, finished)  # not thousands
+
+
+def test_a_farm_with_fresh_ideas_runs_to_its_limit(tmp_path: Path) -> None:
+    farm, code = run_farm(tmp_path)
+    assert code == 0 and not farm.failure and len(farm.state.finished) == 12
