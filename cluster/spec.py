@@ -22,6 +22,8 @@ class Limits(BaseModel):
     pids: int = Field(512, gt=0, description="processes and threads")
     cpus: float | None = Field(None, gt=0, description="CPU cores (docker); default: the profile's thread count")
     shm_mb: int = Field(2048, gt=0, description="/dev/shm size (docker)")
+    disk_mb: int = Field(1024, gt=0, description="scratch space (HOME, TMPDIR, /tmp): a memory-backed filesystem of "
+                         "this size, so a candidate that fills it fails itself (ENOSPC), not the host's disk")
     file_mb: int = Field(2048, gt=0, description="largest file the experiment may write")
 
 

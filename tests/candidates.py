@@ -98,6 +98,18 @@ VARIANTS: dict[str, dict[str, str]] = {
         "prelude": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.05)"
     },
     "memory_bomb": {"prelude": "hoard = []\nwhile True:\n    hoard.append(bytearray(50_000_000))"},
+    # Exhausting its own resources, then failing: the candidate's fault (crash/oom), never the farm's (error).
+    "disk_bomb": {
+        "prelude": "import tempfile\nchunk = b'x' * 8_000_000\nfor i in range(100_000):\n"
+        "    with open(f'{tempfile.gettempdir()}/fill-{i}', 'wb') as f:\n        f.write(chunk)"
+    },
+    "big_file": {
+        "prelude": "import tempfile\nchunk = b'x' * 8_000_000\n"
+        "with open(f'{tempfile.gettempdir()}/big', 'wb') as f:\n    while True:\n        f.write(chunk)"
+    },
+    "pids_bomb": {
+        "prelude": "import os\nwhile True:\n    if os.fork() == 0:\n        time.sleep(120)\n        os._exit(0)"
+    },
     "stdout_flood": {"prelude": "for _ in range(200):\n    sys.stdout.write('x' * 1_000_000 + '\\n')"},
 }
 

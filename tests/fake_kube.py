@@ -46,6 +46,8 @@ class Script:
     exit_code: int = 0
     reason: str = "Completed"  # terminated.reason, e.g. OOMKilled
     log: str = ""
+    pod_reason: str = ""  # status.reason at the end, e.g. Evicted
+    pod_message: str = ""  # status.message with it
 
 
 class Pod:
@@ -135,7 +137,8 @@ class Pod:
                 self.log = script.log.encode()
                 if now - self.started >= script.run_s:
                     phase = "Succeeded" if script.exit_code == 0 else "Failed"
-                    self.final = {"phase": phase, "exit_code": script.exit_code, "reason": script.reason}
+                    self.final = {"phase": phase, "exit_code": script.exit_code, "reason": script.reason,
+                                  "pod_reason": script.pod_reason, "pod_message": script.pod_message}
             else:
                 unscheduled = {} if script.conditions else {"waiting": {"reason": "ContainerCreating"}}
                 return self._status("Pending", {"waiting": script.waiting} if script.waiting else unscheduled,
@@ -145,7 +148,8 @@ class Pod:
             done = {"terminated": {"exitCode": f["exit_code"], "reason": f["reason"]}}
             out = self._status(f["phase"], done, [])
             if f.get("pod_reason"):
-                out.update(reason=f["pod_reason"], message="Pod was active on the node longer than specified deadline")
+                out.update(reason=f["pod_reason"], message=f.get("pod_message")
+                           or "Pod was active on the node longer than specified deadline")
             return out
         if self.started is None:
             return self._status("Pending", {"waiting": {"reason": "ContainerCreating"}}, [])

@@ -117,6 +117,21 @@ def test_oom_killed_pod_is_oom(tmp_path, token, farm_cache) -> None:
         assert_nothing_left(fake)
 
 
+def test_a_pod_evicted_for_the_disk_it_filled_is_the_candidates_crash_not_the_farms_error(
+        tmp_path, token, farm_cache) -> None:
+    evicted = Script(run_s=0.2, exit_code=137, reason="Error", pod_reason="Evicted", log="writing\n",
+                     pod_message='Usage of EmptyDir volume "tmp" exceeds the limit "1Gi".')
+    with FakeKube(lambda pod: evicted) as fake:
+        result = kube.KubernetesSandbox(settings(fake, token)).run(make_spec(tmp_path, farm_cache), GpuAssignment())
+        assert result.status == Status.CRASH and "evicted by the kubelet for the disk it used" in result.reason
+        assert_nothing_left(fake)
+    pressure = Script(run_s=0.2, exit_code=137, reason="Error", pod_reason="Evicted",
+                      pod_message="The node was low on resource: memory.")
+    with FakeKube(lambda pod: pressure) as fake:  # the node's trouble, not the candidate's: the farm's error
+        result = kube.KubernetesSandbox(settings(fake, token)).run(make_spec(tmp_path, farm_cache), GpuAssignment())
+        assert result.status == Status.ERROR
+
+
 def test_canned_result_block_is_read_and_the_last_one_wins(tmp_path, token, farm_cache) -> None:
     spec = make_spec(tmp_path, farm_cache)
     good = ExperimentResult(status=Status.OK, val_bpb=1.25, profile="cpu-smoke", time_budget=3, started_at=0)

@@ -115,6 +115,21 @@ def test_runaway_code_is_killed_at_the_wall_limit(sandbox, tmp_path, farm_cache,
     assert "wall limit" in result.reason
 
 
+EXHAUSTS = [("disk_bomb", "No space left on device"), ("big_file", "File too large"),
+            ("pids_bomb", "Resource temporarily unavailable")]
+
+
+@pytest.mark.parametrize(("name", "reason"), EXHAUSTS, ids=[e[0] for e in EXHAUSTS])
+def test_a_candidate_that_exhausts_its_resources_is_its_own_crash_never_the_farms_error(
+        sandbox, tmp_path, farm_cache, name, reason) -> None:
+    """Its disk (a bounded scratch filesystem), its largest file, its processes: the candidate fails, the runner
+    reports it, and the verdict is the candidate's (the farm stops on repeated ``error``s, never on these)."""
+    result = run(sandbox, tmp_path, farm_cache, candidates.source(name), disk_mb=200, file_mb=64, pids=128,
+                 wall_seconds=60)
+    assert result.status == Status.CRASH, f"{result.status}: {result.reason}\n{result.log_tail}"
+    assert reason in result.reason
+
+
 def test_memory_bomb_is_out_of_memory(sandbox, tmp_path, farm_cache) -> None:
     result = run(sandbox, tmp_path, farm_cache, candidates.source("memory_bomb"), memory_mb=1200, wall_seconds=60)
     assert result.status == Status.OOM, f"{result.reason}\n{result.log_tail}"

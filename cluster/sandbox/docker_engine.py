@@ -44,7 +44,6 @@ OWNER_LABEL = "autoresearch-farm.owner"  # the farm run (or `farm try`) that sta
 RUN_LABEL = "autoresearch-farm.run"  # unique per attempt: finds a container whose handle was lost
 ROLE = "experiment"
 SANDBOX_USER = "65534:65534"  # nobody:nogroup
-TMPFS_MB = 1024  # /tmp (HOME, torch's default caches); counts against the memory limit
 CONTAINER_LOG_BYTES = 64 * 1024  # what is kept of the container's own stdout/stderr (the runner logs to /out)
 # CPU quota on top of the profile's torch threads, for the trusted runner's own threads (event
 # reader, log pump, watchdog). Measured on cpu-tiny: a quota of exactly 1.0 costs the candidate
@@ -65,7 +64,7 @@ class DockerSandbox:
         *,
         base_url: str | None = None,
         user: str | None = None,
-        tmpfs_mb: int = TMPFS_MB,
+        tmpfs_mb: int | None = None,
         owner: str | None = None,
     ) -> None:
         """Connect to the engine and check the image; a SandboxError says how to fix either.
@@ -75,6 +74,7 @@ class DockerSandbox:
         root, else the farm's own uid:gid, so that the files a run writes stay deletable
         by the user who owns the run dir (still unprivileged: no capabilities, no new
         privileges, and only the mounts to write to).
+        ``tmpfs_mb``: size of /tmp (HOME, scratch); default each spec's ``limits.disk_mb``.
         ``owner``: labels the containers (a spec's own ``owner`` wins) so that ``cleanup_leftovers``
         removes only that owner's; None removes every experiment container.
         """
@@ -157,7 +157,7 @@ class DockerSandbox:
             },
             network_mode="none",
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_mb}m,mode=1777"},
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_mb or limits.disk_mb}m,mode=1777"},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             pids_limit=limits.pids,

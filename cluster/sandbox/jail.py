@@ -1,12 +1,14 @@
 """The inside of the process sandbox, run as root in fresh namespaces (see process.py).
 
-    python -m cluster.sandbox.jail --out DIR [--rw DIR ...] [--cgroup PATH ...] [--shm-mb N] -- CMD...
+    python -m cluster.sandbox.jail --out DIR [--rw DIR ...] [--cgroup PATH ...] [--shm-mb N]
+        [--scratch DIR --scratch-mb N] -- CMD...
 
 By the time this runs, ``unshare`` has given it its own network (nothing but
 a downed loopback), PID and mount namespaces. It joins the experiment's
-cgroups, makes every mount read-only except the experiment's out dir and a
-private /dev/shm, and then executes CMD with no capabilities at all, so not
-even root can undo any of it. Standard library only: it is on the start-up
+cgroups, makes every mount read-only except the experiment's out dir, a
+private /dev/shm and a size-limited scratch filesystem (its HOME and TMPDIR),
+and then executes CMD with no capabilities at all, so not even root can undo
+any of it. Standard library only: it is on the start-up
 path of every experiment.
 """
 
@@ -35,7 +37,7 @@ def _mount_points() -> list[str]:
     return sorted(set(points), key=len)
 
 
-def lock_down(writable: list[str], shm_mb: int) -> None:
+def lock_down(writable: list[str], shm_mb: int, scratch: str | None = None, scratch_mb: int = 1024) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do here propagates to the host
     for path in writable:
         _mount(path, path, None, MS_BIND)  # each becomes its own (writable) mount
@@ -48,6 +50,8 @@ def lock_down(writable: list[str], shm_mb: int) -> None:
         except OSError:
             if point == "/":
                 raise  # the root must be read-only; anything else is best effort (e.g. overmounted)
+    if scratch:  # after the read-only pass: a fresh, bounded, writable tmpfs (filling it is the candidate's ENOSPC)
+        _mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"size={scratch_mb}m,mode=1777")
 
 
 def main(argv: list[str]) -> None:
@@ -55,11 +59,13 @@ def main(argv: list[str]) -> None:
     opts, cmd = argv[:split], argv[split + 1 :]
     writable = [os.path.realpath(opts[i + 1]) for i, opt in enumerate(opts) if opt in ("--out", "--rw")]
     shm_mb = int(opts[opts.index("--shm-mb") + 1]) if "--shm-mb" in opts else 256
+    scratch = os.path.realpath(opts[opts.index("--scratch") + 1]) if "--scratch" in opts else None
+    scratch_mb = int(opts[opts.index("--scratch-mb") + 1]) if "--scratch-mb" in opts else 1024
     for i, opt in enumerate(opts):
         if opt == "--cgroup":
             with open(os.path.join(opts[i + 1], "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
-    lock_down(writable, shm_mb)
+    lock_down(writable, shm_mb, scratch, scratch_mb)
     os.execvp(
         "setpriv",
         ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--", *cmd],

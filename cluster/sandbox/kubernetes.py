@@ -110,6 +110,9 @@ class KubernetesSandbox:
         if oom and result.status == Status.ERROR:  # the runner itself was OOM-killed: the candidate's doing
             result.status = Status.OOM
             result.reason = f"out of memory: the pod hit its {spec.limits.memory_mb} Mi limit"
+        elif result.status == Status.ERROR and _evicted_for_disk(note):  # it filled its own scratch: its doing
+            result.status = Status.CRASH
+            result.reason = f"evicted by the kubelet for the disk it used (limit {self.settings.tmp_mb} Mi): {note}"
         return result
 
     def _wait(self, name: str, spec: ExperimentSpec) -> tuple[int | None, bool, str, bool]:
@@ -211,3 +214,9 @@ def _unscheduled(status: dict) -> str:
 
 
 __all__ = ["KubernetesSandbox", "KubernetesSettings", "SandboxError"]
+
+
+def _evicted_for_disk(note: str) -> bool:
+    """The kubelet evicted the pod because the experiment passed its own storage limits (the candidate's fault;
+    an eviction for node pressure is not)."""
+    return note.startswith("Evicted") and ("ephemeral local storage" in note or "EmptyDir volume" in note)

@@ -62,7 +62,8 @@ class ProcessSandbox:
         argv = [self.python, *runner_args(spec, str(candidate / "train.py"), str(out))]
         cgroups = _make_cgroups(marker, spec) if self.isolate else []
         if self.isolate:
-            jail = [self.python, "-m", "cluster.sandbox.jail", "--out", str(out), "--shm-mb", str(spec.limits.shm_mb)]
+            jail = [self.python, "-m", "cluster.sandbox.jail", "--out", str(out), "--shm-mb", str(spec.limits.shm_mb),
+                    "--scratch", str(work), "--scratch-mb", str(spec.limits.disk_mb)]
             if spec.compile_cache_dir:  # shared across experiments so an unchanged model compiles once
                 spec.compile_cache_dir.mkdir(parents=True, exist_ok=True)
                 jail += ["--rw", str(spec.compile_cache_dir)]
