@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,10 @@ class LedgerView:
         """The ledger as it is now (thread-safe; concurrent callers share one re-read)."""
         with self._lock:
             key = self._dir_key()
-            if key is not None and key == self._key:
+            # A change within the file system's timestamp granularity of the last look could hide behind the
+            # same mtime ("racy git"): a directory changed in the last 2 s is always listed again.
+            settled = key is not None and time.time_ns() - key[0] > 2_000_000_000
+            if key is not None and key == self._key and settled:
                 return self._snapshot
             for _ in range(5):  # a pending part can be renamed under the listing: list again
                 try:
@@ -128,13 +132,23 @@ class LedgerView:
         if live == self._names:
             return False
         if live[: len(self._names)] == self._names:  # appended parts only: read just those
-            new = [_read_part(self._ledger._file(name, parts[name][2])) for name in live[len(self._names):]]
+            new = [self._read(name, parts[name][2]) for name in live[len(self._names):]]
             self._events = pa.concat_tables([self._events, *new]).combine_chunks()
         else:  # compacted or rewritten: read it all again
-            tables = [_read_part(self._ledger._file(name, parts[name][2])) for name in live]
+            tables = [self._read(name, parts[name][2]) for name in live]
             self._events = pa.concat_tables(tables).combine_chunks() if tables else SCHEMA.empty_table()
         self._names = live
         return True
+
+    def _read(self, name: str, pending: bool) -> pa.Table:
+        try:
+            return _read_part(self._ledger._file(name, pending))
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowInvalid):
+            if pending:  # torn by a power cut: that append never became durable (the ledger skips it too)
+                return SCHEMA.empty_table()
+            raise
 
     @staticmethod
     def _with_seq(events: pa.Table) -> pa.Table:

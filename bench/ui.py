@@ -1,0 +1,297 @@
+"""Benchmark of the run browser (`farm ui`): page and API latency on a generated 10,000-experiment run.
+
+    .venv/bin/python -m bench.ui                       # 10,000 experiments, every layout, markdown table
+    .venv/bin/python -m bench.ui --experiments 2000 --layouts compacted
+
+The run is generated, not trained: a farm-like history (main measured 4x,
+candidates from main or a near-miss, confirmations, promotions, a few
+merges and crashes, 8 LLM agents with token costs) written through the
+real Ledger, and a real research repo whose experiment commits and main's
+promotions are made with `git fast-import` (a commit per experiment through
+ResearchRepo would take many minutes). Layouts of the ledger:
+``compacted`` (one part: a resumed run), ``per-experiment`` (one part per
+experiment), ``per-event`` (one part per event: a live run, ~4 per
+experiment). Each layout is timed: the cold first request (ledger read and
+folded), then warm requests (median and max of --repeat), then the refresh
+after one more experiment is appended while the server runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from cluster.ledger import Ledger, LedgerRow
+from cluster.repo import ResearchRepo
+from trainer.profiles import get_profile
+from trainer.seed import seed_source, set_constants
+
+AGENTS = [f"claude-{i}" for i in range(8)]
+KNOBS = {"DEPTH": [2, 3, 4, 5, 6], "MLP_RATIO": [2, 3, 4, 5], "HEAD_DIM": [16, 32, 64],
+         "ASPECT_RATIO": [16, 24, 32, 48], "ROPE_BASE": [5000.0, 10000.0, 50000.0]}  # fmt: skip
+NOISE = 0.02
+
+
+def _plan(n: int, rng: random.Random) -> list[dict]:
+    """A farm-like history: a list of experiments (dicts) and, per candidate, its verdict events."""
+    base = seed_source(get_profile("cpu-tiny"))
+    out: list[dict] = []
+    main = {"text": base, "ref": "seed", "true": 2.70}
+    near: list[dict] = []
+    t, slots = 1_800_000_000.0, [1_800_000_000.0] * 8
+
+    def run(exp: dict, true: float) -> None:
+        nonlocal t
+        t += rng.uniform(5, 40)
+        slot = min(range(len(slots)), key=slots.__getitem__)
+        start = max(t, slots[slot]) + rng.uniform(0.2, 2)
+        duration = rng.uniform(290, 330)
+        slots[slot] = start + duration
+        crash = exp["kind"] == "candidate" and rng.random() < 0.08
+        exp.update(queued=t, started=start, finished=start + duration, status="crash" if crash else "ok",
+                   val=None if crash else true + rng.gauss(0, NOISE), seed=rng.randrange(1000))
+        out.append(exp)
+
+    def baselines() -> list[float]:
+        values = []
+        for _ in range(4):
+            e = {"kind": "baseline", "ref": main["ref"], "parent": main["ref"], "text": main["text"],
+                 "agent": "farm", "description": "baseline: main", "verdicts": []}
+            run(e, main["true"])
+            values.append(e["val"])
+        return values
+
+    main_values = baselines()
+    while len(out) < n:
+        mean = sum(main_values) / len(main_values)
+        parent = main if rng.random() < 0.7 or not near else rng.choice(near[-16:])
+        knob = rng.choice(list(KNOBS))
+        value = rng.choice(KNOBS[knob])
+        text = set_constants(parent["text"], {knob: value})
+        if text == parent["text"]:
+            continue
+        eid_n = len(out) + 1
+        cand = {"kind": "candidate", "ref": f"e{eid_n:05d}", "parent": parent["ref"], "text": text,
+                "agent": rng.choice(AGENTS), "description": f"{knob} = {value!r}: try {knob.lower()}",
+                "verdicts": [], "tokens": (rng.randrange(2000, 20000), rng.randrange(300, 3000))}
+        true = parent["true"] + rng.gauss(0.012, 0.02)
+        cand["true"] = true
+        run(cand, true)
+        if cand["status"] != "ok":
+            continue
+        margin = 2.3 * NOISE * (1 / 2 + 1 / len(main_values)) ** 0.5
+        delta = cand["val"] - mean
+        if delta > -1.5 * NOISE:
+            cand["verdicts"].append(("discard", f"{cand['val']:.4f} (n=1) vs main {mean:.4f} (n={len(main_values)}) "
+                                     f"on cpu: {delta:+.4f} does not beat margin {margin:.4f} (2.3 sigma, sd {NOISE})"))
+            if delta < margin:
+                near.append(cand)
+            continue
+        cand["verdicts"].append(("confirm", f"{cand['val']:.4f} (n=1) vs main {mean:.4f}: confirm x1 on other seeds"))
+        conf = {"kind": "confirm", "ref": cand["ref"], "parent": cand["parent"], "text": text, "agent": cand["agent"],
+                "description": f"confirm {cand['ref']}: {cand['description']}", "verdicts": [],
+                "replicate_of": cand["ref"]}
+        run(conf, true)
+        both = (cand["val"] + conf["val"]) / 2
+        delta = both - mean
+        numbers = f"{both:.4f} (n=2) vs main {mean:.4f} (n={len(main_values)}) on cpu: {delta:+.4f}"
+        if delta < -margin and parent is main:
+            cand["verdicts"].append(("promote", f"main <- x: {numbers} beats margin {margin:.4f} (2.3 sigma)"))
+            cand["promote"] = True
+            main = {"text": text, "ref": f"main-after-{cand['ref']}", "true": true, "promoted": cand["ref"]}
+            near.clear()
+            main_values = baselines()
+        else:
+            cand["verdicts"].append(("discard", f"did not reproduce: {numbers} does not beat margin {margin:.4f}"))
+    return out[:n]
+
+
+def _ids(plan: list[dict]) -> None:
+    for i, e in enumerate(plan, 1):
+        e["id"] = f"e{i:05d}"
+
+
+def _write_repo(run_dir: Path, plan: list[dict]) -> dict[str, str]:
+    """The research repo: seed + one commit per candidate (exp/<id>) + main's promotions; ref -> sha."""
+    base = seed_source(get_profile("cpu-tiny"))
+    repo = ResearchRepo.create(run_dir / "repo", base, "# program\n")
+    seed = repo.main_head()
+    marks_file = run_dir / "marks"
+    stream: list[bytes] = []
+    mark_of: dict[str, int] = {}
+    next_mark = 1
+
+    def data(text: str) -> bytes:
+        raw = text.encode()
+        return b"data %d\n" % len(raw) + raw + b"\n"
+
+    def commit(ref: str, parent: str, text: str, message: str, key: str) -> None:
+        nonlocal next_mark
+        mark_of[key] = next_mark
+        src = f":{mark_of[parent]}" if parent in mark_of else seed
+        stream.append(f"commit {ref}\nmark :{next_mark}\ncommitter farm <farm@x.invalid> 1800000000 +0000\n".encode()
+                      + data(message) + f"from {src}\nM 100644 inline train.py\n".encode() + data(text)
+                      + b"M 100644 inline program.md\n" + data("# program\n"))
+        next_mark += 1
+
+    main_tip = "seed"
+    for e in plan:
+        if e["kind"] not in ("candidate", "merge"):
+            continue
+        message = f"{e['description']}\n\nFarm-Experiment: {e['id']}\n"
+        commit(f"refs/heads/exp/{e['id']}", e["parent"], e["text"], message, e["ref"])
+        if e.get("promote"):
+            key = f"main-after-{e['ref']}"
+            val = (e["val"] or 0)
+            commit("refs/heads/main", main_tip, e["text"],
+                   f"{e['description']}\n\nFarm-Experiment: {e['id']}\nFarm-Val-Bpb: {val:.6f}\n", key)
+            main_tip = key
+    subprocess.run(["git", f"--git-dir={run_dir / 'repo'}", "fast-import", "--quiet", "--force",
+                    f"--export-marks={marks_file}"], input=b"".join(stream), check=True)
+    by_mark = dict(line.split() for line in marks_file.read_text().splitlines())
+    marks_file.unlink()
+    out = {"seed": seed}
+    for key, mark in mark_of.items():
+        out[key] = by_mark[f":{mark}"]
+    return out
+
+
+def _rows(e: dict, sha: dict[str, str]) -> list[list[LedgerRow]]:
+    """(queued, started, finished, verdicts...) as separate appends."""
+    commit, parent = sha.get(e["ref"]), sha.get(e["parent"])
+    tokens = e.get("tokens", (None, None))
+    cost = (tokens[0] * 3e-6 + tokens[1] * 15e-6) if tokens[0] else None
+    rows = [[LedgerRow(experiment_id=e["id"], event="queued", ts=e["queued"], kind=e["kind"], commit=commit,
+                       parent_commit=parent, branch=f"exp/{e['id']}", train_sha=str(hash(e["text"])),
+                       agent=e["agent"], description=e["description"], status="queued", seed=e["seed"],
+                       replicate_of=e.get("replicate_of"), tokens_in=tokens[0], tokens_out=tokens[1],
+                       cost_usd=cost)],
+            [LedgerRow(experiment_id=e["id"], event="started", ts=e["started"], status="running")],
+            [LedgerRow(experiment_id=e["id"], event="finished", ts=e["finished"], status=e["status"], val_bpb=e["val"],
+                       kind=e["kind"], gpu_class="cpu", training_seconds=300.0,
+                       total_seconds=e["finished"] - e["started"], peak_memory_mb=20000.0, num_steps=950,
+                       finished_at=e["finished"])]]
+    rows += [[LedgerRow(experiment_id=e["id"], event="verdict", ts=e["finished"] + 1 + i, verdict=v, reason=r)]
+             for i, (v, r) in enumerate(e["verdicts"])]
+    return rows
+
+
+def generate(run_dir: Path, n: int, layout: str, seed: int = 0) -> dict:
+    """A run directory with ``n`` experiments; returns a few ids worth timing."""
+    rng = random.Random(seed)
+    plan = _plan(n, rng)
+    _ids(plan)
+    ref_to_id = {e["ref"]: e["id"] for e in plan if e["kind"] == "candidate"}
+    for e in plan:  # plan refs named candidates by a provisional id: rename to the final ids
+        e["ref"] = ref_to_id.get(e["ref"], e["ref"])
+        e["parent"] = ref_to_id.get(e["parent"], e["parent"])
+        if e.get("replicate_of"):
+            e["replicate_of"] = ref_to_id.get(e["replicate_of"], e["replicate_of"])
+        if e["parent"].startswith("main-after-"):
+            e["parent"] = "main-after-" + ref_to_id.get(e["parent"][11:], e["parent"][11:])
+        if e["ref"].startswith("main-after-"):
+            e["ref"] = "main-after-" + ref_to_id.get(e["ref"][11:], e["ref"][11:])
+    run_dir.mkdir(parents=True)
+    (run_dir / "farm-config.json").write_text(json.dumps({"gpus": 8}))
+    sha = _write_repo(run_dir, plan)
+    ledger = Ledger(run_dir / "ledger")
+    batches = [batch for e in plan for batch in _rows(e, sha)]
+    if layout == "compacted":
+        ledger.append([r for b in batches for r in b])
+    elif layout == "per-experiment":
+        for e in plan:
+            ledger.append([r for b in _rows(e, sha) for r in b])
+    else:
+        for batch in batches:
+            ledger.append(batch)
+    ledger.close()
+    promoted = [e["id"] for e in plan if e.get("promote")]
+    confirmed = [e["replicate_of"] for e in plan if e["kind"] == "confirm"]
+    return {"experiment": promoted[-1] if promoted else plan[-1]["id"],
+            "other": confirmed[0] if confirmed else "e00005", "promotions": len(promoted)}
+
+
+def _get(url: str) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=120) as response:
+        body = response.read()
+    return time.perf_counter() - t0, len(body)
+
+
+def measure(run_dir: Path, ids: dict, repeat: int) -> list[dict]:
+    from cluster.ui.server import serve_ui
+
+    handle = serve_ui(run_dir, "127.0.0.1", 0)
+    base = handle.url.rstrip("/")
+    e, o = ids["experiment"], ids["other"]
+    targets = [
+        ("/api/version", "poll (every 2 s from each page)"), ("/api/overview", "overview data"),
+        ("/api/runs?sort=val_bpb&order=asc&limit=100", "runs table, sorted by val_bpb"),
+        ("/api/runs?status=ok&kind=candidate&agent=claude-3&q=depth&sort=finished_at", "runs table, 4 filters"),
+        ("/api/lineage", "lineage (last 1500)"), ("/api/lineage?last=0", "lineage (all)"),
+        (f"/api/experiment/{e}", "experiment data"), ("/", "overview page"), ("/lineage", "lineage page"),
+        (f"/experiment/{e}", "experiment page (diff)"), (f"/compare?a={o}&b={e}", "compare page (diff)"),
+    ]
+    results = []
+    try:
+        for path, what in targets:
+            cold, size = _get(base + path)
+            warm = [_get(base + path)[0] for _ in range(repeat)]
+            results.append({"path": path, "what": what, "cold_ms": cold * 1000, "warm_median_ms":
+                            statistics.median(warm) * 1000, "warm_max_ms": max(warm) * 1000, "bytes": size})
+        # the live case: one more experiment appended while the server runs
+        ledger = Ledger(run_dir / "ledger")
+        ledger.append([LedgerRow(experiment_id="e99999", event="queued", ts=time.time(), kind="candidate",
+                                 agent="claude-0", description="appended while serving", status="queued")])
+        ledger.close()
+        t0 = time.perf_counter()
+        _get(base + "/api/version")
+        _get(base + "/api/overview")
+        refresh = time.perf_counter() - t0
+        results.append({"path": "append + /api/version + /api/overview", "what": "refresh after one append",
+                        "cold_ms": refresh * 1000, "warm_median_ms": None, "warm_max_ms": None, "bytes": None})
+    finally:
+        handle.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiments", type=int, default=10_000)
+    parser.add_argument("--layouts", nargs="+", default=["compacted", "per-experiment", "per-event"],
+                        choices=["compacted", "per-experiment", "per-event"])
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    all_results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ui-") as tmp:
+        for layout in args.layouts:
+            run_dir = Path(tmp) / layout
+            t0 = time.perf_counter()
+            ids = generate(run_dir, args.experiments, layout)
+            parts = len(list((run_dir / "ledger").glob("part-*.parquet")))
+            print(f"\n## {layout}: {args.experiments} experiments, {parts} ledger part(s), {ids['promotions']} "
+                  f"promotions (generated in {time.perf_counter() - t0:.0f} s)\n", flush=True)
+            results = measure(run_dir, ids, args.repeat)
+            all_results[layout] = {"parts": parts, **ids, "results": results}
+            print("| request | what | cold ms | warm median ms | warm max ms | KB |\n|---|---|---|---|---|---|")
+            for r in results:
+                fmt = lambda v: f"{v:.0f}" if v is not None else ""
+                size = f"{r['bytes'] / 1024:.0f}" if r["bytes"] else ""
+                print(f"| `{r['path']}` | {r['what']} | {fmt(r['cold_ms'])} | {fmt(r['warm_median_ms'])} | "
+                      f"{fmt(r['warm_max_ms'])} | {size} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(all_results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""`farm ui RUN_DIR`: the run browser, read-only, from the run directory alone."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cluster.ui.server import DEFAULT_ADDRESS, DEFAULT_PORT
+
+GRAFANA_ENV = "FARM_UI_GRAFANA_URL"
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ui", help="browse a run (live): lineage, diffs, replicates, verdicts")
+    p.add_argument("run_dir", type=Path, help="the run directory (ledger/ and repo/ inside)")
+    p.add_argument("--address", default=DEFAULT_ADDRESS,
+                   help=f"address to bind (default {DEFAULT_ADDRESS}: this machine only; 0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)")
+    p.add_argument("--grafana-url", default=None,
+                   help=f"a Grafana dashboard to link to (default ${GRAFANA_ENV}, else no link)")
+    p.set_defaults(func=cmd_ui)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from cluster.ui.server import make_ui_server
+
+    run_dir: Path = args.run_dir
+    if not run_dir.is_dir():
+        print(f"farm ui: {run_dir} is not a directory (give a run directory, e.g. runs/20261127-184749)",
+              file=sys.stderr)
+        return 2
+    if not (run_dir / "ledger").is_dir() and not (run_dir / "farm-config.json").is_file():
+        print(f"farm ui: note: {run_dir} has no ledger yet; the pages fill in when the farm writes one",
+              file=sys.stderr)
+    try:
+        handle = make_ui_server(run_dir, args.address, args.port, args.grafana_url or os.environ.get(GRAFANA_ENV))
+    except OSError as exc:
+        print(f"farm ui: cannot listen on {args.address}:{args.port}: {exc.strerror or exc} "
+              "(pick another with --port)", file=sys.stderr)
+        return 2
+    print(f"farm ui: {run_dir.resolve()} at {handle.url} (read-only; Ctrl-C stops)", flush=True)
+    try:
+        handle.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.server.server_close()
+    return 0

@@ -1,0 +1,62 @@
+"""Serving the run browser: in the foreground (`farm ui`) or on a background thread beside a running farm."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from cluster.ui.app import create_app, is_loopback
+
+DEFAULT_PORT = 8090
+DEFAULT_ADDRESS = "127.0.0.1"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: the pages poll every 2 s, which would bury the farm's own output."""
+
+    def log_request(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+@dataclass
+class UiHandle:
+    """A running run browser: its URL, and ``close()`` to stop it (idempotent)."""
+
+    url: str
+    server: BaseWSGIServer
+    thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            self.server.shutdown()
+            self.thread.join(timeout=10)
+        self.server.server_close()
+
+
+def make_ui_server(run_dir: Path, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
+                   grafana_url: str | None = None) -> UiHandle:
+    """Bind the browser's server (port 0: any free port); raises OSError when the port is taken.
+
+    Werkzeug's threaded server: one thread per request, so a slow page never
+    holds up the poll of another tab. A server bound to loopback answers
+    only loopback host names; one bound elsewhere (a pod behind a
+    port-forward) answers any.
+    """
+    app = create_app(Path(run_dir), grafana_url=grafana_url, loopback_only=is_loopback(address))
+    server = make_server(address, port, app, threaded=True, request_handler=_QuietHandler)
+    host = f"[{address}]" if ":" in address else address
+    if address in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return UiHandle(url=f"http://{host}:{server.server_port}/", server=server)
+
+
+def serve_ui(run_dir: Path, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
+             grafana_url: str | None = None) -> UiHandle:
+    """The run browser on a daemon thread (for `farm run --ui-port`): returns once it accepts connections."""
+    handle = make_ui_server(run_dir, address, port, grafana_url)
+    handle.thread = threading.Thread(target=handle.server.serve_forever, name="farm-ui", daemon=True)
+    handle.thread.start()
+    return handle

@@ -1,0 +1,86 @@
+// Shared helpers. Everything shown from the run is set with textContent, never as HTML: agents wrote it.
+"use strict";
+
+window.farm = (function () {
+  const POLL_MS = 2000;
+
+  async function get(url) {
+    const response = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+    if (!response.ok) throw new Error(url + ": HTTP " + response.status);
+    return response.json();
+  }
+
+  function el(tag, text, cls) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (cls) node.className = cls;
+    return node;
+  }
+
+  function link(href, text) {
+    const a = el("a", text);
+    a.href = href;
+    return a;
+  }
+
+  function expUrl(id) {
+    return "/experiment/" + encodeURIComponent(id);
+  }
+
+  function num(v, digits) {
+    if (v === null || v === undefined || Number.isNaN(v)) return "";
+    return Number(v).toFixed(digits === undefined ? 4 : digits);
+  }
+
+  function time(t) {
+    if (t === null || t === undefined) return "";
+    const d = new Date(t * 1000);
+    return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function fillSelect(select, values) {
+    const keep = select.value;
+    const first = select.options[0];
+    clear(select);
+    select.appendChild(first);
+    for (const v of values) {
+      const o = el("option", v);
+      o.value = v;
+      select.appendChild(o);
+    }
+    select.value = values.includes(keep) ? keep : first.value;
+  }
+
+  // Follow the live run: poll the ledger's version; call back when it moves (and once at start).
+  function watch(onChange) {
+    let seen = null;
+    const badge = document.getElementById("live");
+    async function tick() {
+      try {
+        const v = await get("/api/version");
+        badge.textContent = "live · " + v.experiments + " experiments";
+        badge.classList.remove("stale");
+        if (v.version !== seen) {
+          seen = v.version;
+          await onChange(v.version);
+          document.body.dataset.version = String(v.version);
+        }
+      } catch (err) {
+        badge.textContent = "disconnected";
+        badge.classList.add("stale");
+      }
+      setTimeout(tick, POLL_MS);
+    }
+    tick();
+  }
+
+  function plotConfig() {
+    return { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["sendDataToCloud", "lasso2d", "select2d"] };
+  }
+
+  return { get, el, link, expUrl, num, time, clear, fillSelect, watch, plotConfig };
+})();
