@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster.run_cli import add_commands
 
     add_commands(sub)
+    from cluster.ui.cli import add_commands as add_ui  # `farm ui`: the run browser
+
+    add_ui(sub)
     return parser
 
 
