@@ -69,7 +69,8 @@ def fold_latest(events: pa.Table) -> pa.Table:
     event = rows.column("event")
     ts = rows.column("ts")
     columns["started_ts"] = pc.if_else(pc.equal(event, "started"), ts, pa.nulls(n, pa.float64()))
-    columns["finished_ts"] = pc.if_else(pc.equal(event, "finished"), ts, pa.nulls(n, pa.float64()))
+    finished = pc.and_(pc.equal(event, "finished"), pc.invert(stale))  # an earlier attempt's finish no longer holds
+    columns["finished_ts"] = pc.if_else(finished, ts, pa.nulls(n, pa.float64()))
     columns["queued_ts"] = ts
     table = pa.table(columns)
     aggregations = [(name, "last") for name in SCHEMA.names if name != "experiment_id"]

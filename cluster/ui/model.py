@@ -205,8 +205,8 @@ class RunState:
     def spend(self) -> dict:
         """LLM tokens and USD: queued candidates, refused proposals and failed requests (FarmState.rebuild's rule)."""
         ev = self.snapshot.events
-        charged = pc.or_(pc.and_(pc.equal(ev.column("event"), "queued"), pc.equal(ev.column("kind"), "candidate")),
-                         pc.is_in(ev.column("event"), pa.array(SPEND_ONLY_EVENTS)))
+        queued = pc.and_kleene(pc.equal(ev.column("event"), "queued"), pc.equal(ev.column("kind"), "candidate"))
+        charged = pc.or_kleene(queued, pc.is_in(ev.column("event"), pa.array(SPEND_ONLY_EVENTS)))
         rows = ev.filter(pc.fill_null(charged, False)).select(["agent", "tokens_in", "tokens_out", "cost_usd"])
         rows = rows.set_column(0, "agent", pc.fill_null(rows.column("agent"), "?"))
         grouped = rows.group_by("agent").aggregate([("tokens_in", "sum"), ("tokens_out", "sum"), ("cost_usd", "sum"),

@@ -77,6 +77,7 @@
       });
       cy.on("mouseover", "node", (ev) => show(ev.target.data()));
       cy.on("zoom", followZoom);
+      window.farmLineage = cy; // for the browser tests and the console: the graph as drawn
       cy.on("tap", "node", (ev) => {
         const id = ev.target.id();
         if (id !== "@main") window.location.href = expUrl(id);

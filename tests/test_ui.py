@@ -1,0 +1,551 @@
+"""The run browser (`farm ui`, cluster/ui): data layer, safety, and every page in a real browser on a real run.
+
+The browser tests drive Debian's headless Chromium through its chromedriver
+(selenium, no download). They run on a copy of one real small farm run
+(cpu-smoke, process sandbox, made once per session) to which a few rows are
+appended with the real Ledger and ResearchRepo: a promotion (a 6-experiment
+run rarely has one), and an experiment whose description, agent name, diff,
+verdict reason and log are hostile HTML/JS. CI sets FARM_REQUIRE_BROWSER=1:
+a missing chromium fails these tests there instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster.ledger import Ledger, LedgerRow
+from cluster.repo import ResearchRepo
+from cluster.ui.ledger_view import LedgerView
+from cluster.ui.safe_files import LOG_TAIL_BYTES, UnsafeFile, read_tail
+from cluster.ui.server import serve_ui
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> "quotes" & </pre>'
+HOSTILE_AGENT = '<b onmouseover="window.__pwned=3">evil</b>'
+HOSTILE_CODE = '# </pre><script>window.__pwned=4</script>\nX = "<img src=x onerror=window.__pwned=5>"\n'
+WAIT = 60  # seconds: generous, the machine is shared and has 2 cores
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def need_browser() -> tuple[str, str]:
+    """(chromium, chromedriver); CI (FARM_REQUIRE_BROWSER=1, set by .ci/run) fails instead of skipping."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
+    if chromium and driver:
+        return chromium, driver
+    message = "headless Chromium is not installed: `apt-get install -y chromium chromium-driver` (.ci/run installs it)"
+    if os.environ.get("FARM_REQUIRE_BROWSER") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def get(url: str, method: str = "GET", host: str | None = None) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(url, method=method, data=b"x" if method in ("POST", "PUT", "PATCH") else None)
+    if host:
+        request.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+RETRY_ERRORS = ("StaleElementReferenceException", "NoSuchElementException", "JavascriptException")
+
+
+def wait_until(predicate, what: str, timeout: float = WAIT):
+    """Poll ``predicate`` until truthy; a page that re-renders under it (stale elements) is polled again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except Exception as exc:
+            if type(exc).__name__ not in RETRY_ERRORS:
+                raise
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def small_run(path: Path) -> dict:
+    """A run directory written by hand with the real repo and ledger (no training): for the fast tests."""
+    repo = ResearchRepo.create(path / "repo", "A = 1\nB = 2\n", "# program\n")
+    main = repo.main_head()
+    c1 = repo.commit_experiment("e0003", main, "A = 1\nB = 3\n", "B = 3")
+    c2 = repo.commit_experiment("e0004", main, HOSTILE_CODE, HOSTILE)
+    rows = [
+        LedgerRow(experiment_id="e0001", event="queued", ts=100.0, kind="baseline", commit=main, parent_commit=main,
+                  train_sha="m", agent="farm", description="baseline: main", status="queued"),
+        LedgerRow(experiment_id="e0001", event="finished", ts=110.0, status="ok", val_bpb=2.70, kind="baseline",
+                  train_sha="m", gpu_class="cpu"),
+        LedgerRow(experiment_id="e0002", event="queued", ts=101.0, kind="baseline", commit=main, parent_commit=main,
+                  train_sha="m", agent="farm", description="baseline: main", status="queued"),
+        LedgerRow(experiment_id="e0002", event="finished", ts=120.0, status="ok", val_bpb=2.72, kind="baseline",
+                  train_sha="m", gpu_class="cpu"),
+        LedgerRow(experiment_id="e0003", event="queued", ts=121.0, kind="candidate", commit=c1, parent_commit=main,
+                  train_sha="c1", agent="mutate-0", description="B = 3", status="queued", tokens_in=100,
+                  tokens_out=10, cost_usd=0.5),
+        LedgerRow(experiment_id="e0003", event="started", ts=122.0, status="running"),
+        LedgerRow(experiment_id="e0003", event="finished", ts=130.0, status="ok", val_bpb=2.60, kind="candidate",
+                  train_sha="c1", gpu_class="cpu"),
+        LedgerRow(experiment_id="e0003", event="verdict", ts=131.0, verdict="discard",
+                  reason="2.6000 (n=1) vs main 2.7100 (n=2) on cpu: -0.1100 does not beat margin 0.2000"),
+        LedgerRow(experiment_id="e0004", event="queued", ts=132.0, kind="candidate", commit=c2, parent_commit=main,
+                  train_sha="c2", agent=HOSTILE_AGENT, description=HOSTILE, status="queued"),
+        LedgerRow(experiment_id="e0004", event="started", ts=133.0, status="running"),
+        LedgerRow(experiment_id="e0004", event="finished", ts=140.0, status="crash", reason=HOSTILE),
+        LedgerRow(experiment_id="e0005", event="rejected", ts=141.0, agent="mutate-0", tokens_in=50, cost_usd=0.25),
+    ]  # fmt: skip
+    with Ledger(path / "ledger") as ledger:
+        ledger.append(rows)
+    return {"main": main, "c1": c1, "c2": c2}
+
+
+@pytest.fixture()
+def small(tmp_path: Path):
+    run = tmp_path / "run"
+    info = small_run(run)
+    handle = serve_ui(run, "127.0.0.1", 0)
+    yield run, handle.url.rstrip("/"), info
+    handle.close()
+
+
+# ---- the data layer ---------------------------------------------------------------------------------------------
+
+
+def test_fold_matches_the_ledgers_own_latest(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.append([LedgerRow(experiment_id="e1", event="queued", ts=1.0, kind="candidate", description="d",
+                             status="queued"),
+                   LedgerRow(experiment_id="e1", event="started", ts=2.0, status="running"),
+                   LedgerRow(experiment_id="e1", event="finished", ts=3.0, status="ok", val_bpb=2.5, reason="first"),
+                   LedgerRow(experiment_id="e2", event="queued", ts=3.5, kind="baseline", status="queued")])
+    ledger.append([LedgerRow(experiment_id="e1", event="started", ts=4.0, status="running"),  # a new attempt
+                   LedgerRow(experiment_id="e2", event="finished", ts=5.0, status="crash"),
+                   LedgerRow(experiment_id="e1", event="verdict", ts=6.0, verdict="discard")])
+    ledger.close()
+    view = LedgerView(tmp_path / "ledger")
+    folded = {r["experiment_id"]: r for r in view.snapshot().latest.to_pylist()}
+    for eid, row in Ledger(tmp_path / "ledger").latest().items():
+        for name, value in row.model_dump().items():
+            assert folded[eid][name] == value, (eid, name)
+    assert folded["e1"]["val_bpb"] is None and folded["e1"]["status"] == "running"  # the retry cleared the result
+    assert folded["e1"]["queued_ts"] == 1.0 and folded["e1"]["started_ts"] == 4.0
+
+
+def test_ledger_view_reads_appends_incrementally_and_survives_compaction(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.append([LedgerRow(experiment_id="e1", event="queued", ts=1.0, status="queued")])
+    ledger.flush()
+    view = LedgerView(tmp_path / "ledger")
+    first = view.snapshot()
+    assert first.experiments == 1 and view.snapshot().version == first.version  # unchanged: same snapshot
+    ledger.append([LedgerRow(experiment_id="e2", event="queued", ts=2.0, status="queued")])
+    second = view.snapshot()
+    assert second.experiments == 2 and second.version > first.version
+    ledger.compact()
+    ledger.close()
+    assert view.snapshot().experiments == 2
+    assert LedgerView(tmp_path / "missing").snapshot().experiments == 0  # no ledger yet: an empty run
+
+
+def test_log_tail_follows_no_link_blocks_on_no_fifo_and_reads_at_most_64_kb(tmp_path: Path) -> None:
+    out = tmp_path / "experiments" / "e1" / "out"
+    out.mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    (out / "run.log").write_text("x" * 10 + "\n" + "line\n" * 40000)
+    text, cut = read_tail(tmp_path, ["experiments", "e1", "out", "run.log"])
+    assert cut and len(text.encode()) <= LOG_TAIL_BYTES and text.endswith("line\n")
+    (out / "run.log").unlink()
+    (out / "run.log").symlink_to(secret)
+    with pytest.raises(UnsafeFile):
+        read_tail(tmp_path, ["experiments", "e1", "out", "run.log"])
+    (out / "run.log").unlink()
+    os.mkfifo(out / "run.log")
+    with pytest.raises(UnsafeFile, match="regular"):
+        read_tail(tmp_path, ["experiments", "e1", "out", "run.log"])  # returns at once: opened non-blocking
+    shutil.rmtree(tmp_path / "experiments" / "e1")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "run.log").write_text("host secret")
+    (tmp_path / "experiments" / "e1").mkdir()
+    (tmp_path / "experiments" / "e1" / "out").symlink_to(tmp_path / "elsewhere")  # a linked directory on the way
+    with pytest.raises(UnsafeFile):
+        read_tail(tmp_path, ["experiments", "e1", "out", "run.log"])
+    with pytest.raises(UnsafeFile):
+        read_tail(tmp_path, ["..", "secret"])
+
+
+# ---- the server: read-only, loopback, escaped ---------------------------------------------------------------------
+
+
+def test_only_get_is_answered_and_every_response_has_the_strict_csp(small) -> None:
+    _, url, _ = small
+    paths = ["/", "/lineage", "/experiment/e0003", "/compare?a=e0003&b=e0004", "/api/version", "/api/overview",
+             "/api/runs", "/api/lineage", "/api/experiment/e0003", "/nothing-here"]
+    for path in paths:
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            status, headers, _ = get(url + path, method)
+            assert status == 405, (method, path, status)
+            assert headers.get("Allow") == "GET, HEAD"
+        status, headers, _ = get(url + path)
+        assert status == (404 if path == "/nothing-here" else 200), path
+        csp = headers["Content-Security-Policy"]
+        assert "script-src 'self';" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_loopback_server_refuses_foreign_host_names(small) -> None:
+    _, url, _ = small
+    port = url.rsplit(":", 1)[1]
+    assert get(url + "/api/version", host=f"evil.example:{port}")[0] == 403  # DNS rebinding
+    assert get(url + "/api/version", host=f"localhost:{port}")[0] == 200
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=WAIT):
+        pass
+
+
+def test_hostile_text_is_escaped_by_the_server(small) -> None:
+    _, url, _ = small
+    status, _, body = get(url + "/experiment/e0004")
+    page = body.decode()
+    assert status == 200
+    assert "<script>window.__pwned" not in page and "<img src=x" not in page and "<b onmouseover" not in page
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page  # the description, as text
+    assert "&lt;/pre&gt;&lt;script&gt;window.__pwned=4" in page  # the diff, as text
+    assert "<script src=" in page and page.count("<script") == page.count("<script src=")  # only our files
+    status, _, body = get(url + "/compare?a=e0003&b=e0004")
+    assert status == 200 and "<img src=x" not in body.decode()
+    assert get(url + "/experiment/..%2F..%2Fetc")[0] == 404
+    assert get(url + "/experiment/e9999")[0] == 404
+
+
+def test_api_numbers_follow_the_ledger(small) -> None:
+    import json
+
+    _, url, _ = small
+    o = json.loads(get(url + "/api/overview")[2])
+    assert o["experiments"] == 4  # the rejected proposal is spend, not an experiment
+    assert o["by_status"] == {"crash": 1, "ok": 3}
+    assert o["main_val_bpb"] == pytest.approx(2.71) and o["noise_sd"] == pytest.approx(0.0141421, rel=1e-4)
+    assert o["spend"]["cost_usd"] == pytest.approx(0.75) and o["spend"]["tokens_in"] == 150
+    runs = json.loads(get(url + "/api/runs?sort=val_bpb&order=asc&status=ok")[2])
+    assert [r["experiment_id"] for r in runs["rows"]] == ["e0003", "e0001", "e0002"]
+    e = json.loads(get(url + "/api/experiment/e0003")[2])
+    assert e["decision"]["margin"] == pytest.approx(0.2) and e["decision"]["main_mean"] == pytest.approx(2.71)
+    assert sorted(b["experiment_id"] for b in e["decision"]["baselines"]) == ["e0001", "e0002"]
+
+
+def test_pages_work_without_the_repo(small) -> None:
+    run, url, _ = small
+    shutil.move(run / "repo", run / "repo.moved")
+    status, _, body = get(url + "/experiment/e0003")
+    assert status == 200 and b"no research repo" in body
+    assert get(url + "/api/lineage")[0] == 200
+
+
+def test_package_data_ships_the_browser_files() -> None:
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "cluster.ui" in config["packages"]
+    patterns = config["package-data"]["cluster.ui"]
+    package = REPO / "cluster" / "ui"
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    for needed in ("templates/base.html", "static/common.js", "static/app.css", "static/vendor/cytoscape.min.js",
+                   "static/vendor/LICENSE-cytoscape.txt", "static/vendor/LICENSES.md"):
+        assert package / needed in shipped, needed
+
+
+# ---- a real farm run, in a real browser -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def farm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real small farm run (cpu-smoke, process sandbox, mutate agents), made once per session."""
+    if os.geteuid() != 0:
+        pytest.skip("the isolated process sandbox needs root (CI is root)")
+    need_browser()  # no point in a farm run the browser cannot look at
+    base = tmp_path_factory.mktemp("ui-farm")
+    (base / "farm.yaml").write_text("metrics_port: null\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY_FILE")}
+    env.update(FARM_TOURNAMENT__BASELINE_REPLICATES="2", FARM_TOURNAMENT__MIN_NOISE_DF="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "run", "--config", str(base / "farm.yaml"), "--run-dir",
+         str(base / "run"), "--profile", "cpu-smoke", "--sandbox", "process", "--gpus", "1",
+         "--max-experiments", "6"],
+        capture_output=True, text=True, timeout=480, cwd=base, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return base / "run"
+
+
+@pytest.fixture(scope="session")
+def browsed_run(farm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A copy of the real run plus a promotion and a hostile experiment, appended with the real Ledger and repo."""
+    run = tmp_path_factory.mktemp("ui-browse") / "run"
+    shutil.copytree(farm_run, run, symlinks=True)
+    latest = Ledger(run / "ledger").latest()
+    repo = ResearchRepo.open(run / "repo")
+    main = repo.main_head()
+    ok = [r for r in latest.values() if r.kind == "candidate" and r.status == "ok" and r.commit]
+    ids = sorted(latest)
+    number = int(ids[-1][1:]) + 1
+    rows: list[LedgerRow] = []
+    promoted = next((r.experiment_id for r in latest.values() if r.verdict == "promote"), None)
+    if promoted is None:  # a 6-experiment run rarely promotes: promote its first ok candidate (a real git promote)
+        first = ok[0] if ok else None
+        if first is None:  # no ok candidate at all: commit one
+            eid = f"e{number:04d}"
+            number += 1
+            train = repo.train_py_at(main).replace("DEPTH = 4", "DEPTH = 3")
+            commit = repo.commit_experiment(eid, main, train, "DEPTH = 3")
+            rows += [LedgerRow(experiment_id=eid, event="queued", ts=time.time(), kind="candidate", commit=commit,
+                               parent_commit=main, agent="mutate-0", description="DEPTH = 3", status="queued"),
+                     LedgerRow(experiment_id=eid, event="finished", ts=time.time(), status="ok", val_bpb=2.0,
+                               gpu_class="cpu")]
+            first_id, first_commit = eid, commit
+        else:
+            first_id, first_commit = first.experiment_id, first.commit
+        outcome = repo.promote(first_commit, "promoted for the browser test", {"Farm-Experiment": first_id})
+        assert outcome.kind in ("fast-forward", "noop"), outcome
+        rows.append(LedgerRow(experiment_id=first_id, event="verdict", ts=time.time(), verdict="promote",
+                              reason=f"main <- {(outcome.new_main or '')[:7]}: beats margin 0.0100 (test)"))
+        promoted = first_id
+    hostile = f"e{number:04d}"
+    main = repo.main_head()
+    commit = repo.commit_experiment(hostile, main, repo.train_py_at(main) + HOSTILE_CODE, HOSTILE)
+    now = time.time()
+    rows += [
+        LedgerRow(experiment_id=hostile, event="queued", ts=now, kind="candidate", commit=commit, parent_commit=main,
+                  agent=HOSTILE_AGENT, description=HOSTILE, status="queued"),
+        LedgerRow(experiment_id=hostile, event="started", ts=now + 1, status="running"),
+        LedgerRow(experiment_id=hostile, event="finished", ts=now + 2, status="ok", val_bpb=2.9, gpu_class="cpu",
+                  kind="candidate", agent=HOSTILE_AGENT, description=HOSTILE),
+        LedgerRow(experiment_id=hostile, event="verdict", ts=now + 3, verdict="discard", reason=HOSTILE),
+    ]  # fmt: skip
+    with Ledger(run / "ledger") as ledger:
+        ledger.append(rows)
+    log = run / "experiments" / hostile / "out"
+    log.mkdir(parents=True)
+    (log / "run.log").write_text("step 1\n" + HOSTILE + "\n")
+    return {"run": run, "promoted": promoted, "hostile": hostile, "next": number + 1,
+            "candidate": ok[-1].experiment_id if ok else promoted}
+
+
+@pytest.fixture(scope="session")
+def ui(browsed_run: dict):
+    handle = serve_ui(browsed_run["run"], "127.0.0.1", 0, grafana_url="http://127.0.0.1:3000/d/autoresearch-farm")
+    yield handle.url.rstrip("/")
+    handle.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    chromium, chromedriver = need_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="farm-ui-chromium-")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    driver.set_page_load_timeout(WAIT)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def shoot(driver, name: str) -> None:
+    """docs/ui-<name>.png when FARM_UI_SCREENSHOTS is set (how the README's pictures are made)."""
+    if os.environ.get("FARM_UI_SCREENSHOTS"):
+        driver.save_screenshot(str(DOCS / f"ui-{name}.png"))
+
+
+def open_page(driver, url: str) -> None:
+    """Load a page and wait until its script has drawn the run once (body[data-version] is set after)."""
+    driver.get(url)
+    wait_until(lambda: driver.execute_script("return document.body.dataset.version || ''"), f"{url} to draw")
+
+
+def csp_reports(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+def pwned(driver) -> object:
+    return driver.execute_script("return window.__pwned === undefined ? null : window.__pwned")
+
+
+def test_overview_shows_the_run_and_its_table_filters_and_sorts(browser, ui, browsed_run) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    open_page(browser, ui + "/")
+    experiments = len(Ledger(browsed_run["run"] / "ledger").latest())
+    wait_until(lambda: browser.find_element(By.ID, "c-experiments").text == str(experiments), "the count")
+    assert browser.find_element(By.ID, "c-main").text.startswith("2.") or browser.find_element(By.ID, "c-main").text
+    rows = lambda: [tr.get_attribute("data-id") for tr in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")]
+    column = lambda i: [tr.find_elements(By.TAG_NAME, "td")[i].text
+                        for tr in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")]
+    wait_until(lambda: len(rows()) == experiments, "every experiment in the table")
+    assert browser.execute_script("return document.getElementById('chart-progress').data.length") >= 3
+    shoot(browser, "overview")
+    Select(browser.find_element(By.NAME, "status")).select_by_value("ok")
+    wait_until(lambda: set(column(2)) == {"ok"}, "only ok rows")
+    browser.find_element(By.CSS_SELECTOR, "#runs th[data-sort='val_bpb']").click()
+    wait_until(lambda: column(3) and column(3) == sorted(column(3)) and "" not in column(3), "rows sorted by val_bpb")
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
+def test_lineage_shows_main_through_the_promoted_experiment_and_opens_a_node(browser, ui, browsed_run) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, ui + "/lineage")
+    graph = browser.find_element(By.ID, "graph")
+    wait_until(lambda: browsed_run["promoted"] in (graph.get_attribute("data-promotions") or "").split(), "main's line")
+    edges = browser.execute_script("return window.farmLineage.edges('.mainline').map(e => e.target().id())")
+    assert browsed_run["promoted"] in edges
+    shoot(browser, "lineage")
+    target = browsed_run["candidate"]
+    pos = browser.execute_script(f"const n = window.farmLineage.getElementById('{target}'); "
+                                 "return n.length ? n.renderedPosition() : null")
+    assert pos, f"{target} is not drawn"
+    size = graph.size
+    ActionChains(browser).move_to_element_with_offset(graph, pos["x"] - size["width"] / 2,
+                                                      pos["y"] - size["height"] / 2).click().perform()
+    wait_until(lambda: browser.current_url.endswith(f"/experiment/{target}"), "the node to open its page")
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
+def test_experiment_page_shows_diff_verdicts_and_replicates_against_main(browser, ui, browsed_run) -> None:
+    from selenium.webdriver.common.by import By
+
+    eid = browsed_run["promoted"]
+    open_page(browser, ui + f"/experiment/{eid}")
+    diff = browser.find_element(By.ID, "diff")
+    assert diff.find_elements(By.CSS_SELECTOR, ".d-add") and diff.find_elements(By.CSS_SELECTOR, ".d-del")
+    verdicts = wait_until(lambda: browser.find_element(By.ID, "verdicts").text, "the verdicts")
+    assert "promote" in verdicts
+    wait_until(lambda: browser.find_element(By.ID, "log").text, "the log tail")
+    main_runs = browser.execute_script("return document.getElementById('chart-replicates').data[0].y.length")
+    own_runs = browser.execute_script("return document.getElementById('chart-replicates').data[1].y.length")
+    assert main_runs >= 2 and own_runs >= 1  # main's baselines and its own run(s)
+    shoot(browser, "experiment")
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
+def test_compare_page_diffs_two_experiments(browser, ui, browsed_run) -> None:
+    from selenium.webdriver.common.by import By
+
+    a, b = browsed_run["promoted"], browsed_run["hostile"]
+    browser.get(ui + f"/compare?a={a}&b={b}")
+    table = browser.find_element(By.ID, "compare")
+    assert a in table.text and b in table.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#diff .d-add")
+    shoot(browser, "compare")
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
+def test_hostile_description_diff_agent_reason_and_log_are_text_and_never_run(browser, ui, browsed_run) -> None:
+    from selenium.webdriver.common.by import By
+
+    eid = browsed_run["hostile"]
+    open_page(browser, ui + f"/experiment/{eid}")
+    wait_until(lambda: browser.find_element(By.ID, "log").text, "the log tail")
+    assert browser.find_element(By.ID, "description").text == HOSTILE.strip()
+    assert browser.find_element(By.ID, "agent").text == HOSTILE_AGENT
+    assert "<script>window.__pwned=4</script>" in browser.find_element(By.ID, "diff").text
+    assert HOSTILE.strip() in browser.find_element(By.ID, "verdicts").text
+    assert HOSTILE.strip() in browser.find_element(By.ID, "log").text
+    assert browser.find_elements(By.TAG_NAME, "img") == []
+    assert browser.execute_script("return document.querySelectorAll('script:not([src])').length") == 0
+    open_page(browser, ui + "/")
+    browser.find_element(By.NAME, "q").send_keys("pwned")
+    wait_until(lambda: [tr.get_attribute("data-id") for tr in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")]
+               == [eid], "the search to find the hostile experiment")
+    open_page(browser, ui + "/lineage")
+    browser.execute_script(f"window.farmLineage.getElementById('{eid}').emit('mouseover')")
+    wait_until(lambda: HOSTILE.strip() in browser.find_element(By.ID, "info-facts").text, "the hover facts")
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
+def test_the_open_page_follows_a_live_run(browser, ui, browsed_run) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, ui + "/")
+    new = f"e{browsed_run['next']:04d}"
+    with Ledger(browsed_run["run"] / "ledger") as ledger:  # the farm appends while the page is open
+        ledger.append([LedgerRow(experiment_id=new, event="queued", ts=time.time(), kind="candidate",
+                                 agent="mutate-1", description="appended while the page is open", status="queued")])
+    rows = lambda: [tr.get_attribute("data-id") for tr in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")]
+    wait_until(lambda: new in rows(), f"{new} to appear without a reload")
+    wait_until(lambda: "queued" in browser.find_element(By.ID, "chart-status").text, "the status chart to update")
+
+
+def test_grafana_link_and_dashboard_link_back(ui, browser) -> None:
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    browser.get(ui + "/lineage")
+    link = browser.find_element(By.ID, "grafana-link")
+    assert link.get_attribute("href") == "http://127.0.0.1:3000/d/autoresearch-farm"
+    assert link.get_attribute("rel") == "noopener noreferrer"
+    dashboard = json.loads((REPO / "monitoring" / "grafana" / "autoresearch-farm.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["farm_ui_url"]["query"] == "http://127.0.0.1:8090"
+    links = [entry for entry in dashboard["links"] if "${farm_ui_url}" in entry.get("url", "")]
+    assert links and links[0]["targetBlank"] is True
+
+
+def test_farm_ui_command_serves_a_run_and_stops_on_sigint(tmp_path: Path) -> None:
+    small_run(tmp_path / "run")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "ui", str(tmp_path / "run"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in first, first
+        assert get(f"http://127.0.0.1:{port}/api/version")[0] == 200
+    finally:
+        proc.send_signal(2)
+        assert proc.wait(timeout=WAIT) == 0
+
+
+def test_serve_ui_runs_in_the_background_and_closes(tmp_path: Path) -> None:
+    small_run(tmp_path / "run")
+    handle = serve_ui(tmp_path / "run", "127.0.0.1", 0)
+    assert get(handle.url + "api/version")[0] == 200
+    threads = threading.active_count()
+    handle.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(handle.url + "api/version", timeout=5)
+    assert threading.active_count() <= threads
+    assert stat.S_ISDIR(os.stat(tmp_path / "run").st_mode)
