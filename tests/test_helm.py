@@ -441,3 +441,41 @@ def test_render_script_without_a_helm_binary(capsys) -> None:
     assert {d["kind"] for d in docs} >= {"RayCluster", "RayJob", "ServiceMonitor", "NetworkPolicy", "Role"}
     assert module.main(["--set", "metrics.port=8265"]) == 1  # the schema's refusal, said on stderr
     assert "metrics/port" in capsys.readouterr().err
+
+
+# ---- the run browser (`farm ui`) ----------------------------------------------------------------------------
+
+
+def test_run_browser_is_off_by_default_and_a_read_only_sidecar_with_a_cluster_ip_service(chart) -> None:
+    assert not [d for d in render(chart) if d["metadata"]["name"].endswith("-ui")]
+    values = {**ALL_ON, "ui": {"enabled": True, "port": 8091, "grafanaUrl": "http://grafana.example/d/farm"}}
+    docs = render(chart, values)
+    validate_all(docs)
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "arf-ui")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8091, "targetPort": "farm-ui", "protocol": "TCP"}]
+    head = one(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]
+    assert service["spec"]["selector"].items() <= {**head["metadata"]["labels"], "ray.io/cluster": "arf",
+                                                  "ray.io/node-type": "head"}.items()  # KubeRay adds the last two
+    containers = {c["name"]: c for c in head["spec"]["containers"]}
+    assert list(containers)[0] == "ray-head"  # KubeRay: the Ray container comes first
+    ui = containers["farm-ui"]
+    assert {p["name"]: p["containerPort"] for p in ui["ports"]} == {"farm-ui": 8091}
+    mounts = {m["name"]: m for m in ui["volumeMounts"]}
+    assert mounts["runs"]["readOnly"] is True and "api-key" not in mounts and "cache" not in mounts
+    assert "env" not in ui  # no API key, no farm settings
+    assert ui["securityContext"]["readOnlyRootFilesystem"] is True
+    args = build_parser().parse_args(ui["command"][1:])
+    assert args.command == "ui" and str(args.run_dir) == "/farm/runs/arf" and args.address == "0.0.0.0"
+    assert args.port == 8091 and args.grafana_url == "http://grafana.example/d/farm"
+    assert ui["readinessProbe"]["httpGet"] == {"path": "/api/version", "port": "farm-ui"}
+    notes = chart.render(values, name="farm", namespace="research")["autoresearch-farm/templates/NOTES.txt"]
+    assert "port-forward service/arf-ui 8091:8091" in notes
+
+
+def test_schema_rejects_bad_run_browser_values(chart) -> None:
+    chart.validate_schema({"ui": {"enabled": True, "port": 8090, "grafanaUrl": ""}})
+    for values in ({"ui": {"port": "8090"}}, {"ui": {"port": 8265}}, {"ui": {"enable": True}},
+                   {"ui": {"grafanaUrl": "javascript:alert(1)"}}):
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(values)

@@ -27,12 +27,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from cluster.ui.server import make_ui_server
 
     run_dir: Path = args.run_dir
-    if not run_dir.is_dir():
+    if run_dir.exists() and not run_dir.is_dir():
         print(f"farm ui: {run_dir} is not a directory (give a run directory, e.g. runs/20261127-184749)",
               file=sys.stderr)
         return 2
-    if not (run_dir / "ledger").is_dir() and not (run_dir / "farm-config.json").is_file():
-        print(f"farm ui: note: {run_dir} has no ledger yet; the pages fill in when the farm writes one",
+    if not (run_dir / "ledger").is_dir():  # served anyway: beside a farm that is starting (the chart's sidecar)
+        print(f"farm ui: note: {run_dir} has no ledger yet; the pages fill in when a farm writes one there",
               file=sys.stderr)
     try:
         handle = make_ui_server(run_dir, args.address, args.port, args.grafana_url or os.environ.get(GRAFANA_ENV))

@@ -40,10 +40,10 @@ class RepoView:
 
     def _open(self) -> ResearchRepo | None:
         if self._repo is None:
-            try:
-                self._repo = ResearchRepo.open(self.path)
-            except (RepoError, OSError):
+            # Not ResearchRepo.open: it deletes stale ref locks, and the browser never writes to a run.
+            if not (self.path / "HEAD").is_file() or not (self.path / "objects").is_dir():
                 return None
+            self._repo = ResearchRepo(self.path)
         return self._repo
 
     @property
