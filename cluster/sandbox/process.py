@@ -22,9 +22,9 @@ import uuid
 import warnings
 from pathlib import Path
 
-from cluster.sandbox.base import OUTER_KILL_GRACE, collect, runner_args, sandbox_env, stage
+from cluster.sandbox.base import OUTER_KILL_GRACE, collect, no_result, runner_args, sandbox_env, stage
 from cluster.spec import ExperimentSpec, GpuAssignment
-from trainer.result import ExperimentResult
+from trainer.result import ExperimentResult, Status
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "autoresearch-farm"
@@ -82,16 +82,22 @@ class ProcessSandbox:
                 *argv,
             ]
         with open(out / "sandbox.log", "wb") as errors:
-            proc = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=out,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=errors,
-                start_new_session=True,
-                preexec_fn=lambda: _child_setup(spec, cpu_only=gpu.visible is None and not self.isolate),
-            )
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    env=env,
+                    cwd=out,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                    start_new_session=True,
+                    preexec_fn=lambda: _child_setup(spec, cpu_only=gpu.visible is None and not self.isolate),
+                )
+            except OSError as exc:  # e.g. unshare missing: the farm's fault, said plainly (it stops after a few)
+                for path in cgroups:
+                    _kill_cgroup(path)
+                return no_result(spec, started, Status.ERROR, f"the process sandbox could not start {argv[0]}: "
+                                 f"{exc.strerror or exc} (util-linux's unshare and setpriv are needed as root)")
         killed = False
         try:
             proc.wait(timeout=spec.wall_limit() + OUTER_KILL_GRACE)
