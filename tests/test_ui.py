@@ -280,7 +280,12 @@ def test_package_data_ships_the_browser_files() -> None:
 
 @pytest.fixture(scope="session")
 def farm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real small farm run (cpu-smoke, process sandbox, mutate agents), made once per session."""
+    """One real small farm run (cpu-smoke, process sandbox, mutate agents), made once per session.
+
+    FARM_UI_TEST_RUN=DIR browses an existing run instead (when working on these tests; it is copied, not changed).
+    """
+    if os.environ.get("FARM_UI_TEST_RUN"):
+        return Path(os.environ["FARM_UI_TEST_RUN"])
     if os.geteuid() != 0:
         pytest.skip("the isolated process sandbox needs root (CI is root)")
     need_browser()  # no point in a farm run the browser cannot look at

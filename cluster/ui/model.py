@@ -127,6 +127,12 @@ class RunState:
         values: dict[str, list[tuple[float, float, str]]] = {}
         for t, v, s, e in runs:
             values.setdefault(s, []).append((t, v, e))
+        # a promoted candidate's own runs (its screening run included): main's level until main is re-measured,
+        # as the promotion's Farm-Val-Bpb trailer records it
+        every_run: dict[str, list[float]] = {}
+        for v, s, st in zip(c["val_bpb"], c["train_sha"], c["status"], strict=True):
+            if st == "ok" and v is not None:
+                every_run.setdefault(s, []).append(v)
         timeline = sorted([(t, 0, s, v) for t, v, s, _ in runs] + [(t, 1, sha_of.get(e), None) for t, e in promotions],
                           key=lambda x: (x[0], x[1]))
         sha, seen, level, sd = first_baseline, {}, [], None
@@ -137,13 +143,17 @@ class RunState:
                 seen.setdefault(s, []).append(v)
                 if s != sha:
                     continue
-            mine = seen.get(sha, [])
+            mine = seen.get(sha, []) or every_run.get(sha or "", [])
             if not mine:
                 continue
             mean = sum(mine) / len(mine)
-            if len(mine) >= 2:
+            if len(mine) >= 2 and seen.get(sha):
                 sd = float(np.std(mine, ddof=1))
-            level.append({"t": t, "mean": mean, "sd": sd, "n": len(mine), "sha": sha})
+            level.append({"t": t, "mean": mean, "sd": sd, "n": len(seen.get(sha, [])), "sha": sha})
+        ts = self.snapshot.events.column("ts")
+        end = pc.max(ts).as_py() if len(ts) else None
+        if level and end is not None and end > level[-1]["t"]:  # main holds until now
+            level.append({**level[-1], "t": end})
         return MainLine(promotions, first_baseline, level, values)
 
     @cached_property

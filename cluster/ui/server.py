@@ -47,6 +47,10 @@ def make_ui_server(run_dir: Path, address: str = DEFAULT_ADDRESS, port: int = DE
     """
     app = create_app(Path(run_dir), grafana_url=grafana_url, loopback_only=is_loopback(address))
     server = make_server(address, port, app, threaded=True, request_handler=_QuietHandler)
+    # Read the ledger now, not on the first page view: an uncompacted ledger of a long run is one file per
+    # event (~1 ms each to open), so 10,000 experiments take ~10 s once; appends later are read incrementally.
+    model = app.extensions["farm_ui_model"]
+    threading.Thread(target=lambda: model.state().overview, name="farm-ui-warm", daemon=True).start()
     host = f"[{address}]" if ":" in address else address
     if address in ("0.0.0.0", "::"):
         host = "127.0.0.1"

@@ -61,22 +61,23 @@
     ];
     const shapes = [];
     const annotations = [];
-    const line = (y, color, dash, label) => {
-      annotations.push({ xref: "paper", x: 0.5, y: y, yanchor: "bottom", showarrow: false, text: label, font: { color: color, size: 11 } });
+    const line = (y, color, dash, label, x, anchor) => {
+      annotations.push({ xref: "paper", x: x, xanchor: anchor, y: y, yanchor: "bottom", showarrow: false, text: label,
+        font: { color: color, size: 11 } });
       return { type: "line", xref: "paper", x0: 0, x1: 1, y0: y, y1: y, line: { color: color, dash: dash, width: 2 } };
     };
     const notes = [];
     if (d.decision.main_mean !== null) {
-      shapes.push(line(d.decision.main_mean, "#27ae60", "solid", "main's mean"));
+      shapes.push(line(d.decision.main_mean, "#27ae60", "solid", "main's mean", 0, "left"));
       notes.push("main " + num(d.decision.main_mean));
       if (d.decision.margin !== null) {
-        shapes.push(line(d.decision.main_mean - d.decision.margin, "#c0392b", "dot", "main − margin (to beat)"));
+        shapes.push(line(d.decision.main_mean - d.decision.margin, "#c0392b", "dot", "main − margin (to beat)", 0.5, "center"));
         notes.push("to beat: main − margin " + num(d.decision.margin) + " = " + num(d.decision.main_mean - d.decision.margin));
       }
     }
     if (runs.length) {
       const mean = runs.reduce((a, r) => a + r.val_bpb, 0) / runs.length;
-      shapes.push(line(mean, "#2f6fde", "dash", "its mean"));
+      shapes.push(line(mean, "#2f6fde", "dash", "its mean", 1, "right"));
       notes.push("its mean " + num(mean) + " (n=" + runs.length + ")");
     }
     const div = document.getElementById("chart-replicates");
