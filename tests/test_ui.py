@@ -386,9 +386,9 @@ def browser():
 
 
 def shoot(driver, name: str) -> None:
-    """docs/ui-<name>.png when FARM_UI_SCREENSHOTS is set (how the README's pictures are made)."""
+    """docs/ui-<name>-real.png (this real run) with FARM_UI_SCREENSHOTS set; bench/ui_screenshots.py makes the rest."""
     if os.environ.get("FARM_UI_SCREENSHOTS"):
-        driver.save_screenshot(str(DOCS / f"ui-{name}.png"))
+        driver.save_screenshot(str(DOCS / f"ui-{name}-real.png"))
 
 
 def open_page(driver, url: str) -> None:
