@@ -32,6 +32,7 @@ from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
 from cluster.spec import ExperimentSpec, owner_of
 from cluster.state import FarmState, Work, diff_signature, sha, spend_summary
 from cluster.tournament import baseline_request, next_seeds
+from cluster.untrusted import log_tail
 from trainer.profiles import get_profile
 
 PROPOSAL_DRAIN_SECONDS = 120  # on a stop: how long proposals already paid for may still arrive
@@ -209,9 +210,7 @@ class Farm:
             work = self.state.work.get(summary.experiment_id)
             diff = self.repo.diff(work.commit) if work and work.kind in ("candidate", "merge") else ""
             log = self.run_dir / "experiments" / summary.experiment_id / "out" / "run.log"
-            tail = ""
-            if summary.status != "ok" and log.exists():
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            tail = log_tail(log, 15) if summary.status != "ok" else ""  # written by the candidate: no links
             self._details[summary.experiment_id] = (diff[:6000], tail[-2000:])
         return self._details[summary.experiment_id]
 

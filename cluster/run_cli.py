@@ -293,6 +293,7 @@ def _print_leaderboard(run_dir: Path, limit: int = 20) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     from cluster.ledger import Ledger
     from cluster.repo import ResearchRepo
+    from cluster.untrusted import log_tail
 
     if (run_dir := require_run_dir("show", args.run_dir)) is None:
         return 2
@@ -302,7 +303,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 1
     diff = ResearchRepo.open(run_dir / "repo").diff(row.commit) if row.commit else ""
     log = run_dir / "experiments" / args.experiment_id / "out" / "run.log"
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
+    tail = log_tail(log, 20)  # the candidate's file: never a link followed, never read whole
     if args.output == "json":
         print(json.dumps({"row": row.model_dump(exclude_none=True), "diff": diff, "log_tail": tail}, indent=2))
         return 0

@@ -110,6 +110,15 @@ VARIANTS: dict[str, dict[str, str]] = {
     "pids_bomb": {
         "prelude": "import os\nwhile True:\n    if os.fork() == 0:\n        time.sleep(120)\n        os._exit(0)"
     },
+    # Plants links and blockers in its out dir after an honest run: the host must not follow them, and the runner's
+    # verdict must still be written (a candidate cannot turn its run into the farm's "error").
+    "plants_links": {
+        "after_eval": "import os\nout = os.path.dirname(os.getcwd())\n"
+        "for name, target in (('run.log', '/proc/self/environ'), ('container.log', '/etc/hostname')):\n"
+        "    try:\n        os.unlink(os.path.join(out, name))\n    except OSError:\n        pass\n"
+        "    os.symlink(target, os.path.join(out, name))\n"
+        "os.mkdir(os.path.join(out, 'result.json'))\nos.mkfifo(os.path.join(out, 'result.json.tmp'))"
+    },
     "stdout_flood": {"prelude": "for _ in range(200):\n    sys.stdout.write('x' * 1_000_000 + '\\n')"},
 }
 

@@ -24,6 +24,7 @@ import trainer
 from cluster.sandbox import SandboxError, make_sandbox
 from cluster.sandbox.process import MARKER
 from cluster.spec import ExperimentSpec, GpuAssignment, Limits
+from cluster.untrusted import read_text
 from tests import candidates
 from trainer.result import ExperimentResult, Status
 
@@ -68,7 +69,7 @@ def run(sandbox, tmp_path: Path, farm_cache: Path, source: str, **limits) -> Exp
 
 
 def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
+    return read_text(path, 1 << 20)  # as the host reads: a link the candidate planted is not followed
 
 
 def assert_host_clean(spec: ExperimentSpec) -> None:
@@ -128,6 +129,16 @@ def test_a_candidate_that_exhausts_its_resources_is_its_own_crash_never_the_farm
                  wall_seconds=60)
     assert result.status == Status.CRASH, f"{result.status}: {result.reason}\n{result.log_tail}"
     assert reason in result.reason
+
+
+def test_links_and_blockers_planted_in_the_out_dir_neither_fool_the_host_nor_cost_the_verdict(
+        sandbox, tmp_path, farm_cache) -> None:
+    result = run(sandbox, tmp_path, farm_cache, candidates.source("plants_links"))
+    assert result.status == Status.OK and 2.0 < result.val_bpb < 8.0, f"{result.reason}\n{result.log_tail}"
+    out = tmp_path / "run" / "out"
+    assert (out / "result.json").is_file() and not (out / "result.json").is_symlink()
+    assert (out / "run.log").is_symlink()  # planted: the host reads nothing through it
+    assert read_text(out / "run.log", 4096) == "" and "FARM_PROFILE" not in result.log_tail
 
 
 def test_memory_bomb_is_out_of_memory(sandbox, tmp_path, farm_cache) -> None:

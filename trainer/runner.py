@@ -19,6 +19,7 @@ import math
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -341,10 +342,39 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _write(out: Path, result: ExperimentResult) -> ExperimentResult:
-    tmp = out / (RESULT_FILE + ".tmp")
-    tmp.write_text(result.model_dump_json(indent=2))
-    os.replace(tmp, out / RESULT_FILE)
+    """The result, whatever the candidate left in out/: an entry it planted under the result's names (a directory,
+    a link, a FIFO) is removed, and if its files filled the disk they are removed to make room. A candidate must
+    never turn its own failure into "no result", which the farm counts as its own fault (status error)."""
+    data = result.model_dump_json(indent=2).encode()
+    for attempt in range(2):
+        try:
+            for name in (RESULT_FILE + ".tmp", RESULT_FILE):
+                _remove(out / name)
+            fd = os.open(out / (RESULT_FILE + ".tmp"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(out / (RESULT_FILE + ".tmp"), out / RESULT_FILE)
+            return result
+        except OSError:
+            if attempt:
+                raise
+            for entry in out.iterdir():  # no room (or no way): the candidate's files go, the run's facts stay
+                if entry.name not in (LOG_FILE,):
+                    _remove(entry)
     return result
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or directory tree at ``path`` (a link itself, never what it points to)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass  # e.g. a mount point (the scratch tmpfs): its contents are gone, the mount stays
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Protocol
 
 from cluster.spec import ExperimentSpec, GpuAssignment
+from cluster.untrusted import read_bytes, read_text
 from trainer.profiles import get_profile
 from trainer.result import RESULT_FILE, ExperimentResult, Status
+
+# The runner's result.json is a few KB; anything far larger was not written by it (and is never read whole).
+RESULT_MAX_BYTES = 1 << 20
 
 # Seconds the sandbox waits past the runner's own wall limit before it kills
 # from outside: the runner normally stops the candidate itself and reports.
@@ -104,10 +108,12 @@ def runner_args(spec: ExperimentSpec, train_py: str, out: str) -> list[str]:
 
 def collect(spec: ExperimentSpec, out: Path, started: float, *, killed: bool, exit_code: int | None, note: str = ""):
     """The runner's result if it wrote one, else one that says why there is none."""
-    path = out / RESULT_FILE
-    if path.exists() and not killed:
+    data = None if killed else read_bytes(out / RESULT_FILE, RESULT_MAX_BYTES + 1)
+    if data is not None:
         try:
-            return ExperimentResult.model_validate_json(path.read_text())
+            if len(data) > RESULT_MAX_BYTES:
+                raise ValueError(f"larger than {RESULT_MAX_BYTES} bytes")
+            return ExperimentResult.model_validate_json(data)
         except ValueError as exc:
             note = f"unreadable result file ({exc.__class__.__name__}); {note}"
     if killed:
@@ -117,8 +123,7 @@ def collect(spec: ExperimentSpec, out: Path, started: float, *, killed: bool, ex
         )
     else:
         status, reason = Status.ERROR, f"the runner wrote no result (exit code {exit_code}) {note}".strip()
-    log = out / "run.log"
-    tail = log.read_text(errors="replace")[-4000:] if log.exists() else note
+    tail = read_text(out / "run.log", 4000, tail=True) or note
     return no_result(spec, started, status, reason, exit_code=exit_code, log_tail=tail)
 
 

@@ -35,6 +35,7 @@ from cluster.sandbox.base import (
     stage,
 )
 from cluster.spec import TRAINER_IMAGE, ExperimentSpec, GpuAssignment
+from cluster.untrusted import write_bytes
 from trainer.profiles import get_profile
 from trainer.result import RESULT_FILE, ExperimentResult, Status
 
@@ -302,7 +303,7 @@ class DockerSandbox:
                 notes.append("the container ran out of memory;")
             logs = container.logs(stdout=True, stderr=True, tail=200)[-CONTAINER_LOG_BYTES:]
             if logs:
-                (out / "container.log").write_bytes(logs)
+                write_bytes(out / "container.log", logs)  # out/ is the candidate's: never through its links
                 notes.append(logs.decode("utf-8", "replace")[-2000:])
         except Exception as exc:  # the post-mortem must never hide the result
             notes.append(f"(no container state: {_short(exc)})")
