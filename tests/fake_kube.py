@@ -200,6 +200,17 @@ class FakeKube:
             if kind == "pods":
                 self.pods[name] = Pod(self, obj, Script())
 
+    def rbac_pairs(self) -> set[tuple[str, str, str]]:
+        """(namespace, resource, verb) of every request so far, as the API server's RBAC sees them."""
+        pairs = set()
+        for method, path, _ in self.requests:
+            m = PATH_RE.match(path)
+            if m:
+                ns, kind, name, sub = m.groups()
+                verb = {"POST": "create", "DELETE": "delete"}.get(method) or ("get" if name else "list")
+                pairs.add((ns, f"{kind}/{sub}" if sub else kind, verb))
+        return pairs
+
     def names(self, kind: str) -> list[str]:
         with self.lock:
             return sorted(self.objects[kind])

@@ -25,7 +25,7 @@ import yaml
 from cluster.cli import build_parser
 from cluster.config import load_config, overrides_from_args
 from cluster.sandbox.base import ENV_ALLOW, OUTER_KILL_GRACE
-from cluster.sandbox.kube_pod import KubernetesSettings, labels, pod_manifest
+from cluster.sandbox.kube_pod import UID_BASE, UID_SPAN, KubernetesSettings, labels, pod_manifest
 from cluster.spec import ExperimentSpec, GpuAssignment, Limits
 from trainer.profiles import get_profile
 
@@ -35,6 +35,10 @@ DASHBOARD = REPO / "monitoring" / "grafana" / "autoresearch-farm.json"
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CRDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 SECRET = "sk-test-never-in-a-pod"
+# Experiments run in <release>-experiments, which needs its own claim on the cache's storage: the chart refuses to
+# render without one, so every render here names one (tests that are about that refusal leave it out).
+BASE = {"cache": {"experimentsClaim": "farm-cache"}}
+EXPERIMENTS_NS = "farm-experiments"
 
 ALL_ON = {
     "fullnameOverride": "arf",
@@ -46,14 +50,18 @@ ALL_ON = {
              "extraEnv": [{"name": "FARM_TOURNAMENT__MARGIN_SIGMAS", "value": "3"}],
              "runs": {"existingClaim": "farm-runs"}},
     "rayJob": {"activeDeadlineSeconds": 86400, "backoffLimit": 5},
-    "rayCluster": {"enableInTreeAutoscaling": True,
+    "rayCluster": {"enableInTreeAutoscaling": True, "auth": {"enabled": True},
+                   "networkPolicy": {"operatorNamespaceSelector": {"matchLabels": {"name": "ray-system"}},
+                                     "extraIngress": [{"ports": [{"port": 8090, "protocol": "TCP"}]}]},
                    "head": {"rayStartParams": {"num-cpus": "4"}, "nodeSelector": {"pool": "cpu"},
                             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "farm",
                                              "effect": "NoSchedule"}]},
                    "agentWorkers": {"replicas": 2, "maxReplicas": 8, "nodeSelector": {"pool": "cpu"}}},
     "apiKey": {"existingSecret": "anthropic", "secretKey": "key"},
-    "cache": {"existingClaim": "datasets", "subPath": "autoresearch"},
-    "experiments": {"gpu": True, "gpuResource": "nvidia.com/gpu", "nodeSelector": {"gpu": "h100"},
+    "cache": {"existingClaim": "datasets", "subPath": "autoresearch", "experimentsClaim": "datasets-experiments"},
+    "experiments": {"namespace": "research-sandbox", "createNamespace": True, "pidsLimit": 1024,
+                    "serviceAccount": {"create": True, "name": "sandboxed"},
+                    "gpu": True, "gpuResource": "nvidia.com/gpu", "nodeSelector": {"gpu": "h100"},
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
                                     {"key": "spot", "operator": "Exists"}],
                     "startTimeoutSeconds": 900, "priorityClassName": "research", "tmpMb": 2048,
@@ -72,8 +80,16 @@ def chart() -> helm.Chart:
     return helm.Chart.load(CHART)
 
 
+def with_base(values: dict | None) -> dict:
+    """values over BASE (one level deep is enough for the keys BASE sets)."""
+    merged = {k: dict(v) for k, v in BASE.items()}
+    for key, value in (values or {}).items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) and key in merged else value
+    return merged
+
+
 def render(chart: helm.Chart, values: dict | None = None) -> list[dict]:
-    out = chart.render(values or {}, name="farm", namespace="research", is_install=True)
+    out = chart.render(with_base(values), name="farm", namespace="research", is_install=True)
     docs = []
     for path, text in sorted(out.items()):
         if not path.endswith(".txt"):
@@ -114,6 +130,7 @@ def check_kuberay(docs: list[dict], slots: int) -> None:
     head = cluster["spec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-gpus"] == str(slots)
     assert all(isinstance(v, str) for v in head["rayStartParams"].values())
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}  # Ray's token authentication, via KubeRay
     pod = head["template"]["spec"]
     assert pod["automountServiceAccountToken"] is True and pod["serviceAccountName"]
     container = pod["containers"][0]
@@ -149,7 +166,7 @@ def farm_args(entrypoint: str) -> list[list[str]]:
 
 
 def test_lint_is_clean(chart) -> None:
-    for values in (None, ALL_ON):
+    for values in (BASE, ALL_ON):
         report = helm.lint(CHART, values, strict=True, namespace="research", kube_version="v1.30.0")
         assert report["errors"] == [] and report["total_charts_linted"] == 1
         serious = [m for m in report["messages"] if m["severity"] >= 2]
@@ -181,13 +198,14 @@ def test_default_render_validates(chart) -> None:
     validate_all(docs)
     check_kuberay(docs, 8)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["RayCluster", "RayJob", "ServiceAccount", "Role", "RoleBinding",
-                            "PersistentVolumeClaim", "NetworkPolicy", "Service"])  # fmt: skip
+    assert kinds == sorted(["RayCluster", "RayJob", "ServiceAccount", "ServiceAccount", "Role", "RoleBinding",
+                            "PersistentVolumeClaim", "NetworkPolicy", "NetworkPolicy", "Service",
+                            "Namespace"])  # fmt: skip
     pvc = one(docs, "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     env = head_env(docs)
     assert "ANTHROPIC_API_KEY" not in env and "ANTHROPIC_API_KEY_FILE" not in env
-    notes = chart.render({}, name="farm", namespace="research")["autoresearch-farm/templates/NOTES.txt"]
+    notes = chart.render(BASE, name="farm", namespace="research")["autoresearch-farm/templates/NOTES.txt"]
     assert "port-forward service/farm-autoresearch-farm-head-svc 8265:8265" in notes
     assert "port-forward service/farm-autoresearch-farm-metrics 9464:9464" in notes
 
@@ -217,7 +235,10 @@ def test_all_flags_render_validates(chart) -> None:
     assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 2
     env = head_env(docs)
     assert env["FARM_TOURNAMENT__MARGIN_SIGMAS"] == "3" and env["FARM_KUBERNETES__RUNTIME_CLASS"] == "gvisor"
-    assert env["FARM_KUBERNETES__CACHE_PVC"] == "datasets" and env["FARM_KUBERNETES__CACHE_SUB_PATH"] == "autoresearch"
+    assert env["FARM_KUBERNETES__CACHE_PVC"] == "datasets-experiments"  # the claim in the experiments' namespace
+    assert env["FARM_KUBERNETES__CACHE_SUB_PATH"] == "autoresearch" and env["FARM_KUBERNETES__PIDS"] == "1024"
+    assert env["FARM_KUBERNETES__NAMESPACE"] == "research-sandbox"
+    assert env["FARM_KUBERNETES__SERVICE_ACCOUNT"] == "sandboxed"
 
 
 def test_api_key_reaches_the_driver_side_only_as_a_file(chart) -> None:
@@ -256,31 +277,158 @@ def test_schema_rejects_typos_and_wrong_types(chart) -> None:
         {"cache": {"accessModes": ["ReadWriteAll"]}},
         {"rayCluster": {"head": {"rayStartParams": {"num-gpus": "2"}}}},  # set by the chart from gpuSlots
         {"metrics": {"serviceMonitor": {"interval": "often"}}},
+        {"experiments": {"namespace": "Research_Sandbox"}},  # not a DNS label
+        {"experiments": {"pidsLimit": -1}},
+        {"experiments": {"serviceAccount": {"create": True, "automount": True}}},
+        {"cache": {"experimentsClaim": "Datasets"}},
+        {"rayCluster": {"auth": {"enabled": "yes"}}},
+        {"rayCluster": {"networkPolicy": {"operatorPodSelector": {"matchLabel": {"a": "b"}}}}},
     ]
     for values in bad:
         with pytest.raises(helm.HelmError):
             chart.validate_schema(values)
         with pytest.raises(helm.HelmError):
-            chart.render(values, name="farm", namespace="research")
+            chart.render(with_base(values), name="farm", namespace="research")
 
 
-def test_rbac_is_only_what_the_backend_needs(chart) -> None:
-    docs = render(chart)
-    role = one(docs, "Role")
-    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
-    assert rules == {
-        (("",), ("pods",)): {"create", "get", "list", "watch", "delete"},
-        (("",), ("pods/log",)): {"get"},
-        (("",), ("configmaps",)): {"create", "get", "list", "delete"},
-    }
+def backend_calls(tmp_path: Path, namespace: str) -> set[tuple[str, str, str]]:
+    """(namespace, resource, verb) of every API request the kubernetes sandbox makes: start (the access check),
+    a run (a retried attempt's leftover removed first, the candidate, the pod, polls, the log, the deletes),
+    leftover cleanup, and a run that fails to start."""
+    from cluster.sandbox.kube_pod import EXPERIMENT_LABEL, INSTANCE_LABEL, ROLE, ROLE_LABEL
+    from cluster.sandbox.kubernetes import KubernetesSandbox
+    from tests.fake_kube import FakeKube, Script
+
+    token = tmp_path / "token"
+    token.write_text("good-token")
+    bad = Script(pending_s=float("inf"), waiting={"reason": "InvalidImageName", "message": "x"})
+    with FakeKube(lambda pod: bad if "bad" in pod["metadata"]["name"] else Script(run_s=0.2, log="ok\n")) as fake:
+        sandbox = KubernetesSandbox(KubernetesSettings(api_server=fake.url, token_file=token, namespace=namespace,
+                                                       instance="farm", poll_max_s=0.1))  # fmt: skip
+        for experiment in ("e1", "bad"):
+            spec = ExperimentSpec(experiment_id=experiment, train_py="print(1)\n", profile="cpu-smoke",
+                                  run_dir=tmp_path / experiment, cache_dir=tmp_path)  # fmt: skip
+            lost = {ROLE_LABEL: ROLE, INSTANCE_LABEL: "farm", EXPERIMENT_LABEL: experiment}
+            fake.add("pods", f"farm-{experiment}-lost", lost, namespace)
+            fake.add("configmaps", f"farm-{experiment}-lost-src", lost, namespace)
+            sandbox.run(spec, GpuAssignment())
+        fake.add("pods", "farm-crashed", {ROLE_LABEL: ROLE, INSTANCE_LABEL: "farm"}, namespace)
+        assert sandbox.cleanup_leftovers() == 1
+        return fake.rbac_pairs()
+
+
+def test_rbac_is_exactly_what_the_backend_calls(chart, tmp_path) -> None:
+    """The Role's (resource, verb) pairs are the requests the backend makes, no more (no watch), no fewer; in the
+    experiments' namespace only: the driver can create no pod where the API key's Secret is."""
+    docs = render(chart, {"apiKey": {"value": SECRET}})
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == EXPERIMENTS_NS
+    granted = set()
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""] and set(rule) == {"apiGroups", "resources", "verbs"}  # no resourceNames
+        granted |= {(EXPERIMENTS_NS, r, v) for r in rule["resources"] for v in rule["verbs"]}
+    used = backend_calls(tmp_path, EXPERIMENTS_NS)
+    assert used == granted
+    assert {r for _, r, _ in used} == {"pods", "pods/log", "configmaps"}
     binding = one(docs, "RoleBinding")
-    account = one(docs, "ServiceAccount")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    account = next(d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"].get("namespace") is None)
+    assert binding["metadata"]["namespace"] == EXPERIMENTS_NS and binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}  # fmt: skip
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
                                     "namespace": "research"}]  # fmt: skip
     head = one(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
     assert head["serviceAccountName"] == account["metadata"]["name"]
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    secret = one(docs, "Secret")
+    assert secret["metadata"].get("namespace") is None  # the release namespace, where the driver has no rights
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "RoleBinding"] == [binding["metadata"]["name"]]
+
+
+def test_experiments_get_a_restricted_namespace_an_account_without_rights_and_no_traffic(chart) -> None:
+    for values, ns, account_name in ((None, EXPERIMENTS_NS, "farm-autoresearch-farm-experiment"),
+                                     (ALL_ON, "research-sandbox", "sandboxed")):  # fmt: skip
+        docs = render(chart, values)
+        namespace = one(docs, "Namespace")
+        assert namespace["metadata"]["name"] == ns
+        psa = {k: v for k, v in namespace["metadata"]["labels"].items() if k.startswith("pod-security.")}
+        assert psa == {f"pod-security.kubernetes.io/{mode}{suffix}": value for mode in ("enforce", "warn", "audit")
+                       for suffix, value in (("", "restricted"), ("-version", "latest"))}  # fmt: skip
+        account = next(d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"].get("namespace") == ns)
+        assert account["metadata"]["name"] == account_name and account["automountServiceAccountToken"] is False
+        bound = [s["name"] for d in docs if d["kind"] == "RoleBinding" for s in d["subjects"]]
+        assert account_name not in bound  # no rights at all
+        policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"].get("namespace") == ns)
+        assert policy["spec"] == {"podSelector": {"matchLabels": {"autoresearch-farm/role": "experiment",
+                                                                  "autoresearch-farm/instance": docs_instance(docs)}},
+                                  "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []}  # fmt: skip
+        env = head_env(docs)
+        assert env["FARM_KUBERNETES__NAMESPACE"] == ns and env["FARM_KUBERNETES__SERVICE_ACCOUNT"] == account_name
+
+
+def docs_instance(docs: list[dict]) -> str:
+    return one(docs, "RayCluster")["metadata"]["name"]
+
+
+def test_experiments_beside_the_farm_or_a_missing_cache_claim(chart) -> None:
+    """experiments.namespace = the release's: the old single-namespace layout (no Namespace, no PSA labels, the
+    head's cache claim); a separate namespace without cache.experimentsClaim: a refusal that says what to set."""
+    docs = render(chart, {"experiments": {"namespace": "research"}, "cache": {"experimentsClaim": ""}})
+    validate_all(docs)
+    assert not [d for d in docs if d["kind"] == "Namespace"]
+    env = head_env(docs)
+    assert env["FARM_KUBERNETES__NAMESPACE"] == "research"
+    assert env["FARM_KUBERNETES__CACHE_PVC"] == one(docs, "PersistentVolumeClaim")["metadata"]["name"]
+    assert one(docs, "Role")["metadata"]["namespace"] == "research"
+    with pytest.raises(helm.HelmError, match="cache.experimentsClaim.*experiments.namespace=research"):
+        chart.render({}, name="farm", namespace="research")
+
+
+def test_ray_pods_take_connections_from_the_farm_only(chart) -> None:
+    """Ray's ports (GCS, dashboard/Jobs API, client, raylet, workers) answer the farm's own pods and the KubeRay
+    operator's dashboard calls; an experiment pod matches no rule, even in the release namespace."""
+    for values in (None, ALL_ON):
+        docs = render(chart, values)
+        policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ray"))
+        assert policy["metadata"].get("namespace") is None  # the release namespace, where Ray runs
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        cluster = one(docs, "RayCluster")["spec"]
+        head = cluster["headGroupSpec"]["template"]["metadata"]["labels"]
+        worker = cluster["workerGroupSpecs"][0]["template"]["metadata"]["labels"]
+        submitter = one(docs, "RayJob")["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+        assert selects(spec["podSelector"], head) and selects(spec["podSelector"], worker)
+        assert not selects(spec["podSelector"], submitter)
+        farm_rule, operator_rule, metrics_rule, *extra = spec["ingress"]
+        assert set(farm_rule) == {"from"} and len(farm_rule["from"]) == 1  # every port, from the farm's pods only
+        peer = farm_rule["from"][0]
+        assert set(peer) == {"podSelector"}  # no namespaceSelector: this namespace only
+        for pod in (head, worker, submitter):
+            assert selects(peer["podSelector"], pod)
+        experiment = experiment_pod(KubernetesSettings(instance=docs_instance(docs)))["metadata"]["labels"]
+        assert not selects(peer["podSelector"], experiment)
+        assert not selects(peer["podSelector"], {**experiment, "app.kubernetes.io/instance": "farm"})
+        assert operator_rule["ports"] == [{"protocol": "TCP", "port": 8265}]
+        (operator,) = operator_rule["from"]
+        assert operator["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}
+        assert operator["namespaceSelector"] == ({"matchLabels": {"name": "ray-system"}} if values else {})
+        assert metrics_rule == {"ports": [{"protocol": "TCP", "port": 9500 if values else 9464}]}
+        assert extra == ([{"ports": [{"port": 8090, "protocol": "TCP"}]}] if values else [])
+    off = render(chart, {"rayCluster": {"networkPolicy": {"enabled": False}, "auth": {"enabled": False}}})
+    assert not [d for d in off if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ray")]
+    assert "authOptions" not in one(off, "RayCluster")["spec"]
+
+
+def selects(selector: dict, pod_labels: dict[str, str]) -> bool:
+    """A LabelSelector's verdict on a pod's labels (matchLabels and In/NotIn/Exists/DoesNotExist)."""
+    if not selector.get("matchLabels", {}).items() <= pod_labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {"In": pod_labels.get(key) in values, "NotIn": pod_labels.get(key) not in values,
+              "Exists": key in pod_labels, "DoesNotExist": key not in pod_labels}[op]  # fmt: skip
+        if not ok:
+            return False
+    return True
 
 
 def test_driver_entrypoint_is_a_valid_farm_run(chart) -> None:
@@ -294,7 +442,7 @@ def test_driver_entrypoint_is_a_valid_farm_run(chart) -> None:
             config = load_config(overrides_from_args(args), None, env)
             assert config.sandbox == "kubernetes" and config.gpus == slots
             assert config.metrics_port == (9500 if values else 9464) and config.metrics_address == "0.0.0.0"
-            assert config.kubernetes.namespace == "research"
+            assert config.kubernetes.namespace == ("research-sandbox" if values else EXPERIMENTS_NS)
 
 
 def experiment_pod(settings: KubernetesSettings, profile: str = "h100", tmp: Path = Path("/nonexistent")) -> dict:
@@ -316,15 +464,21 @@ def assert_restricted(pod: dict, settings: KubernetesSettings, gpu: bool) -> Non
         kubernetes_validate.validate(pod, version, strict=True)
     spec = pod["spec"]
     (container,) = spec["containers"]
+    assert psa_restricted_violations(pod) == []
     sc = container["securityContext"]
-    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65534 and sc["runAsGroup"] == 65534
+    uid = spec["securityContext"]["runAsUser"]
+    assert UID_BASE <= uid < UID_BASE + UID_SPAN  # a uid of its own: not the farm's 65534, nor root
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == uid and sc["runAsGroup"] == 65534
     assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert sc["readOnlyRootFilesystem"] is True
-    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 65534
+    assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["automountServiceAccountToken"] is False
+    assert spec.get("serviceAccountName") == settings.service_account
+    assert container["command"][:2] == ["python", "-c"] and "RLIMIT_NPROC" in container["command"][2]
+    assert container["command"][3] == str(settings.pids or 512)  # the spec's limits.pids unless set
     assert spec["enableServiceLinks"] is False
     assert spec["restartPolicy"] == "Never"
     assert spec["hostNetwork"] is False and spec["hostPID"] is False and spec["hostIPC"] is False
@@ -356,7 +510,7 @@ def assert_restricted(pod: dict, settings: KubernetesSettings, gpu: bool) -> Non
     env = {e["name"]: e["value"] for e in container["env"]}
     allowed = set(ENV_ALLOW) - {"PATH"}
     allowed |= {"FARM_PROFILE", "FARM_CACHE", "FARM_SEED", "HOME", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
-                "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"}  # fmt: skip
+                "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "USER", "LOGNAME"}  # fmt: skip
     assert set(env) <= allowed, set(env) - allowed
     assert SECRET not in json.dumps(pod)
     assert env["FARM_CACHE"] == "/cache" and env["HOME"] == "/tmp"
@@ -373,6 +527,67 @@ def assert_restricted(pod: dict, settings: KubernetesSettings, gpu: bool) -> Non
     assert meta["autoresearch-farm/experiment"] == "e0042.retry_1"
 
 
+def psa_restricted_violations(pod: dict) -> list[str]:
+    """What Pod Security Admission's `restricted` level (v1.30+, the namespace's enforce label) would refuse."""
+    spec, found = pod["spec"], []
+    containers = spec["containers"] + spec.get("initContainers", []) + spec.get("ephemeralContainers", [])
+    pod_sc = spec.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            found.append(flag)
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}  # fmt: skip
+    for volume in spec.get("volumes", []):
+        if set(volume) - {"name"} - allowed_volumes:
+            found.append(f"volume {volume['name']}")
+    if pod_sc.get("runAsUser") == 0:
+        found.append("pod runAsUser 0")
+    for c in containers:
+        sc, name = c.get("securityContext", {}), c["name"]
+        if sc.get("privileged"):
+            found.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities")
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True or sc.get("runAsUser") == 0:
+            found.append(f"{name}: runAsNonRoot")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+        if sc.get("procMount", "Default") != "Default":
+            found.append(f"{name}: procMount")
+    return found
+
+
+def test_psa_check_refuses_what_restricted_refuses(tmp_path) -> None:
+    """The check above is not vacuous: each loosening of the experiment pod is caught."""
+    import copy
+
+    base = experiment_pod(KubernetesSettings(), tmp=tmp_path)
+    assert psa_restricted_violations(base) == []
+    loosen = [
+        lambda p: p["spec"].update(hostPID=True),
+        lambda p: p["spec"]["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        lambda p: p["spec"]["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
+        lambda p: p["spec"]["containers"][0]["securityContext"].update(capabilities={"drop": ["NET_RAW"]}),
+        lambda p: p["spec"]["containers"][0]["securityContext"].update(capabilities={"drop": ["ALL"],
+                                                                                     "add": ["SYS_ADMIN"]}),
+        lambda p: [p["spec"]["containers"][0]["securityContext"].pop("runAsNonRoot"),
+                   p["spec"]["securityContext"].pop("runAsNonRoot")],
+        lambda p: [p["spec"]["containers"][0]["securityContext"].pop("seccompProfile"),
+                   p["spec"]["securityContext"].pop("seccompProfile")],
+        lambda p: p["spec"]["containers"][0]["securityContext"].update(privileged=True),
+    ]  # fmt: skip
+    for change in loosen:
+        pod = copy.deepcopy(base)
+        change(pod)
+        assert psa_restricted_violations(pod), change
+
+
 def test_experiment_pod_carries_every_restriction(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
@@ -382,7 +597,7 @@ def test_experiment_pod_carries_every_restriction(monkeypatch, tmp_path) -> None
     cpu = KubernetesSettings(runtime_class="gvisor", node_selector={"pool": "cpu"},
                              tolerations=[{"key": "spot", "operator": "Exists"}], tmp_mb=512)  # fmt: skip
     assert_restricted(experiment_pod(cpu, "cpu-tiny", tmp_path), cpu, gpu=False)
-    forced = KubernetesSettings(gpu=False)
+    forced = KubernetesSettings(gpu=False, service_account="farm-experiment", pids=64)
     assert_restricted(experiment_pod(forced, "h100", tmp_path), forced, gpu=False)
 
 
@@ -394,12 +609,14 @@ def test_chart_settings_drive_the_experiment_pod(chart, monkeypatch, tmp_path) -
         env = head_env(docs)
         assert load_config({"gpus": 2}, None, env).kubernetes == KubernetesSettings.from_env(env)
         settings = KubernetesSettings.from_env(env)
-        assert settings.namespace == "research"
-        claims = [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
-        assert settings.cache_pvc == (claims[0] if claims else "datasets")
+        assert settings.namespace == ("research-sandbox" if values else EXPERIMENTS_NS)
+        assert settings.cache_pvc == ("datasets-experiments" if values else "farm-cache")
+        assert settings.service_account == ("sandboxed" if values else "farm-autoresearch-farm-experiment")
+        assert settings.pids == (1024 if values else None)
         pod = experiment_pod(settings, "h100", tmp_path)
         assert_restricted(pod, settings, gpu=True)
-        policy = one(docs, "NetworkPolicy")
+        policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"].get("namespace"))
+        assert policy["metadata"]["namespace"] == settings.namespace
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
         assert not policy["spec"].get("ingress") and not policy["spec"].get("egress")  # deny all, both ways
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
@@ -436,7 +653,8 @@ def test_render_script_without_a_helm_binary(capsys) -> None:
     spec = importlib.util.spec_from_file_location("helm_render", CHART.parent / "render.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["-n", "research", "--set", "metrics.serviceMonitor.enabled=true", "--lint", "--validate"]) == 0
+    argv = ["-n", "research", "--set", "metrics.serviceMonitor.enabled=true", "--set", "cache.experimentsClaim=c"]
+    assert module.main([*argv, "--lint", "--validate"]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert {d["kind"] for d in docs} >= {"RayCluster", "RayJob", "ServiceMonitor", "NetworkPolicy", "Role"}
     assert module.main(["--set", "metrics.port=8265"]) == 1  # the schema's refusal, said on stderr

@@ -115,8 +115,9 @@ class KubeClient:
             )
         if code == 403:
             return KubeApiError(
-                f"the farm's service account may not do this (403 Forbidden) at {what}: {message}; its Role needs "
-                "pods, pods/log and configmaps in the namespace (the Helm chart's Role grants exactly these)",
+                f"the farm's service account may not do this (403 Forbidden) at {what}: {message}; its Role in the "
+                f"experiments' namespace ({self.namespace}) needs pods (create, get, list, delete), pods/log (get) "
+                "and configmaps (create, list, delete): the Helm chart's Role grants exactly these",
                 code,
                 reason,
             )

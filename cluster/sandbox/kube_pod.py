@@ -6,7 +6,8 @@ restriction can be read, tested and schema-validated without a cluster.
 The candidate crosses into the pod as a ConfigMap mounted read-only at
 /candidate (like the docker backend's read-only bind mount): no writable
 shared volume, no exec-argument size limit, the source never in the pod spec.
-The result crosses back in the pod's log: ``IN_POD`` runs the runner, then
+The result crosses back in the pod's log: ``IN_POD`` caps the processes of
+the pod's user (RLIMIT_NPROC), runs the runner, then
 prints the tail of run.log and result.json base64-encoded between markers,
 which ``parse_log`` reads back (the last block wins). Short lines, because
 the container runtime splits long ones and the log API's tailLines counts
@@ -16,6 +17,7 @@ the pieces.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import os
 import re
@@ -33,18 +35,26 @@ INSTANCE_LABEL = "autoresearch-farm/instance"  # the farm (Helm release) that ow
 EXPERIMENT_LABEL = "autoresearch-farm/experiment"
 RUN_LABEL = "autoresearch-farm/run"  # unique per attempt
 CONTAINER = "experiment"
-SANDBOX_UID = 65534  # nobody
+SANDBOX_UID = 65534  # nobody: the group of every experiment pod, and the uid of the farm's own pods
+# Each experiment pod runs as its own uid from this range (from the attempt id): RLIMIT_NPROC counts every
+# process of a uid on the node, so a shared uid (65534 is also the farm's, and often other tenants') would make
+# one pod's limit depend on its neighbours; distinct uids also keep experiments on one node apart (signals, /proc).
+UID_BASE, UID_SPAN = 200_000, 1_000_000
 OUT_DIR = "/tmp/out"  # inside the pod: an emptyDir, gone with the pod; the result leaves through the log
 RUNNER_CPU_SLACK = 0.25  # as in the docker backend: the trusted runner's own threads
 CONFIGMAP_MAX_BYTES = 900 * 1024  # the API server refuses objects past ~1 MiB
 LOG_TAIL_BYTES = 128 * 1024  # how much of run.log the pod prints back
 LOG_MARK, RESULT_MARK, END_MARK = "@@farm-run-log@@", "@@farm-result@@", "@@farm-end@@"
 
-# Runs in the pod as `python -c IN_POD <runner args>`: the runner, then its run.log tail and result.json
-# printed base64 in 76-character lines between markers (never mistaken for the candidate's own output).
+# Runs in the pod as `python -c IN_POD <pids> <runner args>`: caps the processes and threads of the pod's uid
+# (RLIMIT_NPROC, soft = hard, so nothing below can raise it; root would ignore it, the pod is never root), runs
+# the runner, then prints its run.log tail and result.json base64 in 76-character lines between markers (never
+# mistaken for the candidate's own output).
 IN_POD = f"""\
-import base64, os, subprocess, sys
-rc = subprocess.call([sys.executable] + sys.argv[1:])
+import base64, os, resource, subprocess, sys
+pids = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
+rc = subprocess.call([sys.executable] + sys.argv[2:])
 out = sys.argv[sys.argv.index("--out") + 1]
 for mark, name, keep in (({LOG_MARK!r}, "run.log", {LOG_TAIL_BYTES}), ({RESULT_MARK!r}, "result.json", None)):
     try:
@@ -66,7 +76,23 @@ class KubernetesSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    namespace: str | None = Field(None, description="namespace of the experiment pods; default: the farm pod's own")
+    namespace: str | None = Field(
+        None,
+        description="namespace of the experiment pods; default: the farm pod's own "
+        "(the chart: <release>-experiments, which holds no secret)",
+    )
+    service_account: str | None = Field(
+        None,
+        description="ServiceAccount of experiment pods (the chart's has no "
+        "RoleBinding; its token is never mounted); default: the namespace's default",
+    )
+    pids: int | None = Field(
+        None,
+        gt=0,
+        description="processes and threads of an experiment pod (RLIMIT_NPROC of "
+        "its own uid); default: the spec's limits.pids. The node's cap is the kubelet's "
+        "podPidsLimit",
+    )
     api_server: str | None = Field(None, description="API server URL; default: in-cluster (KUBERNETES_SERVICE_HOST)")
     token_file: Path | None = Field(None, description="bearer token file; default: the pod's service-account token")
     ca_file: Path | None = Field(None, description="CA bundle of the API server; default: the service account's")
@@ -134,6 +160,17 @@ def labels(settings: KubernetesSettings, spec: ExperimentSpec, attempt: str) -> 
     }
 
 
+def sandbox_uid(attempt: str) -> int:
+    """The experiment pod's own uid, from its attempt id: RLIMIT_NPROC is per uid and node, so the pids cap holds
+    per pod only when no other pod on the node shares the uid (two given pods do with odds of one in a million)."""
+    return UID_BASE + int(hashlib.sha256(attempt.encode()).hexdigest()[:12], 16) % UID_SPAN
+
+
+def pids_limit(spec: ExperimentSpec, settings: KubernetesSettings) -> int:
+    """RLIMIT_NPROC of the experiment pod: the setting, else the spec's limits.pids (the docker sandbox's pids)."""
+    return settings.pids or spec.limits.pids
+
+
 def deadline_seconds(spec: ExperimentSpec, settings: KubernetesSettings) -> int:
     """activeDeadlineSeconds: the kubelet's own backstop.
 
@@ -169,6 +206,7 @@ def pod_manifest(
     else:
         env.update(CUDA_VISIBLE_DEVICES="", NVIDIA_VISIBLE_DEVICES="void")  # none, even on an nvidia runtime
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(USER="experiment", LOGNAME="experiment")  # the pod's uid has no passwd entry; getpass reads these
     cpus = limits.cpus or (profile.torch_threads and profile.torch_threads + RUNNER_CPU_SLACK)
     resources: dict[str, str] = {"memory": f"{limits.memory_mb}Mi"}
     if cpus:
@@ -178,18 +216,19 @@ def pod_manifest(
     cache_mount = {"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": True}
     if settings.cache_sub_path:
         cache_mount["subPath"] = settings.cache_sub_path
+    uid = sandbox_uid(attempt)
     container = {
         "name": CONTAINER,
         "image": spec.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-c", IN_POD],
+        "command": ["python", "-c", IN_POD, str(pids_limit(spec, settings))],
         "args": runner_args(spec, f"{CANDIDATE_MOUNT}/train.py", OUT_DIR),
         "workingDir": "/tmp",
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "resources": {"limits": dict(resources), "requests": dict(resources)},  # Guaranteed when a CPU limit is set
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": SANDBOX_UID,
+            "runAsUser": uid,
             "runAsGroup": SANDBOX_UID,
             "allowPrivilegeEscalation": False,
             "privileged": False,
@@ -210,7 +249,7 @@ def pod_manifest(
     pod_spec: dict = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": deadline_seconds(spec, settings),
-        "automountServiceAccountToken": False,
+        "automountServiceAccountToken": False,  # the API is never the candidate's business
         "enableServiceLinks": False,  # no *_SERVICE_HOST variables: nothing about the cluster leaks in
         "hostNetwork": False,
         "hostPID": False,
@@ -220,7 +259,7 @@ def pod_manifest(
         "terminationGracePeriodSeconds": 5,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": SANDBOX_UID,
+            "runAsUser": uid,
             "runAsGroup": SANDBOX_UID,
             "fsGroup": SANDBOX_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
@@ -233,6 +272,8 @@ def pod_manifest(
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{limits.shm_mb}Mi"}},
         ],
     }
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
     if settings.runtime_class:
         pod_spec["runtimeClassName"] = settings.runtime_class
     if settings.node_selector:

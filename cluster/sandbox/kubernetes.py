@@ -3,11 +3,13 @@
 The Ray task that calls ``run`` holds a logical GPU slot (the chart gives the
 Ray head as many as the GPU quota allows); the Pod holds the real GPU
 (``nvidia.com/gpu: 1``), so a GPU is never booked twice. Restrictions are in
-kube_pod.pod_manifest: non-root, no privilege escalation, no capabilities,
-seccomp RuntimeDefault, read-only root, no service-account token, no service
-links, the data cache from a PVC read-only, an optional RuntimeClass (gVisor);
-the chart's NetworkPolicy denies all traffic to and from pods with the role
-label.
+kube_pod.pod_manifest: a uid of its own (non-root), no privilege escalation,
+no capabilities, seccomp RuntimeDefault (the pod passes Pod Security
+"restricted"), read-only root, a ServiceAccount without rights and no token
+mounted, no service links, RLIMIT_NPROC on its uid, the data cache from a PVC
+read-only, an optional RuntimeClass (gVisor). The chart puts the pods in a
+namespace of their own (no Secret in it, PSA ``restricted`` enforced), where
+its NetworkPolicy denies all traffic to and from pods with the role label.
 
 Lifecycle: ConfigMap (the candidate) and Pod created; the pod polled with
 backoff; killed at the wall limit + grace after it starts running (the

@@ -52,6 +52,43 @@ helm.sh/chart: {{ include "farm.chart" .ctx }}
 {{- default (printf "%s-cache" (include "farm.fullname" .)) .Values.cache.existingClaim }}
 {{- end }}
 
+{{/* The namespace of experiment Pods: their own by default, which holds no Secret and enforces PSA restricted. */}}
+{{- define "farm.experimentNamespace" -}}
+{{- default (printf "%s-experiments" .Release.Name) .Values.experiments.namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "true" when experiments run in a namespace of their own (not the release's, where the API key is). */}}
+{{- define "farm.separateNamespace" -}}
+{{- if ne (include "farm.experimentNamespace" .) .Release.Namespace }}true{{ end }}
+{{- end }}
+
+{{/* The ServiceAccount of experiment Pods: no RoleBinding, token never mounted. */}}
+{{- define "farm.experimentServiceAccount" -}}
+{{- default (printf "%s-experiment" (include "farm.fullname" .)) .Values.experiments.serviceAccount.name }}
+{{- end }}
+
+{{/* The cache PVC experiment Pods mount read-only: a PVC is namespaced, so another namespace needs its own
+     claim on the same storage (cache.experimentsClaim); the chart cannot make one that shows the head's files. */}}
+{{- define "farm.experimentCacheClaim" -}}
+{{- if not (include "farm.separateNamespace" .) }}
+{{- include "farm.cacheClaim" . }}
+{{- else if .Values.cache.experimentsClaim }}
+{{- .Values.cache.experimentsClaim }}
+{{- else }}
+{{- fail (printf "experiments run in their own namespace %s (experiments.namespace) and need the data cache there: set cache.experimentsClaim to a PVC in %s that shows the same files as the head's cache (e.g. a second PersistentVolume on the same NFS/CephFS/EFS share), or set experiments.namespace=%s to run them next to the farm (weaker: the driver may then create pods where the API key's Secret is)" (include "farm.experimentNamespace" .) (include "farm.experimentNamespace" .) .Release.Namespace) }}
+{{- end }}
+{{- end }}
+
+{{/* The farm's own pods (Ray head, agent workers, the RayJob's submitter), as a NetworkPolicy peer. */}}
+{{- define "farm.ownPodsSelector" -}}
+matchLabels:
+  {{- include "farm.selectorLabels" . | nindent 2 }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: ["ray-head", "ray-agents", "submitter"]
+{{- end }}
+
 {{- define "farm.apiKeySecret" -}}
 {{- if .Values.apiKey.existingSecret }}
 {{- .Values.apiKey.existingSecret }}
@@ -118,11 +155,17 @@ seccompProfile:
 - name: FARM_CACHE
   value: /cache
 - name: FARM_KUBERNETES__NAMESPACE
-  value: {{ .Release.Namespace | quote }}
+  value: {{ include "farm.experimentNamespace" . | quote }}
+- name: FARM_KUBERNETES__SERVICE_ACCOUNT
+  value: {{ include "farm.experimentServiceAccount" . | quote }}
+{{- with .Values.experiments.pidsLimit }}
+- name: FARM_KUBERNETES__PIDS
+  value: {{ . | quote }}
+{{- end }}
 - name: FARM_KUBERNETES__INSTANCE
   value: {{ include "farm.fullname" . | quote }}
 - name: FARM_KUBERNETES__CACHE_PVC
-  value: {{ include "farm.cacheClaim" . | quote }}
+  value: {{ include "farm.experimentCacheClaim" . | quote }}
 - name: FARM_KUBERNETES__CACHE_SUB_PATH
   value: {{ .Values.cache.subPath | quote }}
 {{- if not (kindIs "invalid" .Values.experiments.gpu) }}
