@@ -9,6 +9,8 @@ the candidate-in / result-out path is the real one.
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from cluster.sandbox import kubernetes as kube
 from cluster.sandbox.kube_pod import (
     END_MARK,
     EXPERIMENT_LABEL,
+    IN_POD,
     INSTANCE_LABEL,
     RESULT_MARK,
     ROLE,
@@ -40,8 +43,9 @@ def token(tmp_path: Path) -> Path:
 
 
 def settings(kube_: FakeKube, token: Path, **fields) -> KubernetesSettings:
-    return KubernetesSettings(api_server=kube_.url, token_file=token, namespace="farm", instance="t1",
-                              cache_pvc="cache", poll_max_s=0.2, **fields)  # fmt: skip
+    fields = {"namespace": "farm", **fields}
+    return KubernetesSettings(api_server=kube_.url, token_file=token, instance="t1", cache_pvc="cache",
+                              poll_max_s=0.2, **fields)  # fmt: skip
 
 
 def make_spec(tmp_path: Path, cache: Path, source: str | None = None, **fields) -> ExperimentSpec:
@@ -266,3 +270,50 @@ def test_doctor_reports_the_kubernetes_sandbox(monkeypatch, token, capsys) -> No
         token.write_text("revoked")
         main(["doctor"])
         assert "[FAIL] kubernetes   the Kubernetes API rejected" in capsys.readouterr().out
+
+
+def test_the_pod_has_its_own_uid_no_rights_and_a_pids_cap_in_its_namespace(tmp_path, token, farm_cache) -> None:
+    """What the backend asks the API for: the experiments' namespace, the rightless ServiceAccount, no token, the
+    pids cap in the pod's command, a uid per attempt (RLIMIT_NPROC counts per uid)."""
+    pods: list[dict] = []
+
+    def record(pod: dict) -> Script:
+        pods.append(pod)
+        return Script(run_s=0.1, log="ok\n")
+
+    with FakeKube(record) as fake:
+        sandbox = kube.KubernetesSandbox(settings(fake, token, namespace="farm-experiments",
+                                                  service_account="farm-experiment"))  # fmt: skip
+        capped = kube.KubernetesSandbox(settings(fake, token, namespace="farm-experiments", pids=99))
+        sandbox.run(make_spec(tmp_path / "a", farm_cache, limits=Limits(pids=300)), GpuAssignment())
+        sandbox.run(make_spec(tmp_path / "b", farm_cache), GpuAssignment())
+        capped.run(make_spec(tmp_path / "c", farm_cache, limits=Limits(pids=300)), GpuAssignment())
+        assert_nothing_left(fake)
+        assert {p.split("/")[4] for _, p, _ in fake.requests} == {"farm-experiments"}
+    assert [p["spec"]["containers"][0]["command"][3] for p in pods] == ["300", "512", "99"]  # spec, default, setting
+    for pod in pods:
+        spec = pod["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] >= 200_000
+        assert spec["containers"][0]["securityContext"]["runAsUser"] == spec["securityContext"]["runAsUser"]
+    assert [p["spec"].get("serviceAccountName") for p in pods] == ["farm-experiment", "farm-experiment", None]
+    assert len({p["spec"]["securityContext"]["runAsUser"] for p in pods}) == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK), reason="needs root to setuid")
+def test_pids_cap_of_the_pod_command_holds(tmp_path) -> None:
+    """The pod's own command (IN_POD) as a non-root uid: the candidate's threads stop at the cap (RLIMIT_NPROC
+    counts threads too); with a higher cap the same code gets all it asked for."""
+    grab = ("import threading, time\nn = 0\ntry:\n    for _ in range(40):\n"
+            "        threading.Thread(target=time.sleep, args=(3,), daemon=True).start(); n += 1\n"
+            "except RuntimeError:\n    pass\nprint('threads', n)\n")  # fmt: skip
+    uid = 200_000 + os.getpid() % 100_000  # a uid with no other process here (the count is per uid)
+    counts = []
+    for cap in (12, 200):
+        out = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3", "-c", IN_POD,
+             str(cap), "-c", grab, "--out", str(tmp_path)],
+            capture_output=True, text=True, timeout=60, cwd="/",
+        )  # fmt: skip
+        counts.append(int(out.stdout.split("threads")[-1]))
+    assert counts[0] < 12 and counts[1] == 40, counts
