@@ -480,6 +480,45 @@ def test_a_claude_farm_stops_at_the_cost_cap_and_keeps_the_key_out_of_everything
     print(f"claude farm test: {seconds:.1f} s")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the isolated process sandbox needs root (CI is root)")
+def test_an_api_that_repeats_one_edit_cannot_run_up_spend_or_livelock_the_farm(tmp_path: Path) -> None:
+    """An LLM stuck on one idea: every answer is the same small edit. The first runs, every later one is a
+    duplicate. Once this made ~36,000 requests ($209 at list prices) while the GPU slot sat idle; now the
+    agents are parked until a new result, the farm stops when nobody proposes anything new, and says so."""
+    def same_edit(body: dict) -> object:
+        return reply(tool_use("edit_train_py", {"old_text": "MATRIX_LR = 0.04", "new_text": "MATRIX_LR = 0.03"}),
+                     tool_use("submit", {"description": "MATRIX_LR 0.04 -> 0.03"}), usage_=usage(1000, 200))
+
+    with MessagesServer() as server:
+        server.add(*[same_edit] * 500, model="claude-sonnet-4-6")
+        fast = {"max_retries": 1, "retry_base_seconds": 0.01, "timeout_seconds": 20, "model": "claude-sonnet-4-6",
+                "max_turns": 4}  # an edit that no longer applies is retried within a proposal: at most 4 calls
+        config = {"profile": "cpu-smoke", "sandbox": "process", "gpus": 1, "metrics_port": None,
+                  "max_experiments": 12, "tournament": {"baseline_replicates": 2, "min_noise_df": 1},
+                  "agents": {"count": 2, "kind": "claude", "options": [fast]}}
+        (tmp_path / "farm.yaml").write_text(yaml.safe_dump(config))
+        env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": server.url}
+        proc = subprocess.run([sys.executable, "-m", "cluster.cli", "run", "--config", "farm.yaml", "--run-dir",
+                               "run"], capture_output=True, text=True, timeout=500, cwd=tmp_path, env=env)
+        requests = len(server.bodies())
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-4000:]
+    assert "no agent proposed anything new" in output and "farm: FAILED" in output
+    rows = Ledger(tmp_path / "run" / "ledger").read()
+    ran = len([r for r in rows if r.event == "finished"])
+    proposals = len([r for r in rows if r.event in ("rejected", "proposal_failed") or
+                     (r.event == "queued" and r.kind == "candidate")])
+    assert ran < 12 and len([r for r in rows if r.event == "rejected"]) >= 10
+    assert proposals <= 25 + 3 * ran, (proposals, ran)  # bounded by the experiments run, not by the clock
+    assert requests <= 4 * proposals  # and each proposal by its turn limit
+    status = json.loads(subprocess.run([sys.executable, "-m", "cluster.cli", "status", "run", "--output", "json"],
+                                       cwd=tmp_path, capture_output=True, text=True, check=True).stdout)
+    assert status["llm"]["cost_usd"] == pytest.approx(0.006 * requests) and status["llm"]["cost_usd"] < 1.0
+    assert status["llm"]["cost_cap_usd"] == 10.0  # the default cap, shown
+    assert "no agent proposed anything new" in status["failure"]
+
+
 def test_the_live_check_skips_without_a_key_and_prints_diff_and_cost_with_one(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     from agent import live_check
