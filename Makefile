@@ -104,7 +104,8 @@ monitor-down:
 	$(COMPOSE) -p autoresearch-farm-monitoring -f monitoring/docker-compose.yml down
 
 ## The Helm chart's manifests without a helm binary (Helm's Go SDK via helm-python-sdk), linted and checked against
-## Kubernetes schemas: HELM_ARGS e.g. "-f my-values.yaml -n research"; pipe the output to `kubectl apply -f -`.
-HELM_ARGS ?=
+## Kubernetes schemas: HELM_ARGS e.g. "-f my-values.yaml -n research" (experiments need cache.experimentsClaim: see README);
+## pipe the output to `kubectl apply -f -`.
+HELM_ARGS ?= --set cache.experimentsClaim=farm-cache
 helm-render: install
 	@$(BIN)/python helm/render.py --lint --validate $(HELM_ARGS)

@@ -142,6 +142,10 @@ class FarmConfig(BaseModel):
     metrics_port: int | None = Field(9464, ge=1, le=65535, description="Prometheus exporter port; None: off")
     metrics_address: str = Field("127.0.0.1", min_length=1,
                                  description="address the exporter binds (0.0.0.0: every interface, e.g. in a pod)")
+    ui_port: int | None = Field(None, ge=0, le=65535, description="serve the run browser (`farm ui`) beside the "
+                                "farm on this port (8090 is its usual one; 0: any free port); None: off")
+    ui_address: str = Field("127.0.0.1", min_length=1, description="address the run browser binds (0.0.0.0: every "
+                            "interface, e.g. in a pod; it has no authentication)")
     cost_cap_usd: float | None = Field(DEFAULT_COST_CAP_USD, ge=0, description="stop proposing when LLM spend "
                                        "reaches this (USD); none: no cap")
     max_consecutive_errors: int = Field(3, ge=0, description="stop after this many experiments in a row fail "
@@ -207,6 +211,7 @@ CLI_FLAGS = {
     "profile": ("--profile", str), "sandbox": ("--sandbox", str), "image": ("--image", str),
     "run_dir": ("--run-dir", str), "cache_dir": ("--cache-dir", str), "ray_address": ("--address", str),
     "metrics_port": ("--metrics-port", int), "metrics_address": ("--metrics-address", str),
+    "ui_port": ("--ui-port", int), "ui_address": ("--ui-address", str),
     "cost_cap_usd": ("--cost-cap", float),
     "max_experiments": ("--max-experiments", int), "hours": ("--hours", float),
     "queue_ahead": ("--queue-ahead", int), "seed": ("--seed", int),

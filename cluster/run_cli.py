@@ -81,11 +81,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         farm = Farm(config, run_dir, sandbox)
         server = _serve_metrics(farm, config)
+        ui = _serve_ui(run_dir, config)
         try:
             code = farm.run()
         finally:
-            if server:
-                server.close()
+            for handle in (server, ui):
+                if handle:
+                    handle.close()
     finally:
         ray.shutdown()
     plot = progress_plot(run_dir)
@@ -147,6 +149,22 @@ def _serve_metrics(farm, config: FarmConfig):
     if server:
         print(f"farm run: metrics at {server.url}", flush=True)
     return server
+
+
+def _serve_ui(run_dir: Path, config: FarmConfig):
+    """The run browser beside the farm (--ui-port), or None (off, or the port is taken: the farm runs on)."""
+    if config.ui_port is None:
+        return None
+    from cluster.ui.server import serve_ui
+
+    try:
+        ui = serve_ui(run_dir, config.ui_address, config.ui_port, os.environ.get("FARM_UI_GRAFANA_URL"))
+    except OSError as exc:
+        print(f"farm run: warning: no run browser on {config.ui_address}:{config.ui_port}: {exc.strerror or exc} "
+              "(pick another with --ui-port)", file=sys.stderr, flush=True)
+        return None
+    print(f"farm run: run browser at {ui.url}", flush=True)
+    return ui
 
 
 def _init_ray(config: FarmConfig) -> None:

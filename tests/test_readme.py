@@ -66,13 +66,14 @@ def test_a_farm_whose_sandbox_cannot_start_stops_with_the_reason_and_a_non_zero_
     env = user_env(PATH=str(bin_dir), FARM_METRICS_PORT="none")
     proc = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "run", "--run-dir", "runs/broken", "--profile", "cpu-smoke",
-         "--sandbox", "process", "--gpus", "1", "--max-experiments", "30"],
+         "--sandbox", "process", "--gpus", "1", "--max-experiments", "30", "--ui-port", "0"],
         cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-4000:]
     assert "3 experiments in a row failed through the farm's own fault" in output
     assert "could not start unshare" in output and "farm: FAILED" in output
+    assert "farm run: run browser at http://127.0.0.1:" in output  # --ui-port: the run browser beside the farm
     status = json.loads((tmp_path / "runs" / "broken" / "status.json").read_text())
     assert status["by_status"] == {"error": 3} and "farm's own fault" in status["failure"]
     shown = subprocess.run([sys.executable, "-m", "cluster.cli", "status", "runs/broken"], cwd=tmp_path,
