@@ -119,6 +119,15 @@ VARIANTS: dict[str, dict[str, str]] = {
         "    os.symlink(target, os.path.join(out, name))\n"
         "os.mkdir(os.path.join(out, 'result.json'))\nos.mkfifo(os.path.join(out, 'result.json.tmp'))"
     },
+    # Steals compute: 8 busy processes for 6 s, then trains as usual (its neighbours must not feel it).
+    "cpu_hog": {
+        "prelude": "import multiprocessing, os\ndef _spin(end):\n    while time.time() < end:\n        pass\n"
+        "_t0, _cpu0 = time.time(), os.times()\n"
+        "_procs = [multiprocessing.Process(target=_spin, args=(time.time() + 6,)) for _ in range(8)]\n"
+        "[p.start() for p in _procs]\n[p.join() for p in _procs]\n_cpu = os.times()\n"
+        "print('PROBE cores', (_cpu.children_user + _cpu.children_system - _cpu0.children_user - "
+        "_cpu0.children_system) / (time.time() - _t0), flush=True)"
+    },
     "stdout_flood": {"prelude": "for _ in range(200):\n    sys.stdout.write('x' * 1_000_000 + '\\n')"},
 }
 

@@ -142,7 +142,7 @@ def test_killed_ray_worker_reruns_the_experiment_once(tmp_path: Path) -> None:
 
     wait_for(worker_running_an_experiment, 300, "an experiment in a Ray worker")
     marker = _environ(victim["runner"]).get("FARM_SANDBOX_ID", "")
-    eid = marker.split("-")[0]
+    eid = marker.split(".")[1]  # OWNER.EXPERIMENT.ATTEMPT
     os.kill(victim["worker"], signal.SIGKILL)
     assert proc.wait(timeout=400) == 0, _logs(tmp_path)
     rows = [r for r in finished(run_dir) if r.experiment_id == eid]

@@ -141,6 +141,15 @@ def test_links_and_blockers_planted_in_the_out_dir_neither_fool_the_host_nor_cos
     assert read_text(out / "run.log", 4096) == "" and "FARM_PROFILE" not in result.log_tail
 
 
+def test_a_cpu_hog_gets_no_more_than_its_cores(sandbox, tmp_path, farm_cache) -> None:
+    """cpu-smoke's quota is 1 torch thread + the runner's slack: 8 spinning processes share ~1.25 cores."""
+    result = run(sandbox, tmp_path, farm_cache, candidates.source("cpu_hog"), wall_seconds=60)
+    log = _read(tmp_path / "run" / "out" / "run.log")
+    cores = float(next(line.split()[2] for line in log.splitlines() if line.startswith("PROBE cores")))
+    assert result.status == Status.OK, result.reason
+    assert 0.3 < cores < 1.5, cores  # without the quota: ~2 on this 2-core machine, ~8 on a bigger one
+
+
 def test_memory_bomb_is_out_of_memory(sandbox, tmp_path, farm_cache) -> None:
     result = run(sandbox, tmp_path, farm_cache, candidates.source("memory_bomb"), memory_mb=1200, wall_seconds=60)
     assert result.status == Status.OOM, f"{result.reason}\n{result.log_tail}"

@@ -39,10 +39,14 @@ PRINTED_BPB_TOLERANCE = 2e-6  # the summary prints 6 decimals
 
 
 class BoundedLog:
-    """Keeps the first and last bytes of a stream; what lies between is counted, not stored."""
+    """Keeps the first and last bytes of a stream; what lies between is counted, not stored.
+
+    The file is only ever written: the candidate can replace it (with a link, say), so the tail this returns comes
+    from memory, never from reading the path back."""
 
     def __init__(self, path: Path) -> None:
         self.file = open(path, "wb")
+        self.head = bytearray()
         self.written = 0
         self.total = 0
         self.tail = bytearray()
@@ -53,6 +57,7 @@ class BoundedLog:
             head = chunk[: LOG_HEAD_BYTES - self.written]
             self.file.write(head)
             self.file.flush()
+            self.head += head
             self.written += len(head)
             chunk = chunk[len(head) :]
         if chunk:
@@ -66,7 +71,7 @@ class BoundedLog:
             self.file.write(f"\n[... {omitted} bytes of output omitted ...]\n".encode())
         self.file.write(bytes(self.tail))
         self.file.close()
-        text = (bytes(self.tail) if self.tail else Path(self.file.name).read_bytes()).decode("utf-8", "replace")
+        text = bytes(self.tail or self.head).decode("utf-8", "replace")
         return "\n".join(text.splitlines()[-40:])[-4000:]
 
 

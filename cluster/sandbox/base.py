@@ -22,6 +22,19 @@ from trainer.result import RESULT_FILE, ExperimentResult, Status
 # The runner's result.json is a few KB; anything far larger was not written by it (and is never read whole).
 RESULT_MAX_BYTES = 1 << 20
 
+# CPU quota on top of the profile's torch threads, for the trusted runner's own threads (event
+# reader, log pump, watchdog). Measured on cpu-tiny: a quota of exactly 1.0 costs the candidate
+# ~10% of its steps (70 vs 78 batches in 20 s) against the process backend; 1.25 matches it.
+RUNNER_CPU_SLACK = 0.25
+
+
+def cpu_quota(spec: ExperimentSpec) -> float | None:
+    """CPU cores the whole experiment may use (None: no quota): the limit, else the profile's torch threads plus the
+    runner's slack, so that a candidate cannot slow its neighbours (main's baselines among them) and skew the noise."""
+    threads = get_profile(spec.profile).torch_threads
+    return spec.limits.cpus or (threads + RUNNER_CPU_SLACK if threads else None)
+
+
 # Seconds the sandbox waits past the runner's own wall limit before it kills
 # from outside: the runner normally stops the candidate itself and reports.
 OUTER_KILL_GRACE = 20.0

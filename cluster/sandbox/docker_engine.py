@@ -30,13 +30,13 @@ from cluster.sandbox.base import (
     OUTER_KILL_GRACE,
     SandboxError,
     collect,
+    cpu_quota,
     runner_args,
     sandbox_env,
     stage,
 )
 from cluster.spec import TRAINER_IMAGE, ExperimentSpec, GpuAssignment
 from cluster.untrusted import write_bytes
-from trainer.profiles import get_profile
 from trainer.result import RESULT_FILE, ExperimentResult, Status
 
 ROLE_LABEL = "autoresearch-farm.role"
@@ -46,10 +46,6 @@ RUN_LABEL = "autoresearch-farm.run"  # unique per attempt: finds a container who
 ROLE = "experiment"
 SANDBOX_USER = "65534:65534"  # nobody:nogroup
 CONTAINER_LOG_BYTES = 64 * 1024  # what is kept of the container's own stdout/stderr (the runner logs to /out)
-# CPU quota on top of the profile's torch threads, for the trusted runner's own threads (event
-# reader, log pump, watchdog). Measured on cpu-tiny: a quota of exactly 1.0 costs the candidate
-# ~10% of its steps (70 vs 78 batches in 20 s) against the process backend; 1.25 matches it.
-RUNNER_CPU_SLACK = 0.25
 ENGINE_HINT = "start it (`dockerd > /tmp/dockerd.log 2>&1 &`, see README 'Docker sandbox') or use --sandbox process"
 
 
@@ -111,7 +107,6 @@ class DockerSandbox:
         """The keyword arguments of ``containers.create`` for this experiment: every restriction is here."""
         from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
-        profile = get_profile(spec.profile)
         limits = spec.limits
         run_dir = spec.run_dir.resolve()
         mounts = [
@@ -140,7 +135,7 @@ class DockerSandbox:
         # CUDA base images say NVIDIA_VISIBLE_DEVICES=all; where dockerd's default runtime is nvidia, that
         # alone would show every GPU to a CPU-only experiment. Name the one GPU, or none ("void").
         env["NVIDIA_VISIBLE_DEVICES"] = gpu.uuid or "void"
-        cpus = limits.cpus or (profile.torch_threads and profile.torch_threads + RUNNER_CPU_SLACK)
+        cpus = cpu_quota(spec)
         memory = f"{limits.memory_mb}m"
         file_bytes = limits.file_mb * 1024**2
         config: dict[str, Any] = dict(

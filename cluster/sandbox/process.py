@@ -22,12 +22,13 @@ import uuid
 import warnings
 from pathlib import Path
 
-from cluster.sandbox.base import OUTER_KILL_GRACE, collect, no_result, runner_args, sandbox_env, stage
+from cluster.sandbox.base import OUTER_KILL_GRACE, collect, cpu_quota, no_result, runner_args, sandbox_env, stage
 from cluster.spec import ExperimentSpec, GpuAssignment
 from trainer.result import ExperimentResult, Status
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "autoresearch-farm"
+CFS_PERIOD_US = 100_000
 MARKER = "FARM_SANDBOX_ID"
 
 
@@ -111,7 +112,7 @@ class ProcessSandbox:
         """Kill the processes of experiments an earlier farm left running, and their cgroups."""
         removed = 0
         prefix = f"{self.owner}." if self.owner else ""
-        for controller in ("pids", "memory"):
+        for controller in ("pids", "memory", "cpu"):
             parent = CGROUP_ROOT / controller / CGROUP_PARENT
             for child in parent.glob(f"{prefix}*/") if parent.is_dir() else []:
                 removed += _kill_cgroup(child)
@@ -137,12 +138,14 @@ def _child_setup(spec: ExperimentSpec, cpu_only: bool) -> None:
 
 
 def _make_cgroups(marker: str, spec: ExperimentSpec) -> list[Path]:
-    """pids and memory cgroups for one experiment (cgroup v1 here; skipped where unavailable)."""
+    """pids, memory and CPU cgroups for one experiment (cgroup v1 here; skipped where unavailable)."""
     made = []
     limits = {
         "pids": ("pids.max", str(spec.limits.pids)),
         "memory": ("memory.limit_in_bytes", str(spec.limits.memory_mb * 1024**2)),
     }
+    if cores := cpu_quota(spec):  # per 100 ms period (cpu.cfs_period_us' default)
+        limits["cpu"] = ("cpu.cfs_quota_us", str(int(cores * CFS_PERIOD_US)))
     for controller, (knob, value) in limits.items():
         path = CGROUP_ROOT / controller / CGROUP_PARENT / marker
         try:
