@@ -40,6 +40,7 @@ REJECTED = "rejected: "  # what _accept returns for a proposal refused before ru
 # An agent whose last proposals came to nothing (rejected or failed) this many times in a row waits for the
 # next finished experiment (new information) before it is asked again, while anything runs that will finish.
 PARK_AFTER = 2
+COMPACT_AFTER_PARTS = 256  # ledger files before the driver merges them (atomically; readers never miss a row)
 # Proposals in a row, across all agents, that came to nothing: the agents cannot produce anything new.
 STUCK_MIN_PROPOSALS = 20
 STUCK_PER_AGENT = 4
@@ -479,6 +480,8 @@ class Farm:
     def _write_summaries(self) -> None:
         write_results_tsv(self.ledger.latest(), self.run_dir / "results.tsv")
         self._write_status()
+        if self.ledger.part_count() > COMPACT_AFTER_PARTS:  # one file per event otherwise: a reader (farm ui,
+            self.ledger.compact()  # farm status) of a long live run opened tens of thousands of files
 
     def _write_status(self) -> None:
         tmp = self.run_dir / "status.json.tmp"

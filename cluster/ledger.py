@@ -198,6 +198,10 @@ class Ledger:
         self._closed = False
         self._next_seq = max((last for _, last, _ in self._parts().values()), default=0) + 1
 
+    def part_count(self) -> int:
+        """Files the ledger is spread over now (a reader opens each once: compact when there are many)."""
+        return len(self._parts())
+
     def _parts(self) -> dict[str, tuple[int, int, bool]]:
         """Final name -> (first seq, last seq, still pending); a compacted part covers first..last."""
         found: dict[str, tuple[int, int, bool]] = {}

@@ -156,3 +156,15 @@ def test_an_agent_stuck_repeating_itself_is_parked_and_the_farm_ends(tmp_path: P
 def test_a_farm_with_fresh_ideas_runs_to_its_limit(tmp_path: Path) -> None:
     farm, code = run_farm(tmp_path)
     assert code == 0 and not farm.failure and len(farm.state.finished) == 12
+
+
+def test_a_long_run_keeps_its_ledger_in_few_files_and_loses_no_row(tmp_path: Path) -> None:
+    from cluster.driver import COMPACT_AFTER_PARTS
+    from cluster.ledger import Ledger
+
+    farm, code = run_farm(tmp_path, max_experiments=120)
+    ledger = Ledger(tmp_path / "run" / "ledger")
+    rows = ledger.read()
+    assert code == 0 and len(rows) > COMPACT_AFTER_PARTS  # one file per event would be more than the bound
+    assert ledger.part_count() <= COMPACT_AFTER_PARTS
+    assert len([r for r in rows if r.event == "finished"]) == 120
