@@ -1,4 +1,4 @@
-"""The Messages API client: where the key comes from, and which faults are retried how.
+"""The model API client: where the key comes from, and which faults are retried how (both wires).
 
 The SDK's own retries are switched off (``max_retries=0``) and done here, so
 the policy is one readable function with options the farm controls (and
@@ -7,7 +7,9 @@ overloaded, 5xx, 408/409, timeouts and dropped connections are retried with
 exponential backoff and jitter; a rejected key (401/403) or an unknown model
 (404) can never succeed, so they raise an error marked ``fatal`` that stops
 this agent (the farm goes on with the others); any other 4xx is counted
-against the agent as one failed proposal.
+against the agent as one failed proposal. The rule (classify_status) is the
+same for the Messages and the Chat Completions wire; each wire only maps its
+SDK's exceptions onto it (agent/wire_anthropic.py, agent/wire_openai.py).
 
 The key is read from ``ANTHROPIC_API_KEY`` or from the file named by
 ``ANTHROPIC_API_KEY_FILE`` (a mounted secret), never from config, and never
@@ -117,25 +119,39 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
+def classify_status(
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None,
+    *,
+    api: str = "Messages API",
+    key_hint: str = API_KEY_ENV,
+    url_hint: str = BASE_URL_ENV,
+) -> tuple[bool, float | None, str]:
+    """(retry?, retry-after seconds, a short description) of an HTTP error of either wire; raises for the
+    fatal ones. One rule for every protocol, so an agent's faults read the same whichever API it speaks."""
+    if status in (401, 403):
+        raise ApiKeyRejected(
+            f"the API key was rejected (HTTP {status}: {message}); check {key_hint} and the account's "
+            "access: this agent stops, the farm goes on with the others"
+        ) from None
+    if status == 404:
+        raise FatalAgentError(f"HTTP 404 from the {api} ({message}): is the model name or "
+                              f"{url_hint} right? this agent stops") from None
+    if status in RETRIED_STATUS or status >= 500:
+        return True, retry_after_seconds(headers), f"HTTP {status} ({message})"
+    raise AgentError(f"the {api} refused the request: HTTP {status}: {message}") from None
+
+
 def classify(exc: Exception, api_key: str = "") -> tuple[bool, float | None, str]:
-    """(retry?, retry-after seconds, a short description) of a failed call; raises for the fatal ones."""
+    """(retry?, retry-after seconds, a short description) of a failed Messages API call; raises for the fatal
+    ones."""
     if isinstance(exc, anthropic.APITimeoutError):
         return True, None, "timed out"
     if isinstance(exc, anthropic.APIConnectionError):
         return True, None, f"connection failed ({_cause(exc)})"
     if isinstance(exc, anthropic.APIStatusError):
-        status, message = exc.status_code, redact(_message(exc), [api_key])
-        if status in (401, 403):
-            raise ApiKeyRejected(
-                f"the API key was rejected (HTTP {status}: {message}); check {API_KEY_ENV} and the account's "
-                "access: this agent stops, the farm goes on with the others"
-            ) from None
-        if status == 404:
-            raise FatalAgentError(f"HTTP 404 from the Messages API ({message}): is the model name or "
-                                  f"{BASE_URL_ENV} right? this agent stops") from None
-        if status in RETRIED_STATUS or status >= 500:
-            return True, retry_after_seconds(exc.response.headers), f"HTTP {status} ({message})"
-        raise AgentError(f"the Messages API refused the request: HTTP {status}: {message}") from None
+        return classify_status(exc.status_code, redact(_message(exc), [api_key]), exc.response.headers)
     raise exc
 
 
@@ -147,16 +163,22 @@ def call_with_retries(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     on_retry: Callable[[str, float], None] | None = None,
+    classify: Callable[[Exception, str], tuple[bool, float | None, str]] = classify,
+    errors: tuple[type[BaseException], ...] = (anthropic.APIError,),
+    api: str = "Messages API",
 ) -> T:
-    """``call()``, retried on transient faults per ``policy``; RetriesExhausted when they do not clear."""
+    """``call()``, retried on transient faults per ``policy``; RetriesExhausted when they do not clear.
+
+    ``classify`` and ``errors`` are the wire's (agent/wire.py): which of its SDK's exceptions are faults of
+    the call, and which of those are worth another attempt."""
     rng = rng or random.Random()
     for retry in range(policy.max_retries + 1):
         try:
             return call()
-        except anthropic.APIError as exc:
+        except errors as exc:
             retryable, retry_after, what = classify(exc, api_key)
             if not retryable or retry >= policy.max_retries:
-                raise RetriesExhausted(f"the Messages API call failed {retry + 1} time(s), last: {what}") from None
+                raise RetriesExhausted(f"the {api} call failed {retry + 1} time(s), last: {what}") from None
             wait = policy.delay(retry, retry_after, rng)
             if on_retry:
                 on_retry(what, wait)

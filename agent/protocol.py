@@ -57,6 +57,7 @@ class Proposal(Spend):
     train_py: str
     description: str
     agent: str
+    model: str = Field("", description="the LLM behind it (LLM agents), so a mixed population can be told apart")
     notes: list[str] = Field(default_factory=list, description="one-line insights for the shared notes file")
     transcript: dict[str, Any] | None = Field(None, description="the conversation, key redacted, for the run dir")
 
