@@ -5,16 +5,21 @@ including the calls of a proposal that then fails. Cached input is priced
 apart: a cache write costs more than plain input, a cache read a tenth of it.
 Prices are USD per million tokens as Anthropic published them for these
 model families; an unknown model raises at start-up (set ``prices`` in the
-agent's options) rather than being counted as free.
+agent's options) rather than being counted as free. OpenAI-compatible
+endpoints follow one documented rule (openai_price): OpenAI's own table or
+``prices``, else 0 USD only for a self-hosted server, and the transcript
+says so.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Price(BaseModel):
@@ -26,6 +31,15 @@ class Price(BaseModel):
     output: float = Field(ge=0, description="output tokens")
     cache_read: float = Field(ge=0, description="input tokens read from the prompt cache")
     cache_write: float = Field(ge=0, description="input tokens written to the prompt cache (5-minute TTL)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cache_defaults(cls, data: Any) -> Any:
+        """``{input: 0, output: 0}`` is enough for a free model: missing cache prices are the most an API charges
+        for them (a read at the input price, a write at Anthropic's 1.25x), so a short entry never under-counts."""
+        if isinstance(data, Mapping) and "input" in data:
+            data = {"cache_read": data["input"], "cache_write": data["input"] * 1.25, **data}
+        return data
 
 
 def _price(input_: float, output: float) -> Price:
@@ -92,3 +106,56 @@ class Tally:
         return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
                 "cache_read_tokens": self.cache_read_tokens, "cache_write_tokens": self.cache_write_tokens,
                 "cost_usd": self.usd(price)}  # fmt: skip
+
+
+def _openai(input_: float, output: float, cached: float) -> Price:
+    # OpenAI caches prompts by itself: a cached read is discounted, a cache write is not reported (input price).
+    return Price(input=input_, output=output, cache_read=cached, cache_write=input_)
+
+
+DEFAULT_OPENAI_MODEL = "gpt-4.1-mini"  # the openai agent's model when config names none
+# USD per MTok as OpenAI published them for these families (check yours; a `prices` entry wins).
+OPENAI_PRICES: dict[str, Price] = {
+    "gpt-4.1-nano": _openai(0.10, 0.40, 0.025),
+    "gpt-4.1-mini": _openai(0.40, 1.60, 0.10),
+    "gpt-4.1": _openai(2.0, 8.0, 0.50),
+    "gpt-4o-mini": _openai(0.15, 0.60, 0.075),
+    "gpt-4o": _openai(2.50, 10.0, 1.25),
+}
+FREE = Price(input=0, output=0, cache_read=0, cache_write=0)
+_LOCAL_SUFFIXES = (".local", ".internal", ".localhost", ".svc", ".cluster.local", ".lan", ".home.arpa")
+
+
+def is_self_hosted(base_url: str) -> bool:
+    """Whether ``base_url`` is a server of one's own: loopback, a private or link-local address, ``localhost``,
+    a single-label or cluster-internal name (``vllm``, ``ollama.default.svc``)."""
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost" or "." not in host or host.endswith(_LOCAL_SUFFIXES)
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def openai_price(model: str, base_url: str, overrides: Mapping[str, Price] | None = None) -> tuple[Price, str]:
+    """(price, note) of an OpenAI-compatible ``model`` served at ``base_url``.
+
+    The rule: a ``prices`` entry (exact name or prefix) first, then OpenAI's table. A model priced by neither
+    is counted as 0 USD only on a self-hosted endpoint (is_self_hosted: its tokens cost no money per token),
+    and the note says so in the transcript; its tokens are still counted. On any other endpoint an unknown
+    model is refused at start, as for Claude: a hosted API's spend must never count as free, or the cost cap
+    could not stop it. ``prices: {my-model: {input: 0, output: 0}}`` makes any endpoint free on purpose.
+    """
+    for table in (overrides or {}, OPENAI_PRICES):
+        matches = [prefix for prefix in table if model.startswith(prefix)]
+        if matches:
+            return table[max(matches, key=len)], ""
+    host = urlsplit(base_url).hostname or base_url
+    if is_self_hosted(base_url):
+        return FREE, (f"no price known for model {model!r}: counted as 0 USD because {host} is self-hosted; "
+                      "tokens are counted (set the agent's `prices` to charge it)")
+    known = ", ".join(sorted({*OPENAI_PRICES, *(overrides or {})}))
+    raise ValueError(f"no price for model {model!r} at {host}: add it to the agent's `prices` option (a free "
+                     f"endpoint: prices: {{{model}: {{input: 0, output: 0}}}}; known: {known})")

@@ -1,8 +1,8 @@
 """A proposal's transcript for audit, with every secret taken out.
 
 The driver saves it as JSON in the run dir, so what an agent saw and did can
-be read later. Anything that looks like an Anthropic key (``sk-ant-...``) and
-the exact key in use are replaced, wherever they occur (a tool result, a
+be read later. Anything that looks like an Anthropic or OpenAI key
+(``sk-ant-...``, ``sk-proj-...``) and the exact key in use are replaced, wherever they occur (a tool result, a
 model's text, an error message), before the transcript leaves the agent and
 again before it is written.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 REDACTED = "[REDACTED]"
-KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]{4,}")
+# Anthropic's sk-ant-..., and OpenAI-style keys (sk-..., sk-proj-...) long enough not to be a word
+KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]{4,}|sk-[A-Za-z0-9_\-]{20,}")
 MIN_SECRET_LENGTH = 8  # a shorter "key" would blank out ordinary words
 
 

@@ -33,7 +33,10 @@ class ProposalOutcome(BaseModel):
 
 
 def make_proposer(kind: str, name: str, options: dict) -> Proposer:
-    """Build a proposer by kind; the only place that knows the kinds."""
+    """Build a proposer by kind; the only place that knows the kinds. ``options["kind"]``, when there, is this
+    agent's own kind over the population's (FarmConfig.agent_options: a mixed population)."""
+    options = dict(options)  # the actor keeps its dict for rebuilds
+    kind = options.pop("kind", None) or kind
     if kind == "mutate":
         from agent.mutate import MutateProposer
 
@@ -46,7 +49,11 @@ def make_proposer(kind: str, name: str, options: dict) -> Proposer:
         from agent.claude import ClaudeProposer  # the Claude agent issue
 
         return ClaudeProposer(name=name, **options)
-    raise ValueError(f"unknown agent kind {kind!r}: choose mutate, script or claude")
+    if kind == "openai":
+        from agent.openai_agent import OpenAIProposer  # any OpenAI-compatible endpoint (vLLM, Ollama, ...)
+
+        return OpenAIProposer(name=name, **options)
+    raise ValueError(f"unknown agent kind {kind!r}: choose mutate, script, claude or openai")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)

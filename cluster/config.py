@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.cost import DEFAULT_MODEL, Price, price_for
+from agent.cost import DEFAULT_MODEL, DEFAULT_OPENAI_MODEL, Price, openai_price, price_for
 from cluster.sandbox.kube_pod import KubernetesSettings
 from cluster.spec import TRAINER_IMAGE, Limits
 from cluster.tournament import TournamentSettings
@@ -58,23 +58,31 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message says which field, which value, from where and why."""
 
 
+AgentKind = Literal["mutate", "script", "claude", "openai"]
+
+
 class AgentOptions(BaseModel):
     """Options of one agent (agent i gets options[i % len(options)])."""
 
     model_config = ConfigDict(extra="forbid")
 
-    direction: str | None = Field(None, description="a research direction, e.g. 'optimizer' (claude)")
-    temperament: str | None = Field(None, description="e.g. 'bold' or 'careful' (claude)")
-    model: str | None = Field(None, description="Anthropic model name (claude)")
-    temperature: float | None = Field(None, ge=0, le=1, description="sampling temperature (claude)")
-    max_tokens: int | None = Field(None, ge=1, description="output tokens per model call (claude)")
-    base_url: str | None = Field(None, description="Messages API base URL; default ANTHROPIC_BASE_URL (claude)")
-    timeout_seconds: float | None = Field(None, gt=0, description="one model call's timeout (claude)")
-    max_turns: int | None = Field(None, ge=1, le=200, description="model calls per proposal (claude)")
-    max_retries: int | None = Field(None, ge=0, le=20, description="retries of a failed model call (claude)")
-    retry_base_seconds: float | None = Field(None, gt=0, description="first retry backoff, doubling (claude)")
-    retry_max_seconds: float | None = Field(None, gt=0, description="longest retry backoff (claude)")
-    prices: dict[str, Price] | None = Field(None, description="USD per MTok by model name prefix (claude)")
+    kind: AgentKind | None = Field(None, description="this agent's kind, over agents.kind: a mixed population")
+    direction: str | None = Field(None, description="a research direction, e.g. 'optimizer' (claude, openai)")
+    temperament: str | None = Field(None, description="e.g. 'bold' or 'careful' (claude, openai)")
+    model: str | None = Field(None, description="model name (claude: Anthropic's; openai: the endpoint's)")
+    temperature: float | None = Field(None, ge=0, le=1, description="sampling temperature (claude, openai)")
+    max_tokens: int | None = Field(None, ge=1, description="output tokens per model call (claude, openai)")
+    base_url: str | None = Field(None, description="API base URL; default ANTHROPIC_BASE_URL (claude) or "
+                                                   "OPENAI_BASE_URL, else OpenAI's (openai)")
+    timeout_seconds: float | None = Field(None, gt=0, description="one model call's timeout (claude, openai)")
+    max_turns: int | None = Field(None, ge=1, le=200, description="model calls per proposal (claude, openai)")
+    max_retries: int | None = Field(None, ge=0, le=20, description="retries of a failed model call")
+    retry_base_seconds: float | None = Field(None, gt=0, description="first retry backoff, doubling")
+    retry_max_seconds: float | None = Field(None, gt=0, description="longest retry backoff")
+    prices: dict[str, Price] | None = Field(None, description="USD per MTok by model name prefix (claude, openai)")
+    api_key_env: str | None = Field(None, description="the variable holding the key; default OPENAI_API_KEY "
+                                                      "(openai)")
+    api_key_file: str | None = Field(None, description="a file holding the key, e.g. a mounted secret (openai)")
     changes: list[dict[str, int | float | str]] | None = Field(None, description="change sets to replay (script)")
 
     @field_validator("base_url")
@@ -84,17 +92,24 @@ class AgentOptions(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value
 
-    @model_validator(mode="after")
-    def _priced(self) -> AgentOptions:
-        price_for(self.model or DEFAULT_MODEL, self.prices)  # ValueError: spend must never count as free
-        return self
+    def check_priced(self, kind: str) -> None:
+        """ValueError when this agent's spend could not be priced: spend must never count as free by accident
+        (an openai agent on a self-hosted endpoint is the documented exception, agent/cost.py openai_price)."""
+        if kind in ("auto", "claude"):
+            price_for(self.model or DEFAULT_MODEL, self.prices)
+        elif kind == "openai":
+            from agent.wire_openai import resolve_base_url
+
+            openai_price(self.model or DEFAULT_OPENAI_MODEL, resolve_base_url(self.base_url), self.prices)
 
 
+LLM_OPTIONS = {"direction", "temperament", "model", "temperature", "max_tokens", "base_url", "timeout_seconds",
+               "max_turns", "max_retries", "retry_base_seconds", "retry_max_seconds", "prices"}
 KIND_OPTIONS = {
     "mutate": set(),
     "script": {"changes"},
-    "claude": {"direction", "temperament", "model", "temperature", "max_tokens", "base_url", "timeout_seconds",
-               "max_turns", "max_retries", "retry_base_seconds", "retry_max_seconds", "prices"},
+    "claude": LLM_OPTIONS,
+    "openai": LLM_OPTIONS | {"api_key_env", "api_key_file"},
 }
 
 
@@ -102,8 +117,15 @@ class AgentsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     count: int | None = Field(None, ge=1, description="agents in the population; default 2 per GPU slot")
-    kind: Literal["auto", "mutate", "claude", "script"] = Field("auto", description="auto: claude with an API key")
+    kind: Literal["auto", "mutate", "claude", "openai", "script"] = Field(
+        "auto", description="auto: claude with an API key; options[i].kind overrides it per agent")
     options: list[AgentOptions] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _priced(self) -> AgentsConfig:
+        for options in self.options:
+            options.check_priced(options.kind or self.kind)
+        return self
 
 
 @functools.lru_cache(maxsize=1)
@@ -197,12 +219,20 @@ class FarmConfig(BaseModel):
         has_key = bool(env.get("ANTHROPIC_API_KEY") or env.get("ANTHROPIC_API_KEY_FILE"))
         return "claude" if has_key and importlib.util.find_spec("agent.claude") else "mutate"
 
+    def agent_kind_of(self, index: int, env: Mapping[str, str] | None = None) -> str:
+        """Agent ``index``'s own kind: its options' ``kind`` if set (a mixed population), else agent_kind."""
+        own = self.agents.options[index % len(self.agents.options)].kind if self.agents.options else None
+        return own or self.agent_kind(env)
+
     def agent_options(self, index: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """Keyword options for agent ``index``'s proposer: the ones its kind takes, unset ones left out."""
+        """Keyword options for agent ``index``'s proposer: the ones its kind takes, unset ones left out. An agent
+        whose kind differs from the population's carries it as ``kind`` (cluster.agents.make_proposer uses it)."""
         if not self.agents.options:
             return {}
         options = self.agents.options[index % len(self.agents.options)].model_dump(exclude_none=True)
-        return {k: v for k, v in options.items() if k in KIND_OPTIONS[self.agent_kind(env)]}
+        kind = self.agent_kind_of(index, env)
+        own = {k: v for k, v in options.items() if k in KIND_OPTIONS[kind]}
+        return {**own, "kind": kind} if kind != self.agent_kind(env) else own
 
 
 # Flags of `farm run` for the fields set most often (the others: farm.yaml or FARM_*), with their types.
