@@ -310,25 +310,26 @@ class Farm:
             self.ledger.append([LedgerRow(experiment_id=self.state.new_id(), event="rejected", ts=time.time(),
                                           agent=proposal.agent, parent_commit=proposal.parent_commit,
                                           train_sha=train_sha, diff_sha=change, description=proposal.description,
-                                          reason=reason, **spend)])
+                                          reason=reason, model=proposal.model or None, **spend)])
             return f"{REJECTED}{reason}"
         eid = self.state.new_id()
         commit = self.repo.commit_experiment(eid, proposal.parent_commit, proposal.train_py, proposal.description,
                                              {"Farm-Experiment": eid, "Farm-Agent": proposal.agent})
         self._queue(Work(eid, "candidate", commit, proposal.parent_commit, train_sha, agent=proposal.agent,
-                         description=proposal.description, diff_sha=change, **spend))
+                         description=proposal.description, diff_sha=change, **spend), model=proposal.model or None)
         return eid
 
     # ---- experiments ----------------------------------------------------------
 
-    def _queue(self, work: Work) -> None:
+    def _queue(self, work: Work, model: str | None = None) -> None:
+        """Book ``work`` as queued; ``model``: the LLM that proposed it (candidates of LLM agents)."""
         self.ledger.append([LedgerRow(
             experiment_id=work.experiment_id, event="queued", ts=time.time(), kind=work.kind, commit=work.commit,
             parent_commit=work.parent_commit, branch=f"exp/{work.experiment_id}", train_sha=work.train_sha,
             agent=work.agent, description=work.description, status="queued", seed=work.seed,
             replicate_of=work.replicate_of, tokens_in=work.tokens_in, tokens_out=work.tokens_out,
             cost_usd=work.cost_usd, cache_read_tokens=work.cache_read_tokens,
-            cache_write_tokens=work.cache_write_tokens, diff_sha=work.diff_sha,
+            cache_write_tokens=work.cache_write_tokens, diff_sha=work.diff_sha, model=model,
         )])
         self.state.enqueue(work)
 

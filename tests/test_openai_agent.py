@@ -310,3 +310,12 @@ def test_a_mixed_population_from_config() -> None:
             {"model": "mystery", "base_url": "https://api.example.com/v1"}]}}, None, {})
     with pytest.raises(ConfigError, match="no price for model 'gpt-x'"):  # Claude still refuses unknown prices
         load_config({"agents": {"kind": "openai", "options": [{"kind": "claude", "model": "gpt-x"}]}}, None, {})
+
+
+def test_the_ledger_keeps_each_proposals_model(tmp_path: Path) -> None:
+    from cluster.ledger import Ledger, LedgerRow
+
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.append([LedgerRow(experiment_id="e0001", event="queued", ts=1.0, agent="claude-1", model=LOCAL),
+                   LedgerRow(experiment_id="e0002", event="queued", ts=2.0, agent="mutate-0")])
+    assert [row.model for row in ledger.read()] == [LOCAL, None]
