@@ -224,6 +224,11 @@ class FarmConfig(BaseModel):
         own = self.agents.options[index % len(self.agents.options)].kind if self.agents.options else None
         return own or self.agent_kind(env)
 
+    def agent_name(self, index: int, env: Mapping[str, str] | None = None) -> str:
+        """Agent ``index``'s name everywhere (ledger, status, metrics, transcripts): its own kind and its index, so
+        that in a mixed population an Ollama agent is never called claude-1."""
+        return f"{self.agent_kind_of(index, env)}-{index}"
+
     def agent_options(self, index: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Keyword options for agent ``index``'s proposer: the ones its kind takes, unset ones left out. An agent
         whose kind differs from the population's carries it as ``kind`` (cluster.agents.make_proposer uses it)."""

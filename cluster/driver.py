@@ -82,7 +82,7 @@ class Farm:
         kind = self.config.agent_kind()
         for i in range(self.config.agents.count):
             options = self.config.agent_options(i)
-            self.agents.append(AgentActor.remote(kind, f"{kind}-{i}", options, self.proposer_factory))
+            self.agents.append(AgentActor.remote(kind, self.config.agent_name(i), options, self.proposer_factory))
         self.idle_agents = list(range(len(self.agents)))
 
     def queue_baseline(self, gpu_class: str | None = None) -> None:
@@ -184,7 +184,7 @@ class Farm:
     def _context(self, index: int) -> Context:
         finished = [self._summary(eid) for eid in self.state.finished]
         ok = sorted((s for s in finished if s.val_bpb is not None), key=lambda s: s.val_bpb)
-        name = f"{self.config.agent_kind()}-{index}"
+        name = self.config.agent_name(index)
         parent, _why = pick_parent(self.state, self.rng, self.config.tournament)
         leaderboard, recent = ok[:10], finished[-10:]
         own = [s for s in finished if s.agent == name][-5:]

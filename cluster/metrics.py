@@ -147,7 +147,7 @@ class FarmMetrics(Collector):
         """The metrics of a cluster.driver.Farm, with its agents' names and the run's settings."""
         c = farm.config
         kind = c.agent_kind()
-        return cls(farm, gpus=c.gpus_total(), agents=[f"{kind}-{i}" for i in range(c.agents.count or 0)],
+        return cls(farm, gpus=c.gpus_total(), agents=[c.agent_name(i) for i in range(c.agents.count or 0)],
                    info={"profile": farm.profile.name, "sandbox": farm.sandbox, "agent_kind": kind})
 
     # ---- events (the driver's thread) ----------------------------------------------------

@@ -241,3 +241,9 @@ def test_claude_options_are_validated_and_priced() -> None:
     assert "must start with http" in error_of(cli_overrides={"agents.options": [{"base_url": "ftp://x"}]}, env={})
     assert "max_turns = 0: must be >= 1" in error_of(cli_overrides={"agents.options": [{"max_turns": 0}]}, env={})
     assert c.agent_kind({"ANTHROPIC_API_KEY_FILE": "/run/secrets/key"}) == "claude"
+
+
+def test_a_mixed_population_names_each_agent_by_its_own_kind() -> None:
+    config = FarmConfig(gpus=1, agents={"count": 3, "kind": "claude", "options": [
+        {"kind": "openai", "model": "llama3", "base_url": "http://127.0.0.1:8000/v1"}, {}]})
+    assert [config.agent_name(i) for i in range(3)] == ["openai-0", "claude-1", "openai-2"]
