@@ -50,17 +50,23 @@ def demo_run(work: Path, seed: int) -> dict:
     proc = subprocess.run([str(ROOT / ".venv/bin/farm"), "run", "--profile", "cpu-tiny", "--max-experiments",
                            str(DEMO_EXPERIMENTS), "--run-dir", str(run_dir), "--seed", str(seed)],
                           env=env, capture_output=True, text=True, cwd=work)
-    minutes = (time.monotonic() - started) / 60
+    return summarize(run_dir, seed, proc.returncode, (time.monotonic() - started) / 60)
+
+
+def summarize(run_dir: Path, seed: int, exit_code: int, minutes: float) -> dict:
+    """What a demo run showed, from its run directory: promotions (each counted once) and when they landed."""
     rows = Ledger(run_dir / "ledger").read()
     finished = [r for r in rows if r.event == "finished"]
     order = {r.experiment_id: i + 1 for i, r in enumerate(finished)}
-    promotions = [r for r in rows if r.event == "verdict" and r.verdict == "promote"]
-    first = min((order.get(r.experiment_id, 0) for r in promotions), default=None)
-    confirm_done = {r.replicate_of: order[r.experiment_id] for r in finished if r.replicate_of}
+    promoted = list(dict.fromkeys(r.experiment_id for r in rows if r.event == "verdict" and r.verdict == "promote"))
+    landed = {}  # a promotion lands when its last replicate finishes
+    for r in finished:
+        key = r.replicate_of or r.experiment_id
+        if key in promoted:
+            landed[key] = order[r.experiment_id]
     status = json.loads((run_dir / "status.json").read_text())
-    return {"seed": seed, "exit": proc.returncode, "minutes": minutes, "experiments": len(finished),
-            "promotions": len(promotions), "first_promotion_after": confirm_done.get(
-                promotions[0].experiment_id, first) if promotions else None,
+    return {"seed": seed, "exit": exit_code, "minutes": minutes, "experiments": len(finished),
+            "promotions": len(promoted), "first_promotion_after": min(landed.values(), default=None),
             "start_main": _first_baselines(finished), "main": status.get("main_val_bpb"),
             "by_status": status.get("by_status"), "failure": status.get("failure", "")}
 
@@ -138,7 +144,17 @@ def main() -> None:
     parser.add_argument("--demo-runs", type=int, default=3)
     parser.add_argument("--noise-runs", type=int, default=6)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
+    parser.add_argument("--from-dirs", type=Path, metavar="WORK", help="only rebuild the report from an earlier "
+                        "run's work dir (its demo-s* run dirs) and the noise figures in OUT/demo-cpu.json")
     args = parser.parse_args()
+    if args.from_dirs:
+        saved = json.loads((args.out / "demo-cpu.json").read_text())
+        ran = {e["seed"]: e for e in saved["demos"]}  # exit codes and minutes are not in the run dirs
+        seeds = sorted(int(d.name.removeprefix("demo-s")) for d in args.from_dirs.glob("demo-s*"))
+        demos = [summarize(args.from_dirs / f"demo-s{seed}", seed, ran[seed]["exit"], ran[seed]["minutes"])
+                 for seed in seeds if seed in ran]
+        print(report(demos, saved["noise"], args.out))
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-demo-"))
     noises = noise(args.noise_runs, work) if args.noise_runs else {}
     print(report([], noises, args.out), flush=True)
