@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
               "(pick another with --port)", file=sys.stderr)
         return 2
     print(f"farm ui: {run_dir.resolve()} at {handle.url} (read-only; Ctrl-C stops)", flush=True)
+    # Ctrl-C and SIGTERM stop it, also where it was started with SIGINT ignored (a background job of a script,
+    # where Python installs no KeyboardInterrupt handler) and in a pod being stopped
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     try:
         handle.server.serve_forever()
     except KeyboardInterrupt:
