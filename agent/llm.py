@@ -62,6 +62,18 @@ class RetriesExhausted(AgentError):
     pass
 
 
+def read_key_file(path: str, label: str) -> str:
+    """The key a file holds (both wires: a key mounted from a secret); ApiKeyMissing, naming ``label``, if the
+    file cannot be read or is empty."""
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ApiKeyMissing(f"cannot read the API key file {label}: {exc.strerror or type(exc).__name__}") from None
+    if not key:
+        raise ApiKeyMissing(f"the API key file {label} is empty")
+    return key
+
+
 def read_api_key(env: Mapping[str, str] | None = None) -> str:
     """The key from ANTHROPIC_API_KEY, else from the file ANTHROPIC_API_KEY_FILE names; ApiKeyMissing if neither."""
     env = os.environ if env is None else env
@@ -70,14 +82,7 @@ def read_api_key(env: Mapping[str, str] | None = None) -> str:
         return key
     path = env.get(API_KEY_FILE_ENV, "").strip()
     if path:
-        try:
-            key = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ApiKeyMissing(f"cannot read the API key file {API_KEY_FILE_ENV}={path}: "
-                                f"{exc.strerror or type(exc).__name__}") from None
-        if key:
-            return key
-        raise ApiKeyMissing(f"the API key file {API_KEY_FILE_ENV}={path} is empty")
+        return read_key_file(path, f"{API_KEY_FILE_ENV}={path}")
     raise ApiKeyMissing(f"no API key: set {API_KEY_ENV} (or {API_KEY_FILE_ENV} to a file holding it)")
 
 

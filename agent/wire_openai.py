@@ -25,13 +25,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import openai
 
 from agent.cost import is_self_hosted
-from agent.llm import ApiKeyMissing, classify_status
+from agent.llm import ApiKeyMissing, classify_status, read_key_file
 from agent.prompt import INSTRUCTIONS
 from agent.tools import tool_schemas
 from agent.transcript import redact
@@ -59,14 +58,7 @@ def read_openai_key(base_url: str, api_key_env: str | None = None, api_key_file:
     if key:
         return key
     if api_key_file:
-        try:
-            key = Path(api_key_file).expanduser().read_text().strip()
-        except OSError as exc:
-            raise ApiKeyMissing(f"cannot read the API key file {api_key_file}: "
-                                f"{exc.strerror or type(exc).__name__}") from None
-        if key:
-            return key
-        raise ApiKeyMissing(f"the API key file {api_key_file} is empty")
+        return read_key_file(os.path.expanduser(api_key_file), api_key_file)
     if api_key_env is None and is_self_hosted(base_url):
         return ""  # vLLM, Ollama, llama.cpp: no key unless the server was started with one
     raise ApiKeyMissing(f"no API key for {base_url}: set {name} (or the agent's api_key_file)")
