@@ -1,29 +1,57 @@
 """The process that runs a candidate ``train.py`` (started by trainer.runner).
 
 It makes the harness importable as ``prepare``, connects the harness to the
-runner's event pipe, and runs the script as ``__main__``. Nothing here is
-trusted: the runner reads only what arrives on the pipe, in its own clock.
+runner's event pipe, sets the replicate's seed, and runs the script as
+``__main__``. Nothing here is trusted: the runner reads only what arrives on
+the pipe, in its own clock, and scores only the model handed over.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import runpy
 import sys
 
+# Replicate k's seeds differ from replicate 0's by this much times k, in every seeding call the script makes.
+SEED_STRIDE = 1_000_003
 
-def _seed_offset(seed: int) -> None:
-    """Replicates on another seed: shift every torch.manual_seed call the script makes.
 
-    Upstream train.py seeds itself with a literal, so the farm cannot pass a
-    seed in; offsetting the call keeps such scripts unchanged.
+def offset_seeds(seed: int) -> None:
+    """Replicates on another seed: shift every usual seeding call the script makes by the replicate's offset.
+
+    Upstream train.py seeds itself with a literal, so the farm cannot pass a seed in; offsetting the calls
+    keeps such scripts unchanged. torch (global, CUDA, and new Generators), Python's ``random`` and numpy's
+    legacy global seed are covered, so no usual call pins a replicate back to seed 0. A script that goes out
+    of its way to undo this gains nothing: replicates with identical weights are flagged by the farm.
     """
     if seed == 0:
         return
     import torch
 
-    original = torch.manual_seed
-    torch.manual_seed = lambda s: original(int(s) + 1_000_003 * seed)
+    shift = SEED_STRIDE * seed
+
+    def shifted(fn):
+        return lambda s, *a, **k: fn(int(s) + shift, *a, **k)
+
+    torch.manual_seed = torch.random.manual_seed = shifted(torch.random.manual_seed)
+    torch.cuda.manual_seed = shifted(torch.cuda.manual_seed)
+    torch.cuda.manual_seed_all = shifted(torch.cuda.manual_seed_all)
+    original_generator = torch.Generator
+
+    class Generator(original_generator):  # torch.Generator(...).manual_seed(s)
+        def manual_seed(self, s):
+            return super().manual_seed(int(s) + shift)
+
+    torch.Generator = Generator
+    random.seed = shifted(random.seed)
+    try:
+        import numpy
+
+        numpy.random.seed = shifted(numpy.random.seed)
+    except ImportError:
+        pass
+    torch.random.manual_seed(0)  # a script that never seeds still differs per replicate
 
 
 def main(argv: list[str]) -> None:
@@ -33,7 +61,7 @@ def main(argv: list[str]) -> None:
 
     prepare._connect(fd)
     sys.modules["prepare"] = prepare
-    _seed_offset(int(os.environ.get("FARM_SEED", "0")))
+    offset_seeds(int(os.environ.get("FARM_SEED", "0")))
     sys.argv = [train_py]
     sys.path.insert(0, os.path.dirname(train_py))
     try:

@@ -27,7 +27,13 @@ class TrainingClock:
     """Charged training seconds, counted from train-batch draw times."""
 
     def __init__(
-        self, clock: str, warmup_batches: int, stall_factor: float, stall_floor: float = 0.25, window: int = 63
+        self,
+        clock: str,
+        warmup_batches: int,
+        stall_factor: float,
+        stall_floor: float = 0.25,
+        window: int = 63,
+        compile_allowance: float = float("inf"),
     ) -> None:
         if clock not in ("wall", "robust"):
             raise ValueError(f"clock must be 'wall' or 'robust', not {clock!r}")
@@ -35,7 +41,9 @@ class TrainingClock:
         self.warmup_batches = warmup_batches
         self.stall_factor = stall_factor
         self.stall_floor = stall_floor
+        self.compile_allowance = compile_allowance
         self.batches = 0
+        self.started_at: float | None = None  # when charging began: the warm-up's end, or its allowance's
         self.charged = 0.0  # closed intervals only
         self.wall = 0.0  # uncapped seconds over the same intervals
         self.first_batch_at: float | None = None
@@ -48,24 +56,30 @@ class TrainingClock:
         self.batches += 1
         if self.first_batch_at is None:
             self.first_batch_at = now
+        self._start_if_warmup_overran(now)
         if self._last is not None:
             self._close(now)
-        if self.batches >= self.warmup_batches:
-            self._last = now
+        if self.batches >= self.warmup_batches and self.started_at is None:
+            self.started_at = self._last = now
+
+    def _start_if_warmup_overran(self, now: float) -> None:
+        """The warm-up (compilation) is free only up to ``compile_allowance`` seconds after the first batch: a
+        script that draws a batch and then trains on data of its own before drawing more is charged from there."""
+        if self.started_at is None and self.first_batch_at is not None:
+            deadline = self.first_batch_at + self.compile_allowance
+            if now > deadline:
+                self.started_at = self._last = deadline
 
     def pause(self, now: float) -> None:
         """Evaluation started: the interval up to now is training, what follows is not."""
+        self._start_if_warmup_overran(now)
         if self._last is not None:
             self._close(now)
         self._last = None
 
-    def resume(self, now: float) -> None:
-        """Evaluation ended mid-training: count again from here."""
-        if self.batches >= self.warmup_batches:
-            self._last = now
-
     def seconds(self, now: float) -> float:
         """Charged seconds including the interval still open at ``now``."""
+        self._start_if_warmup_overran(now)
         if self._last is None:
             return self.charged
         return self.charged + min(now - self._last, self._cap)

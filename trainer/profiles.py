@@ -37,6 +37,12 @@ class Profile(BaseModel):
     # The training clock (see trainer/clock.py).
     clock: Literal["wall", "robust"]
     warmup_batches: int = Field(ge=0, description="first train batches not charged (compilation)")
+    compile_allowance: float = Field(
+        gt=0, description="seconds after the first batch at most that the warm-up batches are free of charge"
+    )
+    handover_allowance: float = Field(
+        gt=0, description="seconds evaluate_bpb may take to export the model before the time counts as training"
+    )
     stall_factor: float = Field(gt=1.0, description="robust clock: an interval counts at most this x the median")
     stall_floor: float = Field(0.25, ge=0, description="robust clock: ... or the median plus this many seconds")
     budget_tolerance: float = Field(ge=0, description="fraction of the budget a run may overshoot")
@@ -51,7 +57,10 @@ class Profile(BaseModel):
     @property
     def wall_limit(self) -> float:
         """Seconds after which the sandbox kills the experiment."""
-        return self.startup_allowance + self.time_budget * self.max_wall_factor + self.eval_allowance
+        return (
+            self.startup_allowance + self.time_budget * self.max_wall_factor + self.handover_allowance
+            + self.eval_allowance
+        )
 
     def data_dir(self, cache: Path | None = None) -> Path:
         return (cache or cache_dir()) / self.dataset / "data"
@@ -95,6 +104,8 @@ _H100 = Profile(
     base_url=CLIMBMIX_URL,
     clock="wall",
     warmup_batches=20,
+    compile_allowance=60,  # a cold torch.compile of the seed on an H100: 38 s (docs/gpu.md)
+    handover_allowance=60,
     stall_factor=3.0,
     budget_tolerance=0.03,
     max_wall_factor=1.5,
@@ -114,6 +125,8 @@ _CPU_TINY = Profile(
     val_shard=1,
     clock="robust",
     warmup_batches=2,
+    compile_allowance=10,
+    handover_allowance=10,
     stall_factor=3.0,
     budget_tolerance=0.05,
     max_wall_factor=2.0,

@@ -46,12 +46,21 @@ class HarnessFacts(BaseModel):
     train_tokens: int = 0
     training_seconds: float = Field(0.0, description="charged by the profile's clock")
     training_wall_seconds: float = Field(0.0, description="first batch to evaluation, uncapped")
-    eval_calls: int = 0
-    eval_seconds: float | None = None
+    eval_calls: int = Field(0, description="models handed over to the evaluator (evaluate_bpb calls); 1 when scored")
+    handover_seconds: float | None = Field(None, description="evaluate_bpb's export of the model, in the runner's clock")
+    handover_bytes: int | None = None
+    eval_seconds: float | None = Field(None, description="the trusted evaluator: load, causality check and scoring")
     eval_tokens: int | None = None
     eval_split_files: list[str] = Field(default_factory=list)
     target_leak_ratio: float | None = Field(
-        None, description="mean p(random target) x vocab: ~1 for a real model, >>1 if it reads the targets"
+        None, description="(results before the trusted evaluator) mean p(random target) x vocab"
+    )
+    causal_max_change: float | None = Field(
+        None, description="largest change of a log-probability at or before a cut when only later tokens changed"
+    )
+    weights_sha256: str | None = Field(None, description="of the handed-over weights: replicates on other seeds differ")
+    candidate_uid: int | None = Field(
+        None, description="the user the candidate ran as; None: the runner's own (no separation, not a trusted verdict)"
     )
     val_bpb: float | None = None
     peak_memory_mb: float | None = None

@@ -2,17 +2,23 @@
 
     python -m trainer.runner TRAIN_PY --out DIR [--profile NAME] [--seed N]
 
-The runner is the trusted side. It starts the candidate in a child process
-(trainer.candidate), receives the harness's events on a pipe and timestamps
-them itself, keeps a bounded log, stops a run the moment it trains past its
-budget (GPU time is not wasted on a result that cannot count), and
-classifies the outcome. Its exit code is 0 for ``ok`` and 1 otherwise, but
-only result.json is authoritative.
+The runner is the trusted side. With ``--candidate-uid`` (every sandbox
+passes one) the candidate runs as that user: it cannot write in the out dir,
+read the validation shard, signal or trace the runner, or touch the trusted
+evaluator. The runner starts the evaluator (trainer.evaluate) first, then the
+candidate (trainer.candidate); it receives the harness's events on a pipe and
+times them by their arrival (never by a time the candidate sends), keeps a
+bounded log, stops a run the moment it trains past its budget, takes the
+model the candidate hands over (evaluate_bpb), has the evaluator score it,
+answers the candidate with the score, and classifies the outcome. Only the
+runner writes result.json, and only when it has finished; its exit code is 0
+for ``ok`` and 1 otherwise, and a host accepts ``ok`` only with exit code 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import math
@@ -21,6 +27,7 @@ import re
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -34,8 +41,10 @@ from trainer.result import LOG_FILE, RESULT_FILE, ExperimentResult, HarnessFacts
 
 LOG_HEAD_BYTES = 512 * 1024
 LOG_TAIL_BYTES = 512 * 1024
-LEAK_RATIO_LIMIT = 5.0
 PRINTED_BPB_TOLERANCE = 2e-6  # the summary prints 6 decimals
+EVENT_LINE_MAX = 64 * 1024  # a harness event is a short JSON line; a longer one is the candidate's noise
+HANDOVER_MAX_BYTES = 8 << 30  # an exported model larger than this is refused, not copied
+HANDOVER_FILE = "model.handover"
 
 
 class BoundedLog:
@@ -76,86 +85,87 @@ class BoundedLog:
 
 
 class Observer:
-    """The runner's own account of the run, built from harness events as they arrive."""
+    """The runner's own account of the run, built from harness events as they arrive.
+
+    Every time is the runner's receipt time: the candidate writes the events and may lie in them, so nothing
+    in an event is trusted beyond what it is (a batch was drawn, the model was handed over)."""
 
     def __init__(self, profile: Profile, spawned_at: float, wall_limit: float) -> None:
         self.profile = profile
         self.wall_limit = wall_limit
         self.spawned_at = spawned_at
-        self.clock = TrainingClock(profile.clock, profile.warmup_batches, profile.stall_factor, profile.stall_floor)
+        self.clock = TrainingClock(
+            profile.clock, profile.warmup_batches, profile.stall_factor, profile.stall_floor,
+            compile_allowance=profile.compile_allowance,
+        )
         self.facts = HarnessFacts()
-        self.device = "cpu"
         self.oom = False
-        self.in_eval = False
-        self.eval_wall = 0.0
-        self._eval_started = 0.0
+        self.handover_started: float | None = None  # evaluate_bpb was entered: the clock stopped
+        self.handover_at: float | None = None  # the exported model is complete
+        self.handover_batch = 1
+        self.late_batches = 0  # drawn after the model was handed over
         self.killed_reason = ""
-        self.first_batch_received: float | None = None
-        self._last_t = 0.0
         self.lock = threading.Lock()
+        self.handover_ready = threading.Event()
 
     def read(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as pipe:
-            for line in pipe:
+            while line := pipe.readline(EVENT_LINE_MAX):
                 now = time.monotonic()
                 try:
                     event = json.loads(line)
                 except ValueError:
                     continue
-                with self.lock:
-                    self._handle(event, now)
+                if isinstance(event, dict):
+                    with self.lock:
+                        self._handle(event, now)
 
-    def _handle(self, event: dict, received: float) -> None:
+    def _handle(self, event: dict, now: float) -> None:
         kind = event.get("e")
-        # The charged clock uses the harness's own draw times (the pipe delivers
-        # events in bursts), but never a time later than we received it nor one
-        # earlier than the last; the wall-time rule uses receipt times only.
-        try:
-            at = min(max(float(event.get("t", received)), self._last_t), received)
-        except (TypeError, ValueError):
-            at = received
-        self._last_t = at
         if kind == "b":
+            if self.handover_started is not None:
+                self.late_batches += 1
+                return
             if self.facts.startup_seconds is None:
-                self.facts.startup_seconds = received - self.spawned_at
-            self.clock.tick(at)
-            if self.first_batch_received is None and self.clock.batches >= max(1, self.profile.warmup_batches):
-                self.first_batch_received = received  # wall time counts from where the budget does
+                self.facts.startup_seconds = now - self.spawned_at
+            self.clock.tick(now)
             self.facts.train_batches += 1
-            self.facts.train_tokens += int(event.get("n", 0))
-        elif kind == "eval_start":
-            self.clock.pause(at)
-            self.in_eval, self._eval_started = True, received
-            self.facts.training_seconds = self.clock.charged
-            self.facts.training_wall_seconds = self.training_wall(received)
-        elif kind == "eval_done":
-            self.in_eval = False
-            self.eval_wall += received - self._eval_started
-            self.clock.resume(at)
-            self.facts.eval_calls += 1
-            self.facts.eval_seconds = received - self._eval_started
-            self.facts.val_bpb = float(event["val_bpb"])
-            self.facts.eval_tokens = int(event["tokens"])
-            self.facts.eval_split_files = list(event["files"])
-            self.facts.target_leak_ratio = event.get("leak_ratio")
-            if event.get("peak_vram_mb") is not None:
-                self.facts.peak_memory_mb = float(event["peak_vram_mb"])
-        elif kind == "hello":
-            self.device = str(event.get("device", "cpu"))
+            n = event.get("n", 0)
+            self.facts.train_tokens += n if isinstance(n, int) and 0 <= n < 1 << 40 else 0
+        elif kind == "eval_start" and self.handover_started is None:
+            self.clock.pause(now)
+            self.handover_started = now
+            self.facts.training_wall_seconds = self.training_wall(now)
+        elif kind == "handover" and self.handover_started is not None and self.handover_at is None:
+            self.handover_at = now
+            self.facts.eval_calls = 1
+            self.facts.handover_seconds = now - self.handover_started
+            batch = event.get("batch")
+            self.handover_batch = batch if isinstance(batch, int) and batch >= 1 else 1
+            self.facts.training_seconds = self.charged(now)
+            self.handover_ready.set()
         elif kind == "oom":
             self.oom = True
 
+    def charged(self, now: float) -> float:
+        """Charged training seconds: the clock, plus any time evaluate_bpb took past the handover allowance."""
+        if self.handover_started is None:
+            return self.clock.seconds(now)
+        end = self.handover_at if self.handover_at is not None else now
+        return self.clock.charged + max(0.0, end - self.handover_started - self.profile.handover_allowance)
+
     def training_wall(self, now: float) -> float:
-        if self.first_batch_received is None:
+        start = self.clock.started_at
+        if start is None:
             return 0.0
-        running_eval = now - self._eval_started if self.in_eval else 0.0
-        return now - self.first_batch_received - self.eval_wall - running_eval
+        end = self.handover_started if self.handover_started is not None else now
+        return max(0.0, end - start)
 
     def over_budget(self, now: float) -> str | None:
         """Why the run has trained past what the profile allows, or None."""
         p = self.profile
         with self.lock:
-            charged = self.clock.seconds(now)
+            charged = self.charged(now)
             limit = p.time_budget * (1 + p.budget_tolerance) + self.clock.step_allowance
             if charged > limit:
                 return (
@@ -168,6 +178,8 @@ class Observer:
                     f"training took {wall:.1f} s of wall time, more than {p.max_wall_factor:g}x the "
                     f"{p.time_budget:g} s budget"
                 )
+            if self.facts.startup_seconds is None and now - self.spawned_at > p.startup_allowance:
+                return f"no training batch drawn within the {p.startup_allowance:g} s start-up allowance"
         return None
 
 
@@ -190,44 +202,53 @@ def parse_summary(log_tail: str) -> Summary:
 
 
 def classify(
-    obs: Observer, rc: int | None, killed_for: str | None, log_tail: str, summary: Summary
+    obs: Observer, rc: int | None, killed_for: str | None, log_tail: str, summary: Summary, verdict: dict | None
 ) -> tuple[Status, str]:
-    """Decide the status from the harness's facts; the exit code only says how it ended."""
+    """Decide the status from the runner's facts and the evaluator's verdict; the exit code only says how it ended."""
     p, f = obs.profile, obs.facts
     if killed_for == "budget":
         return Status.INVALID, obs.killed_reason
     if killed_for == "wall":
-        phase = "evaluating" if obs.in_eval else ("training" if f.train_batches else "starting up")
+        phase = (
+            "being evaluated" if obs.handover_at is not None
+            else "handing the model over" if obs.handover_started is not None
+            else "training" if f.train_batches else "starting up"
+        )
         return Status.TIMEOUT, f"killed at the wall limit of {obs.wall_limit:g} s while {phase}"
+    if killed_for == "evaluator":
+        return Status.ERROR, obs.killed_reason
     oom_text = re.search(r"OutOfMemoryError|CUDA out of memory|MemoryError", log_tail)
+    if verdict and "oom" in verdict:
+        return Status.OOM, f"out of memory while the evaluator ran the model: {verdict['oom']}"
     if obs.oom or oom_text or rc == -signal.SIGKILL:
         return Status.OOM, "out of memory" + (
             "" if obs.oom or oom_text else " (killed by SIGKILL, likely the OOM killer)"
         )
+    if verdict and "rejected" in verdict:
+        return Status.INVALID, f"the evaluator refused the model: {verdict['rejected']}"
     if rc != 0:
         if re.search(r"^FAIL\s*$", log_tail, re.M) or (f.val_bpb is not None and not math.isfinite(f.val_bpb)):
             return Status.NAN, "the loss became NaN or exploded (train.py printed FAIL)"
         return Status.CRASH, _crash_reason(log_tail, rc)
-    if f.eval_calls == 0:
+    if f.eval_calls == 0 or f.val_bpb is None:
         return (
             Status.INVALID,
-            "train.py never called evaluate_bpb, so the harness has no val_bpb (a printed one is not trusted)",
+            "train.py never handed its model to evaluate_bpb, so the evaluator has no val_bpb (a printed one is "
+            "not trusted)",
         )
     if not math.isfinite(f.val_bpb):
         return Status.NAN, f"val_bpb is {f.val_bpb}"
+    if obs.late_batches:
+        return Status.INVALID, f"train.py drew {obs.late_batches} training batches after handing its model over"
+    # Defence in depth: the evaluator is trusted code; these say it did what it must.
     if f.eval_split_files != [p.val_filename]:
         return Status.INVALID, f"evaluation read {f.eval_split_files}, not the pinned validation shard {p.val_filename}"
     if f.eval_tokens != (p.eval_tokens // p.max_seq_len) * p.max_seq_len:
         return Status.INVALID, f"evaluation scored {f.eval_tokens} tokens, not the fixed {p.eval_tokens}"
     if f.train_batches == 0:
         return Status.INVALID, "train.py never drew a training batch from the harness"
-    if f.target_leak_ratio is not None and f.target_leak_ratio > LEAK_RATIO_LIMIT:
-        return Status.INVALID, (
-            f"the model scores random targets {f.target_leak_ratio:.0f}x likelier than chance: "
-            "its forward pass reads the targets it is evaluated on"
-        )
     if summary.val_bpb is not None and abs(summary.val_bpb - f.val_bpb) > PRINTED_BPB_TOLERANCE:
-        return Status.INVALID, f"train.py printed val_bpb {summary.val_bpb} but the harness measured {f.val_bpb:.6f}"
+        return Status.INVALID, f"train.py printed val_bpb {summary.val_bpb} but the evaluator measured {f.val_bpb:.6f}"
     return Status.OK, "" if summary.val_bpb is not None else "no summary block printed"
 
 
@@ -242,7 +263,12 @@ def _crash_reason(log_tail: str, rc: int) -> str:
 
 
 def run(
-    train_py: Path, out: Path, profile: Profile, seed: int = 0, wall_limit: float | None = None
+    train_py: Path,
+    out: Path,
+    profile: Profile,
+    seed: int = 0,
+    wall_limit: float | None = None,
+    candidate_uid: int | None = None,
 ) -> ExperimentResult:
     """Run one candidate to completion and write out/result.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -264,65 +290,101 @@ def run(
         )
         return _write(out, ExperimentResult(status=Status.ERROR, reason=reason, finished_at=time.time(), **base))
 
-    work = out / "work"
-    work.mkdir(exist_ok=True)
-    read_fd, write_fd = os.pipe()
-    env = dict(
-        os.environ,
-        FARM_PROFILE=profile.name,
-        FARM_CACHE=str(cache_dir()),
-        FARM_SEED=str(seed),
-        FARM_EVENTS_FD=str(write_fd),
-        PYTHONUNBUFFERED="1",
-    )
+    owner = out.stat()
+    work, trusted = out / "work", out / "eval"
+    for path in (work, trusted):
+        _remove(path)
+        path.mkdir(mode=0o700)
+    if candidate_uid is not None:
+        os.chown(work, candidate_uid, candidate_uid)
+        out.chmod(0o711)  # the candidate may pass through to its work dir, never create anything here
+    limit = wall_limit or profile.wall_limit
+    env = dict(os.environ, FARM_PROFILE=profile.name, FARM_CACHE=str(cache_dir()), PYTHONUNBUFFERED="1")
     if profile.torch_threads:
         env.update(OMP_NUM_THREADS=str(profile.torch_threads), MKL_NUM_THREADS=str(profile.torch_threads))
+    # The evaluator first: whatever the candidate later exhausts (processes, memory), its scorer already runs.
+    with open(out / "eval.log", "wb") as eval_log:
+        evaluator = subprocess.Popen(
+            [sys.executable, "-m", "trainer.evaluate", "--profile", profile.name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=eval_log, cwd=trusted, env=env,
+            start_new_session=True,
+        )
+    if not _ready(evaluator, profile.startup_allowance):
+        _kill_group(evaluator)
+        evaluator.wait()
+        reason = "the trusted evaluator did not start (see eval.log in the run's out dir)"
+        return _write(out, ExperimentResult(status=Status.ERROR, reason=reason, finished_at=time.time(), **base))
+    events_r, events_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    handover = work / HANDOVER_FILE
+    candidate_env = dict(
+        env, FARM_SEED=str(seed), FARM_EVENTS_FD=str(events_w), FARM_REPLY_FD=str(reply_r),
+        FARM_HANDOVER=str(handover),
+    )
     spawned = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainer.candidate", str(train_py.resolve())],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        pass_fds=(write_fd,),
+        pass_fds=(events_w, reply_r),
         start_new_session=True,
         cwd=work,
-        env=env,
+        env=candidate_env,
+        preexec_fn=(lambda: _become(candidate_uid)) if candidate_uid is not None else _oom_first,
     )
-    os.close(write_fd)
-    limit = wall_limit or profile.wall_limit
+    os.close(events_w)
+    os.close(reply_r)
     obs = Observer(profile, spawned, limit)
+    obs.facts.candidate_uid = candidate_uid
     log = BoundedLog(out / LOG_FILE)
-    readers = [
-        threading.Thread(target=obs.read, args=(read_fd,), daemon=True),
+    scorer = _Scorer(evaluator, obs, handover, trusted / HANDOVER_FILE, reply_w)
+    threads = [
+        threading.Thread(target=obs.read, args=(events_r,), daemon=True),
         threading.Thread(
             target=lambda: [log.feed(c) for c in iter(lambda: proc.stdout.read1(65536), b"")], daemon=True
         ),
+        threading.Thread(target=scorer.run, daemon=True),
     ]
-    for t in readers:
+    for t in threads:
         t.start()
 
-    killed_for = None
-    while proc.poll() is None:
-        now = time.monotonic()
-        if now - spawned > limit:
-            killed_for = "wall"
-        elif reason := obs.over_budget(now):
-            killed_for, obs.killed_reason = "budget", reason
-        if killed_for:
-            _kill_group(proc)
-            break
-        time.sleep(0.1)
-    rc = proc.wait()
-    _kill_group(proc)  # anything the candidate left behind in its session
-    for t in readers:
+    def watch(busy) -> str | None:
+        """Poll until ``busy()`` is false or a limit is hit; the limit's name."""
+        while busy():
+            now = time.monotonic()
+            if now - spawned > limit:
+                return "wall"
+            if reason := obs.over_budget(now):
+                obs.killed_reason = reason
+                return "budget"
+            if scorer.failure:
+                obs.killed_reason = scorer.failure
+                return "evaluator"
+            time.sleep(0.1)
+        return None
+
+    killed_for = watch(lambda: proc.poll() is None)
+    rc = proc.poll()
+    _kill_candidate(proc, candidate_uid)  # anything it left behind, in its session or out of it
+    rc = proc.wait() if rc is None else rc
+    threads[0].join(timeout=5)  # every event the candidate sent is read (its writers are gone)
+    if killed_for is None:  # a model handed over is scored, even if its script did not wait for the answer
+        killed_for = watch(lambda: obs.handover_at is not None and not scorer.done.is_set())
+    scorer.stop()
+    _kill_group(evaluator)
+    evaluator.wait()
+    for t in threads:
         t.join(timeout=5)
     log_tail = log.close()
     summary = parse_summary(log_tail)
-    status, reason = classify(obs, rc, killed_for, log_tail, summary)
+    status, reason = classify(obs, rc, killed_for, log_tail, summary, scorer.verdict)
     facts = obs.facts
     facts.total_seconds = time.monotonic() - spawned
     if facts.peak_memory_mb is None:
         facts.peak_memory_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if candidate_uid is not None:
+        _give_back(out, owner)
     result = ExperimentResult(
         status=status,
         reason=reason,
@@ -332,11 +394,125 @@ def run(
         exit_code=rc,
         log_tail=log_tail,
         log_bytes=log.total,
-        device=obs.device,
+        device=scorer.device,
         finished_at=time.time(),
         **base,
     )
     return _write(out, result)
+
+
+class _Scorer:
+    """Takes the handed-over model, has the evaluator score it, and answers the waiting candidate."""
+
+    def __init__(self, evaluator: subprocess.Popen, obs: Observer, handover: Path, copy: Path, reply_fd: int) -> None:
+        self.evaluator, self.obs, self.handover, self.copy, self.reply_fd = evaluator, obs, handover, copy, reply_fd
+        self.verdict: dict | None = None
+        self.failure = ""  # the evaluator itself broke: the farm's fault
+        self.device = "cpu"
+        self.done = threading.Event()
+        self._stopping = False
+
+    def run(self) -> None:
+        try:
+            while not self.obs.handover_ready.wait(0.5):
+                if self._stopping:
+                    return
+            started = time.monotonic()
+            try:
+                size = _copy_regular(self.handover, self.copy, HANDOVER_MAX_BYTES)
+            except OSError as exc:
+                self._answer({"rejected": f"no exported model at the handover ({exc.strerror or exc})"})
+                return
+            self.obs.facts.handover_bytes = size
+            request = {"program": str(self.copy), "batch": self.obs.handover_batch,
+                       "seed": int.from_bytes(os.urandom(4), "little")}
+            try:
+                self.evaluator.stdin.write((json.dumps(request) + "\n").encode())
+                self.evaluator.stdin.flush()
+                line = self.evaluator.stdout.readline()
+            except OSError:
+                line = b""
+            if not line:
+                if not self._stopping:
+                    self.failure = "the trusted evaluator exited without a verdict (see eval.log in the run's out dir)"
+                return
+            reply = json.loads(line)
+            if "val_bpb" in reply:
+                f = self.obs.facts
+                f.val_bpb = float(reply["val_bpb"])
+                f.eval_tokens, f.eval_split_files = int(reply["tokens"]), list(reply["files"])
+                f.causal_max_change, f.weights_sha256 = reply["causal_max_change"], reply["weights_sha256"]
+                f.eval_seconds = time.monotonic() - started
+                if reply.get("peak_vram_mb") is not None:
+                    f.peak_memory_mb = float(reply["peak_vram_mb"])
+                self.device = str(reply["device"])
+            self._answer(reply)
+        finally:
+            self.done.set()
+
+    def _answer(self, reply: dict) -> None:
+        self.verdict = reply
+        if "val_bpb" in reply:
+            answer = {"val_bpb": reply["val_bpb"]}
+        else:
+            answer = {"error": reply.get("rejected") or reply.get("oom") or "not scored"}
+        try:
+            os.write(self.reply_fd, (json.dumps(answer) + "\n").encode())
+        except OSError:
+            pass  # the candidate is gone; the verdict stands
+
+    def stop(self) -> None:
+        self._stopping = True
+        for close in (lambda: os.close(self.reply_fd), self.evaluator.stdin.close):
+            try:
+                close()
+            except OSError:
+                pass
+
+
+def _ready(evaluator: subprocess.Popen, timeout: float) -> bool:
+    """Whether the evaluator said it is ready (torch imported) within ``timeout`` seconds."""
+    import select
+
+    readable, _, _ = select.select([evaluator.stdout], [], [], timeout)
+    return bool(readable) and bool(evaluator.stdout.readline())
+
+
+def _copy_regular(src: Path, dst: Path, max_bytes: int) -> int:
+    """Copy a regular file the candidate wrote, never following a link or reading a FIFO or device."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "the handover is not a regular file")
+        total = 0
+        with open(dst, "wb") as f:
+            while chunk := os.read(fd, 1 << 20):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise OSError(0, f"the exported model is larger than {max_bytes >> 30} GiB")
+                f.write(chunk)
+        return total
+    finally:
+        os.close(fd)
+
+
+def _oom_first() -> None:
+    """In the candidate before exec: under memory pressure the kernel kills it before the runner or evaluator."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def _become(uid: int) -> None:
+    """In the candidate before exec: its own user and group, no supplementary groups, no way to gain privileges."""
+    _oom_first()
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)  # from root this clears every capability
+    PR_SET_NO_NEW_PRIVS = 38
+    ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -344,6 +520,36 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_candidate(proc: subprocess.Popen, uid: int | None) -> None:
+    """Every process of the candidate's user (in a sandbox's PID namespace: the candidate's, and only those)."""
+    _kill_group(proc)
+    if uid is None:
+        return
+    for _ in range(20):
+        found = False
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                if entry.stat().st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    found = True
+            except (OSError, ValueError):
+                continue
+        if not found:
+            return
+        time.sleep(0.05)
+
+
+def _give_back(out: Path, owner: os.stat_result) -> None:
+    """The candidate's files become the out dir owner's again, so the farm can read and remove them."""
+    out.chmod(stat.S_IMODE(owner.st_mode))
+    for root, dirs, files in os.walk(out / "work"):
+        for name in [*dirs, *files, ""]:
+            try:
+                os.lchown(os.path.join(root, name) if name else root, owner.st_uid, owner.st_gid)
+            except OSError:
+                pass
 
 
 def _write(out: Path, result: ExperimentResult) -> ExperimentResult:
@@ -389,12 +595,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=os.environ.get("FARM_PROFILE", "h100"))
     parser.add_argument("--seed", type=int, default=int(os.environ.get("FARM_SEED", "0")))
     parser.add_argument("--wall-limit", type=float, default=None, help="seconds; default from the profile")
+    parser.add_argument(
+        "--candidate-uid", type=int, default=None,
+        help="run the candidate as this user (and group): needed for a verdict it cannot forge; the runner must be "
+        "root or hold CAP_SETUID/SETGID/CHOWN/KILL",
+    )
     args = parser.parse_args(argv)
     try:
         profile = get_profile(args.profile)
     except ValueError as exc:
         parser.error(str(exc))
-    result = run(args.train_py, args.out, profile, seed=args.seed, wall_limit=args.wall_limit)
+    result = run(
+        args.train_py, args.out, profile, seed=args.seed, wall_limit=args.wall_limit, candidate_uid=args.candidate_uid
+    )
     bpb = f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-"
     print(f"status={result.status.value} val_bpb={bpb} {result.reason}".rstrip(), flush=True)
     return 0 if result.status == Status.OK else 1

@@ -1,0 +1,165 @@
+"""The trained model as data: how it leaves the candidate's process and how the trusted side takes it in.
+
+The candidate's ``evaluate_bpb`` exports its model with ``torch.export`` (the
+forward pass ``model(idx) -> logits`` as a graph of ATen operators, plus the
+weights) and writes it to a file. The trusted evaluator never imports the
+candidate's code: it reads that file, checks it, and runs the graph itself.
+
+Why not ``torch.export.load``: it falls back to an unrestricted unpickler, and
+torch's deserializer parses symbolic-shape strings with sympy (which calls
+``eval``) and turns ``torch.*`` target names into arbitrary functions. So the
+file is our own container (four length-prefixed sections), tensors are read
+with ``weights_only=True`` only, and the graph's JSON is checked before torch
+sees it: static shapes, no guard code, no subgraphs, and every operator an
+ATen/prims operator off a deny-list (nothing that reads files, sleeps, or
+synchronises with anything outside the graph).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+from typing import Any
+
+import torch
+
+MAGIC = b"FARM-HANDOVER-1\n"
+SECTIONS = ("program", "state_dict", "constants", "example_inputs")
+MAX_PROGRAM_JSON = 64 << 20  # the graph's JSON; weights are the big sections
+_TARGET = re.compile(r"^torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$")
+# ATen operators a scored forward pass has no business calling: I/O, host interaction, randomness
+# (a model whose output is random cannot pass the causality check either; refusing it says why).
+_DENIED = re.compile(
+    r"^torch\.ops\.aten\.(from_file|_nested_.*from_file.*|_print|_local_scalar_dense|item|_assert_async|"
+    r"_assert_scalar|_functional_assert.*|sym_constrain.*|rand.*|normal.*|bernoulli.*|multinomial|"
+    r"native_dropout|dropout|uniform_?|exponential_?|geometric_?|cauchy_?|log_normal_?|random_?|"
+    r"set_|resize_|copy_|_copy_from.*|record_stream|_cudnn_.*|_use_cudnn.*|empty_.*strided|_make_.*)\."
+)
+
+
+class HandoverError(RuntimeError):
+    """The model could not be exported, or the file is not a model the evaluator will run; says which and why."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidate side
+# --------------------------------------------------------------------------------------------------
+
+
+def export_model(model: torch.nn.Module, batch: int, seq_len: int, device: str) -> bytes:
+    """``model(idx)`` (logits, no targets) as a static-shape exported program for (batch, seq_len) int64 input."""
+    from torch._export.serde.serialize import serialize
+
+    module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the model itself is what is exported
+    example = torch.zeros((batch, seq_len), dtype=torch.long, device=device)
+    try:
+        # Full precision in the graph: the evaluator applies the same autocast to every candidate.
+        with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, enabled=False):
+            program = torch.export.export(module, (example,), strict=False)
+        artifact = serialize(program)
+    except Exception as exc:
+        raise HandoverError(
+            "evaluate_bpb could not export the model for the trusted evaluator "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the model must be a "
+            "torch.nn.Module whose model(idx) returns logits of shape (B, T, vocab) — upstream's interface — "
+            "and be exportable with torch.export (no data-dependent Python control flow in forward)"
+        ) from exc
+    parts = [artifact.exported_program, artifact.state_dict, artifact.constants, artifact.example_inputs]
+    return MAGIC + b"".join(struct.pack("<Q", len(p)) + p for p in parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Trusted side
+# --------------------------------------------------------------------------------------------------
+
+
+def split_sections(blob: bytes) -> dict[str, bytes]:
+    if not blob.startswith(MAGIC):
+        raise HandoverError("the handover file is not an exported model (wrong header)")
+    at, sections = len(MAGIC), {}
+    for name in SECTIONS:
+        if at + 8 > len(blob):
+            raise HandoverError("the handover file is truncated")
+        (size,) = struct.unpack_from("<Q", blob, at)
+        at += 8
+        if at + size > len(blob):
+            raise HandoverError("the handover file is truncated")
+        sections[name] = blob[at : at + size]
+        at += size
+    if at != len(blob):
+        raise HandoverError("the handover file has trailing bytes")
+    return sections
+
+
+def check_program_json(doc: Any) -> None:
+    """Refuse anything in the graph's JSON that would make torch run more than ATen operators on tensors."""
+    if not isinstance(doc, dict) or "graph_module" not in doc:
+        raise HandoverError("the exported program has no graph")
+    if doc.get("guards_code"):
+        raise HandoverError("the exported program carries guard code (the evaluator runs static shapes only)")
+    if doc.get("range_constraints"):
+        raise HandoverError("the exported program has symbolic shapes (the evaluator runs static shapes only)")
+    for key, value in _walk(doc):
+        if key in ("as_expr", "expr_str", "as_graph", "as_custom_obj", "as_custom_objs"):
+            raise HandoverError(f"the exported program uses {key} (symbolic shapes, subgraphs or custom objects)")
+        if key == "target" and isinstance(value, str) and (not _TARGET.match(value) or _DENIED.match(value)):
+            raise HandoverError(f"the exported program calls {value[:120]!r}, which the evaluator does not run")
+
+
+def _walk(node: Any, key: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield k, v
+            yield from _walk(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v, key)
+
+
+def _tensors(data: bytes, what: str) -> Any:
+    if not data:
+        return {}
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise HandoverError(f"the {what} in the handover file are not plain tensors ({type(exc).__name__})") from exc
+
+
+def load_program(blob: bytes, device: str) -> torch.nn.Module:
+    """The exported model as a callable ``module(idx) -> logits`` on ``device``, after every check."""
+    from torch._export.serde.serialize import SerializedArtifact, deserialize
+
+    sections = split_sections(blob)
+    if len(sections["program"]) > MAX_PROGRAM_JSON:
+        raise HandoverError("the exported graph is larger than the evaluator reads")
+    try:
+        doc = json.loads(sections["program"])
+    except ValueError as exc:
+        raise HandoverError("the exported graph is not JSON") from exc
+    check_program_json(doc)
+    state = _tensors(sections["state_dict"], "weights")
+    constants = _tensors(sections["constants"], "constants")
+    examples = _tensors(sections["example_inputs"], "example inputs") or ((), {})
+    if not isinstance(state, dict) or not isinstance(constants, dict):
+        raise HandoverError("the handover file's weights are not a name -> tensor mapping")
+    try:
+        program = deserialize(SerializedArtifact(sections["program"], state, constants, examples))
+    except HandoverError:
+        raise
+    except Exception as exc:
+        raise HandoverError(f"the exported program does not load ({type(exc).__name__}: {exc})"[:500]) from exc
+    sig = program.graph_signature
+    if sig.buffers_to_mutate or sig.user_inputs_to_mutate or getattr(sig, "parameters_to_mutate", None):
+        raise HandoverError("the model's forward pass mutates its state or its input; the evaluator runs pure models")
+    if len(sig.user_inputs) != 1 or len(sig.user_outputs) != 1:
+        raise HandoverError("the exported model must take one input (the token ids) and return one tensor (logits)")
+    for node in program.graph.nodes:  # the JSON check again, on what torch actually built
+        if node.op == "call_function":
+            name = f"torch.ops.{node.target}" if isinstance(node.target, torch._ops.OpOverload) else repr(node.target)
+            if not _TARGET.match(name) or _DENIED.match(name):
+                raise HandoverError(f"the exported program calls {name[:120]}, which the evaluator does not run")
+        elif node.op not in ("placeholder", "output"):
+            raise HandoverError(f"the exported program has a {node.op} node; the evaluator runs plain ATen graphs")
+    return program.module().to(device)
