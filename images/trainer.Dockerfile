@@ -50,6 +50,9 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8
+# CPython's pydoc_data holds the text the CPU profiles' validation shard is cut from: a candidate must not find it.
+RUN rm -rf "$(python -c 'import os, pydoc_data; print(os.path.dirname(pydoc_data.__file__))')" \
+    && ! python -c 'import pydoc_data.topics' 2>/dev/null
 # Byte-code compiled now: the root fs is read-only at run time, so every start would recompile.
 RUN python -m compileall -q /opt/farm/trainer && python -c "import torch, numpy, pyarrow, tiktoken, pydantic, requests, trainer.runner, trainer.prepare; \
 print('torch', torch.__version__)"

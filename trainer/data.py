@@ -422,6 +422,21 @@ def data_ready(profile: Profile, cache: Path | None = None) -> list[str]:
     return [str(p.relative_to(cache)) for p in missing]
 
 
+def seal_validation(profile: Profile, cache: Path | None = None) -> None:
+    """Make the pinned validation shard readable by its owner only.
+
+    Only the trusted runner and evaluator read it; a candidate runs as another user in every sandbox that
+    separates users, so with mode 0600 the file is out of its reach even though the cache is mounted. Best
+    effort on a cache the farm does not own (the owner's `farm prepare` seals it).
+    """
+    val = (cache or cache_dir()) / profile.dataset / "data" / profile.val_filename
+    try:
+        if val.stat().st_mode & 0o077:
+            val.chmod(0o600)
+    except OSError:
+        pass
+
+
 def prepare_profile(
     profile: Profile,
     cache: Path | None = None,
@@ -456,4 +471,5 @@ def prepare_profile(
             build_byte_tokenizer(tok_dir)
         else:
             train_bpe_tokenizer(data_dir, tok_dir, profile.vocab_size, profile.val_filename, progress=progress)
+        seal_validation(profile, cache)
     progress(f"{profile.name}: data and tokenizer ready in {cache}")

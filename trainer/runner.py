@@ -329,9 +329,9 @@ def run(
         stdin=subprocess.DEVNULL,
         pass_fds=(events_w, reply_r),
         start_new_session=True,
-        cwd=work,
+        cwd=work if candidate_uid is None else None,  # as another user it enters its work dir once it is that user
         env=candidate_env,
-        preexec_fn=(lambda: _become(candidate_uid)) if candidate_uid is not None else _oom_first,
+        preexec_fn=(lambda: _become(candidate_uid, work)) if candidate_uid is not None else _oom_first,
     )
     os.close(events_w)
     os.close(reply_r)
@@ -505,7 +505,7 @@ def _oom_first() -> None:
         pass
 
 
-def _become(uid: int) -> None:
+def _become(uid: int, cwd: Path) -> None:
     """In the candidate before exec: its own user and group, no supplementary groups, no way to gain privileges."""
     _oom_first()
     os.setgroups([])
@@ -513,6 +513,7 @@ def _become(uid: int) -> None:
     os.setuid(uid)  # from root this clears every capability
     PR_SET_NO_NEW_PRIVS = 38
     ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    os.chdir(cwd)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

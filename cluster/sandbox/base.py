@@ -16,6 +16,7 @@ from typing import Protocol
 
 from cluster.spec import ExperimentSpec, GpuAssignment
 from cluster.untrusted import read_bytes, read_text
+from trainer.data import seal_validation
 from trainer.profiles import get_profile
 from trainer.result import RESULT_FILE, ExperimentResult, Status
 
@@ -42,6 +43,10 @@ OUTER_KILL_GRACE = 20.0
 # The only variables of the farm's environment a candidate ever sees.
 # Never add anything that can hold a secret (API keys, tokens, proxies).
 ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ", "TERM")
+
+# The candidate's user inside a sandbox that separates it from the runner (docker, process as root): not the
+# runner's, so it cannot write the verdict, read the validation shard, or signal the runner and the evaluator.
+CANDIDATE_UID = 65534  # nobody:nogroup
 
 # Where a backend that maps paths puts things (docker, kubernetes).
 CANDIDATE_MOUNT = "/candidate"
@@ -82,8 +87,18 @@ def stage(spec: ExperimentSpec) -> tuple[Path, Path]:
     train_py.chmod(0o444)
     candidate.chmod(0o555)
     out.mkdir()
-    out.chmod(0o777)  # the sandbox user is not the farm's user
+    out.chmod(0o777)  # the runner's user may not be the farm's (it makes the dir its own and closes it to the candidate)
+    seal_validation(get_profile(spec.profile), spec.cache_dir)
     return candidate, out
+
+
+def shared_dir(path: Path) -> None:
+    """The compile cache: created if missing, writable by the sandbox user (best effort if not ours)."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.chmod(0o777)
+    except PermissionError:
+        pass
 
 
 def sandbox_env(spec: ExperimentSpec, gpu: GpuAssignment, *, cache: str, compile_cache: str | None, home: str) -> dict:
@@ -102,8 +117,10 @@ def sandbox_env(spec: ExperimentSpec, gpu: GpuAssignment, *, cache: str, compile
     return env
 
 
-def runner_args(spec: ExperimentSpec, train_py: str, out: str) -> list[str]:
-    """Arguments after ``python``: the runner with the spec's profile, seed and wall limit."""
+def runner_args(spec: ExperimentSpec, train_py: str, out: str, candidate_uid: int | None = None) -> list[str]:
+    """Arguments after ``python``: the runner with the spec's profile, seed and wall limit (and the candidate's user,
+    where the sandbox can give it one: only in a PID namespace, since the runner kills every process of that user)."""
+    uid = ["--candidate-uid", str(candidate_uid)] if candidate_uid is not None else []
     return [
         "-m",
         "trainer.runner",
@@ -116,6 +133,7 @@ def runner_args(spec: ExperimentSpec, train_py: str, out: str) -> list[str]:
         str(spec.seed),
         "--wall-limit",
         f"{spec.wall_limit():g}",
+        *uid,
     ]
 
 
@@ -126,9 +144,16 @@ def collect(spec: ExperimentSpec, out: Path, started: float, *, killed: bool, ex
         try:
             if len(data) > RESULT_MAX_BYTES:
                 raise ValueError(f"larger than {RESULT_MAX_BYTES} bytes")
-            return ExperimentResult.model_validate_json(data)
+            result = ExperimentResult.model_validate_json(data)
         except ValueError as exc:
             note = f"unreadable result file ({exc.__class__.__name__}); {note}"
+        else:
+            if result.status != Status.OK or exit_code == 0:
+                return result
+            # The runner exits 0 exactly when it wrote ok: an ok without that is not the runner's verdict.
+            return no_result(spec, started, Status.INVALID, f"a result file says ok but the runner exited with "
+                             f"{exit_code}: not the runner's verdict", exit_code=exit_code,
+                             log_tail=read_text(out / "run.log", 4000, tail=True) or "")
     if killed:
         status, reason = Status.TIMEOUT, (
             f"killed by the sandbox at the wall limit ({spec.wall_limit():g} s + {OUTER_KILL_GRACE:g} s grace): "

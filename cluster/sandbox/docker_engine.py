@@ -1,8 +1,8 @@
 """The docker sandbox: one locked-down container per experiment, through the Docker Engine API.
 
 The container runs ``python -m trainer.runner`` from the trainer image (see
-images/) with: no network, a read-only root with a size-limited tmpfs /tmp, no
-capabilities, no-new-privileges, a non-root user, pids/memory(+swap)/CPU
+images/) with: no network, a read-only root with a size-limited tmpfs /tmp, no-new-privileges,
+the runner as root with six capabilities and the candidate as nobody with none, pids/memory(+swap)/CPU
 limits, a large private /dev/shm, the candidate and the data cache mounted
 read-only, a per-run writable out dir, the compile cache (if any) shared
 read-write, the GPU (if any) by device request for its UUID, and an
@@ -28,11 +28,13 @@ from cluster.sandbox.base import (
     COMPILE_CACHE_MOUNT,
     OUT_MOUNT,
     OUTER_KILL_GRACE,
+    CANDIDATE_UID,
     SandboxError,
     collect,
     cpu_quota,
     runner_args,
     sandbox_env,
+    shared_dir,
     stage,
 )
 from cluster.spec import TRAINER_IMAGE, ExperimentSpec, GpuAssignment
@@ -44,7 +46,11 @@ EXPERIMENT_LABEL = "autoresearch-farm.experiment"
 OWNER_LABEL = "autoresearch-farm.owner"  # the farm run (or `farm try`) that started it: cleanup stays in its lane
 RUN_LABEL = "autoresearch-farm.run"  # unique per attempt: finds a container whose handle was lost
 ROLE = "experiment"
-SANDBOX_USER = "65534:65534"  # nobody:nogroup
+# The runner is root in the container with only what it needs to run the candidate as CANDIDATE_UID (nobody) and
+# clean up after it: set the user, own and reach its out dir and the sealed validation shard whoever owns them on the
+# host, kill the candidate's processes. The candidate, as nobody, has no capabilities and cannot gain any.
+RUNNER_USER = "0:0"
+RUNNER_CAPS = ["SETUID", "SETGID", "CHOWN", "FOWNER", "DAC_OVERRIDE", "KILL"]
 CONTAINER_LOG_BYTES = 64 * 1024  # what is kept of the container's own stdout/stderr (the runner logs to /out)
 ENGINE_HINT = "start it (`dockerd > /tmp/dockerd.log 2>&1 &`, see README 'Docker sandbox') or use --sandbox process"
 
@@ -60,17 +66,12 @@ class DockerSandbox:
         image: str | None = None,
         *,
         base_url: str | None = None,
-        user: str | None = None,
         tmpfs_mb: int | None = None,
         owner: str | None = None,
     ) -> None:
         """Connect to the engine and check the image; a SandboxError says how to fix either.
 
         ``image``: the trainer image for every run (default: each spec's ``image``).
-        ``user``: uid:gid in the container; default nobody (65534) when the farm runs as
-        root, else the farm's own uid:gid, so that the files a run writes stay deletable
-        by the user who owns the run dir (still unprivileged: no capabilities, no new
-        privileges, and only the mounts to write to).
         ``tmpfs_mb``: size of /tmp (HOME, scratch); default each spec's ``limits.disk_mb``.
         ``owner``: labels the containers (a spec's own ``owner`` wins) so that ``cleanup_leftovers``
         removes only that owner's; None removes every experiment container.
@@ -78,7 +79,7 @@ class DockerSandbox:
         self.image = image
         self.owner = owner
         self.tmpfs_mb = tmpfs_mb
-        self.user = user or (SANDBOX_USER if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}")
+        self.user = RUNNER_USER
         if client is None:
             try:
                 import docker
@@ -141,7 +142,7 @@ class DockerSandbox:
         config: dict[str, Any] = dict(
             image=self.image or spec.image,
             entrypoint=["python"],
-            command=runner_args(spec, f"{CANDIDATE_MOUNT}/train.py", OUT_MOUNT),
+            command=runner_args(spec, f"{CANDIDATE_MOUNT}/train.py", OUT_MOUNT, candidate_uid=CANDIDATE_UID),
             environment=env,
             user=self.user,
             working_dir="/tmp",
@@ -155,6 +156,7 @@ class DockerSandbox:
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_mb or limits.disk_mb}m,mode=1777"},
             cap_drop=["ALL"],
+            cap_add=RUNNER_CAPS,
             security_opt=["no-new-privileges"],
             pids_limit=limits.pids,
             mem_limit=memory,
@@ -189,7 +191,7 @@ class DockerSandbox:
         self._remove_earlier_attempts(config["labels"])  # a retried task: its lost attempt may still run
         _, out = stage(spec)
         if spec.compile_cache_dir:
-            _shared_dir(spec.compile_cache_dir)
+            shared_dir(spec.compile_cache_dir)
         started = time.time()
         container = None
         killed, exit_code, note, oom = False, None, "", False
@@ -379,15 +381,6 @@ def _host_gpus() -> dict[int, str]:
         if index.strip().isdigit() and uid.strip():
             found[int(index)] = uid.strip()
     return found
-
-
-def _shared_dir(path: Path) -> None:
-    """The compile cache: created if missing, writable by the sandbox user (best effort if not ours)."""
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        path.chmod(0o777)
-    except PermissionError:
-        pass
 
 
 def _list(gpus: dict[int, str]) -> str:

@@ -1,15 +1,29 @@
 """The inside of the process sandbox, run as root in fresh namespaces (see process.py).
 
-    python -m cluster.sandbox.jail --out DIR [--rw DIR ...] [--cgroup PATH ...] [--shm-mb N]
-        [--scratch DIR --scratch-mb N] -- CMD...
+    python -m cluster.sandbox.jail [--bind SRC DST] [--bind-rw SRC DST] [--reach PATH] [--hide PATH]
+        [--cgroup PATH] [--shm-mb N] [--tmp-mb N] -- CMD...
 
 By the time this runs, ``unshare`` has given it its own network (nothing but
 a downed loopback), PID and mount namespaces. It joins the experiment's
-cgroups, makes every mount read-only except the experiment's out dir, a
-private /dev/shm and a size-limited scratch filesystem (its HOME and TMPDIR),
-and then executes CMD with no capabilities at all, so not even root can undo
-any of it. Standard library only: it is on the start-up
-path of every experiment.
+cgroups and builds the experiment's view of the file system:
+
+- a fresh ``/run`` holding only ``/run/farm/<name>`` binds of the experiment's
+  own directories (candidate, data cache, out dir, compile cache), so the
+  host's sockets under /run (the Docker Engine's among them) are gone;
+- a fresh, size-limited ``/tmp`` (HOME and TMPDIR; filling it is the candidate's ENOSPC);
+- ``--reach``: directories the candidate's user must be able to enter (the
+  Python it runs on) stay at their paths even under a parent it may not enter
+  (``/root`` is 0700): that parent is replaced by an empty directory holding
+  just those binds, which also hides the rest of it;
+- ``--hide``: an empty read-only directory over a path (CPython's
+  ``pydoc_data``, the source of the CPU profiles' validation text);
+- everything else read-only.
+
+Then it executes CMD (the runner) as root with only the capabilities the
+runner needs to start the candidate as another user and clean up after it
+(setuid, setgid, chown, fowner, kill, dac_read_search: it reads what the candidate hands over), and no way
+to gain more. Standard
+library only: it is on the start-up path of every experiment.
 """
 
 from __future__ import annotations
@@ -22,6 +36,8 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 
 _libc = ctypes.CDLL(None, use_errno=True)
 # Mounts that stay as they are: fresh per namespace (/proc) or device nodes that must stay writable.
 _KEEP = ("/proc", "/dev", "/dev/pts", "/dev/mqueue")
+VIEW = "/run/farm"
+RUNNER_CAPS = "-all,+setuid,+setgid,+chown,+fowner,+kill,+dac_read_search"
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -37,38 +53,85 @@ def _mount_points() -> list[str]:
     return sorted(set(points), key=len)
 
 
-def lock_down(writable: list[str], shm_mb: int, scratch: str | None = None, scratch_mb: int = 1024) -> None:
+def _blocking_parent(path: str) -> str | None:
+    """The outermost directory above ``path`` that others may not enter (no o+x), or None."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts)):
+        parent = "/" + "/".join(parts[:i])
+        if not os.stat(parent).st_mode & 0o001:
+            return parent
+    return None
+
+
+def _bind_fd(fd: int, target: str, writable: bool) -> None:
+    os.makedirs(target, exist_ok=True)
+    _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+    if not writable:
+        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def build_view(binds: list[tuple[str, str, bool]], reach: list[str], hide: list[str], shm_mb: int, tmp_mb: int) -> None:
+    """Mount the experiment's file system (see the module docstring); ``binds``: (source, target, writable)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do here propagates to the host
-    for path in writable:
-        _mount(path, path, None, MS_BIND)  # each becomes its own (writable) mount
+    # Every source is opened before anything is mounted over it (a source may live under /tmp, /run or /root).
+    sources = [(os.open(src, os.O_PATH | os.O_DIRECTORY), dst, rw) for src, dst, rw in binds]
+    reachable = [(os.open(p, os.O_PATH | os.O_DIRECTORY), p) for p in dict.fromkeys(os.path.realpath(p) for p in reach)]
+    blocked = {p: _blocking_parent(p) for _, p in reachable}
+    _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={shm_mb}m,mode=1777")
+    for parent in sorted({b for b in blocked.values() if b}, key=len):
+        _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for fd, path in reachable:
+        if blocked[path]:
+            _bind_fd(fd, path, writable=False)
+    for fd, dst, rw in sources:
+        _bind_fd(fd, dst, rw)
+    for path in hide:
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
+    writable = {dst for _, dst, rw in sources if rw} | {"/tmp", "/dev/shm"}
     for point in _mount_points():
-        if point in _KEEP or point in writable or point == "/dev/shm" or point.startswith("/proc/"):
+        if point in _KEEP or point in writable or point.startswith("/proc/"):
             continue
         try:
             _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
         except OSError:
             if point == "/":
                 raise  # the root must be read-only; anything else is best effort (e.g. overmounted)
-    if scratch:  # after the read-only pass: a fresh, bounded, writable tmpfs (filling it is the candidate's ENOSPC)
-        _mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"size={scratch_mb}m,mode=1777")
 
 
 def main(argv: list[str]) -> None:
     split = argv.index("--")
     opts, cmd = argv[:split], argv[split + 1 :]
-    writable = [os.path.realpath(opts[i + 1]) for i, opt in enumerate(opts) if opt in ("--out", "--rw")]
-    shm_mb = int(opts[opts.index("--shm-mb") + 1]) if "--shm-mb" in opts else 256
-    scratch = os.path.realpath(opts[opts.index("--scratch") + 1]) if "--scratch" in opts else None
-    scratch_mb = int(opts[opts.index("--scratch-mb") + 1]) if "--scratch-mb" in opts else 1024
-    for i, opt in enumerate(opts):
-        if opt == "--cgroup":
-            with open(os.path.join(opts[i + 1], "cgroup.procs"), "w") as f:
+    binds, reach, hide = [], [], []
+    shm_mb, tmp_mb = 256, 1024
+    i = 0
+    while i < len(opts):
+        opt = opts[i]
+        if opt in ("--bind", "--bind-rw"):
+            binds.append((opts[i + 1], opts[i + 2], opt == "--bind-rw"))
+            i += 3
+            continue
+        value = opts[i + 1]
+        if opt == "--reach":
+            reach.append(value)
+        elif opt == "--hide":
+            hide.append(value)
+        elif opt == "--shm-mb":
+            shm_mb = int(value)
+        elif opt == "--tmp-mb":
+            tmp_mb = int(value)
+        elif opt == "--cgroup":
+            with open(os.path.join(value, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
-    lock_down(writable, shm_mb, scratch, scratch_mb)
+        else:
+            raise SystemExit(f"jail: unknown option {opt}")
+        i += 2
+    build_view(binds, reach, hide, shm_mb, tmp_mb)
     os.execvp(
         "setpriv",
-        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--", *cmd],
+        ["setpriv", f"--bounding-set={RUNNER_CAPS}", "--inh-caps=-all", "--no-new-privs", "--", *cmd],
     )
 
 

@@ -22,7 +22,18 @@ import uuid
 import warnings
 from pathlib import Path
 
-from cluster.sandbox.base import OUTER_KILL_GRACE, collect, cpu_quota, no_result, runner_args, sandbox_env, stage
+from cluster.sandbox.base import (
+    CANDIDATE_UID,
+    OUTER_KILL_GRACE,
+    collect,
+    cpu_quota,
+    no_result,
+    runner_args,
+    sandbox_env,
+    shared_dir,
+    stage,
+)
+from cluster.sandbox.jail import VIEW
 from cluster.spec import ExperimentSpec, GpuAssignment
 from trainer.result import ExperimentResult, Status
 
@@ -53,21 +64,26 @@ class ProcessSandbox:
         prefix = f"{spec.owner or '-'}.{spec.experiment_id}."  # this farm's experiment, any attempt
         _kill_marked(prefix)  # an earlier attempt whose worker was lost
         candidate, out = stage(spec)
-        work = out / "home"
-        work.mkdir(mode=0o777)
         marker = f"{prefix}{uuid.uuid4().hex[:8]}"
-        env = sandbox_env(
-            spec, gpu, cache=str(spec.cache_dir), compile_cache=_str(spec.compile_cache_dir), home=str(work)
-        )
-        env.update({MARKER: marker, "TMPDIR": str(work)})
-        argv = [self.python, *runner_args(spec, str(candidate / "train.py"), str(out))]
         cgroups = _make_cgroups(marker, spec) if self.isolate else []
-        if self.isolate:
-            jail = [self.python, "-m", "cluster.sandbox.jail", "--out", str(out), "--shm-mb", str(spec.limits.shm_mb),
-                    "--scratch", str(work), "--scratch-mb", str(spec.limits.disk_mb)]
+        if self.isolate:  # the runner and the candidate see the experiment's own view (cluster/sandbox/jail.py)
+            view = {name: f"{VIEW}/{name}" for name in ("candidate", "out", "cache", "compile")}
+            env = sandbox_env(spec, gpu, cache=view["cache"],
+                              compile_cache=view["compile"] if spec.compile_cache_dir else None, home="/tmp")
+            env["TMPDIR"] = "/tmp"
+            argv = [self.python, *runner_args(spec, f"{view['candidate']}/train.py", view["out"],
+                                              candidate_uid=CANDIDATE_UID)]
+            jail = [self.python, "-m", "cluster.sandbox.jail", "--shm-mb", str(spec.limits.shm_mb),
+                    "--tmp-mb", str(spec.limits.disk_mb),
+                    "--bind", str(candidate), view["candidate"], "--bind", str(spec.cache_dir), view["cache"],
+                    "--bind-rw", str(out), view["out"]]
             if spec.compile_cache_dir:  # shared across experiments so an unchanged model compiles once
-                spec.compile_cache_dir.mkdir(parents=True, exist_ok=True)
-                jail += ["--rw", str(spec.compile_cache_dir)]
+                shared_dir(spec.compile_cache_dir)
+                jail += ["--bind-rw", str(spec.compile_cache_dir), view["compile"]]
+            for path in _python_paths():
+                jail += ["--reach", path]
+            if hidden := _validation_text_source():
+                jail += ["--hide", hidden]
             for path in cgroups:
                 jail += ["--cgroup", str(path)]
             argv = [
@@ -82,6 +98,15 @@ class ProcessSandbox:
                 "--",
                 *argv,
             ]
+        else:  # an ordinary user: the candidate runs as the farm's user, beside the runner (not a trusted verdict)
+            work = out / "home"
+            work.mkdir(mode=0o777)
+            env = sandbox_env(
+                spec, gpu, cache=str(spec.cache_dir), compile_cache=_str(spec.compile_cache_dir), home=str(work)
+            )
+            env["TMPDIR"] = str(work)
+            argv = [self.python, *runner_args(spec, str(candidate / "train.py"), str(out))]
+        env[MARKER] = marker
         with open(out / "sandbox.log", "wb") as errors:
             try:
                 proc = subprocess.Popen(
@@ -117,6 +142,23 @@ class ProcessSandbox:
             for child in parent.glob(f"{prefix}*/") if parent.is_dir() else []:
                 removed += _kill_cgroup(child)
         return removed + _kill_marked(prefix)
+
+
+def _python_paths() -> list[str]:
+    """What the candidate's user must be able to enter to run Python and import the harness."""
+    import trainer
+
+    paths = [sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)),
+             os.path.dirname(os.path.dirname(os.path.realpath(trainer.__file__)))]
+    return [os.path.realpath(p) for p in dict.fromkeys(paths)]
+
+
+def _validation_text_source() -> str | None:
+    """CPython's pydoc_data: the CPU profiles' validation text ships in it, so a candidate must not see it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pydoc_data")
+    return os.path.dirname(spec.origin) if spec and spec.origin else None
 
 
 def _str(path: Path | None) -> str | None:
