@@ -44,17 +44,22 @@ def gpu_assignment() -> GpuAssignment:
     index = int(ids[0])
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,uuid", "--format=csv,noheader"],
+            ["nvidia-smi", "--query-gpu=index,uuid,name", "--format=csv,noheader"],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout
-        uuids = dict(line.split(", ") for line in out.strip().splitlines())
-        return GpuAssignment(index=index, uuid=uuids.get(str(index)))
+        gpus = {i: (u, n) for i, u, n in (line.split(", ", 2) for line in out.strip().splitlines())}
+        uuid_, name = gpus.get(str(index), (None, None))
+        return GpuAssignment(index=index, uuid=uuid_, name=name)
     except (OSError, subprocess.SubprocessError, ValueError):
         return GpuAssignment(index=index)
 
 
 def gpu_class(result: ExperimentResult, gpu: GpuAssignment) -> str:
-    """Results are only compared within one class: the device name the harness saw."""
+    """Results are only compared within one class: the device the host assigned, as its driver names it; else the
+    trusted evaluator's device name (a backend whose GPU the host does not see, e.g. a Kubernetes pod's). Never
+    what the candidate's process says."""
+    if gpu.name:
+        return gpu.name
     return result.device if result.device and result.device != "cpu" else ("cpu" if gpu.visible is None else "gpu")
 
 

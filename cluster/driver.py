@@ -66,6 +66,7 @@ class Farm:
         self.stopping = ""
         self.failure = ""  # why the farm could not do its job (set with stopping): the run exits non-zero
         self._errors_in_row: list[tuple[str, str]] = []  # farm faults (status error) since the last ok result
+        self._weights: dict[tuple[str, str], tuple[str, int]] = {}  # (train_sha, weights digest) -> (eid, seed)
         self._unproductive = 0  # proposals in a row, over all agents, that were rejected or failed
         self._last_unproductive = ""
         self._streak: dict[int, int] = {}  # agent index -> its own proposals in a row that came to nothing
@@ -366,6 +367,7 @@ class Farm:
                                         commit=work.commit, parent_commit=work.parent_commit, agent=work.agent,
                                         description=work.description, seed=work.seed,
                                         replicate_of=work.replicate_of)
+            self._flag_pinned_seed(row, outcome.result.facts.weights_sha256)
         self.ledger.append([row])
         if self.state.record_finished(row):
             self.view.finished(work, row)
@@ -374,6 +376,17 @@ class Farm:
         self.metrics.finished(work, row, outcome)  # after the state took the result: main/best are current
         self.idle_agents += self.parked  # a new result: something new to propose from
         self.parked = []
+
+    def _flag_pinned_seed(self, row: LedgerRow, weights: str | None) -> None:
+        """A replicate on another seed that trained bit-identical weights is not an independent measurement (the
+        script pins its seed past the harness's offset): it is invalid, so lucky runs cannot be repeated as proof."""
+        if row.status != "ok" or not weights or not row.train_sha:
+            return
+        earlier = self._weights.setdefault((row.train_sha, weights), (row.experiment_id, row.seed or 0))
+        if earlier[0] != row.experiment_id and earlier[1] != (row.seed or 0):
+            row.status, row.val_bpb = "invalid", None
+            row.reason = (f"bit-identical weights to {earlier[0]} (seed {earlier[1]}) on seed {row.seed}: the script "
+                          "pins its seed, so its replicates are not independent measurements")
 
     def _watch_health(self, work: Work, row: LedgerRow) -> None:
         """Stop a farm that cannot work: its own faults pile up, or main itself cannot run.

@@ -32,6 +32,7 @@ class GpuAssignment(BaseModel):
 
     index: int | None = None  # the host's CUDA index (Ray's GPU id)
     uuid: str | None = None  # GPU-xxxx, preferred where NVML tells it
+    name: str | None = None  # the model, as the host's driver names it: the class results are judged in
 
     @property
     def visible(self) -> str | None:

@@ -82,7 +82,7 @@ class ProcessSandbox:
                 jail += ["--bind-rw", str(spec.compile_cache_dir), view["compile"]]
             for path in _python_paths():
                 jail += ["--reach", path]
-            if hidden := _validation_text_source():
+            for hidden in _validation_text_sources():
                 jail += ["--hide", hidden]
             for path in cgroups:
                 jail += ["--cgroup", str(path)]
@@ -153,12 +153,17 @@ def _python_paths() -> list[str]:
     return [os.path.realpath(p) for p in dict.fromkeys(paths)]
 
 
-def _validation_text_source() -> str | None:
-    """CPython's pydoc_data: the CPU profiles' validation text ships in it, so a candidate must not see it."""
+def _validation_text_sources() -> list[str]:
+    """Every CPython's pydoc_data on the machine: the CPU profiles' validation text is cut from its topics, and a
+    system Python's copy holds much the same text as the farm's own, so a candidate must see none of them."""
+    import glob
     import importlib.util
 
     spec = importlib.util.find_spec("pydoc_data")
-    return os.path.dirname(spec.origin) if spec and spec.origin else None
+    found = [os.path.dirname(spec.origin)] if spec and spec.origin else []
+    for prefix in ("/usr", "/usr/local", "/opt/*", sys.base_prefix, sys.prefix):
+        found += glob.glob(f"{prefix}/lib/python3*/pydoc_data")
+    return sorted({os.path.realpath(p) for p in found if os.path.isfile(os.path.join(p, "topics.py"))})
 
 
 def _str(path: Path | None) -> str | None:

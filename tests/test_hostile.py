@@ -1,0 +1,83 @@
+"""Hostile train.py files, one per class of attack on the verdict, through the runner and the real sandboxes.
+
+Every file in tests/hostile/ is a whole train.py that tries to earn a score it did not train for. Its docstring
+says what a sound harness makes of it (``Expect: STATUS | words of the reason``), and ``Needs: separation`` when
+only a sandbox that runs the candidate as another user can stop it (the bare runner is not a sandbox). Whatever
+the file expects, two things hold for all: no line of its output starts with LEAK (the file prints one for every
+step of the attack that worked), and an ``ok`` is an honest score (a bigram trained for the cpu-smoke budget
+scores 3.4-3.5 bits per byte; the attacks aimed at 0.0-2.2). A new attack is one more file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cluster.sandbox import SandboxError, make_sandbox
+from cluster.spec import ExperimentSpec, GpuAssignment
+from cluster.untrusted import read_text
+from trainer.result import ExperimentResult, Status
+
+HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.py"))
+HONEST_FLOOR = 3.0  # an honest cpu-smoke bigram scores 3.4-3.5; every attack aims far below this
+IS_ROOT = os.geteuid() == 0
+
+
+def expectation(path: Path) -> tuple[Status, str, bool]:
+    doc = path.read_text()
+    m = re.search(r"^Expect: (\w+)(?: \| (.+))?$", doc, re.M)
+    assert m, f"{path.name}: no 'Expect: STATUS | reason' line in its docstring"
+    return Status(m.group(1)), (m.group(2) or "").strip(), bool(re.search(r"^Needs: separation$", doc, re.M))
+
+
+CASES = [
+    pytest.param(backend, path, id=f"{backend}-{path.stem}")
+    for path in HOSTILE
+    for backend in ("runner", "process", "docker")
+    if not (backend == "runner" and expectation(path)[2])
+]
+
+
+def run_backend(backend: str, train_py: Path, tmp_path: Path, farm_cache: Path) -> tuple[ExperimentResult, str]:
+    if backend == "runner":
+        out = tmp_path / "out"
+        subprocess.run([sys.executable, "-m", "trainer.runner", str(train_py), "--out", str(out), "--profile",
+                        "cpu-smoke"], capture_output=True, timeout=300)
+        return ExperimentResult.model_validate_json((out / "result.json").read_text()), (out / "run.log").read_text()
+    if backend == "process" and not IS_ROOT:
+        pytest.skip("the isolated process sandbox needs root (CI runs as root)")
+    try:
+        sandbox = make_sandbox(backend)
+    except (SandboxError, ImportError) as exc:
+        if os.environ.get("FARM_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"docker sandbox required (FARM_REQUIRE_DOCKER=1) but unavailable: {exc}")
+        pytest.skip(f"docker sandbox unavailable: {exc}")
+    run_dir = tmp_path / "run"
+    spec = ExperimentSpec(experiment_id=f"h-{uuid.uuid4().hex[:10]}", train_py=train_py.read_text(),
+                          profile="cpu-smoke", run_dir=run_dir, cache_dir=farm_cache)
+    result = sandbox.run(spec, GpuAssignment())
+    return result, read_text(run_dir / "out" / "run.log", 1 << 20)
+
+
+@pytest.mark.parametrize(("backend", "path"), CASES)
+def test_a_hostile_candidate_earns_no_score_it_did_not_train_for(backend, path, tmp_path, farm_cache) -> None:
+    status, reason, _ = expectation(path)
+    result, log = run_backend(backend, path, tmp_path, farm_cache)
+    leaks = [line for line in log.splitlines() if line.startswith("LEAK")]
+    assert not leaks, f"{path.name} got through: {leaks}"
+    assert result.status == status, f"{result.status}: {result.reason}\n{result.log_tail}"
+    assert reason in result.reason
+    if result.status == Status.OK:
+        assert result.val_bpb >= HONEST_FLOOR, f"{path.name} scored {result.val_bpb}"
+        assert result.summary.val_bpb == pytest.approx(result.val_bpb, abs=1e-6)  # what it printed is what it got
+    else:
+        assert result.val_bpb is None
+    assert result.device == "cpu"  # the trusted evaluator's device, never the candidate's claim
+    if backend != "runner":
+        assert result.facts.candidate_uid == 65534  # the verdict came from a runner the candidate could not touch
