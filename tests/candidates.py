@@ -91,7 +91,10 @@ VARIANTS: dict[str, dict[str, str]] = {
         "evaluate_bpb = prepare.evaluate_bpb"
     },
     "reads_targets": {"forward_extra": "if reduction == 'none':\n            return torch.zeros(targets.numel())"},
-    "hangs_in_eval": {"forward_extra": "if reduction == 'none':\n            time.sleep(3600)"},
+    "hangs_in_handover": {
+        "prelude": "import torch.export\n_export = torch.export.export\n"
+        "torch.export.export = lambda *a, **k: (time.sleep(3600), _export(*a, **k))[1]"
+    },
     # Hostile code for the sandboxes: each does its damage before training normally.
     "infinite_loop": {"prelude": "while True:\n    pass"},
     "fork_bomb": {
@@ -132,6 +135,101 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 
 
+# A train.py written the way upstream's is (its own code, upstream's interface): a small causal GPT whose
+# forward(idx, targets=None, reduction='mean') returns logits without targets and flattens targets with .view(-1)
+# (which raises on the non-contiguous slices the old in-process evaluation passed); it times its own training with
+# the wall clock after 10 warm-up steps, and evaluates once at the end.
+UPSTREAM_STYLE = """\
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+
+torch.manual_seed(42)
+tokenizer = Tokenizer.from_directory()
+vocab_size = tokenizer.get_vocab_size()
+n_embd, n_head, n_layer = 64, 4, 2
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=False)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(n_embd, dim=2)
+        q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = CausalSelfAttention()
+        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd))
+
+    def forward(self, x):
+        x = x + self.attn(F.rms_norm(x, (n_embd,)))
+        return x + self.mlp(F.rms_norm(x, (n_embd,)))
+
+
+class GPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(MAX_SEQ_LEN, n_embd)
+        self.blocks = nn.ModuleList([Block() for _ in range(n_layer)])
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(F.rms_norm(x, (n_embd,)))
+        if targets is not None:
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                                   reduction=reduction)
+        return logits
+
+
+model = GPT()
+optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+train_loader = make_dataloader(tokenizer, 16, MAX_SEQ_LEN, "train")
+x, y, epoch = next(train_loader)
+t_start = time.time()
+total_training_time, step = 0.0, 0
+while True:
+    t0 = time.time()
+    loss = model(x, y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    x, y, epoch = next(train_loader)
+    if step > 10:
+        total_training_time += time.time() - t0
+    step += 1
+    if total_training_time >= TIME_BUDGET:
+        break
+
+model.eval()
+with torch.no_grad():
+    val_bpb = evaluate_bpb(model, tokenizer, 8)
+print("---")
+print(f"val_bpb:          {val_bpb:.6f}")
+print(f"training_seconds: {total_training_time:.1f}")
+print(f"total_seconds:    {time.time() - t_start:.1f}")
+print(f"num_steps:        {step}")
+"""
+
+
 def probe(code: str) -> str:
     """A prelude that runs ``code`` and prints what it managed as 'PROBE ...' lines, never failing."""
     body = "\n".join("    " + line for line in code.splitlines())
@@ -140,6 +238,8 @@ def probe(code: str) -> str:
 
 def source(name: str, **hooks: str) -> str:
     """The named variant's train.py; ``hooks`` replace further hook points (e.g. prelude=...)."""
+    if name == "upstream_style":
+        return UPSTREAM_STYLE
     return TEMPLATE.format(**{**DEFAULTS, **VARIANTS[name], **hooks})
 
 

@@ -72,10 +72,10 @@ def test_container_config_carries_every_restriction(sandbox, tmp_path, farm_cach
     assert config["network_mode"] == "none"
     assert config["read_only"] is True
     assert config["tmpfs"]["/tmp"].startswith("rw,nosuid,nodev,size=")
-    assert config["cap_drop"] == ["ALL"] and "cap_add" not in config
+    # the runner: root with what it needs to run the candidate as nobody and clean up; the candidate gets nothing
+    assert config["cap_drop"] == ["ALL"] and config["cap_add"] == de.RUNNER_CAPS
     assert config["security_opt"] == ["no-new-privileges"]
-    assert config["user"] == (de.SANDBOX_USER if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}")
-    assert not config["user"].startswith("0:")
+    assert config["user"] == "0:0" and config["command"][-2:] == ["--candidate-uid", "65534"]
     assert config["pids_limit"] == 300
     assert config["mem_limit"] == config["memswap_limit"] == "3000m"
     assert config["shm_size"] == 700 * 1024**2
@@ -109,7 +109,8 @@ def test_container_config_carries_every_restriction(sandbox, tmp_path, farm_cach
     finally:
         container.remove(force=True)
     assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
-    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd") and host["Privileged"] is False
+    assert host["CapDrop"] == ["ALL"] and host["Privileged"] is False
+    assert {c.removeprefix("CAP_") for c in host["CapAdd"]} == set(de.RUNNER_CAPS)
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["PidsLimit"] == 300 and host["Memory"] == host["MemorySwap"] == 3000 * 1024**2
     assert host["ShmSize"] == 700 * 1024**2 and host["NanoCpus"] == 1_250_000_000
@@ -149,12 +150,12 @@ def test_real_run_is_ok_locked_down_and_leaves_no_container(sandbox, tmp_path, f
     assert result.facts.train_batches > 0 and result.facts.eval_calls == 1
     probes = {line.split()[1]: line.split()[2:] for line in log.splitlines() if line.startswith("PROBE")}
     assert "error" not in probes, log
-    assert probes["uid"] == sandbox.user.split(":")
+    assert probes["uid"] == ["65534", "65534"]  # the candidate is nobody; the runner beside it is not
     assert probes["capeff"] == ["0000000000000000", "nonewprivs", "1"]
     assert probes["ifaces"] == ["['lo']"]  # no network but loopback
     assert int(probes["shm_mb"][0]) == spec.limits.shm_mb
     writable = {line.split()[2] for line in log.splitlines() if line.startswith("PROBE writable")}
-    assert writable == {"/tmp/x", "/out/x"}, log
+    assert writable == {"/tmp/x"}, log  # the out dir is the runner's: the candidate writes only in /out/work
     assert SECRET not in log + result.model_dump_json()
     assert labelled(sandbox, spec) == []
 

@@ -95,7 +95,7 @@ CLASSIFIED = [
     ("good", Status.OK, ""),
     ("fake_printed_bpb", Status.INVALID, "printed val_bpb 0.1"),
     ("over_budget_3x", Status.INVALID, "trained past the budget"),
-    ("monkeypatches_evaluate", Status.INVALID, "never called evaluate_bpb"),
+    ("monkeypatches_evaluate", Status.INVALID, "never handed its model to evaluate_bpb"),
     ("stdout_flood", Status.OK, ""),
 ]
 

@@ -50,7 +50,7 @@ def test_seed_runs_end_to_end(seed_runs: dict[str, ExperimentResult]) -> None:
     assert budget <= f.training_seconds <= budget * (1 + PROFILE.budget_tolerance)
     assert f.training_wall_seconds < budget * PROFILE.max_wall_factor
     assert f.startup_seconds < 15 and f.eval_seconds < 10
-    assert f.eval_tokens == PROFILE.eval_tokens and f.target_leak_ratio < 2
+    assert f.eval_tokens == PROFILE.eval_tokens and f.causal_max_change <= 1e-3
     s = result.summary
     assert s.val_bpb == pytest.approx(result.val_bpb, abs=1e-6)
     assert s.depth == 4 and 0.5 < s.num_params_M < 1.5 and s.num_steps > 20
