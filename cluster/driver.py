@@ -408,11 +408,15 @@ class Farm:
             runs = [self.state.finished[eid] for eid, w in self.state.work.items()
                     if w.train_sha == self.state.main_sha and eid in self.state.finished]
             own = [r for r in runs if r.status != "error"]  # the farm's own faults: the rule above
-            if own and not any(r.status == "ok" for r in runs) and not self.state.pending_replicates(
-                    self.state.main_sha):
-                first = own[0]
-                self.fail(f"main cannot run: its {len(runs)} baseline run(s) all failed, so nothing can be judged "
-                          f"against it; {first.experiment_id}: {first.status}: {(first.reason or '')[:300]} "
+            failed = [r for r in own if r.status != "ok"]
+            pending = self.state.pending_replicates(self.state.main_sha)
+            # None ok, or so many failed (replicates on other seeds refused, say) that main can never be measured.
+            hopeless = len(failed) >= 2 * max(1, self.config.tournament.baseline_replicates)
+            if failed and (hopeless or (not any(r.status == "ok" for r in runs) and not pending)):
+                first = failed[0]
+                self.fail(f"main cannot run: {len(failed)} of its {len(runs)} baseline run(s) failed, so nothing "
+                          f"can be judged against it; {first.experiment_id}: {first.status}: "
+                          f"{(first.reason or '')[:300]} "
                           f"(log: {self.run_dir / 'experiments' / first.experiment_id / 'out' / 'run.log'})")
 
     # ---- the tournament -----------------------------------------------------

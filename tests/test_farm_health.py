@@ -38,6 +38,7 @@ class ScriptedSandbox:
     others: Status = Status.OK
     sequence: list[Status] = []
     runs: list[str] = []
+    pinned_seed = False  # every run of a file trains the same weights whatever its seed
 
     def run(self, spec: ExperimentSpec, gpu: GpuAssignment) -> ExperimentResult:
         stage(spec)
@@ -49,9 +50,11 @@ class ScriptedSandbox:
             status = cls.main if sha(spec.train_py) == sha(SEED) else cls.others
         if status != Status.OK:
             return no_result(spec, 0.0, status, f"scripted {status.value} (the test's)")
+        weights = sha(spec.train_py + ("" if cls.pinned_seed else str(spec.seed)))
         return ExperimentResult(status=Status.OK, val_bpb=measured_bpb(spec.train_py, spec.seed, 0.01),
                                 profile=spec.profile, seed=spec.seed, time_budget=20.0,
-                                facts=HarnessFacts(training_seconds=20.0, eval_calls=1), exit_code=0)
+                                facts=HarnessFacts(training_seconds=20.0, eval_calls=1, weights_sha256=weights),
+                                exit_code=0)
 
     def cleanup_leftovers(self) -> int:
         return 0
@@ -89,6 +92,7 @@ class Fresh:
 def scripted() -> None:
     ScriptedSandbox.main = ScriptedSandbox.others = Status.OK
     ScriptedSandbox.sequence, ScriptedSandbox.runs = [], []
+    ScriptedSandbox.pinned_seed = False
     SameEdit.calls = 0
 
 
@@ -136,12 +140,25 @@ def test_main_that_cannot_run_stops_the_farm_before_anything_is_judged_against_i
     ScriptedSandbox.main = Status.CRASH
     farm, code = run_farm(tmp_path)
     assert code == 1
-    assert farm.failure.startswith("main cannot run: its 2 baseline run(s) all failed")
+    assert farm.failure.startswith("main cannot run: 2 of its 2 baseline run(s) failed")
     assert "crash: scripted crash" in farm.failure
     kinds = {farm.state.work[eid].kind for eid in farm.state.finished}
     assert kinds == {"baseline"}  # no candidate ran against a main that has no value
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["main_val_bpb"] is None and "scripted crash" in status["main_unmeasured"]
+
+
+def test_replicates_with_bit_identical_weights_on_other_seeds_are_not_independent(tmp_path: Path) -> None:
+    """A script that pins its seed past the harness's offset repeats one run: its replicates count for nothing."""
+    ScriptedSandbox.pinned_seed = True
+    farm, code = run_farm(tmp_path)
+    assert code == 1 and farm.failure.startswith("main cannot run")
+    rows = [r for r in farm.ledger.read() if r.event == "finished"]
+    main = [r for r in rows if r.kind == "baseline"]
+    assert main[0].status == "ok"  # the first run stands; its copies on other seeds do not
+    assert all(r.status == "invalid" and "bit-identical weights" in r.reason and r.val_bpb is None for r in main[1:])
+    assert "bit-identical weights" in farm.failure and len(rows) < 12  # stopped: main can never be measured
+    assert farm.state.promotions == 0
 
 
 def test_an_agent_stuck_repeating_itself_is_parked_and_the_farm_ends(tmp_path: Path) -> None:
