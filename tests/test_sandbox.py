@@ -191,6 +191,28 @@ def test_writes_outside_the_out_dir_fail(sandbox, tmp_path, farm_cache) -> None:
     assert result.status == Status.OK
 
 
+def test_no_host_unix_socket_is_reachable(sandbox, tmp_path, farm_cache) -> None:
+    """The Docker Engine's socket is root on the host; the process sandbox's fresh /run and /tmp leave none."""
+    listener = socket.socket(socket.AF_UNIX)  # a host socket in /tmp, the other usual place for them
+    host_sock = f"/tmp/farm-host-{uuid.uuid4().hex[:8]}.sock"
+    listener.bind(host_sock)
+    listener.listen()
+    paths = ["/var/run/docker.sock", "/run/docker.sock", host_sock]
+    code = "\n".join(
+        f"try:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect({p!r})\n    print('PROBE reached {p}')\n"
+        f"except OSError as exc:\n    print('PROBE unreachable {p}', type(exc).__name__)" for p in paths
+    )
+    try:
+        result = run(sandbox, tmp_path, farm_cache, candidates.source("good", prelude="import socket\n" + code))
+    finally:
+        listener.close()
+        os.unlink(host_sock)
+    log = _read(tmp_path / "run" / "out" / "run.log")
+    for path in paths:
+        assert f"PROBE unreachable {path}" in log, log
+    assert result.status == Status.OK
+
+
 def test_daemon_does_not_outlive_the_experiment(sandbox, tmp_path, farm_cache) -> None:
     tag = f"{600 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 1000:03d}"
     code = f"import subprocess\nsubprocess.Popen(['sleep', '{tag}'], start_new_session=True)\n"

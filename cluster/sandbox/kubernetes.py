@@ -70,6 +70,12 @@ class KubernetesSandbox:
             settings = settings.model_copy(update=KubernetesSettings.model_validate(fields).model_dump(
                 exclude_unset=True))  # fmt: skip
         self.settings = settings
+        warnings.warn(
+            "kubernetes sandbox: the candidate runs as the runner's user (the restricted Pod Security level forbids "
+            "the root runner that separates them), so its verdicts are not forgery-proof; see docs/trainer.md "
+            "'What is still open'",
+            stacklevel=2,
+        )
         self.client = client or KubeClient.from_settings(settings, env)
         self.client.list("pods", self._selector())  # 401/403/unreachable: a SandboxError now, not mid-run
 

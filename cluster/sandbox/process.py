@@ -54,8 +54,9 @@ class ProcessSandbox:
         self.isolate = os.geteuid() == 0 if isolate is None else isolate
         if not self.isolate:
             warnings.warn(
-                "process sandbox without root: no network/PID/mount isolation, only rlimits; "
-                "use the docker sandbox or run as root for untrusted candidates",
+                "process sandbox without root: no network/PID/mount isolation, only rlimits, and the candidate runs "
+                "as the farm's own user, so it could forge its verdict; use the docker sandbox or run as root for "
+                "untrusted candidates",
                 stacklevel=2,
             )
 
