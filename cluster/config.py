@@ -154,6 +154,10 @@ class FarmConfig(BaseModel):
     profile: str | None = Field(None, description="default: h100 when a CUDA GPU is present, else cpu-tiny")
     sandbox: Literal["auto", "docker", "process", "kubernetes"] = Field("auto", description="auto: docker when usable")
     image: str = Field(TRAINER_IMAGE, min_length=1, description="trainer image (docker and kubernetes sandboxes)")
+    allow_unisolated: bool = Field(
+        False, description="let LLM agents' train.py files run in the process sandbox without root: no isolation, "
+        "the candidate runs as your user and can forge its verdict (refused unless set)"
+    )
     kubernetes: KubernetesSettings = Field(
         default_factory=KubernetesSettings, description="experiment pods (kubernetes sandbox; FARM_KUBERNETES__*)"
     )
@@ -224,6 +228,11 @@ class FarmConfig(BaseModel):
         own = self.agents.options[index % len(self.agents.options)].kind if self.agents.options else None
         return own or self.agent_kind(env)
 
+    def llm_agents(self, env: Mapping[str, str] | None = None) -> list[str]:
+        """The kinds of the population that are LLMs (their train.py files are written to win, by any means)."""
+        count = self.agents.count or 1
+        return sorted({k for k in (self.agent_kind_of(i, env) for i in range(count)) if k in ("claude", "openai")})
+
     def agent_name(self, index: int, env: Mapping[str, str] | None = None) -> str:
         """Agent ``index``'s name everywhere (ledger, status, metrics, transcripts): its own kind and its index, so
         that in a mixed population an Ollama agent is never called claude-1."""
@@ -250,6 +259,7 @@ CLI_FLAGS = {
     "cost_cap_usd": ("--cost-cap", float),
     "max_experiments": ("--max-experiments", int), "hours": ("--hours", float),
     "queue_ahead": ("--queue-ahead", int), "seed": ("--seed", int),
+    "allow_unisolated": ("--allow-unisolated", bool),
 }  # fmt: skip
 
 
@@ -258,7 +268,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for path, (flag, kind) in CLI_FLAGS.items():
         *parents, last = path.split(".")
         field = _fields_at(tuple(parents)).get(last)
-        parser.add_argument(flag, dest=f"cfg:{path}", type=kind, default=None, help=field and field.description)
+        if kind is bool:  # a switch: given means true
+            parser.add_argument(flag, dest=f"cfg:{path}", action="store_const", const=True, default=None,
+                                help=field and field.description)
+        else:
+            parser.add_argument(flag, dest=f"cfg:{path}", type=kind, default=None, help=field and field.description)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

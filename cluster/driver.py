@@ -343,6 +343,8 @@ class Farm:
                 experiment_id=work.experiment_id, train_py=self.repo.train_py_at(work.commit),
                 profile=self.profile.name, seed=work.seed, run_dir=self.run_dir / "experiments" / work.experiment_id,
                 cache_dir=self.config.cache_dir, compile_cache_dir=self.config.cache_dir / "compile",
+                # only main's own runs add to the shared compile cache; every other run compiles privately
+                publish_compile_cache=work.kind == "baseline" and work.train_sha == self.state.main_sha,
                 image=self.config.image, limits=self.config.limits, owner=owner_of(self.run_dir),
             )
             ref = run_experiment.remote(spec.model_dump_json(), self.sandbox)

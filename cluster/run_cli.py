@@ -73,6 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SandboxError as exc:
         print(f"farm run: the {config.sandbox} sandbox cannot run experiments: {exc}", file=sys.stderr)
         return 2
+    if refusal := unisolated_refusal(config, sandbox, os.geteuid()):
+        print(f"farm run: {refusal}", file=sys.stderr)
+        return 2
     owner = {"owner": owner_of(run_dir)} if sandbox in ("process", "docker") else {}
     removed = make_sandbox(sandbox, **owner).cleanup_leftovers()  # what this run left running when it crashed
     if removed:
@@ -95,6 +98,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"results: {run_dir / 'results.tsv'}   plot: {plot}   ledger: {run_dir / 'ledger'}")
     print(closing_summary(run_dir, farm.failure or farm.stopping, failed=bool(farm.failure)), flush=True)
     return code
+
+
+def unisolated_refusal(config: FarmConfig, sandbox: str, euid: int) -> str | None:
+    """Why this farm must not start (LLM agents' code in a process sandbox without root, not opted into), or None.
+
+    Without root the process sandbox isolates nothing: the candidate runs as the user, with the user's files,
+    network and the power to write its own verdict. The offline proposers' edits are the farm's own; an LLM's
+    are written to win by any means, so that takes an explicit yes."""
+    if sandbox != "process" or euid == 0 or config.allow_unisolated or not (llms := config.llm_agents()):
+        return None
+    return (f"refusing to run {'/'.join(llms)} agents' train.py files in the process sandbox without root: the "
+            "candidate would run as your own user, with your files, your network and the power to forge its "
+            "verdict. Start the Docker Engine (README 'Docker sandbox'), or run as root, or pass "
+            "--allow-unisolated (allow_unisolated: true in farm.yaml) if you accept that.")
 
 
 def closing_summary(run_dir: Path, why: str, failed: bool) -> str:

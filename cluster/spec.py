@@ -50,7 +50,13 @@ class ExperimentSpec(BaseModel):
     seed: int = 0
     run_dir: Path = Field(description="per-experiment directory on the host: candidate/ and out/ go here")
     cache_dir: Path = Field(description="prepared data and tokenizers (mounted read-only)")
-    compile_cache_dir: Path | None = Field(None, description="torch inductor/triton cache shared across runs")
+    compile_cache_dir: Path | None = Field(
+        None, description="torch inductor/triton cache shared across runs: read-only to experiments, each of which "
+        "compiles into a private copy; only runs that publish it add to it"
+    )
+    publish_compile_cache: bool = Field(
+        False, description="merge what this run compiled into the shared cache when it ends ok (main's baselines)"
+    )
     image: str = TRAINER_IMAGE
     limits: Limits = Field(default_factory=Limits)
     owner: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,48}$",

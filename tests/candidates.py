@@ -106,6 +106,10 @@ VARIANTS: dict[str, dict[str, str]] = {
         "prelude": "import tempfile\nchunk = b'x' * 8_000_000\nfor i in range(100_000):\n"
         "    with open(f'{tempfile.gettempdir()}/fill-{i}', 'wb') as f:\n        f.write(chunk)"
     },
+    "work_bomb": {  # its work dir (the cwd) shares the bounded scratch: never the host's disk
+        "prelude": "import os\nchunk = b'x' * 8_000_000\nfor i in range(100_000):\n"
+        "    with open(os.path.join(os.getcwd(), f'fill-{i}'), 'wb') as f:\n        f.write(chunk)"
+    },
     "big_file": {
         "prelude": "import tempfile\nchunk = b'x' * 8_000_000\n"
         "with open(f'{tempfile.gettempdir()}/big', 'wb') as f:\n    while True:\n        f.write(chunk)"
@@ -114,13 +118,17 @@ VARIANTS: dict[str, dict[str, str]] = {
         "prelude": "import os\nwhile True:\n    if os.fork() == 0:\n        time.sleep(120)\n        os._exit(0)"
     },
     # Plants links and blockers in its out dir after an honest run: the host must not follow them, and the runner's
-    # verdict must still be written (a candidate cannot turn its run into the farm's "error").
+    # verdict must still be written (a candidate cannot turn its run into the farm's "error"). Where the candidate
+    # is another user than the runner (the sandboxes) every plant fails; each attempt says how it went.
     "plants_links": {
         "after_eval": "import os\nout = os.path.dirname(os.getcwd())\n"
+        "def plant(what, fn):\n    try:\n        fn()\n        print('PROBE planted', what)\n"
+        "    except OSError as exc:\n        print('PROBE blocked', what, type(exc).__name__)\n"
         "for name, target in (('run.log', '/proc/self/environ'), ('container.log', '/etc/hostname')):\n"
-        "    try:\n        os.unlink(os.path.join(out, name))\n    except OSError:\n        pass\n"
-        "    os.symlink(target, os.path.join(out, name))\n"
-        "os.mkdir(os.path.join(out, 'result.json'))\nos.mkfifo(os.path.join(out, 'result.json.tmp'))"
+        "    plant('unlink ' + name, lambda: os.unlink(os.path.join(out, name)))\n"
+        "    plant('link ' + name, lambda: os.symlink(target, os.path.join(out, name)))\n"
+        "plant('dir result.json', lambda: os.mkdir(os.path.join(out, 'result.json')))\n"
+        "plant('fifo result.json.tmp', lambda: os.mkfifo(os.path.join(out, 'result.json.tmp')))"
     },
     # Steals compute: 8 busy processes for 6 s, then trains as usual (its neighbours must not feel it).
     "cpu_hog": {
@@ -213,7 +221,7 @@ while True:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     x, y, epoch = next(train_loader)
-    if step > 10:
+    if step > 1:  # upstream skips its first 10 steps (its h100 warm-up, 20 batches); the CPU profiles' is 2 batches
         total_training_time += time.time() - t0
     step += 1
     if total_training_time >= TIME_BUDGET:

@@ -116,7 +116,8 @@ def test_runaway_code_is_killed_at_the_wall_limit(sandbox, tmp_path, farm_cache,
     assert "wall limit" in result.reason
 
 
-EXHAUSTS = [("disk_bomb", "No space left on device"), ("big_file", "File too large"),
+EXHAUSTS = [("disk_bomb", "No space left on device"), ("work_bomb", "No space left on device"),
+            ("big_file", "File too large"),
             ("pids_bomb", "Resource temporarily unavailable")]
 
 
@@ -137,8 +138,9 @@ def test_links_and_blockers_planted_in_the_out_dir_neither_fool_the_host_nor_cos
     assert result.status == Status.OK and 2.0 < result.val_bpb < 8.0, f"{result.reason}\n{result.log_tail}"
     out = tmp_path / "run" / "out"
     assert (out / "result.json").is_file() and not (out / "result.json").is_symlink()
-    assert (out / "run.log").is_symlink()  # planted: the host reads nothing through it
-    assert read_text(out / "run.log", 4096) == "" and "FARM_PROFILE" not in result.log_tail
+    log = _read(out / "run.log")
+    assert "PROBE planted" not in log and log.count("PROBE blocked") == 6, log  # the out dir is the runner's alone
+    assert "FARM_PROFILE" not in result.log_tail
 
 
 def test_a_cpu_hog_gets_no_more_than_its_cores(sandbox, tmp_path, farm_cache) -> None:
@@ -211,6 +213,47 @@ def test_no_host_unix_socket_is_reachable(sandbox, tmp_path, farm_cache) -> None
     for path in paths:
         assert f"PROBE unreachable {path}" in log, log
     assert result.status == Status.OK
+
+
+def test_no_host_device_but_the_few_an_experiment_needs(sandbox, tmp_path, farm_cache) -> None:
+    """No raw disk or other hardware node of the host: /dev holds the usual character devices and a private shm."""
+    code = ("import stat\nfor name in sorted(os.listdir('/dev')):\n    mode = os.stat('/dev/' + name).st_mode\n"
+            "    print('PROBE dev', name, 'block' if stat.S_ISBLK(mode) else 'char' if stat.S_ISCHR(mode) else 'other')"
+            "\nopen('/dev/null', 'w').write('x')\nprint('PROBE null writable')")
+    result = run(sandbox, tmp_path, farm_cache, candidates.source("good", prelude="import os\n" + candidates.probe(code)))
+    log = _read(tmp_path / "run" / "out" / "run.log")
+    devices = {line.split()[2]: line.split()[3] for line in log.splitlines() if line.startswith("PROBE dev")}
+    assert "PROBE null writable" in log and {"null", "zero", "urandom", "shm"} <= set(devices), log
+    assert "block" not in devices.values(), devices  # no disk
+    assert not {name for name in devices if name.startswith(("sd", "nvme", "vd", "xvd", "loop", "mem", "kmsg"))}
+    assert result.status == Status.OK
+
+
+def test_the_shared_compile_cache_is_read_only_and_only_mains_runs_add_to_it(sandbox, tmp_path, farm_cache) -> None:
+    """Each experiment compiles into a private copy; what a candidate plants there dies with it, unless the farm
+    asked the run to publish (main's baselines) and it ended ok."""
+    shared = tmp_path / "compile"
+    (shared / "inductor").mkdir(parents=True)
+    (shared / "inductor" / "warm").write_text("from main")
+    code = ("import os\nprivate = os.environ['TORCHINDUCTOR_CACHE_DIR']\n"
+            "print('PROBE warm', open(os.path.join(private, 'warm')).read())\n"
+            "open(os.path.join(private, 'planted'), 'w').write('x')\nprint('PROBE planted')\n"
+            "for path in ('/compile-cache/inductor/x', '/run/farm/compile/inductor/x'):\n"
+            "    try:\n        open(path, 'w').write('x')\n        print('PROBE wrote shared', path)\n"
+            "    except OSError as exc:\n        print('PROBE blocked', type(exc).__name__)")
+    for publish in (False, True):
+        spec = ExperimentSpec(
+            experiment_id=f"t-{uuid.uuid4().hex[:10]}", train_py=candidates.source("good", prelude=code),
+            profile="cpu-smoke", run_dir=tmp_path / f"run-{publish}", cache_dir=farm_cache,
+            compile_cache_dir=shared, publish_compile_cache=publish,
+        )
+        result = sandbox.run(spec, GpuAssignment())
+        log = _read(spec.run_dir / "out" / "run.log")
+        assert result.status == Status.OK, result.reason
+        assert "PROBE warm from main" in log and "PROBE planted" in log and "PROBE wrote shared" not in log, log
+        assert (shared / "inductor" / "planted").exists() == publish
+        assert (shared / "inductor" / "warm").read_text() == "from main"  # never overwritten
+        assert not (spec.run_dir / "out" / "compile-cache").exists()
 
 
 def test_daemon_does_not_outlive_the_experiment(sandbox, tmp_path, farm_cache) -> None:

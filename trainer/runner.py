@@ -45,6 +45,7 @@ PRINTED_BPB_TOLERANCE = 2e-6  # the summary prints 6 decimals
 EVENT_LINE_MAX = 64 * 1024  # a harness event is a short JSON line; a longer one is the candidate's noise
 HANDOVER_MAX_BYTES = 8 << 30  # an exported model larger than this is refused, not copied
 HANDOVER_FILE = "model.handover"
+PUBLISHED_CACHE = "compile-cache"  # in the out dir: what a run of main compiled, for the host to share
 
 
 class BoundedLog:
@@ -269,6 +270,9 @@ def run(
     seed: int = 0,
     wall_limit: float | None = None,
     candidate_uid: int | None = None,
+    scratch: Path | None = None,
+    compile_cache: Path | None = None,
+    publish_compile_cache: bool = False,
 ) -> ExperimentResult:
     """Run one candidate to completion and write out/result.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -291,12 +295,20 @@ def run(
         return _write(out, ExperimentResult(status=Status.ERROR, reason=reason, finished_at=time.time(), **base))
 
     owner = out.stat()
-    work, trusted = out / "work", out / "eval"
+    # The candidate's files and the copy of its model live on the sandbox's bounded scratch filesystem when there
+    # is one (never on the host's disk), under a directory of the runner's that the candidate cannot rename.
+    private = (scratch / "farm") if scratch is not None else out
+    if scratch is not None:
+        _remove(private)
+        private.mkdir(mode=0o711)
+    work, trusted, compiled = private / "work", private / "eval", private / "work" / "compile-cache"
     for path in (work, trusted):
         _remove(path)
         path.mkdir(mode=0o700)
+    if compile_cache is not None:  # a private copy of the shared cache: what this run compiles stays its own
+        _seed_compile_cache(compile_cache, compiled)
     if candidate_uid is not None:
-        os.chown(work, candidate_uid, candidate_uid)
+        _chown_tree(work, candidate_uid, candidate_uid)
         out.chmod(0o711)  # the candidate may pass through to its work dir, never create anything here
     limit = wall_limit or profile.wall_limit
     env = dict(os.environ, FARM_PROFILE=profile.name, FARM_CACHE=str(cache_dir()), PYTHONUNBUFFERED="1")
@@ -321,6 +333,8 @@ def run(
         env, FARM_SEED=str(seed), FARM_EVENTS_FD=str(events_w), FARM_REPLY_FD=str(reply_r),
         FARM_HANDOVER=str(handover),
     )
+    if compile_cache is not None:
+        candidate_env.update(TORCHINDUCTOR_CACHE_DIR=str(compiled / "inductor"), TRITON_CACHE_DIR=str(compiled / "triton"))
     spawned = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainer.candidate", str(train_py.resolve())],
@@ -383,8 +397,10 @@ def run(
     facts.total_seconds = time.monotonic() - spawned
     if facts.peak_memory_mb is None:
         facts.peak_memory_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if publish_compile_cache and status == Status.OK and compile_cache is not None:
+        _publish(compiled, out / PUBLISHED_CACHE)  # the host merges it into the shared cache (main's runs only)
     if candidate_uid is not None:
-        _give_back(out, owner)
+        _give_back(out, owner, work if scratch is None else None)
     result = ExperimentResult(
         status=status,
         reason=reason,
@@ -542,15 +558,55 @@ def _kill_candidate(proc: subprocess.Popen, uid: int | None) -> None:
         time.sleep(0.05)
 
 
-def _give_back(out: Path, owner: os.stat_result) -> None:
-    """The candidate's files become the out dir owner's again, so the farm can read and remove them."""
+def _give_back(out: Path, owner: os.stat_result, work: Path | None) -> None:
+    """The out dir opens again, and the candidate's files there become its owner's, so the farm can remove them."""
     out.chmod(stat.S_IMODE(owner.st_mode))
-    for root, dirs, files in os.walk(out / "work"):
+    if work is not None:
+        _chown_tree(work, owner.st_uid, owner.st_gid)
+    for path in out.iterdir():
+        try:
+            os.lchown(path, owner.st_uid, owner.st_gid)
+        except OSError:
+            pass
+    if (out / PUBLISHED_CACHE).is_dir():
+        _chown_tree(out / PUBLISHED_CACHE, owner.st_uid, owner.st_gid)
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    """lchown everything under ``top`` (never following a link, not even ``top`` itself)."""
+    if top.is_symlink() or not top.is_dir():
+        return
+    for root, dirs, files in os.walk(top):
         for name in [*dirs, *files, ""]:
             try:
-                os.lchown(os.path.join(root, name) if name else root, owner.st_uid, owner.st_gid)
+                os.lchown(os.path.join(root, name) if name else root, uid, gid)
             except OSError:
                 pass
+
+
+def _seed_compile_cache(shared: Path, private: Path) -> None:
+    """Copy the farm's shared compile cache (read-only to every experiment) into this run's private one."""
+    _remove(private)
+    if shared.is_dir():
+        shutil.copytree(shared, private, symlinks=True, ignore_dangling_symlinks=True)
+    else:
+        private.mkdir()
+
+
+def _publish(private: Path, dest: Path) -> None:
+    """What this run compiled, for the host to merge into the shared cache: regular files and directories only."""
+    _remove(dest)
+    if private.is_symlink() or not private.is_dir():
+        return
+    for root, dirs, files in os.walk(private):
+        rel = Path(root).relative_to(private)
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            src = Path(root) / name
+            try:
+                _copy_regular(src, dest / rel / name, HANDOVER_MAX_BYTES)
+            except OSError:
+                continue
 
 
 def _write(out: Path, result: ExperimentResult) -> ExperimentResult:
@@ -601,13 +657,21 @@ def main(argv: list[str] | None = None) -> int:
         help="run the candidate as this user (and group): needed for a verdict it cannot forge; the runner must be "
         "root or hold CAP_SETUID/SETGID/CHOWN/KILL",
     )
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="a bounded scratch filesystem (the sandbox's /tmp): the candidate's work dir and the "
+                        "copy of its model go there instead of the out dir")
+    parser.add_argument("--compile-cache", type=Path, default=None,
+                        help="the shared compile cache (read-only): the candidate gets a private copy of it")
+    parser.add_argument("--publish-compile-cache", action="store_true",
+                        help="leave what this run compiled in OUT/compile-cache for the host to share (main's runs)")
     args = parser.parse_args(argv)
     try:
         profile = get_profile(args.profile)
     except ValueError as exc:
         parser.error(str(exc))
     result = run(
-        args.train_py, args.out, profile, seed=args.seed, wall_limit=args.wall_limit, candidate_uid=args.candidate_uid
+        args.train_py, args.out, profile, seed=args.seed, wall_limit=args.wall_limit, candidate_uid=args.candidate_uid,
+        scratch=args.scratch, compile_cache=args.compile_cache, publish_compile_cache=args.publish_compile_cache,
     )
     bpb = f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-"
     print(f"status={result.status.value} val_bpb={bpb} {result.reason}".rstrip(), flush=True)

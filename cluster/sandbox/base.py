@@ -22,6 +22,7 @@ from trainer.result import RESULT_FILE, ExperimentResult, Status
 
 # The runner's result.json is a few KB; anything far larger was not written by it (and is never read whole).
 RESULT_MAX_BYTES = 1 << 20
+CACHE_FILE_MAX_BYTES = 256 << 20  # one compiled kernel or graph in the compile cache
 
 # CPU quota on top of the profile's torch threads, for the trusted runner's own threads (event
 # reader, log pump, watchdog). Measured on cpu-tiny: a quota of exactly 1.0 costs the candidate
@@ -93,10 +94,11 @@ def stage(spec: ExperimentSpec) -> tuple[Path, Path]:
 
 
 def shared_dir(path: Path) -> None:
-    """The compile cache: created if missing, writable by the sandbox user (best effort if not ours)."""
+    """The compile cache: created if missing, readable by every sandbox user and writable by the farm only (an
+    experiment compiles into its own copy; best effort on a directory that is not ours)."""
     path.mkdir(parents=True, exist_ok=True)
     try:
-        path.chmod(0o777)
+        path.chmod(0o755)
     except PermissionError:
         pass
 
@@ -117,10 +119,22 @@ def sandbox_env(spec: ExperimentSpec, gpu: GpuAssignment, *, cache: str, compile
     return env
 
 
-def runner_args(spec: ExperimentSpec, train_py: str, out: str, candidate_uid: int | None = None) -> list[str]:
-    """Arguments after ``python``: the runner with the spec's profile, seed and wall limit (and the candidate's user,
-    where the sandbox can give it one: only in a PID namespace, since the runner kills every process of that user)."""
+def runner_args(
+    spec: ExperimentSpec,
+    train_py: str,
+    out: str,
+    candidate_uid: int | None = None,
+    scratch: str | None = None,
+    compile_cache: str | None = None,
+) -> list[str]:
+    """Arguments after ``python``: the runner with the spec's profile, seed and wall limit; the candidate's user,
+    where the sandbox can give it one (only in a PID namespace: the runner kills every process of that user); the
+    bounded scratch filesystem for the candidate's files; the shared compile cache as mounted (read-only)."""
     uid = ["--candidate-uid", str(candidate_uid)] if candidate_uid is not None else []
+    if scratch:
+        uid += ["--scratch", scratch]
+    if compile_cache:
+        uid += ["--compile-cache", compile_cache] + (["--publish-compile-cache"] if spec.publish_compile_cache else [])
     return [
         "-m",
         "trainer.runner",
@@ -163,6 +177,34 @@ def collect(spec: ExperimentSpec, out: Path, started: float, *, killed: bool, ex
         status, reason = Status.ERROR, f"the runner wrote no result (exit code {exit_code}) {note}".strip()
     tail = read_text(out / "run.log", 4000, tail=True) or note
     return no_result(spec, started, status, reason, exit_code=exit_code, log_tail=tail)
+
+
+def merge_published_cache(spec: ExperimentSpec, out: Path, result: ExperimentResult) -> int:
+    """Add what a run of main compiled (out/compile-cache, left by the runner) to the shared compile cache: regular
+    files the cache lacks, read without following links and written under a temporary name. Returns files added.
+
+    Only runs the farm asked to publish (main's baselines, ``spec.publish_compile_cache``) and only when they ended
+    ok: every other experiment compiles into a private copy that dies with it, so no candidate can plant a file that
+    a later run (main's among them) loads."""
+    published = out / "compile-cache"
+    added = 0
+    if spec.publish_compile_cache and spec.compile_cache_dir and result.status == Status.OK and published.is_dir() \
+            and not published.is_symlink():
+        for root, dirs, files in os.walk(published):
+            dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+            rel = Path(root).relative_to(published)
+            for name in files:
+                target = spec.compile_cache_dir / rel / name
+                data = None if target.exists() else read_bytes(Path(root) / name, CACHE_FILE_MAX_BYTES + 1)
+                if data is None or len(data) > CACHE_FILE_MAX_BYTES:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+                added += 1
+    shutil.rmtree(published, ignore_errors=True)
+    return added
 
 
 def no_result(spec: ExperimentSpec, started: float, status: Status, reason: str, **fields: object) -> ExperimentResult:

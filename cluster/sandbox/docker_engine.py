@@ -32,6 +32,7 @@ from cluster.sandbox.base import (
     SandboxError,
     collect,
     cpu_quota,
+    merge_published_cache,
     runner_args,
     sandbox_env,
     shared_dir,
@@ -115,9 +116,9 @@ class DockerSandbox:
             Mount(CACHE_MOUNT, str(spec.cache_dir.resolve()), type="bind", read_only=True),
             Mount(OUT_MOUNT, str(run_dir / "out"), type="bind", read_only=False),
         ]
-        if spec.compile_cache_dir:
+        if spec.compile_cache_dir:  # read-only: the runner gives the candidate a private copy
             mounts.append(
-                Mount(COMPILE_CACHE_MOUNT, str(spec.compile_cache_dir.resolve()), type="bind", read_only=False)
+                Mount(COMPILE_CACHE_MOUNT, str(spec.compile_cache_dir.resolve()), type="bind", read_only=True)
             )
         device_requests = []
         if gpu.visible is not None:
@@ -129,7 +130,7 @@ class DockerSandbox:
             spec,
             gpu,
             cache=CACHE_MOUNT,
-            compile_cache=COMPILE_CACHE_MOUNT if spec.compile_cache_dir else None,
+            compile_cache=None,  # the runner points the candidate at its private copy
             home="/tmp",
         )
         env.pop("PATH", None)  # the host's PATH means nothing in the image: keep the image's (/opt/venv/bin first)
@@ -142,7 +143,8 @@ class DockerSandbox:
         config: dict[str, Any] = dict(
             image=self.image or spec.image,
             entrypoint=["python"],
-            command=runner_args(spec, f"{CANDIDATE_MOUNT}/train.py", OUT_MOUNT, candidate_uid=CANDIDATE_UID),
+            command=runner_args(spec, f"{CANDIDATE_MOUNT}/train.py", OUT_MOUNT, candidate_uid=CANDIDATE_UID,
+                                scratch="/tmp", compile_cache=COMPILE_CACHE_MOUNT if spec.compile_cache_dir else None),
             environment=env,
             user=self.user,
             working_dir="/tmp",
@@ -205,6 +207,7 @@ class DockerSandbox:
         finally:
             self._remove(container, attempt)
         result = collect(spec, out, started, killed=killed, exit_code=exit_code, note=note)
+        merge_published_cache(spec, out, result)
         if oom and result.status == Status.ERROR:  # the runner itself was OOM-killed: the candidate's doing
             result.status = Status.OOM
             result.reason = f"out of memory: the container hit its {spec.limits.memory_mb} MB limit"

@@ -10,7 +10,10 @@ cgroups and builds the experiment's view of the file system:
 - a fresh ``/run`` holding only ``/run/farm/<name>`` binds of the experiment's
   own directories (candidate, data cache, out dir, compile cache), so the
   host's sockets under /run (the Docker Engine's among them) are gone;
-- a fresh, size-limited ``/tmp`` (HOME and TMPDIR; filling it is the candidate's ENOSPC);
+- a fresh, size-limited ``/tmp`` (HOME and TMPDIR, and the runner's scratch: the candidate's work dir and the
+  copy of its model; filling it is the candidate's ENOSPC, never the host disk's);
+- a fresh ``/dev`` with only null, zero, full, random, urandom, tty, the NVIDIA driver's nodes and a private
+  ``/dev/shm`` (no raw disks or other hardware of the host);
 - ``--reach``: directories the candidate's user must be able to enter (the
   Python it runs on) stay at their paths even under a parent it may not enter
   (``/root`` is 0700): that parent is replaced by an empty directory holding
@@ -34,9 +37,11 @@ import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 _libc = ctypes.CDLL(None, use_errno=True)
-# Mounts that stay as they are: fresh per namespace (/proc) or device nodes that must stay writable.
-_KEEP = ("/proc", "/dev", "/dev/pts", "/dev/mqueue")
+# Mounts that stay as they are: fresh per namespace (/proc) or the fresh /dev (device nodes must stay writable).
+_KEEP = ("/proc", "/dev")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 VIEW = "/run/farm"
+FRESH = ("/tmp/", "/run/")  # replaced by fresh filesystems in the view
 RUNNER_CAPS = "-all,+setuid,+setgid,+chown,+fowner,+kill,+dac_read_search"
 
 
@@ -70,29 +75,58 @@ def _bind_fd(fd: int, target: str, writable: bool) -> None:
         _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+def _device_nodes() -> list[str]:
+    """The host's device nodes an experiment needs: the usual character devices and the NVIDIA driver's."""
+    import glob
+
+    names = [f"/dev/{n}" for n in DEVICES if os.path.exists(f"/dev/{n}")]
+    return names + sorted(p for p in glob.glob("/dev/nvidia*") if not os.path.islink(p))
+
+
+def _minimal_dev(devices: list[tuple[int, str]], shm_mb: int) -> None:
+    """A fresh /dev holding only ``devices`` (bound from the host's nodes), a private /dev/shm and the usual links:
+    no raw disks, no other hardware, nothing of the host's to open."""
+    _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID, "size=64k,mode=0755")
+    for fd, path in devices:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"/dev/{name}")
+    os.mkdir("/dev/shm")
+    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={shm_mb}m,mode=1777")
+
+
 def build_view(binds: list[tuple[str, str, bool]], reach: list[str], hide: list[str], shm_mb: int, tmp_mb: int) -> None:
     """Mount the experiment's file system (see the module docstring); ``binds``: (source, target, writable)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do here propagates to the host
     # Every source is opened before anything is mounted over it (a source may live under /tmp, /run or /root).
     sources = [(os.open(src, os.O_PATH | os.O_DIRECTORY), dst, rw) for src, dst, rw in binds]
     reachable = [(os.open(p, os.O_PATH | os.O_DIRECTORY), p) for p in dict.fromkeys(os.path.realpath(p) for p in reach)]
-    blocked = {p: _blocking_parent(p) for _, p in reachable}
+    # A path under a directory replaced below (/tmp, /run) comes back as a bind at its own path; one under a
+    # parent others may not enter comes back under an empty stand-in for that parent.
+    fresh = {p: p.startswith(FRESH) for _, p in reachable}
+    blocked = {p: None if fresh[p] else _blocking_parent(p) for _, p in reachable}
+    devices = [(os.open(path, os.O_PATH), path) for path in _device_nodes()]
     _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777")
-    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={shm_mb}m,mode=1777")
+    _minimal_dev(devices, shm_mb)
     for parent in sorted({b for b in blocked.values() if b}, key=len):
         _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     for fd, path in reachable:
-        if blocked[path]:
+        if blocked[path] or fresh[path]:
             _bind_fd(fd, path, writable=False)
     for fd, dst, rw in sources:
         _bind_fd(fd, dst, rw)
     for path in hide:
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
-    writable = {dst for _, dst, rw in sources if rw} | {"/tmp", "/dev/shm"}
+    writable = {dst for _, dst, rw in sources if rw} | {"/tmp"}
     for point in _mount_points():
-        if point in _KEEP or point in writable or point.startswith("/proc/"):
+        if point in _KEEP or point in writable or point.startswith(("/proc/", "/dev/")):
             continue
         try:
             _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY)

@@ -27,6 +27,7 @@ from cluster.sandbox.base import (
     OUTER_KILL_GRACE,
     collect,
     cpu_quota,
+    merge_published_cache,
     no_result,
     runner_args,
     sandbox_env,
@@ -69,18 +70,18 @@ class ProcessSandbox:
         cgroups = _make_cgroups(marker, spec) if self.isolate else []
         if self.isolate:  # the runner and the candidate see the experiment's own view (cluster/sandbox/jail.py)
             view = {name: f"{VIEW}/{name}" for name in ("candidate", "out", "cache", "compile")}
-            env = sandbox_env(spec, gpu, cache=view["cache"],
-                              compile_cache=view["compile"] if spec.compile_cache_dir else None, home="/tmp")
+            env = sandbox_env(spec, gpu, cache=view["cache"], compile_cache=None, home="/tmp")
             env["TMPDIR"] = "/tmp"
             argv = [self.python, *runner_args(spec, f"{view['candidate']}/train.py", view["out"],
-                                              candidate_uid=CANDIDATE_UID)]
+                                              candidate_uid=CANDIDATE_UID, scratch="/tmp",
+                                              compile_cache=view["compile"] if spec.compile_cache_dir else None)]
             jail = [self.python, "-m", "cluster.sandbox.jail", "--shm-mb", str(spec.limits.shm_mb),
                     "--tmp-mb", str(spec.limits.disk_mb),
                     "--bind", str(candidate), view["candidate"], "--bind", str(spec.cache_dir), view["cache"],
                     "--bind-rw", str(out), view["out"]]
             if spec.compile_cache_dir:  # shared across experiments so an unchanged model compiles once
                 shared_dir(spec.compile_cache_dir)
-                jail += ["--bind-rw", str(spec.compile_cache_dir), view["compile"]]
+                jail += ["--bind", str(spec.compile_cache_dir), view["compile"]]  # read-only: the runner copies it
             for path in _python_paths():
                 jail += ["--reach", path]
             for hidden in _validation_text_sources():
@@ -132,14 +133,17 @@ class ProcessSandbox:
             killed = True
         finally:
             _kill_everything(proc, cgroups, marker)
-        return collect(spec, out, started, killed=killed, exit_code=proc.returncode)
+        result = collect(spec, out, started, killed=killed, exit_code=proc.returncode)
+        if self.isolate:
+            merge_published_cache(spec, out, result)
+        return result
 
     def cleanup_leftovers(self) -> int:
         """Kill the processes of experiments an earlier farm left running, and their cgroups."""
         removed = 0
         prefix = f"{self.owner}." if self.owner else ""
-        for controller in ("pids", "memory", "cpu"):
-            parent = CGROUP_ROOT / controller / CGROUP_PARENT
+        for controller in ("pids", "memory", "cpu", ""):  # "": the v2 (unified) hierarchy
+            parent = CGROUP_ROOT / controller / CGROUP_PARENT if controller else CGROUP_ROOT / CGROUP_PARENT
             for child in parent.glob(f"{prefix}*/") if parent.is_dir() else []:
                 removed += _kill_cgroup(child)
         return removed + _kill_marked(prefix)
@@ -186,7 +190,10 @@ def _child_setup(spec: ExperimentSpec, cpu_only: bool) -> None:
 
 
 def _make_cgroups(marker: str, spec: ExperimentSpec) -> list[Path]:
-    """pids, memory and CPU cgroups for one experiment (cgroup v1 here; skipped where unavailable)."""
+    """pids, memory and CPU cgroups for one experiment, on a cgroup v2 (unified) or v1 host; skipped where
+    unavailable (the PID namespace and rlimits still hold)."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return _make_cgroup_v2(marker, spec)
     made = []
     limits = {
         "pids": ("pids.max", str(spec.limits.pids)),
@@ -203,6 +210,32 @@ def _make_cgroups(marker: str, spec: ExperimentSpec) -> list[Path]:
             continue  # cgroup v2 or no permission: rlimits and the PID namespace still hold
         made.append(path)
     return made
+
+
+def _make_cgroup_v2(marker: str, spec: ExperimentSpec) -> list[Path]:
+    """One cgroup under CGROUP_ROOT/autoresearch-farm with pids.max, memory.max (no swap) and cpu.max."""
+    parent = CGROUP_ROOT / CGROUP_PARENT
+    try:
+        parent.mkdir(exist_ok=True)
+        for level in (CGROUP_ROOT, parent):  # a controller reaches our cgroup only if every level above delegates it
+            wanted = {"pids", "memory", "cpu"} - set((level / "cgroup.subtree_control").read_text().split())
+            available = set((level / "cgroup.controllers").read_text().split())
+            if wanted & available:
+                (level / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in sorted(wanted & available)))
+        path = parent / marker
+        path.mkdir(exist_ok=True)
+    except OSError:
+        return []
+    knobs = {"pids.max": str(spec.limits.pids), "memory.max": str(spec.limits.memory_mb * 1024**2),
+             "memory.swap.max": "0"}
+    if cores := cpu_quota(spec):
+        knobs["cpu.max"] = f"{int(cores * CFS_PERIOD_US)} {CFS_PERIOD_US}"
+    for knob, value in knobs.items():
+        try:
+            (path / knob).write_text(value)
+        except OSError:
+            continue  # a controller the host does not delegate: the others still hold
+    return [path]
 
 
 def _kill_everything(proc: subprocess.Popen, cgroups: list[Path], marker: str) -> None:
