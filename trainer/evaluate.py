@@ -7,10 +7,10 @@ candidate's code: the model arrives as an exported graph (trainer.handover),
 the validation text is tokenized here with the harness's own tokenizer, and
 the loss is computed here from the model's logits (log-softmax over every
 logit the model returns, so a model cannot choose its own normalisation).
-Before the score counts, a causality check perturbs every row after a cut
-position (every position is a cut in some row) and requires the logits up to
-the cut to stay the same: a model that reads the token it is asked to predict
-fails it. The process is started before the candidate so that a candidate
+Before the score counts, a causality check perturbs rows after a cut
+position (every position is a cut in some row) and requires the
+log-probabilities of the targets up to the cut to stay what the scoring pass
+found: a model that reads the token it is asked to predict fails it. The process is started before the candidate so that a candidate
 that exhausts processes or memory cannot stop its own evaluation from starting.
 """
 
@@ -66,36 +66,37 @@ def _log_probs(module, x: torch.Tensor, vocab: int, device: str) -> torch.Tensor
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def _batches(data: torch.Tensor, batch: int):
-    """(index, rows) with every batch exactly ``batch`` rows (the exported shape): the last is padded by wrapping."""
-    n = data.size(0)
-    for start in range(0, n, batch):
-        idx = [(start + i) % n for i in range(batch)]
-        yield min(batch, n - start), data[idx]
+def _target_log_probs(module, x: torch.Tensor, y: torch.Tensor, vocab: int, device: str) -> torch.Tensor:
+    """log p(y[t] | x[..t]) at every position, on the CPU, float32: (B, T) from inputs and targets (B, T)."""
+    logp = _log_probs(module, x.to(device), vocab, device)
+    return logp.gather(-1, y.to(device).unsqueeze(-1)).squeeze(-1).cpu()
 
 
-def causality_check(module, data: torch.Tensor, batch: int, vocab: int, device: str, seed: int) -> float:
-    """Largest change in log-probabilities at or before a cut when every token after it is replaced.
+def causality_check(module, data: torch.Tensor, scored: torch.Tensor, batch: int, vocab: int, device: str,
+                    seed: int) -> float:
+    """Largest change of a target's log-probability at or before a cut when every input token after it changes.
 
-    Row i of the check is validation row i (mod n) cut at position perm[i]: the cuts cover every
-    position, at positions the model cannot predict (the permutation is drawn here, per run).
+    Check row i is validation row i (mod n), cut at position perm[i] (a permutation of all T positions drawn here,
+    per run): every position is a cut once, where the model cannot predict it. Its tokens after the cut come from
+    another row; its log-probabilities of the *original* targets up to the cut must equal the scoring pass's
+    (``scored``). A model that reads a later token at any position moves the probability of its target there.
     """
-    T = data.size(1) - 1
+    n, T = data.size(0), data.size(1) - 1
     g = torch.Generator().manual_seed(seed)
     cuts = torch.randperm(T, generator=g)
-    rows = data[torch.arange(T) % data.size(0), :-1]
-    donors = data[(torch.arange(T) + 1 + torch.randint(0, max(1, data.size(0) - 1), (1,), generator=g)) % data.size(0), :-1]
+    which = torch.arange(T) % n
+    shift = 1 + int(torch.randint(0, max(1, n - 1), (1,), generator=g))
     worst = 0.0
     for start in range(0, T, batch):
-        idx = [(start + i) % T for i in range(batch)]
-        x, cut = rows[idx], cuts[idx]
-        after = torch.arange(T)[None, :] > cut[:, None]
-        x2 = torch.where(after, donors[idx], x)
-        a = _log_probs(module, x.to(device), vocab, device)
-        b = _log_probs(module, x2.to(device), vocab, device)
-        if not torch.isfinite(a).all():
-            continue  # the scoring pass runs these rows too: its val_bpb is not finite, and the status says so
-        change = float((a - b).abs().amax(dim=-1).masked_fill(after.to(device), 0.0).max().item())
+        idx = torch.tensor([(start + i) % T for i in range(batch)])
+        rows, donors, cut = data[which[idx]], data[(which[idx] + shift) % n], cuts[idx]
+        after = torch.arange(T)[None, :] > cut[:, None]  # input positions after the cut
+        perturbed = torch.where(after, donors[:, :-1], rows[:, :-1])
+        reference = scored[which[idx]]
+        if not torch.isfinite(reference).all():
+            continue  # the scoring pass's val_bpb is not finite: the status says so
+        moved = (_target_log_probs(module, perturbed, rows[:, 1:], vocab, device) - reference).abs()  # same targets
+        change = float(moved.masked_fill(after, 0.0).max().item())
         if not math.isfinite(change):
             return math.inf
         worst = max(worst, change)
@@ -108,30 +109,27 @@ def score(blob: bytes, profile: Profile, cache: Path, batch: int, device: str, s
     module = load_program(blob, device)
     loaded = time.monotonic()
     data, token_bytes, files = validation_rows(profile, cache)
-    vocab = profile.vocab_size
+    vocab, (n, T) = profile.vocab_size, (data.size(0), data.size(1) - 1)
+    scored = torch.empty((n, T), dtype=torch.float32)
+    for start in range(0, n, batch):  # exactly the exported batch size: the last batch wraps, its extra rows dropped
+        real = min(batch, n - start)
+        rows = data[[(start + i) % n for i in range(batch)]]
+        scored[start : start + real] = _target_log_probs(module, rows[:, :-1], rows[:, 1:], vocab, device)[:real]
+    y = data[:, 1:]
+    counted = token_bytes[y]
+    val_bpb = float(-(scored.double() * (counted > 0)).sum() / (math.log(2) * counted.sum()))
+    worst = causality_check(module, data, scored, batch, vocab, device, seed) if math.isfinite(val_bpb) else 0.0
     tolerance = CAUSAL_TOLERANCE["cuda" if device == "cuda" else "cpu"]
-    worst = causality_check(module, data, batch, vocab, device, seed)
     if not worst <= tolerance:
         raise EvaluationError(
-            f"the model looks ahead: its log-probabilities at or before a position changed by {worst:.3g} "
+            f"the model looks ahead: its log-probability of a target at or before a position changed by {worst:.3g} "
             f"(tolerance {tolerance:g}) when only later tokens changed, so it reads the tokens it is scored on"
         )
-    nats = torch.zeros((), dtype=torch.float64)
-    nbytes = torch.zeros((), dtype=torch.int64)
-    for real, rows in _batches(data, batch):
-        x, y = rows[:, :-1], rows[:, 1:]
-        logp = _log_probs(module, x.to(device), vocab, device)[:real].cpu()
-        y = y[:real]
-        nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).double()
-        b = token_bytes[y]
-        nats += (nll * (b > 0)).sum()
-        nbytes += b.sum()
-    val_bpb = float(nats / (math.log(2) * nbytes))
     if device == "cuda":
         torch.cuda.synchronize()
     return dict(
         val_bpb=val_bpb if math.isfinite(val_bpb) else str(val_bpb),
-        tokens=int(data.size(0) * profile.max_seq_len),
+        tokens=int(n * profile.max_seq_len),
         files=files,
         causal_max_change=worst,
         load_seconds=loaded - started,
