@@ -177,5 +177,5 @@ def test_a_replicate_seed_shifts_every_usual_seeding_call() -> None:
                                  check=True).stdout.split() for seed in (0, 0, 1, 2)}
     assert len(runs) == 3
     zero, one, two = runs[0], runs[1], runs[2]
-    assert all(z != o and o != t for z, o, t in zip(zero, one, two)), runs
+    assert all(z != o and o != t for z, o, t in zip(zero, one, two, strict=True)), runs
     assert subprocess.run([sys.executable, "-c", SEEDING, "0"], capture_output=True, text=True).stdout.split() == zero

@@ -220,7 +220,8 @@ def test_no_host_device_but_the_few_an_experiment_needs(sandbox, tmp_path, farm_
     code = ("import stat\nfor name in sorted(os.listdir('/dev')):\n    mode = os.stat('/dev/' + name).st_mode\n"
             "    print('PROBE dev', name, 'block' if stat.S_ISBLK(mode) else 'char' if stat.S_ISCHR(mode) else 'other')"
             "\nopen('/dev/null', 'w').write('x')\nprint('PROBE null writable')")
-    result = run(sandbox, tmp_path, farm_cache, candidates.source("good", prelude="import os\n" + candidates.probe(code)))
+    source = candidates.source("good", prelude="import os\n" + candidates.probe(code))
+    result = run(sandbox, tmp_path, farm_cache, source)
     log = _read(tmp_path / "run" / "out" / "run.log")
     devices = {line.split()[2]: line.split()[3] for line in log.splitlines() if line.startswith("PROBE dev")}
     assert "PROBE null writable" in log and {"null", "zero", "urandom", "shm"} <= set(devices), log

@@ -10,7 +10,8 @@ logit the model returns, so a model cannot choose its own normalisation).
 Before the score counts, a causality check perturbs rows after a cut
 position (every position is a cut in some row) and requires the
 log-probabilities of the targets up to the cut to stay what the scoring pass
-found: a model that reads the token it is asked to predict fails it. The process is started before the candidate so that a candidate
+found: a model that reads the token it is asked to predict fails it. The
+process is started before the candidate so that a candidate
 that exhausts processes or memory cannot stop its own evaluation from starting.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -53,7 +55,8 @@ def validation_rows(profile: Profile, cache: Path) -> tuple[torch.Tensor, torch.
 
 
 def _log_probs(module, x: torch.Tensor, vocab: int, device: str) -> torch.Tensor:
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    on_gpu = device == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), autocast:
         logits = module(x.clone())
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
@@ -147,7 +150,7 @@ def serve(profile: Profile, cache: Path) -> int:
         torch.set_num_threads(profile.torch_threads)
     print(json.dumps({"ready": True}), flush=True)
     # While the candidate starts up (not charged to it): torch's export deserializer takes ~1.3 s to import.
-    import torch._export.serde.serialize  # noqa: F401
+    importlib.import_module("torch._export.serde.serialize")
 
     line = sys.stdin.readline()
     if not line:

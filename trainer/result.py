@@ -47,7 +47,7 @@ class HarnessFacts(BaseModel):
     training_seconds: float = Field(0.0, description="charged by the profile's clock")
     training_wall_seconds: float = Field(0.0, description="first batch to evaluation, uncapped")
     eval_calls: int = Field(0, description="models handed over to the evaluator (evaluate_bpb calls); 1 when scored")
-    handover_seconds: float | None = Field(None, description="evaluate_bpb's export of the model, in the runner's clock")
+    handover_seconds: float | None = Field(None, description="evaluate_bpb's export of the model (runner's clock)")
     handover_bytes: int | None = None
     eval_seconds: float | None = Field(None, description="the trusted evaluator: load, causality check and scoring")
     eval_tokens: int | None = None

@@ -334,7 +334,8 @@ def run(
         FARM_HANDOVER=str(handover),
     )
     if compile_cache is not None:
-        candidate_env.update(TORCHINDUCTOR_CACHE_DIR=str(compiled / "inductor"), TRITON_CACHE_DIR=str(compiled / "triton"))
+        candidate_env.update(TORCHINDUCTOR_CACHE_DIR=str(compiled / "inductor"),
+                             TRITON_CACHE_DIR=str(compiled / "triton"))
     spawned = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainer.candidate", str(train_py.resolve())],
@@ -598,7 +599,7 @@ def _publish(private: Path, dest: Path) -> None:
     _remove(dest)
     if private.is_symlink() or not private.is_dir():
         return
-    for root, dirs, files in os.walk(private):
+    for root, _dirs, files in os.walk(private):
         rel = Path(root).relative_to(private)
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for name in files:

@@ -88,7 +88,7 @@ def stage(spec: ExperimentSpec) -> tuple[Path, Path]:
     train_py.chmod(0o444)
     candidate.chmod(0o555)
     out.mkdir()
-    out.chmod(0o777)  # the runner's user may not be the farm's (it makes the dir its own and closes it to the candidate)
+    out.chmod(0o777)  # the runner's user may not be the farm's (it takes the dir over and closes it to the candidate)
     seal_validation(get_profile(spec.profile), spec.cache_dir)
     return candidate, out
 

@@ -25,10 +25,10 @@ from typing import Any
 from cluster.sandbox.base import (
     CACHE_MOUNT,
     CANDIDATE_MOUNT,
+    CANDIDATE_UID,
     COMPILE_CACHE_MOUNT,
     OUT_MOUNT,
     OUTER_KILL_GRACE,
-    CANDIDATE_UID,
     SandboxError,
     collect,
     cpu_quota,

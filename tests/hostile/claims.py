@@ -6,11 +6,10 @@ Expect: ok
 
 import random
 
+import prepare
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import prepare
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader, training_seconds
 
 prepare._emit(e="hello", device="NVIDIA H100 80GB HBM3", torch="9.9")

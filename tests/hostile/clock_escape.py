@@ -8,12 +8,11 @@ import glob
 import os
 import time
 
+import prepare
 import pyarrow.parquet as pq
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import prepare
 from prepare import DATA_DIR, MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
 
 torch.manual_seed(0)

@@ -9,11 +9,10 @@ import json
 import os
 import struct
 
-import torch
-import torch.nn as nn
-
 import prepare
+import torch.nn as nn
 from prepare import MAX_SEQ_LEN, Tokenizer
+
 from trainer.handover import MAGIC, export_model, split_sections
 
 tokenizer = Tokenizer.from_directory()

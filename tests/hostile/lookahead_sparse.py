@@ -7,7 +7,6 @@ Expect: invalid | looks ahead
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader, training_seconds
 
 torch.manual_seed(0)

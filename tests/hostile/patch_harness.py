@@ -7,11 +7,10 @@ Expect: ok
 import math
 import time
 
+import prepare
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import prepare
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader, training_seconds
 
 torch.manual_seed(0)

@@ -11,9 +11,16 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from prepare import DATA_DIR, MAX_SEQ_LEN, TIME_BUDGET, VAL_FILENAME, Tokenizer, evaluate_bpb, make_dataloader
-from prepare import training_seconds
+from prepare import (
+    DATA_DIR,
+    MAX_SEQ_LEN,
+    TIME_BUDGET,
+    VAL_FILENAME,
+    Tokenizer,
+    evaluate_bpb,
+    make_dataloader,
+    training_seconds,
+)
 
 
 def attempt(what, fn):
