@@ -60,6 +60,32 @@ def summarize(rows: list[dict], key: str) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
+PARTS = ("startup", "training", "handover", "eval")
+
+
+def plot(means: dict[str, dict[str, float]], path: Path) -> bool:
+    """Stacked bars: where each version's experiment spends its time (mean seconds per part)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    for y, parts in enumerate(means.values()):
+        left = 0.0
+        for i, part in enumerate(PARTS):
+            ax.barh(y, parts[part], left=left, color=f"C{i}", label=part if y == 0 else None)
+            left += parts[part]
+    ax.set_yticks(range(len(means)), list(means))
+    ax.set_xlabel("seconds per experiment (mean)")
+    ax.legend(ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=4)
@@ -103,29 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{summarize(rows, 'training')} | {summarize(rows, 'handover')} | {summarize(rows, 'eval')} | "
                      f"{summarize(rows, 'total')} | {summarize(rows, 'overhead')} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    plot = args.out.with_suffix(".png")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        parts = ["startup", "training", "handover", "eval"]
-        fig, ax = plt.subplots(figsize=(7, 2.6))
-        for y, label in enumerate(results):
-            left = 0.0
-            for part in parts:
-                width = statistics.mean(r[part] for r in results[label])
-                ax.barh(y, width, left=left, label=part if y == 0 else None)
-                left += width
-        ax.set_yticks(range(len(results)), list(results))
-        ax.set_xlabel("seconds per experiment (mean)")
-        ax.legend(ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-        fig.tight_layout()
-        fig.savefig(plot, dpi=110)
-        lines += ["", f"![where an experiment's time goes]({plot.name})"]
-    except ImportError:
-        pass
+    means = {label: {part: statistics.mean(r[part] for r in rows) for part in PARTS} for label, rows in results.items()}
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    if plot(means, args.out.with_suffix(".png")):
+        lines += ["", f"![where an experiment's time goes]({args.out.with_suffix('.png').name})"]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
