@@ -29,7 +29,7 @@ from cluster.live import LiveView
 from cluster.metrics import FarmMetrics
 from cluster.repo import ResearchRepo
 from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
-from cluster.spec import ExperimentSpec, owner_of
+from cluster.spec import ExperimentSpec, Limits, owner_of
 from cluster.state import FarmState, Work, diff_signature, sha, spend_summary
 from cluster.tournament import baseline_request, next_seeds
 from cluster.untrusted import log_tail
@@ -345,7 +345,7 @@ class Farm:
                 cache_dir=self.config.cache_dir, compile_cache_dir=self.config.cache_dir / "compile",
                 # only main's own runs add to the shared compile cache; every other run compiles privately
                 publish_compile_cache=work.kind == "baseline" and work.train_sha == self.state.main_sha,
-                image=self.config.image, limits=self.config.limits, owner=owner_of(self.run_dir),
+                image=self.config.image, limits=self._limits(), owner=owner_of(self.run_dir),
             )
             ref = run_experiment.remote(spec.model_dump_json(), self.sandbox)
             self.inflight[ref] = work.experiment_id
@@ -378,6 +378,15 @@ class Farm:
         self.metrics.finished(work, row, outcome)  # after the state took the result: main/best are current
         self.idle_agents += self.parked  # a new result: something new to propose from
         self.parked = []
+
+    def _limits(self) -> Limits:
+        """Each experiment's limits. A GPU profile pins no thread count, so without a setting its experiments get a
+        fair share of the host's cores: a candidate cannot starve its neighbours (main's baselines among them) and
+        skew the noise."""
+        limits = self.config.limits
+        if limits.cpus is None and not self.profile.torch_threads:
+            limits = limits.model_copy(update={"cpus": max(1.0, (os.cpu_count() or 1) / self.config.gpus_total())})
+        return limits
 
     def _flag_pinned_seed(self, row: LedgerRow, weights: str | None) -> None:
         """A replicate on another seed that trained bit-identical weights is not an independent measurement (the

@@ -20,7 +20,8 @@ class Limits(BaseModel):
     wall_seconds: float | None = Field(None, gt=0, description="kill after this; default: the profile's wall limit")
     memory_mb: int = Field(8192, gt=0, description="host memory (RAM) of the whole experiment")
     pids: int = Field(512, gt=0, description="processes and threads")
-    cpus: float | None = Field(None, gt=0, description="CPU cores (docker); default: the profile's thread count")
+    cpus: float | None = Field(None, gt=0, description="CPU cores; default: the profile's thread count (CPU "
+                               "profiles), else the host's cores / the farm's GPU slots")
     shm_mb: int = Field(2048, gt=0, description="/dev/shm size (docker)")
     disk_mb: int = Field(1024, gt=0, description="scratch space (HOME, TMPDIR, /tmp): a memory-backed filesystem of "
                          "this size, so a candidate that fills it fails itself (ENOSPC), not the host's disk")

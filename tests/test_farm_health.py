@@ -8,6 +8,7 @@ test are the driver's, and they see exactly what a real backend would return.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -38,12 +39,14 @@ class ScriptedSandbox:
     others: Status = Status.OK
     sequence: list[Status] = []
     runs: list[str] = []
+    cpus: list[float | None] = []
     pinned_seed = False  # every run of a file trains the same weights whatever its seed
 
     def run(self, spec: ExperimentSpec, gpu: GpuAssignment) -> ExperimentResult:
         stage(spec)
         cls = type(self)
         cls.runs.append(spec.experiment_id)
+        cls.cpus.append(spec.limits.cpus)
         if cls.sequence:
             status = cls.sequence.pop(0)
         else:
@@ -93,6 +96,7 @@ def scripted() -> None:
     ScriptedSandbox.main = ScriptedSandbox.others = Status.OK
     ScriptedSandbox.sequence, ScriptedSandbox.runs = [], []
     ScriptedSandbox.pinned_seed = False
+    ScriptedSandbox.cpus = []
     SameEdit.calls = 0
 
 
@@ -159,6 +163,14 @@ def test_replicates_with_bit_identical_weights_on_other_seeds_are_not_independen
     assert all(r.status == "invalid" and "bit-identical weights" in r.reason and r.val_bpb is None for r in main[1:])
     assert "bit-identical weights" in farm.failure and len(rows) < 12  # stopped: main can never be measured
     assert farm.state.promotions == 0
+
+
+def test_a_gpu_profiles_experiments_get_a_fair_share_of_the_cores(tmp_path: Path) -> None:
+    """No thread count pinned (h100): each experiment may use the host's cores / GPU slots, never all of them."""
+    run_farm(tmp_path, profile="h100", gpus=2, max_experiments=2)
+    assert ScriptedSandbox.cpus and set(ScriptedSandbox.cpus) == {max(1.0, (os.cpu_count() or 1) / 2)}
+    run_farm(tmp_path / "cpu", max_experiments=2)  # cpu-tiny pins 1 thread: its own quota rule (base.cpu_quota)
+    assert ScriptedSandbox.cpus[-1] is None
 
 
 def test_an_agent_stuck_repeating_itself_is_parked_and_the_farm_ends(tmp_path: Path) -> None:
