@@ -41,6 +41,11 @@ _DENIED = re.compile(
 )
 
 
+def _runs(target: str) -> bool:
+    """Whether the evaluator runs a graph node calling ``target`` (its serialized name)."""
+    return bool(_TARGET.match(target)) and not _DENIED.match(target)
+
+
 class HandoverError(RuntimeError):
     """The model could not be exported, or the file is not a model the evaluator will run; says which and why."""
 
@@ -106,7 +111,7 @@ def check_program_json(doc: Any) -> None:
     for key, value in _walk(doc):
         if key in ("as_expr", "expr_str", "as_graph", "as_custom_obj", "as_custom_objs"):
             raise HandoverError(f"the exported program uses {key} (symbolic shapes, subgraphs or custom objects)")
-        if key == "target" and isinstance(value, str) and (not _TARGET.match(value) or _DENIED.match(value)):
+        if key == "target" and isinstance(value, str) and not _runs(value):
             raise HandoverError(f"the exported program calls {value[:120]!r}, which the evaluator does not run")
 
 
@@ -163,7 +168,7 @@ def load_program(blob: bytes, device: str) -> torch.nn.Module:
                 name = f"torch.ops.{node.target}"
             else:
                 name = "_operator.getitem" if node.target is operator.getitem else repr(node.target)
-            if not _TARGET.match(name) or _DENIED.match(name):
+            if not _runs(name):
                 raise HandoverError(f"the exported program calls {name[:120]}, which the evaluator does not run")
         elif node.op not in ("placeholder", "output"):
             raise HandoverError(f"the exported program has a {node.op} node; the evaluator runs plain ATen graphs")
