@@ -152,8 +152,9 @@ def run_one(n: int, seconds: float, per_gpu: int, agents: int, root: Path, cap: 
         for name in what_ifs:
             WHAT_IFS[name][0]()
         from cluster.driver import Farm
+        from cluster.executor import RayExecutor
 
-        farm = Farm(config, run_dir, SANDBOX)
+        farm = Farm(config, run_dir, RayExecutor(SANDBOX))
         profiler = None
         if profile:
             import cProfile

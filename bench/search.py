@@ -7,9 +7,9 @@ same experiment budget and the same seeds. Only two things are stood in:
 - the trainer: ``bench.surrogate:SurrogateSandbox`` (val_bpb = a fixed smooth function of train.py's constants
   + Gaussian noise; the benchmark knows the noiseless value) or, with ``--cpu-tiny``, the real cpu-tiny trainer
   in the process sandbox;
-- Ray: a deterministic in-process stand-in with a *virtual clock* (``VirtualRay``). An experiment occupies one
-  of N logical GPUs for one time unit (x U(0.9, 1.1), so slots do not march in lock-step; a run that does not
-  finish ok takes 0.25: crashes are found early); proposals are instant. Time is counted in experiment
+- Ray: the driver's in-process executor with a *virtual clock* (``cluster.executor.InProcessExecutor``). An
+  experiment occupies one of N logical GPUs for one time unit (x U(0.9, 1.1), so slots do not march in
+  lock-step; a run that does not finish ok takes 0.25: crashes are found early); proposals are instant. Time is counted in experiment
   durations, so "sequential" takes one unit per experiment and parallel efficiency is well defined, and
   results do not depend on the load of this 2-core machine. The real trainer runs one experiment at a time
   (the same CPU conditions for every strategy: N logical workers time-share the machine).
@@ -48,7 +48,6 @@ import json
 import math
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -61,20 +60,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import ray  # noqa: E402  (the real module: its exceptions; nothing is started)
-
-from agent.protocol import Context  # noqa: E402
 from bench import surrogate  # noqa: E402
 from cluster import driver as driver_module  # noqa: E402
-from cluster.agents import ProposalOutcome, make_proposer  # noqa: E402
 from cluster.config import FarmConfig  # noqa: E402
-from cluster.dispatch import TaskOutcome  # noqa: E402
+from cluster.executor import InProcessExecutor, unit_duration  # noqa: E402
 from cluster.repo import ResearchRepo  # noqa: E402
 from cluster.sandbox import make_sandbox  # noqa: E402
 from cluster.spec import ExperimentSpec, GpuAssignment  # noqa: E402
 from cluster.tournament import TournamentSettings  # noqa: E402
 from trainer.profiles import get_profile  # noqa: E402
-from trainer.result import ExperimentResult, Status  # noqa: E402
+from trainer.result import Status  # noqa: E402
 from trainer.seed import seed_source  # noqa: E402
 
 SURROGATE = "bench.surrogate:SurrogateSandbox"
@@ -169,128 +164,28 @@ def strategies(ns: list[int], variants: list[str], oracle: bool = False) -> list
     return out
 
 
-# ---- Ray with a virtual clock ------------------------------------------------------------------------------------
-
-
-class Ref:
-    """A stand-in ObjectRef: ready at ``ready`` on the virtual clock."""
-
-    __slots__ = ("ready", "seq", "value")
-
-    def __init__(self, ready: float, seq: int, value: Any) -> None:
-        self.ready, self.seq, self.value = ready, seq, value
-
-
-class VirtualRay:
-    """Just enough of Ray for cluster.driver: ``wait`` jumps the clock to the earliest result, ``get`` returns it."""
-
-    exceptions = ray.exceptions
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._seq = 0
-
-    def ref(self, delay: float, value: Any) -> Ref:
-        self._seq += 1
-        return Ref(self.now + delay, self._seq, value)
-
-    def wait(self, refs: list[Ref], num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
-        first = min(refs, key=lambda r: (r.ready, r.seq))
-        self.now = max(self.now, first.ready)
-        return [first], [r for r in refs if r is not first]
-
-    def get(self, ref: Ref) -> Any:
-        return ref.value
-
-    def __getattr__(self, name: str) -> Any:  # anything else the driver may use: the real module's
-        return getattr(ray, name)
-
-
-class _Method:
-    def __init__(self, call) -> None:
-        self._call = call
-
-    def remote(self, *args: Any) -> Ref:
-        return self._call(*args)
-
-
-class VirtualAgent:
-    """An AgentActor without Ray: the proposer in this process, its faults returned as AgentActor returns them."""
-
-    def __init__(self, vray: VirtualRay, kind: str, name: str, options: dict, factory=None) -> None:
-        self.vray, self.name = vray, name
-        self.proposer = (factory or make_proposer)(kind, name, options)
-        self.propose = _Method(self._propose)
-
-    def _propose(self, context: Context) -> Ref:
-        try:
-            outcome = ProposalOutcome(agent=self.name, proposal=self.proposer.propose(context))
-        except Exception as exc:  # as AgentActor.propose: the agent's fault, not the farm's
-            outcome = ProposalOutcome(agent=self.name, error=f"{type(exc).__name__}: {exc}")
-        return self.vray.ref(0.0, outcome)
-
-
-class VirtualExperiments:
-    """``run_experiment`` without Ray: runs the sandbox now, the result is ready one experiment-time later."""
-
-    def __init__(self, vray: VirtualRay, seed: int) -> None:
-        self.vray, self.seed = vray, seed
-        self.sandboxes: dict[str, Any] = {}
-        self.started: dict[str, float] = {}
-
-    def remote(self, spec_json: str, sandbox: str) -> Ref:
-        spec = ExperimentSpec.model_validate_json(spec_json)
-        if sandbox not in self.sandboxes:
-            self.sandboxes[sandbox] = make_sandbox(sandbox)
-        result: ExperimentResult = self.sandboxes[sandbox].run(spec, GpuAssignment())
-        jitter = random.Random(f"{self.seed}:{spec.experiment_id}").uniform(1 - JITTER, 1 + JITTER)
-        duration = jitter if result.status == Status.OK else CRASH_DURATION
-        self.started[spec.experiment_id] = self.vray.now
-        outcome = TaskOutcome(experiment_id=spec.experiment_id, result=result, node="virtual", gpu_class="cpu",
-                              started_at=self.vray.now, finished_at=self.vray.now + duration, attempt_pid=os.getpid())
-        return self.vray.ref(duration, outcome.model_dump_json())
-
-
-@contextlib.contextmanager
-def virtual_ray(seed: int):
-    """Point cluster.driver at the virtual Ray for the duration (this process only)."""
-    vray = VirtualRay()
-    experiments = VirtualExperiments(vray, seed)
-    saved = driver_module.ray, driver_module.run_experiment, driver_module.AgentActor
-
-    class Actors:
-        @staticmethod
-        def remote(kind, name, options, factory=None):
-            return VirtualAgent(vray, kind, name, options, factory)
-
-    driver_module.ray, driver_module.run_experiment, driver_module.AgentActor = vray, experiments, Actors
-    try:
-        yield vray, experiments
-    finally:
-        driver_module.ray, driver_module.run_experiment, driver_module.AgentActor = saved
+# ---- the farm on the in-process executor -------------------------------------------------------------------------
 
 
 class BenchFarm(driver_module.Farm):
     """The farm, asking for proposals just in time, and recording main's history on the virtual clock."""
 
     prefetch = False
-    vray: VirtualRay
+    executor: InProcessExecutor
 
     def _request_proposals(self) -> None:
         if self.prefetch:
             return super()._request_proposals()
         free = self.config.gpus_total() - len(self.inflight) - len(self.state.queue)
         while self.idle_agents and len(self.asking) < free:
-            index = self.idle_agents.pop(0)
-            ref = self.agents[index].propose.remote(self._context(index))
-            self.asking[ref] = index
+            self._ask(self.idle_agents.pop(0))
 
-    def _on_experiment(self, ref) -> None:
+    def _on_experiment(self, event) -> None:
         before = self.state.main_commit
-        super()._on_experiment(ref)
-        self.events.append((self.vray.now, len(self.state.finished)))
+        super()._on_experiment(event)
+        self.events.append((self.executor.now(), len(self.state.finished)))
         if self.state.main_commit != before:
-            self.mains.append((self.vray.now, len(self.state.finished), self.state.main_commit))
+            self.mains.append((self.executor.now(), len(self.state.finished), self.state.main_commit))
 
 
 # ---- one run -------------------------------------------------------------------------------------------------------
@@ -313,10 +208,10 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     wall = time.monotonic()
     undo = [WHAT_IFS[name]() for name in strategy.what_ifs]
     try:
-        with virtual_ray(seed) as (vray, experiments), open(run_dir / "farm.log", "w") as log, \
-                contextlib.redirect_stdout(log):
-            farm = BenchFarm(config, run_dir, sandbox)
-            farm.vray, farm.prefetch = vray, prefetch
+        experiments = InProcessExecutor(sandbox, unit_duration(seed, JITTER, CRASH_DURATION))
+        with open(run_dir / "farm.log", "w") as log, contextlib.redirect_stdout(log):
+            farm = BenchFarm(config, run_dir, experiments)
+            farm.prefetch = prefetch
             farm.events, farm.mains = [], [(0.0, 0, farm.state.main_commit)]
             farm.run()
     finally:
@@ -342,7 +237,7 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
         verdicts[decision] = verdicts.get(decision, 0) + 1
     return {
         "strategy": strategy.name, "n": strategy.n, "seed": seed, "budget": budget, "sigma": sigma,
-        "settings": strategy.settings, "end": vray.now, "finished": len(st.finished), "rejected": st.rejected,
+        "settings": strategy.settings, "end": experiments.now(), "finished": len(st.finished), "rejected": st.rejected,
         "promotions": st.promotions, "mains": mains, "runs": runs, "verdicts": verdicts, "kinds": kinds,
         "not_ok": sum(1 for run in runs if run["status"] != "ok"),
         "wall_s": time.monotonic() - wall, "prefetch": prefetch, "what_ifs": list(strategy.what_ifs),

@@ -16,14 +16,11 @@ import signal
 import time
 from pathlib import Path
 
-import ray
-
 from agent.llm import ApiKeyMissing, read_api_key
 from agent.protocol import Context, ExperimentSummary, Proposal, Spend
 from agent.transcript import write_transcript
-from cluster.agents import AgentActor, ProposalOutcome
 from cluster.config import FarmConfig, absolute
-from cluster.dispatch import TaskOutcome, run_experiment
+from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
 from cluster.ledger import Ledger, LedgerRow, write_results_tsv
 from cluster.live import LiveView
 from cluster.metrics import FarmMetrics
@@ -49,8 +46,9 @@ STUCK_PER_AGENT = 4
 class Farm:
     """One farm run in one run directory."""
 
-    def __init__(self, config: FarmConfig, run_dir: Path, sandbox: str, proposer_factory=None) -> None:
-        self.config, self.run_dir, self.sandbox = config, absolute(run_dir), sandbox
+    def __init__(self, config: FarmConfig, run_dir: Path, executor: Executor, proposer_factory=None) -> None:
+        """``executor`` runs the experiments and asks the agents (cluster/executor.py: Ray's, or in-process)."""
+        self.config, self.run_dir, self.executor = config, absolute(run_dir), executor
         self.profile = get_profile(config.profile)
         self.repo = ResearchRepo.open(run_dir / "repo")
         self.ledger = Ledger(run_dir / "ledger")
@@ -59,9 +57,9 @@ class Farm:
         self.state = FarmState.rebuild(self.ledger.read(), main, self.repo.train_py_at(main))
         self.rng = random.Random(config.seed)
         self.proposer_factory = proposer_factory
-        self.inflight: dict[ray.ObjectRef, str] = {}  # experiment refs -> id
-        self.asking: dict[ray.ObjectRef, int] = {}  # proposal refs -> agent index
-        self.agents: list = []
+        self.inflight: set[str] = set()  # experiments submitted and not back
+        self.asking: set[int] = set()  # agents asked for a proposal that has not come back
+        self.agents: list[AgentSpec] = []
         self.started = time.time()
         self.stopping = ""
         self.failure = ""  # why the farm could not do its job (set with stopping): the run exits non-zero
@@ -81,9 +79,9 @@ class Farm:
 
     def start_agents(self) -> None:
         kind = self.config.agent_kind()
-        for i in range(self.config.agents.count):
-            options = self.config.agent_options(i)
-            self.agents.append(AgentActor.remote(kind, self.config.agent_name(i), options, self.proposer_factory))
+        self.agents = [AgentSpec(kind, self.config.agent_name(i), self.config.agent_options(i))
+                       for i in range(self.config.agents.count)]
+        self.executor.start_agents(self.agents, self.proposer_factory)
         self.idle_agents = list(range(len(self.agents)))
 
     def queue_baseline(self, gpu_class: str | None = None) -> None:
@@ -116,13 +114,11 @@ class Farm:
                     self._dispatch()
                     if not self.inflight and (self._drained() if self.stopping else not self._can_make_progress()):
                         break
-                    refs = list(self.inflight) + list(self.asking)
-                    ready, _ = ray.wait(refs, num_returns=1, timeout=0.5) if refs else ([], [])
-                    for ref in ready:
-                        if ref in self.inflight:
-                            self._on_experiment(ref)
+                    for event in self.executor.wait(timeout=0.5):
+                        if isinstance(event, ExperimentDone):
+                            self._on_experiment(event)
                         else:
-                            self._on_proposal(ref)
+                            self._on_proposal(event)
                     self.view.refresh()
                     if time.monotonic() - self._status_written > 5:  # `farm status` on a running farm
                         self._write_summaries()
@@ -178,9 +174,11 @@ class Farm:
         waiting = sum(1 for eid in self.state.queue if self.state.work[eid].kind == "candidate")
         want = self.config.gpus_total() * self.config.queue_ahead
         while self.idle_agents and waiting + len(self.asking) < want:
-            index = self.idle_agents.pop(0)
-            ref = self.agents[index].propose.remote(self._context(index))
-            self.asking[ref] = index
+            self._ask(self.idle_agents.pop(0))
+
+    def _ask(self, index: int) -> None:
+        self.executor.ask(index, self._context(index))
+        self.asking.add(index)
 
     def _context(self, index: int) -> Context:
         finished = [self._summary(eid) for eid in self.state.finished]
@@ -220,22 +218,17 @@ class Farm:
         path = self.run_dir / "notes.md"
         return path.read_text().splitlines()[-50:] if path.exists() else []
 
-    def _on_proposal(self, ref: ray.ObjectRef) -> None:
-        index = self.asking.pop(ref)
-        try:
-            outcome: ProposalOutcome = ray.get(ref)
-        except ray.exceptions.RayError as exc:  # the actor died; Ray restarts it
-            outcome = ProposalOutcome(agent=f"agent-{index}", error=str(exc))
+    def _on_proposal(self, event: ProposalDone) -> None:
+        index, outcome = event.agent, event.outcome
+        self.asking.discard(index)
         proposal = outcome.proposal
         if proposal is None:
             self._after_proposal(index, outcome.agent, f"failed: {(outcome.error.splitlines() or ['?'])[0][:200]}",
                                  fatal=outcome.fatal)
             error, spend = (outcome.error.splitlines() or ["no reason given"])[0], outcome.spend
             if spend and (spend.cost_usd or spend.tokens_in or spend.tokens_out):  # paid for: on the ledger
-                self.state.charge(outcome.agent, spend, failed=True)
-                self.ledger.append([LedgerRow(experiment_id=self.state.new_id(), event="proposal_failed",
-                                              ts=time.time(), agent=outcome.agent, reason=error[:500],
-                                              **spend.model_dump())])
+                self._record(LedgerRow(experiment_id=self.state.new_id(), event="proposal_failed", ts=time.time(),
+                                       agent=outcome.agent, reason=error[:500], **spend.model_dump()))
             self._save_transcript(outcome.agent, outcome.transcript, f"failed: {error}")
             self.metrics.proposal(index, outcome)
             stops = " (this agent stops; the others go on)" if outcome.fatal else ""
@@ -292,7 +285,6 @@ class Farm:
 
         Returns its experiment id, or REJECTED + why. Either way its LLM spend goes on the ledger.
         """
-        self.state.charge(proposal.agent, proposal)
         train_sha = sha(proposal.train_py)
         change = diff_signature(self.repo.train_py_at(proposal.parent_commit), proposal.train_py)
         reason = _preflight(proposal.train_py)
@@ -306,39 +298,36 @@ class Farm:
         spend = {k: getattr(proposal, k) for k in Spend.model_fields}
         if reason:
             self.view.note(f"{proposal.agent}: rejected before running: {reason}")
-            self.state.rejected += 1
-            self.state.rejections.append((proposal.agent, f"{proposal.description}: {reason}"))
-            self.ledger.append([LedgerRow(experiment_id=self.state.new_id(), event="rejected", ts=time.time(),
-                                          agent=proposal.agent, parent_commit=proposal.parent_commit,
-                                          train_sha=train_sha, diff_sha=change, description=proposal.description,
-                                          reason=reason, model=proposal.model or None, **spend)])
+            self._record(LedgerRow(experiment_id=self.state.new_id(), event="rejected", ts=time.time(),
+                                   agent=proposal.agent, parent_commit=proposal.parent_commit, train_sha=train_sha,
+                                   diff_sha=change, description=proposal.description, reason=reason,
+                                   model=proposal.model or None, **spend))
             return f"{REJECTED}{reason}"
         eid = self.state.new_id()
         commit = self.repo.commit_experiment(eid, proposal.parent_commit, proposal.train_py, proposal.description,
                                              {"Farm-Experiment": eid, "Farm-Agent": proposal.agent})
         self._queue(Work(eid, "candidate", commit, proposal.parent_commit, train_sha, agent=proposal.agent,
-                         description=proposal.description, diff_sha=change, **spend), model=proposal.model or None)
+                         description=proposal.description, diff_sha=change, model=proposal.model or None, **spend))
         return eid
 
     # ---- experiments ----------------------------------------------------------
 
-    def _queue(self, work: Work, model: str | None = None) -> None:
-        """Book ``work`` as queued; ``model``: the LLM that proposed it (candidates of LLM agents)."""
-        self.ledger.append([LedgerRow(
-            experiment_id=work.experiment_id, event="queued", ts=time.time(), kind=work.kind, commit=work.commit,
-            parent_commit=work.parent_commit, branch=f"exp/{work.experiment_id}", train_sha=work.train_sha,
-            agent=work.agent, description=work.description, status="queued", seed=work.seed,
-            replicate_of=work.replicate_of, tokens_in=work.tokens_in, tokens_out=work.tokens_out,
-            cost_usd=work.cost_usd, cache_read_tokens=work.cache_read_tokens,
-            cache_write_tokens=work.cache_write_tokens, diff_sha=work.diff_sha, model=model,
-        )])
-        self.state.enqueue(work)
+    def _record(self, *rows: LedgerRow) -> bool:
+        """The one way the farm's state changes: each event onto the ledger, then applied (FarmState.apply).
+
+        ``--resume`` applies the same rows with the same function. False: the event changed nothing.
+        """
+        self.ledger.append(list(rows))
+        return all([self.state.apply(row) for row in rows])
+
+    def _queue(self, work: Work) -> None:
+        self._record(work.queued_row(time.time()))
 
     def _dispatch(self) -> None:
         while self.state.queue and len(self.inflight) < self.config.gpus_total():
             if self.stopping and not self.config.finish_queue_on_stop:
                 return
-            work = self.state.work[self.state.queue.popleft()]
+            work = self.state.work[self.state.queue[0]]
             spec = ExperimentSpec(
                 experiment_id=work.experiment_id, train_py=self.repo.train_py_at(work.commit),
                 profile=self.profile.name, seed=work.seed, run_dir=self.run_dir / "experiments" / work.experiment_id,
@@ -347,22 +336,20 @@ class Farm:
                 publish_compile_cache=work.kind == "baseline" and work.train_sha == self.state.main_sha,
                 image=self.config.image, limits=self._limits(), owner=owner_of(self.run_dir),
             )
-            ref = run_experiment.remote(spec.model_dump_json(), self.sandbox)
-            self.inflight[ref] = work.experiment_id
+            self._record(LedgerRow(experiment_id=work.experiment_id, event="started", ts=time.time(),
+                                   status="running"))
+            self.executor.submit(spec)
+            self.inflight.add(work.experiment_id)
             self.metrics.dispatched(work)
-            self.ledger.append([LedgerRow(experiment_id=work.experiment_id, event="started", ts=time.time(),
-                                          status="running")])
 
-    def _on_experiment(self, ref: ray.ObjectRef) -> None:
-        eid = self.inflight.pop(ref)
+    def _on_experiment(self, event: ExperimentDone) -> None:
+        eid, outcome = event.experiment_id, event.outcome
+        self.inflight.discard(eid)
         work = self.state.work[eid]
-        outcome = None
-        try:
-            outcome = TaskOutcome.model_validate_json(ray.get(ref))
-        except ray.exceptions.RayError as exc:  # retries exhausted: the farm's fault, not the candidate's
-            self.view.note(f"{eid}: lost after retries: {str(exc).splitlines()[0][:200]}")
+        if outcome is None:  # the executor gave up on it (retries exhausted): the farm's fault, not the candidate's
+            self.view.note(f"{eid}: lost after retries: {(event.lost.splitlines() or ['?'])[0][:200]}")
             row = LedgerRow(experiment_id=eid, event="finished", ts=time.time(), status="error",
-                            reason=f"lost: {str(exc)[:500]}", kind=work.kind, train_sha=work.train_sha)
+                            reason=f"lost: {event.lost[:500]}", kind=work.kind, train_sha=work.train_sha)
         else:
             row = LedgerRow.from_result(eid, outcome.result, event="finished", ts=time.time(), kind=work.kind,
                                         train_sha=work.train_sha, gpu_class=outcome.gpu_class, node=outcome.node,
@@ -370,8 +357,7 @@ class Farm:
                                         description=work.description, seed=work.seed,
                                         replicate_of=work.replicate_of)
             self._flag_pinned_seed(row, outcome.result.facts.weights_sha256)
-        self.ledger.append([row])
-        if self.state.record_finished(row):
+        if self._record(row):
             self.view.finished(work, row)
             self._watch_health(work, row)
             self._judge(work, row)
@@ -440,9 +426,7 @@ class Farm:
             return
         candidate = self.state.work[work.replicate_of] if work.kind == "confirm" else work
         verdict = judge_candidate(self.state, candidate, row.gpu_class or "cpu", self.repo, self.config.tournament)
-        self.state.verdicts[candidate.experiment_id] = verdict.decision
-        self.ledger.append([LedgerRow(experiment_id=candidate.experiment_id, event="verdict", ts=time.time(),
-                                      verdict=verdict.decision, reason=verdict.reason)])
+        self._verdict(candidate.experiment_id, verdict.decision, verdict.reason)
         if verdict.decision == "confirm":
             need = verdict.replicates_needed - self.state.pending_replicates(candidate.train_sha)
             used = [candidate.seed, *self._pending_seeds(candidate.train_sha)]
@@ -464,11 +448,10 @@ class Farm:
         outcome = self.repo.promote(candidate.commit, f"{candidate.description}\n\n{reason}", trailers)
         if outcome.kind == "noop":  # main already has the change (and perhaps more): main does not move
             self._verdict(candidate.experiment_id, "noop", outcome.reason)
-        elif outcome.kind == "fast-forward":
-            self.state.main_commit, self.state.main_sha = outcome.new_main, candidate.train_sha
-            self.state.promotions += 1
+        elif outcome.kind == "fast-forward":  # the verdict that moves main (FarmState.apply)
+            self._verdict(candidate.experiment_id, "promote", f"main <- {outcome.new_main[:7]}: {reason}",
+                          commit=outcome.new_main, train_sha=candidate.train_sha)
             self.metrics.promoted()
-            self._verdict(candidate.experiment_id, "promote", f"main <- {outcome.new_main[:7]}: {reason}")
             self.view.note(f"main <- {candidate.experiment_id} ({candidate.description}): {mean:.4f}")
             self.queue_baseline()  # measure the new main afresh: the winner's first run was selected low
             self._write_summaries()
@@ -484,10 +467,10 @@ class Farm:
         else:
             self._verdict(candidate.experiment_id, "conflict", f"conflicts with main, to redo: {outcome.conflict}")
 
-    def _verdict(self, eid: str, decision: str, reason: str) -> None:
-        self.state.verdicts[eid] = decision
-        self.ledger.append([LedgerRow(experiment_id=eid, event="verdict", ts=time.time(), verdict=decision,
-                                      reason=reason)])
+    def _verdict(self, eid: str, decision: str, reason: str, **moved_main: str) -> None:
+        """Record a decision; ``moved_main`` (commit, train_sha) on the promotion that moves main to them."""
+        self._record(LedgerRow(experiment_id=eid, event="verdict", ts=time.time(), verdict=decision, reason=reason,
+                               **moved_main))
 
     def _mean(self, work: Work) -> float:
         values = [m.val_bpb for (s, _), ms in self.state.measurements.items() if s == work.train_sha for m in ms]

@@ -29,7 +29,7 @@ class LiveView:
         f = self.farm
         cap = f"${f.config.cost_cap_usd:g}" if f.config.cost_cap_usd is not None else "none"
         self.line(f"farm: run dir {f.run_dir} | profile {f.profile.name} | {f.config.gpus_total()} GPU slot(s) | "
-                  f"sandbox {f.sandbox} | {f.config.agents.count} {f.config.agent_kind()} agent(s) | "
+                  f"sandbox {f.executor.sandbox} | {f.config.agents.count} {f.config.agent_kind()} agent(s) | "
                   f"LLM cost cap {cap} (--cost-cap)")
         if self.interactive:
             self.live = Live(self._table(), console=self.console, refresh_per_second=2, transient=False)

@@ -34,9 +34,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
     from cluster.agents import ProposalOutcome
-    from cluster.dispatch import TaskOutcome
     from cluster.ledger import LedgerRow
     from cluster.state import Work
+    from cluster.task import TaskOutcome
 
 STATUSES = ("ok", "crash", "oom", "nan", "timeout", "invalid", "error")  # a finished experiment's status
 KINDS = ("baseline", "candidate", "confirm", "merge")  # what an experiment is for (cluster.state.PRIORITY)
@@ -148,7 +148,7 @@ class FarmMetrics(Collector):
         c = farm.config
         kind = c.agent_kind()
         return cls(farm, gpus=c.gpus_total(), agents=[c.agent_name(i) for i in range(c.agents.count or 0)],
-                   info={"profile": farm.profile.name, "sandbox": farm.sandbox, "agent_kind": kind})
+                   info={"profile": farm.profile.name, "sandbox": farm.executor.sandbox, "agent_kind": kind})
 
     # ---- events (the driver's thread) ----------------------------------------------------
 

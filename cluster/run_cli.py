@@ -45,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import ray
 
     from cluster.driver import Farm
+    from cluster.executor import RayExecutor
     from cluster.sandbox import SandboxError, make_sandbox, resolve_sandbox
     from cluster.spec import owner_of
     from trainer.data import prepare_profile
@@ -82,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"farm run: removed {removed} experiment(s) left running by an earlier farm", flush=True)
     _init_ray(config)
     try:
-        farm = Farm(config, run_dir, sandbox)
+        farm = Farm(config, run_dir, RayExecutor(sandbox))
         server = _serve_metrics(farm, config)
         ui = _serve_ui(run_dir, config)
         try:

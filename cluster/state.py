@@ -78,6 +78,25 @@ class Work:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     diff_sha: str | None = None  # candidates: diff_signature vs the parent
+    model: str | None = None  # the LLM that proposed it (candidates of LLM agents)
+
+    @classmethod
+    def from_row(cls, row: LedgerRow) -> Work:
+        """The work a ``queued`` ledger row books (``queued_row`` inverted)."""
+        values = {name: getattr(row, name) for name in WORK_FIELDS}
+        return cls(**{k: v for k, v in values.items() if v is not None}, kind=row.kind or "candidate",
+                   commit=row.commit or "", parent_commit=row.parent_commit or "", train_sha=row.train_sha or "")
+
+    def queued_row(self, ts: float) -> LedgerRow:
+        """The ledger's ``queued`` event for this work: everything ``from_row`` needs to book it again."""
+        return LedgerRow(event="queued", ts=ts, branch=f"exp/{self.experiment_id}", status="queued",
+                         **{name: getattr(self, name) for name in WORK_FIELDS}, kind=self.kind, commit=self.commit,
+                         parent_commit=self.parent_commit, train_sha=self.train_sha)
+
+
+# Work's fields that a queued ledger row carries under the same name (kind and the commits: always set)
+WORK_FIELDS = ("experiment_id", "agent", "description", "seed", "replicate_of", "tokens_in", "tokens_out", "cost_usd",
+               "cache_read_tokens", "cache_write_tokens", "diff_sha", "model")
 
 
 @dataclass
@@ -174,35 +193,55 @@ class FarmState:
             out[row.status or "?"] += 1
         return dict(out)
 
+    def apply(self, row: LedgerRow) -> bool:
+        """Apply one ledger event to the state: the ONLY way the farm's state changes.
+
+        The live driver appends each event to the ledger and applies it here; ``rebuild`` applies the same rows
+        after a crash. One function for both, so the state a resumed farm has cannot drift from the one it had.
+        Returns False for an event that changes nothing (a second ``finished`` of one experiment: a retried task).
+        """
+        eid = row.experiment_id
+        if eid[1:].isdigit():
+            self.next_id = max(self.next_id, int(eid[1:]) + 1)
+        if row.event == "queued":
+            self.enqueue(Work.from_row(row))
+            if row.kind == "candidate":
+                self.charge(row.agent or "", row)
+        elif row.event == "started":
+            if eid in self.queue:
+                self.queue.remove(eid)
+        elif row.event == "finished":
+            if eid in self.queue:  # a ledger from a driver that booked no start
+                self.queue.remove(eid)
+            return self.record_finished(row)
+        elif row.event == "verdict" and row.verdict:
+            self.verdicts[eid] = row.verdict  # the last one stands: merging, then promote, say
+            if row.verdict == "promote" and row.commit and row.train_sha:  # main moved to this commit
+                self.main_commit, self.main_sha = row.commit, row.train_sha
+                self.promotions += 1
+        elif row.event in ("rejected", "proposal_failed"):
+            self.charge(row.agent or "", row, failed=row.event == "proposal_failed")
+            if row.event == "rejected":
+                self.rejected += 1
+                self.rejections.append((row.agent or "", f"{row.description or ''}: {row.reason or ''}"))
+        return True
+
     @classmethod
     def rebuild(cls, rows: list[LedgerRow], main_commit: str, main_train_py: str) -> FarmState:
-        """The state a crashed driver had: finished experiments kept, unfinished ones queued again."""
+        """The state a crashed driver had: every event applied again (``apply``), then what was in flight queued.
+
+        Main is the research repo's head, whatever the ledger says: git is written before the ledger's verdict,
+        so after a crash between the two the repo is right.
+        """
         state = cls(main_commit=main_commit, main_sha=sha(main_train_py))
         for row in rows:
-            eid = row.experiment_id
-            state.next_id = max(state.next_id, int(eid[1:]) + 1) if eid[1:].isdigit() else state.next_id
-            if row.event == "queued":
-                state.work[eid] = Work(
-                    experiment_id=eid, kind=row.kind or "candidate", commit=row.commit or "",
-                    parent_commit=row.parent_commit or "", train_sha=row.train_sha or "", agent=row.agent or "",
-                    description=row.description or "", seed=row.seed or 0, replicate_of=row.replicate_of,
-                    tokens_in=row.tokens_in or 0, tokens_out=row.tokens_out or 0, cost_usd=row.cost_usd or 0.0,
-                    cache_read_tokens=row.cache_read_tokens or 0, cache_write_tokens=row.cache_write_tokens or 0,
-                    diff_sha=row.diff_sha,
-                )
-                if row.kind == "candidate":
-                    state.charge(row.agent or "", row)
-            elif row.event in ("rejected", "proposal_failed"):
-                state.charge(row.agent or "", row, failed=row.event == "proposal_failed")
-                if row.event == "rejected":
-                    state.rejected += 1
-                    state.rejections.append((row.agent or "", f"{row.description or ''}: {row.reason or ''}"))
-            elif row.event == "finished":
-                state.record_finished(row)
-            elif row.event == "verdict" and row.verdict:
-                state.verdicts[eid] = row.verdict  # the last one stands: promote, then merging, say
-        state.promotions = sum(1 for v in state.verdicts.values() if v == "promote")
-        for eid, work in list(state.work.items()):  # enqueue_existing re-inserts into state.work
+            state.apply(row)
+        state.main_commit, state.main_sha = main_commit, sha(main_train_py)
+        if not any(r.event == "verdict" and r.verdict == "promote" and r.commit for r in rows):
+            # a ledger written before promotions carried main's new commit: count each candidate's last verdict
+            state.promotions = sum(1 for v in state.verdicts.values() if v == "promote")
+        state.queue.clear()  # what was queued or in flight when the driver stopped, queued again in booking order
+        for eid, work in list(state.work.items()):
             if eid not in state.finished:
                 state.enqueue_existing(work)
         return state

@@ -346,12 +346,13 @@ def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and
     from cluster.agents import ProposalOutcome
     from cluster.config import FarmConfig
     from cluster.driver import Farm
+    from cluster.executor import InProcessExecutor, ProposalDone
     from cluster.repo import ResearchRepo
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     ResearchRepo.create(tmp_path / "repo", SEED, "# program")
     config = FarmConfig(profile="cpu-smoke", gpus=1, metrics_port=None, agents={"kind": "claude", "count": 2})
-    farm = Farm(config, tmp_path, "process")
+    farm = Farm(config, tmp_path, InProcessExecutor("process"))
     main = farm.state.main_commit
     spent = Spend(tokens_in=100, tokens_out=10, cache_read_tokens=1000, cost_usd=0.5)
 
@@ -368,10 +369,10 @@ def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and
         "again": ProposalOutcome(agent="claude-0", proposal=proposal(
             SEED.replace("DEPTH = 4", "DEPTH =   3"), "DEPTH to 3 once more")),
     }
-    monkeypatch.setattr("cluster.driver.ray.get", outcomes.__getitem__)
-    farm.idle_agents, farm.asking = [], dict.fromkeys(outcomes, 0)
-    for ref in outcomes:
-        farm._on_proposal(ref)
+    farm.idle_agents = []
+    for outcome in outcomes.values():
+        farm.asking.add(0)
+        farm._on_proposal(ProposalDone(0, outcome))
     farm._write_status()
     farm.ledger.close()
 

@@ -1,7 +1,7 @@
 """A farm that cannot work stops and says why; a candidate's own failures never stop it.
 
-The real driver (cluster.driver.Farm: its loop, the tournament, git, the ledger) runs on bench/search.py's
-virtual Ray (no Ray start, a virtual clock), with a sandbox whose outcome each test scripts: the rules under
+The real driver (cluster.driver.Farm: its loop, the tournament, git, the ledger) runs on the in-process
+executor (cluster/executor.py: no Ray, a virtual clock), with a sandbox whose outcome each test scripts: the rules under
 test are the driver's, and they see exactly what a real backend would return.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from agent.protocol import Context, Proposal
-from bench.search import virtual_ray
 from bench.standin import measured_bpb
 from cluster.config import FarmConfig
 from cluster.driver import Farm
+from cluster.executor import InProcessExecutor
 from cluster.repo import ResearchRepo
 from cluster.sandbox.base import no_result, stage
 from cluster.spec import ExperimentSpec, GpuAssignment
@@ -106,9 +106,9 @@ def run_farm(tmp_path: Path, proposer=Fresh, **config) -> tuple[Farm, int]:
                 "agents": {"count": 2, "kind": "mutate"}, "max_experiments": 12,
                 "tournament": {"baseline_replicates": 2, "min_noise_df": 1}, **config}
     ResearchRepo.create(run_dir / "repo", SEED, "program")
-    with virtual_ray(0):
-        farm = Farm(FarmConfig(**settings), run_dir, SANDBOX, proposer_factory=lambda kind, name, opts: proposer(name))
-        code = farm.run()
+    farm = Farm(FarmConfig(**settings), run_dir, InProcessExecutor(SANDBOX),
+                proposer_factory=lambda kind, name, opts: proposer(name))
+    code = farm.run()
     return farm, code
 
 

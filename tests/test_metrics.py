@@ -33,10 +33,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.protocol import Proposal, Spend
 from cluster.agents import ProposalOutcome
 from cluster.config import FarmConfig
-from cluster.dispatch import TaskOutcome
 from cluster.ledger import LedgerRow
 from cluster.metrics import ERROR_KINDS, PHASE_BUCKETS, PHASES, STATUSES, FarmMetrics, error_kind, serve
 from cluster.state import Work
+from cluster.task import TaskOutcome
 from trainer.result import ExperimentResult, HarnessFacts, Status
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,5 +37,22 @@ def test_rebuild_counts_promotions_by_each_candidates_last_verdict() -> None:
         verdict("e0005", "simpler"), verdict("e0005", "promote"),  # the simplicity rule, then landed
     ]
     state = FarmState.rebuild(rows, "main", "train.py text")
-    assert state.promotions == 2
+    assert state.promotions == 2  # a ledger from before promotions named main's new commit
     assert state.verdicts["e0004"] == "noop"
+
+
+def test_a_promotion_moves_main_when_applied_and_counts_once() -> None:
+    """The tournament's "promote" decision, then the promotion itself (main's new commit and file): only the
+    second moves main, live and rebuilt alike."""
+    rows = [
+        LedgerRow(experiment_id="e0002", event="verdict", ts=0.0, verdict="promote"),  # the decision
+        LedgerRow(experiment_id="e0002", event="verdict", ts=0.0, verdict="promote", commit="c2", train_sha="s2"),
+        LedgerRow(experiment_id="e0003", event="verdict", ts=0.0, verdict="promote"),
+        LedgerRow(experiment_id="e0003", event="verdict", ts=0.0, verdict="noop"),
+    ]
+    live = FarmState(main_commit="c1", main_sha="s1")
+    for row in rows:
+        live.apply(row)
+    assert (live.main_commit, live.main_sha, live.promotions) == ("c2", "s2", 1)
+    rebuilt = FarmState.rebuild(rows, "c2", "text of c2")
+    assert rebuilt.promotions == 1 and rebuilt.main_commit == "c2" and rebuilt.verdicts == live.verdicts
