@@ -9,10 +9,10 @@ same experiment budget and the same seeds. Only two things are stood in:
   in the process sandbox;
 - Ray: the driver's in-process executor with a *virtual clock* (``cluster.executor.InProcessExecutor``). An
   experiment occupies one of N logical GPUs for one time unit (x U(0.9, 1.1), so slots do not march in
-  lock-step; a run that does not finish ok takes 0.25: crashes are found early); proposals are instant. Time is counted in experiment
-  durations, so "sequential" takes one unit per experiment and parallel efficiency is well defined, and
-  results do not depend on the load of this 2-core machine. The real trainer runs one experiment at a time
-  (the same CPU conditions for every strategy: N logical workers time-share the machine).
+  lock-step; a run that does not finish ok takes 0.25: crashes are found early); proposals are instant. Time is
+  counted in experiment durations, so "sequential" takes one unit per experiment and parallel efficiency is well
+  defined, and results do not depend on the load of this 2-core machine. The real trainer runs one experiment at
+  a time (the same CPU conditions for every strategy: N logical workers time-share the machine).
 
 Proposals are asked for just in time (``BenchFarm``: when a slot would otherwise idle, with the state as it is
 then), not ``queue_ahead`` per GPU ahead as the driver does to hide LLM latency: the mutator is instant, so
