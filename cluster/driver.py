@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from agent.llm import ApiKeyMissing, read_api_key
@@ -24,11 +25,11 @@ from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
 from cluster.ledger import Ledger, LedgerRow, write_results_tsv
 from cluster.live import LiveView
 from cluster.metrics import FarmMetrics
+from cluster.policy import Action, Decide, FarmView, Measure, Promote, make_policy
 from cluster.repo import ResearchRepo
-from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
+from cluster.selection import noise_for
 from cluster.spec import ExperimentSpec, Limits, owner_of
 from cluster.state import FarmState, Work, diff_signature, sha, spend_summary
-from cluster.tournament import baseline_request, next_seeds
 from cluster.untrusted import log_tail
 from trainer.profiles import get_profile
 
@@ -56,6 +57,8 @@ class Farm:
         main = self.repo.main_head()
         self.state = FarmState.rebuild(self.ledger.read(), main, self.repo.train_py_at(main))
         self.rng = random.Random(config.seed)
+        self.policy = make_policy(config.tournament)  # decides; this driver carries out what it returns
+        self.view_of_state = FarmView(self.state, self.repo)  # what the policy reads
         self.proposer_factory = proposer_factory
         self.inflight: set[str] = set()  # experiments submitted and not back
         self.asking: set[int] = set()  # agents asked for a proposal that has not come back
@@ -84,26 +87,11 @@ class Farm:
         self.executor.start_agents(self.agents, self.proposer_factory)
         self.idle_agents = list(range(len(self.agents)))
 
-    def queue_baseline(self, gpu_class: str | None = None) -> None:
-        """Measure main (with replicates) before anything is judged: the noise floor comes first."""
-        gpu_class = gpu_class or self._main_class()
-        request = baseline_request(incumbent(self.state, self.repo), gpu_class, self.config.tournament,
-                                   noise_for(self.state, gpu_class))
-        missing = (request.replicates if request else 0) - self.state.pending_replicates(self.state.main_sha)
-        used = [m.seed for ms in self.state.measurements.values() for m in ms]
-        for seed in next_seeds(used + self._pending_seeds(self.state.main_sha), max(0, missing)):
-            self._queue(Work(self.state.new_id(), "baseline", self.state.main_commit, self.state.main_commit,
-                             self.state.main_sha, agent="farm", description="baseline: main", seed=seed))
-
-    def _pending_seeds(self, train_sha: str) -> list[int]:
-        return [w.seed for eid, w in self.state.work.items() if w.train_sha == train_sha and eid not in
-                self.state.finished]
-
     # ---- the loop ----------------------------------------------------------------
 
     def run(self) -> int:
         self.start_agents()
-        self.queue_baseline()
+        self._carry_out(self.policy.start(self.view_of_state))
         previous = signal.signal(signal.SIGINT, self._interrupt)
         try:
             with self.view:
@@ -184,7 +172,7 @@ class Farm:
         finished = [self._summary(eid) for eid in self.state.finished]
         ok = sorted((s for s in finished if s.val_bpb is not None), key=lambda s: s.val_bpb)
         name = self.config.agent_name(index)
-        parent, _why = pick_parent(self.state, self.rng, self.config.tournament)
+        parent, _why = self.policy.parent(self.view_of_state, self.rng)
         leaderboard, recent = ok[:10], finished[-10:]
         own = [s for s in finished if s.agent == name][-5:]
         for summary in {id(s): s for s in (*leaderboard, *recent, *own)}.values():  # what agents look up
@@ -194,8 +182,8 @@ class Farm:
             profile=self.profile.name,
             parent_commit=parent,
             parent_train_py=self.repo.train_py_at(parent),
-            main_val_bpb=self.state.main_mean(self._main_class()),
-            noise_sd=noise_for(self.state, self._main_class()).sd,
+            main_val_bpb=self.state.main_mean(self.main_class()),
+            noise_sd=noise_for(self.state, self.main_class()).sd,
             leaderboard=leaderboard,
             recent=recent,
             own_recent=own,
@@ -360,7 +348,7 @@ class Farm:
         if self._record(row):
             self.view.finished(work, row)
             self._watch_health(work, row)
-            self._judge(work, row)
+            self._carry_out(self.policy.on_result(self.view_of_state, work, row))
         self.metrics.finished(work, row, outcome)  # after the state took the result: main/best are current
         self.idle_agents += self.parked  # a new result: something new to propose from
         self.parked = []
@@ -416,33 +404,22 @@ class Farm:
                           f"{(first.reason or '')[:300]} "
                           f"(log: {self.run_dir / 'experiments' / first.experiment_id / 'out' / 'run.log'})")
 
-    # ---- the tournament -----------------------------------------------------
+    # ---- carrying out the policy's actions ------------------------------------------------
 
-    def _judge(self, work: Work, row: LedgerRow) -> None:
-        if work.kind == "baseline":
-            for eid, decision in list(self.state.verdicts.items()):
-                if decision == "wait":
-                    self._judge(self.state.work[eid], self.state.finished[eid])
-            return
-        candidate = self.state.work[work.replicate_of] if work.kind == "confirm" else work
-        verdict = judge_candidate(self.state, candidate, row.gpu_class or "cpu", self.repo, self.config.tournament)
-        self._verdict(candidate.experiment_id, verdict.decision, verdict.reason)
-        if verdict.decision == "confirm":
-            need = verdict.replicates_needed - self.state.pending_replicates(candidate.train_sha)
-            used = [candidate.seed, *self._pending_seeds(candidate.train_sha)]
-            used += [m.seed for m in self.state.measurements.get((candidate.train_sha, verdict.gpu_class), [])]
-            for seed in next_seeds(used, max(0, need)):
-                self._queue(Work(self.state.new_id(), "confirm", candidate.commit, candidate.parent_commit,
-                                 candidate.train_sha, agent=candidate.agent,
-                                 description=f"confirm {candidate.experiment_id}: {candidate.description}",
-                                 seed=seed, replicate_of=candidate.experiment_id))
-        elif verdict.decision == "wait":
-            self.queue_baseline(verdict.gpu_class)
-        elif verdict.decision in ("promote", "simpler"):
-            self._promote(candidate, verdict.reason)
+    def _carry_out(self, actions: Iterable[Action]) -> None:
+        """Do exactly what the policy yields, each before the policy computes the next (cluster/policy.py)."""
+        for action in actions:
+            if isinstance(action, Measure):
+                for seed in action.seeds:
+                    self._queue(Work(self.state.new_id(), action.kind, action.commit, action.parent_commit,
+                                     action.train_sha, agent=action.agent, description=action.description, seed=seed,
+                                     replicate_of=action.replicate_of))
+            elif isinstance(action, Decide):
+                self._verdict(action.experiment_id, action.decision, action.reason)
+            elif isinstance(action, Promote):
+                self._promote(self.state.work[action.experiment_id], action.reason, action.mean)
 
-    def _promote(self, candidate: Work, reason: str) -> None:
-        mean = self._mean(candidate)
+    def _promote(self, candidate: Work, reason: str, mean: float) -> None:
         trailers = {"Farm-Experiment": candidate.experiment_id, "Farm-Val-Bpb": f"{mean:.6f}",
                     "Farm-Verdict": reason[:200]}
         outcome = self.repo.promote(candidate.commit, f"{candidate.description}\n\n{reason}", trailers)
@@ -453,7 +430,7 @@ class Farm:
                           commit=outcome.new_main, train_sha=candidate.train_sha)
             self.metrics.promoted()
             self.view.note(f"main <- {candidate.experiment_id} ({candidate.description}): {mean:.4f}")
-            self.queue_baseline()  # measure the new main afresh: the winner's first run was selected low
+            self._carry_out(self.policy.after_promotion(self.view_of_state))
             self._write_summaries()
         elif outcome.kind == "merge":
             eid = self.state.new_id()
@@ -472,13 +449,9 @@ class Farm:
         self._record(LedgerRow(experiment_id=eid, event="verdict", ts=time.time(), verdict=decision, reason=reason,
                                **moved_main))
 
-    def _mean(self, work: Work) -> float:
-        values = [m.val_bpb for (s, _), ms in self.state.measurements.items() if s == work.train_sha for m in ms]
-        return sum(values) / len(values) if values else float("nan")
-
-    def _main_class(self) -> str:
-        classes = [c for (s, c) in self.state.measurements if s == self.state.main_sha]
-        return classes[0] if classes else "cpu"
+    def main_class(self) -> str:
+        """The GPU class main is judged on (the live view and the metrics show main's value on it)."""
+        return self.view_of_state.main_class()
 
     def _summary(self, eid: str) -> ExperimentSummary:
         row, work = self.state.finished[eid], self.state.work.get(eid)

@@ -78,11 +78,11 @@ class LiveView:
             "run_dir": str(f.run_dir), "profile": f.profile.name, "gpus": f.config.gpus_total(),
             "gpus_busy": len(f.inflight), "queue": len(st.queue), "proposals_pending": len(f.asking),
             "finished": finished, "by_status": st.counts(), "main_commit": st.main_commit,
-            "main_val_bpb": st.main_mean(f._main_class()), "best_val_bpb": best, "promotions": st.promotions,
+            "main_val_bpb": st.main_mean(f.main_class()), "best_val_bpb": best, "promotions": st.promotions,
             "experiments_per_hour": rate, "elapsed_seconds": elapsed, "eta_seconds": eta,
             "cost_usd": st.cost_usd, "cost_cap_usd": f.config.cost_cap_usd, "rejected_proposals": st.rejected,
             "stopping": f.stopping, "failure": f.failure, "best_experiment": _best_experiment(st),
-            "main_unmeasured": _why_unmeasured(st) if st.main_mean(f._main_class()) is None else "",
+            "main_unmeasured": _why_unmeasured(st) if st.main_mean(f.main_class()) is None else "",
         }
 
     def _table(self) -> Table:

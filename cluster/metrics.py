@@ -281,7 +281,7 @@ class FarmMetrics(Collector):
         farm = self.farm
         if farm is None:
             return self.main_val_bpb, self.best_val_bpb
-        main = farm.state.main_mean(farm._main_class())
+        main = farm.state.main_mean(farm.main_class())
         best, _ = farm.state.best()
         return _finite(main), _finite(best)
 

@@ -71,7 +71,7 @@ class Clock:
 def fake_farm(queue: int = 0, asking: int = 0) -> SimpleNamespace:
     state = SimpleNamespace(queue=deque(range(queue)), rejected=0, main_mean=lambda _cls: 2.5,
                             best=lambda: (2.4, "sha"))
-    return SimpleNamespace(state=state, asking=dict.fromkeys(range(asking)), _main_class=lambda: "cpu")
+    return SimpleNamespace(state=state, asking=dict.fromkeys(range(asking)), main_class=lambda: "cpu")
 
 
 def work(eid: str, kind: str = "candidate") -> Work:

@@ -1,0 +1,172 @@
+"""The selection policy as the driver sees it: results in, actions out. A scheduler decides, the driver executes.
+
+In the spirit of Ray Tune's TrialScheduler: the policy is shown the farm's state (read-only) when the farm starts,
+when an experiment finishes and when main has moved, and yields actions; the driver carries each out exactly as
+yielded (queue these runs, record this decision, promote this candidate) and decides nothing itself. Each action
+is carried out before the policy computes the next, so a decision sees the state the ones before it made: when a
+baseline of main settles several waiting candidates and the first is promoted, the next is judged against the
+new main.
+
+- ``Measure``: run one file once per seed in ``seeds`` (main's baselines, a candidate's confirmations);
+- ``Decide``: record a decision on a candidate (the ledger's ``verdict`` event, with the reason);
+- ``Promote``: put a candidate on main. How is mechanism (git: a fast-forward, or a three-way merge whose result
+  is measured like any candidate); what happens once main moved is the policy's again (``after_promotion``).
+
+Two policies: ``TournamentPolicy`` (noise-aware: replicates, a margin, confirmation on other seeds) and
+``GreedyPolicy`` (autoresearch's own loop: each file once, keep if lower; the benchmark's baseline).
+``make_policy`` picks one from the settings. The decision maths is cluster/tournament.py (pure, no state).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from cluster.ledger import LedgerRow
+from cluster.repo import ResearchRepo
+from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
+from cluster.state import FarmState, Work
+from cluster.tournament import Decision, TournamentSettings, Verdict, baseline_request, next_seeds
+
+
+class Measure(BaseModel):
+    """Run the file at ``commit`` once per seed in ``seeds``: main's baselines or a candidate's confirmations."""
+
+    action: Literal["measure"] = "measure"
+    kind: Literal["baseline", "confirm"]
+    commit: str
+    parent_commit: str
+    train_sha: str
+    seeds: list[int]
+    agent: str = "farm"
+    description: str
+    replicate_of: str | None = Field(None, description="confirmations: the candidate whose replicates these are")
+    why: str = ""
+
+
+class Decide(BaseModel):
+    """Record ``decision`` on candidate ``experiment_id`` (the last decision on a candidate stands)."""
+
+    action: Literal["decide"] = "decide"
+    experiment_id: str
+    decision: Decision
+    reason: str
+
+
+class Promote(BaseModel):
+    """Put candidate ``experiment_id`` on main (``mean``: its measured mean, for the commit's trailers)."""
+
+    action: Literal["promote"] = "promote"
+    experiment_id: str
+    reason: str
+    mean: float
+
+
+Action = Measure | Decide | Promote
+
+
+@dataclass(frozen=True)
+class FarmView:
+    """What a policy may read: the state and the research repo. It writes neither (the driver does)."""
+
+    state: FarmState
+    repo: ResearchRepo
+
+    def main_class(self) -> str:
+        """The GPU class main was measured on first (cpu before any measurement)."""
+        classes = [c for (s, c) in self.state.measurements if s == self.state.main_sha]
+        return classes[0] if classes else "cpu"
+
+    def seeds_taken(self, train_sha: str, gpu_class: str | None = None) -> list[int]:
+        """Seeds a file was measured on or is queued or running on: replicates must use others."""
+        state = self.state
+        pending = [w.seed for eid, w in state.work.items() if w.train_sha == train_sha and eid not in state.finished]
+        measured = [m.seed for (s, c), ms in state.measurements.items() if s == train_sha and
+                    gpu_class in (None, c) for m in ms]
+        return pending + measured
+
+    def mean(self, train_sha: str) -> float:
+        values = [m.val_bpb for (s, _), ms in self.state.measurements.items() if s == train_sha for m in ms]
+        return sum(values) / len(values) if values else float("nan")
+
+
+class TournamentPolicy:
+    """The farm's noise-aware tournament (cluster/tournament.py) over the farm's state."""
+
+    def __init__(self, settings: TournamentSettings) -> None:
+        self.settings = settings
+
+    def start(self, farm: FarmView) -> Iterator[Action]:
+        """Measure main before anything is judged: the noise floor comes first."""
+        yield from self._measure_main(farm, farm.main_class())
+
+    def after_promotion(self, farm: FarmView) -> Iterator[Action]:
+        """Measure the new main afresh: the winner's own runs were selected for being low."""
+        yield from self._measure_main(farm, farm.main_class())
+
+    def on_result(self, farm: FarmView, work: Work, row: LedgerRow) -> Iterator[Action]:
+        """A finished experiment: judge what it was for. A baseline of main may settle candidates that waited."""
+        if work.kind == "baseline":
+            for eid, decision in list(farm.state.verdicts.items()):
+                if decision == "wait":
+                    yield from self._judge(farm, farm.state.work[eid], farm.state.finished[eid].gpu_class or "cpu")
+            return
+        candidate = farm.state.work[work.replicate_of] if work.kind == "confirm" and work.replicate_of else work
+        yield from self._judge(farm, candidate, row.gpu_class or "cpu")
+
+    def parent(self, farm: FarmView, rng: random.Random) -> tuple[str, str]:
+        """The commit the next proposal starts from, and why."""
+        return pick_parent(farm.state, rng, self.settings)
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+
+    def _verdict(self, farm: FarmView, candidate: Work, gpu_class: str) -> Verdict:
+        return judge_candidate(farm.state, candidate, gpu_class, farm.repo, self.settings)
+
+    def _judge(self, farm: FarmView, candidate: Work, gpu_class: str) -> Iterator[Action]:
+        verdict = self._verdict(farm, candidate, gpu_class)
+        yield Decide(experiment_id=candidate.experiment_id, decision=verdict.decision, reason=verdict.reason)
+        if verdict.decision == "confirm":
+            taken = [candidate.seed, *farm.seeds_taken(candidate.train_sha, verdict.gpu_class)]
+            need = verdict.replicates_needed - farm.state.pending_replicates(candidate.train_sha)
+            if need > 0:
+                yield Measure(
+                    kind="confirm", commit=candidate.commit, parent_commit=candidate.parent_commit,
+                    train_sha=candidate.train_sha, seeds=next_seeds(taken, need), agent=candidate.agent,
+                    description=f"confirm {candidate.experiment_id}: {candidate.description}",
+                    replicate_of=candidate.experiment_id, why=verdict.reason)
+        elif verdict.decision == "wait":
+            yield from self._measure_main(farm, verdict.gpu_class)
+        elif verdict.decision in ("promote", "simpler"):
+            yield Promote(experiment_id=candidate.experiment_id, reason=verdict.reason,
+                          mean=farm.mean(candidate.train_sha))
+
+    def _measure_main(self, farm: FarmView, gpu_class: str) -> Iterator[Action]:
+        state = farm.state
+        request = baseline_request(incumbent(state, farm.repo), gpu_class, self.settings, noise_for(state, gpu_class))
+        missing = (request.replicates if request else 0) - state.pending_replicates(state.main_sha)
+        if missing > 0:
+            seeds = next_seeds([m.seed for ms in state.measurements.values() for m in ms]
+                               + farm.seeds_taken(state.main_sha), missing)
+            yield Measure(kind="baseline", commit=state.main_commit, parent_commit=state.main_commit,
+                          train_sha=state.main_sha, seeds=seeds, description="baseline: main",
+                          why=request.why if request else "")
+
+
+class GreedyPolicy(TournamentPolicy):
+    """Autoresearch's loop: main measured once, each candidate once, keep if lower; no replicates, no margin.
+
+    The noise-blind reference of the search benchmark; its judgement is cluster/tournament.py's greedy rule.
+    """
+
+    def __init__(self, settings: TournamentSettings) -> None:
+        super().__init__(settings.model_copy(update={"policy": "greedy"}))
+
+
+def make_policy(settings: TournamentSettings) -> TournamentPolicy:
+    """The policy the settings name (``policy``: tournament or greedy)."""
+    return GreedyPolicy(settings) if settings.policy == "greedy" else TournamentPolicy(settings)
