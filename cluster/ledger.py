@@ -29,21 +29,14 @@ import uuid
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from cluster.vocabulary import KEEP_VERDICTS, LedgerEvent, RowStatus, VerdictValue, WorkKind
 from trainer.result import ExperimentResult, Status
 
-# rejected: a proposal refused before running (no GPU); proposal_failed: an agent returned none but spent tokens.
-# Both carry only the LLM spend (and why), so a resumed farm still counts what was paid for.
-Event = Literal["queued", "started", "finished", "verdict", "rejected", "proposal_failed"]
-RowStatus = Literal["queued", "running", "ok", "crash", "oom", "nan", "timeout", "invalid", "error"]
-
-# Verdicts that put an experiment on main: results.tsv says ``keep`` (see write_results_tsv).
-KEEP_VERDICTS = frozenset({"promote", "simpler", "keep", "noop"})  # noop: main already has it
 STALE_TMP_SECONDS = 600.0
 # What a run produced: cleared when a new attempt starts (see Ledger.latest).
 RESULT_FIELDS = (
@@ -64,9 +57,9 @@ class LedgerRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     experiment_id: str
-    event: Event
+    event: LedgerEvent
     ts: float
-    kind: str | None = None  # what the run is for: candidate, baseline (main), confirm (a replicate), merge
+    kind: WorkKind | None = None  # what the run is for (cluster/vocabulary.py)
     parent_commit: str | None = None
     commit: str | None = None
     branch: str | None = None
@@ -95,7 +88,7 @@ class LedgerRow(BaseModel):
     cache_read_tokens: int | None = None  # LLM input read from the prompt cache
     cache_write_tokens: int | None = None  # LLM input written to the prompt cache
     diff_sha: str | None = None  # a candidate's change vs its parent, whitespace-normalised: same change, same sha
-    verdict: str | None = None
+    verdict: VerdictValue | None = None
     reason: str | None = None
     finished_at: float | None = None  # the driver's clock at the finish (one clock for all nodes): results.tsv order
     model: str | None = None  # the LLM behind a proposal (LLM agents): a mixed population told apart

@@ -32,14 +32,16 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from cluster.vocabulary import FINISHED_STATUSES, WORK_KINDS
+
 if TYPE_CHECKING:
     from cluster.agents import ProposalOutcome
     from cluster.ledger import LedgerRow
     from cluster.state import Work
     from cluster.task import TaskOutcome
 
-STATUSES = ("ok", "crash", "oom", "nan", "timeout", "invalid", "error")  # a finished experiment's status
-KINDS = ("baseline", "candidate", "confirm", "merge")  # what an experiment is for (cluster.state.PRIORITY)
+STATUSES = FINISHED_STATUSES  # a finished experiment's status
+KINDS = WORK_KINDS  # what an experiment is for
 # dispatch: the driver's dispatch to the Ray task starting; sandbox: task start to the runner inside the
 # sandbox starting (container/namespace set-up, interpreter); startup: runner start to the first training
 # batch (imports, data, compilation); train: first batch to evaluation (wall); eval: the evaluation.

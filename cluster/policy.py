@@ -30,14 +30,15 @@ from cluster.ledger import LedgerRow
 from cluster.repo import ResearchRepo
 from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
 from cluster.state import FarmState, Work
-from cluster.tournament import Decision, TournamentSettings, Verdict, baseline_request, next_seeds
+from cluster.tournament import TournamentSettings, Verdict, baseline_request, next_seeds
+from cluster.vocabulary import Decision
 
 
 class Measure(BaseModel):
     """Run the file at ``commit`` once per seed in ``seeds``: main's baselines or a candidate's confirmations."""
 
     action: Literal["measure"] = "measure"
-    kind: Literal["baseline", "confirm"]
+    kind: Literal["baseline", "confirm"]  # of vocabulary.REPLICATE_KINDS
     commit: str
     parent_commit: str
     train_sha: str

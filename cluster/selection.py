@@ -22,6 +22,7 @@ from cluster.tournament import (
     noise_models,
     select_parent,
 )
+from cluster.vocabulary import ON_MAIN_VERDICTS
 
 
 def incumbent(state: FarmState, repo: ResearchRepo) -> Incumbent:
@@ -88,7 +89,7 @@ def pick_parent(state: FarmState, rng: random.Random, settings: TournamentSettin
     pool = []
     for eid, decision in state.verdicts.items():
         work = state.work.get(eid)
-        if work is None or work.kind != "candidate" or decision in ("promote", "simpler", "merging", "noop"):
+        if work is None or work.kind != "candidate" or decision in ON_MAIN_VERDICTS:
             continue
         for mean, gpu in means.get(work.train_sha, []):
             pool.append(PoolEntry(commit=work.commit, val_bpb=mean, delta=mean - main[gpu],

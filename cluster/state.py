@@ -17,9 +17,7 @@ from dataclasses import dataclass, field, fields
 from agent.protocol import Spend
 from cluster.ledger import LedgerRow
 from cluster.tournament import Measurement
-
-# Work that re-measures a known file runs before new ideas: the tournament waits on it.
-PRIORITY = {"baseline": 0, "confirm": 0, "merge": 1, "candidate": 2}
+from cluster.vocabulary import CHANGE_KINDS, PRIORITY, REPLICATE_KINDS, SPEND_ONLY_EVENTS, WorkKind
 
 
 def sha(text: str) -> str:
@@ -64,7 +62,7 @@ class Work:
     """One experiment to run: what, from where, and why."""
 
     experiment_id: str
-    kind: str  # baseline | candidate | confirm | merge
+    kind: WorkKind
     commit: str
     parent_commit: str
     train_sha: str
@@ -155,7 +153,7 @@ class FarmState:
             gpu = row.gpu_class or "cpu"
             self.measurements[(work.train_sha, gpu)].append(Measurement(
                 commit=work.train_sha, gpu_class=gpu, val_bpb=row.val_bpb, seed=work.seed,
-                screening=work.kind in ("candidate", "merge"),
+                screening=work.kind in CHANGE_KINDS,
             ))
         return True
 
@@ -168,7 +166,7 @@ class FarmState:
         return sum(
             1
             for eid, w in self.work.items()
-            if w.train_sha == train_sha and eid not in self.finished and w.kind in ("confirm", "baseline")
+            if w.train_sha == train_sha and eid not in self.finished and w.kind in REPLICATE_KINDS
         )
 
     def best(self) -> tuple[float | None, str | None]:
@@ -219,7 +217,7 @@ class FarmState:
             if row.verdict == "promote" and row.commit and row.train_sha:  # main moved to this commit
                 self.main_commit, self.main_sha = row.commit, row.train_sha
                 self.promotions += 1
-        elif row.event in ("rejected", "proposal_failed"):
+        elif row.event in SPEND_ONLY_EVENTS:
             self.charge(row.agent or "", row, failed=row.event == "proposal_failed")
             if row.event == "rejected":
                 self.rejected += 1

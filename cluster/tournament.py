@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Decision = Literal["promote", "confirm", "discard", "simpler", "wait"]
+from cluster.vocabulary import Decision
 
 
 class TournamentSettings(BaseModel):

@@ -24,9 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cluster.ledger import RESULT_FIELDS, SCHEMA, Ledger, _read_part
-
-# Events that are not experiments: a proposal refused before it ran, or an agent that returned none.
-SPEND_ONLY_EVENTS = ("rejected", "proposal_failed")
+from cluster.vocabulary import SPEND_ONLY_EVENTS
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cluster.ui.model import RunState, to_json
+from cluster.vocabulary import CHANGE_KINDS
 
-NODE_KINDS = ("candidate", "merge")
+NODE_KINDS = CHANGE_KINDS  # the experiments that made a new file
 MAIN_NODE = "@main"  # not a possible experiment id (they start with a letter or digit)
 X_STEP, MIN_HEIGHT, ASPECT = 26.0, 700.0, 2.2  # the graph's height follows its width: fit() shows both
 DEFAULT_LAST = 1500

@@ -21,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cluster.ui.ledger_view import SPEND_ONLY_EVENTS, LedgerView, Snapshot
+from cluster.ui.ledger_view import LedgerView, Snapshot
 from cluster.ui.repo_view import RepoView
+from cluster.vocabulary import CHANGE_KINDS, SPEND_ONLY_EVENTS
 
 NOT_DONE = ("queued", "running")
-SCREENING_KINDS = ("candidate", "merge")  # a first run, selected for being low: not main's noise (state.py)
 SORTABLE = ("experiment_id", "kind", "status", "agent", "verdict", "val_bpb", "queued_ts", "finished_at", "cost_usd")
 FILTERABLE = ("status", "kind", "agent", "verdict")
 MAX_PAGE = 500
@@ -122,7 +122,7 @@ class RunState:
         runs = sorted(
             (t, v, s, e) for t, v, s, e, k, st in
             zip(c["finished_at"], c["val_bpb"], c["train_sha"], c["experiment_id"], c["kind"], c["status"], strict=True)
-            if st == "ok" and v is not None and t is not None and k not in SCREENING_KINDS
+            if st == "ok" and v is not None and t is not None and k not in CHANGE_KINDS
         )  # fmt: skip
         values: dict[str, list[tuple[float, float, str]]] = {}
         for t, v, s, e in runs:
