@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.protocol import Spend
 
 
 class Price(BaseModel):
@@ -73,14 +74,9 @@ def price_for(model: str, overrides: Mapping[str, Price] | None = None) -> Price
     raise ValueError(f"no price for model {model!r}: add it to the agent's `prices` option (known: {known})")
 
 
-@dataclass
-class Tally:
-    """Tokens spent so far by one proposal, summed over its calls."""
+class Tally(Spend):
+    """Tokens spent so far by one proposal, summed over its calls (``cost_usd`` is priced by ``spend``)."""
 
-    tokens_in: int = 0  # uncached input
-    tokens_out: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
     calls: int = 0
 
     def add(self, usage: Any) -> None:
@@ -101,11 +97,9 @@ class Tally:
             + self.cache_write_tokens * price.cache_write
         ) / 1e6
 
-    def as_dict(self, price: Price) -> dict[str, float | int]:
-        """The fields a Proposal and a ledger row carry."""
-        return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "cache_read_tokens": self.cache_read_tokens, "cache_write_tokens": self.cache_write_tokens,
-                "cost_usd": self.usd(price)}  # fmt: skip
+    def spend(self, price: Price) -> Spend:
+        """What a Proposal and a ledger row carry: these tokens, priced at ``price``."""
+        return Spend(**self.model_dump(include=set(Spend.model_fields)) | {"cost_usd": self.usd(price)})
 
 
 def _openai(input_: float, output: float, cached: float) -> Price:

@@ -29,7 +29,7 @@ from typing import Any
 from agent.cost import Price, Tally
 from agent.llm import AgentError, RetryPolicy, call_with_retries
 from agent.prompt import default_persona, user_message
-from agent.protocol import Context, Proposal, Spend
+from agent.protocol import Context, Proposal
 from agent.tools import TOOL_INPUTS, ToolExecutor, Workspace
 from agent.transcript import redact
 from agent.wire import ToolResult, Wire
@@ -59,7 +59,7 @@ class ToolUseProposer:
             return self._converse(context, key, tally, record)
         except Exception as exc:
             record.outcome = f"failed: {type(exc).__name__}: {exc}"
-            for attr, value in (("spend", Spend(**tally.as_dict(self.price))),
+            for attr, value in (("spend", tally.spend(self.price)),
                                 ("transcript", self._transcript(context, record, tally, key))):
                 try:
                     setattr(exc, attr, value)
@@ -107,7 +107,7 @@ class ToolUseProposer:
                 return Proposal(  # notes and description reach files every agent reads: no secrets in them
                     parent_commit=context.parent_commit, train_py=ws.train_py,
                     description=redact(ws.description, [key]), agent=self.name, notes=redact(ws.notes, [key]),
-                    model=self.model, **tally.as_dict(self.price),
+                    model=self.model, **tally.spend(self.price).model_dump(),
                     transcript=self._transcript(context, record, tally, key),
                 )
         raise AgentError(f"no submit within the turn limit ({self.max_turns} turns)")
@@ -122,7 +122,7 @@ class ToolUseProposer:
             "agent": self.name, "model": self.model, "wire": self.wire.name, "direction": self.direction,
             "temperament": self.temperament, "parent_commit": context.parent_commit, "started_at": record.started,
             "seconds": round(time.time() - record.started, 3), "turns": record.turns, "outcome": record.outcome,
-            "events": record.events, "usage": tally.as_dict(self.price),
+            "events": record.events, "usage": tally.spend(self.price).model_dump(),
             **({"price_note": self.price_note} if self.price_note else {}), "system": record.system,
             "tools": list(TOOL_INPUTS), "messages": record.messages,
         }, [key])  # fmt: skip

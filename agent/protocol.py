@@ -49,6 +49,15 @@ class Spend(BaseModel):
     cache_write_tokens: int = 0
     cost_usd: float = 0.0
 
+    @classmethod
+    def of(cls, carrier: object) -> Spend:
+        """The spend part of anything that carries these fields (a Proposal, a flat ledger row; None counts 0)."""
+        return cls(**{name: getattr(carrier, name, None) or 0 for name in cls.model_fields})
+
+    def is_paid(self) -> bool:
+        """Anything spent at all (a proposer without an LLM spends nothing)."""
+        return bool(self.tokens_in or self.tokens_out or self.cost_usd)
+
 
 class Proposal(Spend):
     """A candidate train.py, proposed from a parent commit."""

@@ -214,7 +214,7 @@ class Farm:
             self._after_proposal(index, outcome.agent, f"failed: {(outcome.error.splitlines() or ['?'])[0][:200]}",
                                  fatal=outcome.fatal)
             error, spend = (outcome.error.splitlines() or ["no reason given"])[0], outcome.spend
-            if spend and (spend.cost_usd or spend.tokens_in or spend.tokens_out):  # paid for: on the ledger
+            if spend and spend.is_paid():  # paid for: on the ledger
                 self._record(LedgerRow(experiment_id=self.state.new_id(), event="proposal_failed", ts=time.time(),
                                        agent=outcome.agent, reason=error[:500], **spend.model_dump()))
             self._save_transcript(outcome.agent, outcome.transcript, f"failed: {error}")
@@ -283,19 +283,19 @@ class Farm:
         same = next((w for w in self.state.work.values() if change and w.diff_sha == change), None)
         if not reason and same:
             reason = f"the same change as {same.experiment_id} ({same.description[:80]})"
-        spend = {k: getattr(proposal, k) for k in Spend.model_fields}
+        spend = Spend.of(proposal)
         if reason:
             self.view.note(f"{proposal.agent}: rejected before running: {reason}")
             self._record(LedgerRow(experiment_id=self.state.new_id(), event="rejected", ts=time.time(),
                                    agent=proposal.agent, parent_commit=proposal.parent_commit, train_sha=train_sha,
                                    diff_sha=change, description=proposal.description, reason=reason,
-                                   model=proposal.model or None, **spend))
+                                   model=proposal.model or None, **spend.model_dump()))
             return f"{REJECTED}{reason}"
         eid = self.state.new_id()
         commit = self.repo.commit_experiment(eid, proposal.parent_commit, proposal.train_py, proposal.description,
                                              {"Farm-Experiment": eid, "Farm-Agent": proposal.agent})
         self._queue(Work(eid, "candidate", commit, proposal.parent_commit, train_sha, agent=proposal.agent,
-                         description=proposal.description, diff_sha=change, model=proposal.model or None, **spend))
+                         description=proposal.description, diff_sha=change, model=proposal.model or None, spend=spend))
         return eid
 
     # ---- experiments ----------------------------------------------------------

@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 from collections import defaultdict, deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from agent.protocol import Spend
 from cluster.ledger import LedgerRow
@@ -38,23 +38,18 @@ def diff_signature(parent: str, child: str) -> str | None:
     return sha(json.dumps(hunks)) if hunks else None
 
 
-@dataclass
-class AgentSpend:
+class AgentSpend(Spend):
     """One agent's LLM spend over the run (proposals refused or failed included: they were paid for)."""
 
     proposals: int = 0  # proposals that reached the driver (queued or rejected)
     failed: int = 0  # requests that came back without a proposal, having spent tokens
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost_usd: float = 0.0
 
 
 def spend_summary(spend: dict[str, AgentSpend], cost_cap_usd: float | None) -> dict:
     """The LLM spend as status.json and `farm status` show it: the run's totals, then each agent's."""
-    totals = {f.name: sum(getattr(a, f.name) for a in spend.values()) for f in fields(AgentSpend)}
-    return {"cost_cap_usd": cost_cap_usd, **totals, "agents": {name: vars(a) for name, a in sorted(spend.items())}}
+    totals = {name: sum(getattr(a, name) for a in spend.values()) for name in AgentSpend.model_fields}
+    return {"cost_cap_usd": cost_cap_usd, **totals,
+            "agents": {name: a.model_dump() for name, a in sorted(spend.items())}}
 
 
 @dataclass
@@ -70,11 +65,7 @@ class Work:
     description: str = ""
     seed: int = 0
     replicate_of: str | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
+    spend: Spend = field(default_factory=Spend)  # what proposing it cost (candidates of LLM agents)
     diff_sha: str | None = None  # candidates: diff_signature vs the parent
     model: str | None = None  # the LLM that proposed it (candidates of LLM agents)
 
@@ -83,18 +74,18 @@ class Work:
         """The work a ``queued`` ledger row books (``queued_row`` inverted)."""
         values = {name: getattr(row, name) for name in WORK_FIELDS}
         return cls(**{k: v for k, v in values.items() if v is not None}, kind=row.kind or "candidate",
-                   commit=row.commit or "", parent_commit=row.parent_commit or "", train_sha=row.train_sha or "")
+                   commit=row.commit or "", parent_commit=row.parent_commit or "", train_sha=row.train_sha or "",
+                   spend=Spend.of(row))
 
     def queued_row(self, ts: float) -> LedgerRow:
         """The ledger's ``queued`` event for this work: everything ``from_row`` needs to book it again."""
         return LedgerRow(event="queued", ts=ts, branch=f"exp/{self.experiment_id}", status="queued",
                          **{name: getattr(self, name) for name in WORK_FIELDS}, kind=self.kind, commit=self.commit,
-                         parent_commit=self.parent_commit, train_sha=self.train_sha)
+                         parent_commit=self.parent_commit, train_sha=self.train_sha, **self.spend.model_dump())
 
 
 # Work's fields that a queued ledger row carries under the same name (kind and the commits: always set)
-WORK_FIELDS = ("experiment_id", "agent", "description", "seed", "replicate_of", "tokens_in", "tokens_out", "cost_usd",
-               "cache_read_tokens", "cache_write_tokens", "diff_sha", "model")
+WORK_FIELDS = ("experiment_id", "agent", "description", "seed", "replicate_of", "diff_sha", "model")
 
 
 @dataclass
@@ -114,10 +105,9 @@ class FarmState:
     spend: dict[str, AgentSpend] = field(default_factory=dict)  # by agent
     rejections: list[tuple[str, str]] = field(default_factory=list)  # (agent, "description: why"), oldest first
 
-    def charge(self, agent: str, spend: object, failed: bool = False) -> None:
-        """Count a proposal's LLM spend (anything with tokens_in/out, cache_*_tokens, cost_usd attributes)."""
-        get = lambda name: getattr(spend, name, None) or 0
-        if not failed and not any(get(n) for n in ("tokens_in", "tokens_out", "cost_usd")) and agent not in self.spend:
+    def charge(self, agent: str, spend: Spend, failed: bool = False) -> None:
+        """Count a proposal's LLM spend (``failed``: a request that brought no proposal but was paid for)."""
+        if not failed and not spend.is_paid() and agent not in self.spend:
             return  # a proposer without an LLM: nothing to count
         mine = self.spend.setdefault(agent or "?", AgentSpend())
         if failed:
@@ -125,8 +115,8 @@ class FarmState:
         else:
             mine.proposals += 1
         for name in Spend.model_fields:  # token counts and cost_usd
-            setattr(mine, name, getattr(mine, name) + get(name))
-        self.cost_usd += float(get("cost_usd"))
+            setattr(mine, name, getattr(mine, name) + getattr(spend, name))
+        self.cost_usd += spend.cost_usd
 
     def new_id(self) -> str:
         eid = f"e{self.next_id:04d}"
@@ -204,7 +194,7 @@ class FarmState:
         if row.event == "queued":
             self.enqueue(Work.from_row(row))
             if row.kind == "candidate":
-                self.charge(row.agent or "", row)
+                self.charge(row.agent or "", Spend.of(row))
         elif row.event == "started":
             if eid in self.queue:
                 self.queue.remove(eid)
@@ -218,7 +208,7 @@ class FarmState:
                 self.main_commit, self.main_sha = row.commit, row.train_sha
                 self.promotions += 1
         elif row.event in SPEND_ONLY_EVENTS:
-            self.charge(row.agent or "", row, failed=row.event == "proposal_failed")
+            self.charge(row.agent or "", Spend.of(row), failed=row.event == "proposal_failed")
             if row.event == "rejected":
                 self.rejected += 1
                 self.rejections.append((row.agent or "", f"{row.description or ''}: {row.reason or ''}"))
