@@ -151,7 +151,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         line(None, "docker", f"{str(exc).splitlines()[0][:160]} -> the process sandbox will be used ({root})")
     if os.environ.get("KUBERNETES_SERVICE_HOST") or os.environ.get("FARM_KUBERNETES__API_SERVER"):
         try:
-            make_sandbox("kubernetes")
+            from cluster.config import load_config  # the settings a farm would run with (FARM_KUBERNETES__*)
+
+            make_sandbox("kubernetes", settings=load_config({}, None).kubernetes)
             line(True, "kubernetes", "API reachable, experiment pods allowed: --sandbox kubernetes works")
         except SandboxError as exc:
             line(False, "kubernetes", str(exc).splitlines()[0][:200])

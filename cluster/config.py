@@ -30,8 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.cost import DEFAULT_MODEL, DEFAULT_OPENAI_MODEL, Price, openai_price, price_for
-from cluster.sandbox.kube_pod import KubernetesSettings
-from cluster.spec import TRAINER_IMAGE, Limits
+from cluster.spec import TRAINER_IMAGE, KubernetesSettings, Limits
 from cluster.tournament import TournamentSettings
 from trainer.profiles import cache_dir, get_profile
 

@@ -323,6 +323,7 @@ class Farm:
                 # only main's own runs add to the shared compile cache; every other run compiles privately
                 publish_compile_cache=work.kind == "baseline" and work.train_sha == self.state.main_sha,
                 image=self.config.image, limits=self._limits(), owner=owner_of(self.run_dir),
+                kubernetes=self.config.kubernetes if self.executor.sandbox == "kubernetes" else None,
             )
             self._record(LedgerRow(experiment_id=work.experiment_id, event="started", ts=time.time(),
                                    status="running"))

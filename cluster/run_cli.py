@@ -66,11 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     profile = get_profile(config.profile)
     print(f"farm run: run dir {run_dir} (resume with `farm run --resume {run_dir}`)", flush=True)
     prepare_profile(profile, config.cache_dir)
-    if config.sandbox == "kubernetes":  # the backend (here and in local Ray workers) reads FARM_KUBERNETES__*;
-        for name, value in config.kubernetes.to_env().items():  # variables already set (the chart's) win on resume
-            os.environ.setdefault(name, value)
     try:
-        sandbox = resolve_sandbox(config.sandbox, image=config.image)
+        sandbox = resolve_sandbox(config.sandbox, image=config.image, kubernetes=config.kubernetes)
     except SandboxError as exc:
         print(f"farm run: the {config.sandbox} sandbox cannot run experiments: {exc}", file=sys.stderr)
         return 2

@@ -40,6 +40,56 @@ class GpuAssignment(BaseModel):
         return self.uuid or (str(self.index) if self.index is not None else None)
 
 
+class KubernetesSettings(BaseModel):
+    """Where and how experiment pods run (`kubernetes:` in farm.yaml, FARM_KUBERNETES__* in the driver's env).
+
+    They travel with each experiment (``ExperimentSpec.kubernetes``) to the Ray task that launches its pod: no
+    environment variable carries them across."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str | None = Field(
+        None,
+        description="namespace of the experiment pods; default: the farm pod's own "
+        "(the chart: <release>-experiments, which holds no secret)",
+    )
+    service_account: str | None = Field(
+        None,
+        description="ServiceAccount of experiment pods (the chart's has no "
+        "RoleBinding; its token is never mounted); default: the namespace's default",
+    )
+    pids: int | None = Field(
+        None,
+        gt=0,
+        description="processes and threads of an experiment pod (RLIMIT_NPROC of "
+        "its own uid); default: the spec's limits.pids. The node's cap is the kubelet's "
+        "podPidsLimit",
+    )
+    api_server: str | None = Field(None, description="API server URL; default: in-cluster (KUBERNETES_SERVICE_HOST)")
+    token_file: Path | None = Field(None, description="bearer token file; default: the pod's service-account token")
+    ca_file: Path | None = Field(None, description="CA bundle of the API server; default: the service account's")
+    instance: str = Field("farm", description="value of the instance label: leftover cleanup removes only these")
+    cache_pvc: str = Field("autoresearch-farm-cache", min_length=1, description="PVC with the prepared data cache")
+    cache_sub_path: str = Field("", description="sub-path of the cache inside the PVC")
+    gpu: bool | None = Field(None, description="request a GPU; default: yes unless the profile is a CPU profile")
+    gpu_resource: str = Field("nvidia.com/gpu", min_length=1, description="extended resource name of a GPU")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of experiment pods")
+    tolerations: list[dict] = Field(default_factory=list, description="tolerations of experiment pods")
+    runtime_class: str | None = Field(None, description="RuntimeClass of experiment pods, e.g. gvisor")
+    image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="secrets to pull the trainer image")
+    priority_class: str | None = Field(None, description="PriorityClass of experiment pods")
+    tmp_mb: int = Field(1024, gt=0, description="size limit of the pod's /tmp emptyDir")
+    start_timeout_s: float = Field(600.0, gt=0, description="scheduling + image pull allowed before the run starts")
+    poll_max_s: float = Field(2.0, gt=0, description="longest pause between two looks at a pod")
+
+    def wants_gpu(self, profile_name: str) -> bool:
+        if self.gpu is not None:
+            return self.gpu
+        profile = get_profile(profile_name)
+        return not (profile.name.startswith("cpu") or profile.torch_threads)
+
+
 class ExperimentSpec(BaseModel):
     """One candidate train.py to run under a profile, with where its files go."""
 
@@ -62,6 +112,9 @@ class ExperimentSpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     owner: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,48}$",
                        description="the farm (or `farm try`) that runs it: a backend cleans up only its owner's")
+    kubernetes: KubernetesSettings | None = Field(
+        None, description="the kubernetes backend's settings (farm.yaml's kubernetes:), as data to the task that "
+        "launches the pod")
 
     @field_validator("run_dir", "cache_dir", "compile_cache_dir")
     @classmethod

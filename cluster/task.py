@@ -17,7 +17,7 @@ import time
 import ray
 from pydantic import BaseModel
 
-from cluster.sandbox import make_sandbox
+from cluster.sandbox import sandbox_for
 from cluster.spec import ExperimentSpec, GpuAssignment
 from trainer.result import ExperimentResult
 
@@ -68,7 +68,7 @@ def run_experiment_local(spec_json: str, sandbox: str) -> str:
     spec = ExperimentSpec.model_validate_json(spec_json)
     started = time.time()
     gpu = gpu_assignment()
-    result = make_sandbox(sandbox).run(spec, gpu)
+    result = sandbox_for(spec, sandbox).run(spec, gpu)
     return TaskOutcome(
         experiment_id=spec.experiment_id,
         result=result,

@@ -607,8 +607,7 @@ def test_chart_settings_drive_the_experiment_pod(chart, monkeypatch, tmp_path) -
     for values in ({}, ALL_ON):
         docs = render(chart, values)
         env = head_env(docs)
-        assert load_config({"gpus": 2}, None, env).kubernetes == KubernetesSettings.from_env(env)
-        settings = KubernetesSettings.from_env(env)
+        settings = load_config({"gpus": 2}, None, env).kubernetes  # the driver's; each experiment's spec carries it
         assert settings.namespace == ("research-sandbox" if values else EXPERIMENTS_NS)
         assert settings.cache_pvc == ("datasets-experiments" if values else "farm-cache")
         assert settings.service_account == ("sandboxed" if values else "farm-autoresearch-farm-experiment")

@@ -253,10 +253,20 @@ def test_in_cluster_configuration(monkeypatch, tmp_path) -> None:
     assert client.server == "https://[fd00::1]:443" and client.namespace == "x"
 
 
-def test_settings_round_trip_through_the_environment() -> None:
-    s = KubernetesSettings(namespace="n", gpu=False, tolerations=[{"key": "gpu", "operator": "Exists"}],
-                           node_selector={"pool": "gpu"}, runtime_class="gvisor", start_timeout_s=30)  # fmt: skip
-    assert KubernetesSettings.from_env(s.to_env()) == s
+def test_settings_travel_with_the_experiment_to_the_task(tmp_path, token, farm_cache) -> None:
+    """The driver's kubernetes settings reach the Ray task inside the spec (JSON), not through its environment:
+    the task builds its backend from the spec alone."""
+    from cluster.sandbox import sandbox_for
+
+    with FakeKube() as fake:
+        s = KubernetesSettings(api_server=fake.url, token_file=token, namespace="n", gpu=False, runtime_class="gvisor",
+                               tolerations=[{"key": "gpu", "operator": "Exists"}], node_selector={"pool": "gpu"})
+        spec = make_spec(tmp_path, farm_cache).model_copy(update={"kubernetes": s})
+        travelled = type(spec).model_validate_json(spec.model_dump_json())
+        assert travelled.kubernetes == s
+        assert not [n for n in os.environ if n.startswith("FARM_KUBERNETES__")]
+        sandbox = sandbox_for(travelled, "kubernetes")
+        assert sandbox.settings == s and sandbox.client.server == fake.url
 
 
 def test_doctor_reports_the_kubernetes_sandbox(monkeypatch, token, capsys) -> None:

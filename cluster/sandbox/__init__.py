@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cluster.sandbox.base import Sandbox, SandboxError
+from cluster.spec import ExperimentSpec, KubernetesSettings
 
 BACKENDS = ("process", "docker", "kubernetes")
 
@@ -17,7 +18,7 @@ def make_sandbox(kind: str, **options: object) -> Sandbox:
         from cluster.sandbox.docker_engine import DockerSandbox
 
         return DockerSandbox(**options)
-    if kind == "kubernetes":  # settings from FARM_KUBERNETES__* (see cluster/sandbox/kube_pod.py)
+    if kind == "kubernetes":  # options: settings=KubernetesSettings (farm.yaml's kubernetes:)
         from cluster.sandbox.kubernetes import KubernetesSandbox
 
         return KubernetesSandbox(**options)
@@ -29,7 +30,7 @@ def make_sandbox(kind: str, **options: object) -> Sandbox:
     raise ValueError(f"unknown sandbox {kind!r}: choose one of {', '.join(BACKENDS)} (or module:Class)")
 
 
-def resolve_sandbox(kind: str, image: str | None = None) -> str:
+def resolve_sandbox(kind: str, image: str | None = None, kubernetes: KubernetesSettings | None = None) -> str:
     """'auto' becomes docker where the engine and image are usable, else process; others are checked."""
     options = {"image": image} if image else {}
     if kind == "auto":
@@ -38,8 +39,14 @@ def resolve_sandbox(kind: str, image: str | None = None) -> str:
             return "docker"
         except (SandboxError, ImportError):
             return "process"
-    make_sandbox(kind, **(options if kind == "docker" else {}))  # fail now, with the fix, not mid-run
+    extra = options if kind == "docker" else {"settings": kubernetes} if kind == "kubernetes" else {}
+    make_sandbox(kind, **extra)  # fail now, with the fix, not mid-run
     return kind
 
 
-__all__ = ["BACKENDS", "Sandbox", "SandboxError", "make_sandbox", "resolve_sandbox"]
+def sandbox_for(spec: ExperimentSpec, kind: str) -> Sandbox:
+    """The backend that runs ``spec``, built with the settings the spec carries (a Ray task's only input)."""
+    return make_sandbox(kind, settings=spec.kubernetes) if kind == "kubernetes" else make_sandbox(kind)
+
+
+__all__ = ["BACKENDS", "Sandbox", "SandboxError", "make_sandbox", "resolve_sandbox", "sandbox_for"]

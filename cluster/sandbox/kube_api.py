@@ -16,7 +16,7 @@ from urllib.parse import quote
 import requests
 
 from cluster.sandbox.base import SandboxError
-from cluster.sandbox.kube_pod import KubernetesSettings
+from cluster.spec import KubernetesSettings
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT = (5.0, 30.0)  # connect, read

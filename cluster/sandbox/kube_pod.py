@@ -19,14 +19,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import os
 import re
-from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.sandbox.base import CACHE_MOUNT, CANDIDATE_MOUNT, OUTER_KILL_GRACE, runner_args, sandbox_env
-from cluster.spec import ExperimentSpec, GpuAssignment
+from cluster.spec import ExperimentSpec, GpuAssignment, KubernetesSettings
 from trainer.profiles import get_profile
 
 ROLE_LABEL = "autoresearch-farm/role"
@@ -69,71 +65,6 @@ for mark, name, keep in (({LOG_MARK!r}, "run.log", {LOG_TAIL_BYTES}), ({RESULT_M
     print({END_MARK!r}, flush=True)
 sys.exit(rc)
 """
-
-
-class KubernetesSettings(BaseModel):
-    """Where and how experiment pods run (`kubernetes:` in farm.yaml, FARM_KUBERNETES__* in the env)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    namespace: str | None = Field(
-        None,
-        description="namespace of the experiment pods; default: the farm pod's own "
-        "(the chart: <release>-experiments, which holds no secret)",
-    )
-    service_account: str | None = Field(
-        None,
-        description="ServiceAccount of experiment pods (the chart's has no "
-        "RoleBinding; its token is never mounted); default: the namespace's default",
-    )
-    pids: int | None = Field(
-        None,
-        gt=0,
-        description="processes and threads of an experiment pod (RLIMIT_NPROC of "
-        "its own uid); default: the spec's limits.pids. The node's cap is the kubelet's "
-        "podPidsLimit",
-    )
-    api_server: str | None = Field(None, description="API server URL; default: in-cluster (KUBERNETES_SERVICE_HOST)")
-    token_file: Path | None = Field(None, description="bearer token file; default: the pod's service-account token")
-    ca_file: Path | None = Field(None, description="CA bundle of the API server; default: the service account's")
-    instance: str = Field("farm", description="value of the instance label: leftover cleanup removes only these")
-    cache_pvc: str = Field("autoresearch-farm-cache", min_length=1, description="PVC with the prepared data cache")
-    cache_sub_path: str = Field("", description="sub-path of the cache inside the PVC")
-    gpu: bool | None = Field(None, description="request a GPU; default: yes unless the profile is a CPU profile")
-    gpu_resource: str = Field("nvidia.com/gpu", min_length=1, description="extended resource name of a GPU")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of experiment pods")
-    tolerations: list[dict] = Field(default_factory=list, description="tolerations of experiment pods")
-    runtime_class: str | None = Field(None, description="RuntimeClass of experiment pods, e.g. gvisor")
-    image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="secrets to pull the trainer image")
-    priority_class: str | None = Field(None, description="PriorityClass of experiment pods")
-    tmp_mb: int = Field(1024, gt=0, description="size limit of the pod's /tmp emptyDir")
-    start_timeout_s: float = Field(600.0, gt=0, description="scheduling + image pull allowed before the run starts")
-    poll_max_s: float = Field(2.0, gt=0, description="longest pause between two looks at a pod")
-
-    def wants_gpu(self, profile_name: str) -> bool:
-        if self.gpu is not None:
-            return self.gpu
-        profile = get_profile(profile_name)
-        return not (profile.name.startswith("cpu") or profile.torch_threads)
-
-    def to_env(self) -> dict[str, str]:
-        """The FARM_KUBERNETES__* variables that from_env reads back (the set fields only)."""
-        import json
-
-        data = self.model_dump(mode="json", exclude_unset=True)
-        return {f"FARM_KUBERNETES__{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> KubernetesSettings:
-        """From FARM_KUBERNETES__FIELD variables (how the chart configures the Ray workers that launch pods)."""
-        from cluster.config import _from_env, _put
-
-        merged: dict = {}
-        for path, value, label in _from_env(dict(os.environ if env is None else env)):
-            if path[0] == "kubernetes" and len(path) > 1:
-                _put(merged, {}, path[1:], value, label)
-        return cls.model_validate(merged)
 
 
 def dns_name(text: str, limit: int = 63) -> str:

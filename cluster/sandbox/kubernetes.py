@@ -63,9 +63,11 @@ class KubernetesSandbox:
         env: dict[str, str] | None = None,
         **fields: object,
     ) -> None:
-        """Settings from the arguments, else FARM_KUBERNETES__* variables; checks now that the API answers."""
+        """``settings`` (the farm's config, or the experiment spec's), else the defaults; checks the API answers.
+
+        ``env`` is only where the in-cluster API address is looked up (KUBERNETES_SERVICE_HOST)."""
         if settings is None:
-            settings = KubernetesSettings.from_env(env)
+            settings = KubernetesSettings()
         if fields:
             settings = settings.model_copy(update=KubernetesSettings.model_validate(fields).model_dump(
                 exclude_unset=True))  # fmt: skip
