@@ -23,13 +23,13 @@ from agent.transcript import write_transcript
 from cluster.config import FarmConfig, absolute
 from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
 from cluster.ledger import Ledger, LedgerRow, write_results_tsv
-from cluster.live import LiveView
+from cluster.live import LiveView, snapshot
 from cluster.metrics import FarmMetrics
 from cluster.policy import Action, Decide, FarmView, Measure, Promote, make_policy
 from cluster.repo import ResearchRepo
 from cluster.selection import noise_for
 from cluster.spec import ExperimentSpec, Limits, owner_of
-from cluster.state import FarmState, Work, diff_signature, sha, spend_summary
+from cluster.state import FarmState, Work, diff_signature, sha
 from cluster.untrusted import log_tail
 from trainer.profiles import get_profile
 
@@ -75,6 +75,7 @@ class Farm:
         self._stopped_at: float | None = None  # when the loop first saw self.stopping
         self._status_written = 0.0
         self._details: dict[str, tuple[str, str]] = {}  # finished experiment -> (diff, log tail) shown to agents
+        self.snapshot = snapshot(self)  # what the observers read (live view, status.json, metrics' scrape)
         self.view = LiveView(self)
         self.metrics = FarmMetrics.for_farm(self)  # served by run_cli (metrics_port)
 
@@ -107,6 +108,7 @@ class Farm:
                             self._on_experiment(event)
                         else:
                             self._on_proposal(event)
+                    self.snapshot = snapshot(self)
                     self.view.refresh()
                     if time.monotonic() - self._status_written > 5:  # `farm status` on a running farm
                         self._write_summaries()
@@ -471,9 +473,8 @@ class Farm:
 
     def _write_status(self) -> None:
         tmp = self.run_dir / "status.json.tmp"
-        status = self.view.status()
-        status["llm"] = spend_summary(self.state.spend, self.config.cost_cap_usd)
-        tmp.write_text(json.dumps(status, indent=2))
+        self.snapshot = snapshot(self)
+        tmp.write_text(json.dumps(self.snapshot.model_dump(), indent=2))
         os.replace(tmp, self.run_dir / "status.json")
         self._status_written = time.monotonic()
 

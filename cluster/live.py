@@ -1,8 +1,12 @@
-"""What a person watching a running farm sees: a live table, or one line per event.
+"""What a person watching a running farm sees: a live table, or one line per event; and the snapshot behind it.
 
 On a terminal a rich table redraws in place (GPUs busy, queue, experiments by
 status, main and best val_bpb, ETA); anywhere else (CI, a log file) each
 finished experiment and each decision is one plain line.
+
+Every observer reads one ``FarmStatus`` snapshot: this view, status.json (`farm status`) and the metrics'
+scrape thread. The driver builds it in its own thread and swaps it in whole, so no observer reads the state
+while the driver changes it.
 """
 
 from __future__ import annotations
@@ -11,9 +15,64 @@ import sys
 import time
 from collections import deque
 
+from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from cluster.state import spend_summary
+
+
+class FarmStatus(BaseModel):
+    """The farm at one instant, as every observer sees it (status.json's fields)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_dir: str
+    profile: str
+    gpus: int
+    gpus_busy: int = 0
+    queue: int = 0
+    proposals_pending: int = 0
+    finished: int = 0
+    by_status: dict[str, int] = {}
+    main_commit: str = ""
+    main_val_bpb: float | None = None
+    best_val_bpb: float | None = None
+    promotions: int = 0
+    experiments_per_hour: float = 0.0
+    elapsed_seconds: float = 0.0
+    eta_seconds: float | None = None
+    cost_usd: float = 0.0
+    cost_cap_usd: float | None = None
+    rejected_proposals: int = 0
+    stopping: str = ""
+    failure: str = ""
+    best_experiment: str = ""
+    main_unmeasured: str = ""
+    llm: dict = {}
+
+
+def snapshot(farm) -> FarmStatus:
+    """The status of ``farm`` (a cluster.driver.Farm) now; call it in the driver's thread."""
+    st = farm.state
+    best, _ = st.best()
+    elapsed = time.time() - farm.started
+    finished = len(st.finished)
+    eta = None
+    if farm.config.max_experiments and finished:
+        eta = max(0.0, (farm.config.max_experiments - finished) * elapsed / finished)
+    main = st.main_mean(farm.main_class())
+    return FarmStatus(
+        run_dir=str(farm.run_dir), profile=farm.profile.name, gpus=farm.config.gpus_total(),
+        gpus_busy=len(farm.inflight), queue=len(st.queue), proposals_pending=len(farm.asking), finished=finished,
+        by_status=st.counts(), main_commit=st.main_commit, main_val_bpb=main, best_val_bpb=best,
+        promotions=st.promotions, experiments_per_hour=finished / elapsed * 3600 if elapsed > 0 else 0.0,
+        elapsed_seconds=elapsed, eta_seconds=eta, cost_usd=st.cost_usd, cost_cap_usd=farm.config.cost_cap_usd,
+        rejected_proposals=st.rejected, stopping=farm.stopping, failure=farm.failure,
+        best_experiment=_best_experiment(st), main_unmeasured=_why_unmeasured(st) if main is None else "",
+        llm=spend_summary(st.spend, farm.config.cost_cap_usd),
+    )  # fmt: skip
 
 
 class LiveView:
@@ -65,25 +124,7 @@ class LiveView:
             self.live.update(self._table())
 
     def status(self) -> dict:
-        f = self.farm
-        st = f.state
-        best, _ = st.best()
-        elapsed = time.time() - f.started
-        finished = len(st.finished)
-        rate = finished / elapsed * 3600 if elapsed > 0 else 0.0
-        eta = None
-        if f.config.max_experiments and finished:
-            eta = max(0.0, (f.config.max_experiments - finished) * elapsed / finished)
-        return {
-            "run_dir": str(f.run_dir), "profile": f.profile.name, "gpus": f.config.gpus_total(),
-            "gpus_busy": len(f.inflight), "queue": len(st.queue), "proposals_pending": len(f.asking),
-            "finished": finished, "by_status": st.counts(), "main_commit": st.main_commit,
-            "main_val_bpb": st.main_mean(f.main_class()), "best_val_bpb": best, "promotions": st.promotions,
-            "experiments_per_hour": rate, "elapsed_seconds": elapsed, "eta_seconds": eta,
-            "cost_usd": st.cost_usd, "cost_cap_usd": f.config.cost_cap_usd, "rejected_proposals": st.rejected,
-            "stopping": f.stopping, "failure": f.failure, "best_experiment": _best_experiment(st),
-            "main_unmeasured": _why_unmeasured(st) if st.main_mean(f.main_class()) is None else "",
-        }
+        return self.farm.snapshot.model_dump()
 
     def _table(self) -> Table:
         s = self.status()

@@ -210,9 +210,9 @@ class FarmMetrics(Collector):
             sums = dict(self.phase_sums)
             busy, promotions, main, best = self._busy, self.promotions, self.main_val_bpb, self.best_val_bpb
             busy_seconds = self._busy_seconds + self._busy * (now - self._busy_since)
-        farm = self.farm
-        queue = len(farm.state.queue) if farm is not None else 0
-        asking = len(farm.asking) if farm is not None else 0
+        status = self.farm.snapshot if self.farm is not None else None  # swapped in whole by the driver's thread
+        queue = status.queue if status is not None else 0
+        asking = status.proposals_pending if status is not None else 0
 
         if self.info:
             yield _info("farm", "The farm run's settings", self.info)

@@ -34,6 +34,7 @@ from agent.protocol import Proposal, Spend
 from cluster.agents import ProposalOutcome
 from cluster.config import FarmConfig
 from cluster.ledger import LedgerRow
+from cluster.live import FarmStatus
 from cluster.metrics import ERROR_KINDS, PHASE_BUCKETS, PHASES, STATUSES, FarmMetrics, error_kind, serve
 from cluster.state import Work
 from cluster.task import TaskOutcome
@@ -71,7 +72,8 @@ class Clock:
 def fake_farm(queue: int = 0, asking: int = 0) -> SimpleNamespace:
     state = SimpleNamespace(queue=deque(range(queue)), rejected=0, main_mean=lambda _cls: 2.5,
                             best=lambda: (2.4, "sha"))
-    return SimpleNamespace(state=state, asking=dict.fromkeys(range(asking)), main_class=lambda: "cpu")
+    status = FarmStatus(run_dir="/run", profile="cpu-tiny", gpus=2, queue=queue, proposals_pending=asking)
+    return SimpleNamespace(state=state, snapshot=status, main_class=lambda: "cpu")
 
 
 def work(eid: str, kind: str = "candidate") -> Work:
