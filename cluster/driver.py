@@ -18,18 +18,18 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent.llm import ApiKeyMissing, read_api_key
-from agent.protocol import Context, ExperimentSummary, Proposal, Spend
+from agent.protocol import Context, ExperimentSummary, Proposal
 from agent.transcript import write_transcript
 from cluster.config import FarmConfig, absolute
 from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
-from cluster.ledger import Ledger, LedgerRow, write_results_tsv
+from cluster.ledger import LedgerRow, write_results_tsv
 from cluster.live import LiveView, snapshot
 from cluster.metrics import FarmMetrics
 from cluster.policy import Action, Decide, FarmView, Measure, Promote, make_policy
-from cluster.repo import ResearchRepo
 from cluster.selection import noise_for
 from cluster.spec import ExperimentSpec, Limits, owner_of
-from cluster.state import FarmState, Work, diff_signature, sha
+from cluster.state import Work, diff_signature, sha
+from cluster.store import FarmStore
 from cluster.untrusted import log_tail
 from trainer.profiles import get_profile
 
@@ -38,7 +38,6 @@ REJECTED = "rejected: "  # what _accept returns for a proposal refused before ru
 # An agent whose last proposals came to nothing (rejected or failed) this many times in a row waits for the
 # next finished experiment (new information) before it is asked again, while anything runs that will finish.
 PARK_AFTER = 2
-COMPACT_AFTER_PARTS = 256  # ledger files before the driver merges them (atomically; readers never miss a row)
 # Proposals in a row, across all agents, that came to nothing: the agents cannot produce anything new.
 STUCK_MIN_PROPOSALS = 20
 STUCK_PER_AGENT = 4
@@ -51,11 +50,8 @@ class Farm:
         """``executor`` runs the experiments and asks the agents (cluster/executor.py: Ray's, or in-process)."""
         self.config, self.run_dir, self.executor = config, absolute(run_dir), executor
         self.profile = get_profile(config.profile)
-        self.repo = ResearchRepo.open(run_dir / "repo")
-        self.ledger = Ledger(run_dir / "ledger")
-        self.ledger.compact()  # one file to read instead of one per event, after a resume
-        main = self.repo.main_head()
-        self.state = FarmState.rebuild(self.ledger.read(), main, self.repo.train_py_at(main))
+        self.store = FarmStore(self.run_dir)  # repo + ledger + the state rebuilt from them: the only writer
+        self.repo, self.ledger, self.state = self.store.repo, self.store.ledger, self.store.state  # for reading
         self.rng = random.Random(config.seed)
         self.policy = make_policy(config.tournament)  # decides; this driver carries out what it returns
         self.view_of_state = FarmView(self.state, self.repo)  # what the policy reads
@@ -217,8 +213,7 @@ class Farm:
                                  fatal=outcome.fatal)
             error, spend = (outcome.error.splitlines() or ["no reason given"])[0], outcome.spend
             if spend and spend.is_paid():  # paid for: on the ledger
-                self._record(LedgerRow(experiment_id=self.state.new_id(), event="proposal_failed", ts=time.time(),
-                                       agent=outcome.agent, reason=error[:500], **spend.model_dump()))
+                self.store.failed_proposal(outcome.agent, error, spend)
             self._save_transcript(outcome.agent, outcome.transcript, f"failed: {error}")
             self.metrics.proposal(index, outcome)
             stops = " (this agent stops; the others go on)" if outcome.fatal else ""
@@ -285,33 +280,13 @@ class Farm:
         same = next((w for w in self.state.work.values() if change and w.diff_sha == change), None)
         if not reason and same:
             reason = f"the same change as {same.experiment_id} ({same.description[:80]})"
-        spend = Spend.of(proposal)
         if reason:
             self.view.note(f"{proposal.agent}: rejected before running: {reason}")
-            self._record(LedgerRow(experiment_id=self.state.new_id(), event="rejected", ts=time.time(),
-                                   agent=proposal.agent, parent_commit=proposal.parent_commit, train_sha=train_sha,
-                                   diff_sha=change, description=proposal.description, reason=reason,
-                                   model=proposal.model or None, **spend.model_dump()))
+            self.store.reject(proposal, reason, change)
             return f"{REJECTED}{reason}"
-        eid = self.state.new_id()
-        commit = self.repo.commit_experiment(eid, proposal.parent_commit, proposal.train_py, proposal.description,
-                                             {"Farm-Experiment": eid, "Farm-Agent": proposal.agent})
-        self._queue(Work(eid, "candidate", commit, proposal.parent_commit, train_sha, agent=proposal.agent,
-                         description=proposal.description, diff_sha=change, model=proposal.model or None, spend=spend))
-        return eid
+        return self.store.add_candidate(proposal, change)
 
     # ---- experiments ----------------------------------------------------------
-
-    def _record(self, *rows: LedgerRow) -> bool:
-        """The one way the farm's state changes: each event onto the ledger, then applied (FarmState.apply).
-
-        ``--resume`` applies the same rows with the same function. False: the event changed nothing.
-        """
-        self.ledger.append(list(rows))
-        return all([self.state.apply(row) for row in rows])
-
-    def _queue(self, work: Work) -> None:
-        self._record(work.queued_row(time.time()))
 
     def _dispatch(self) -> None:
         while self.state.queue and len(self.inflight) < self.config.gpus_total():
@@ -327,8 +302,7 @@ class Farm:
                 image=self.config.image, limits=self._limits(), owner=owner_of(self.run_dir),
                 kubernetes=self.config.kubernetes if self.executor.sandbox == "kubernetes" else None,
             )
-            self._record(LedgerRow(experiment_id=work.experiment_id, event="started", ts=time.time(),
-                                   status="running"))
+            self.store.started(work.experiment_id)
             self.executor.submit(spec)
             self.inflight.add(work.experiment_id)
             self.metrics.dispatched(work)
@@ -337,18 +311,12 @@ class Farm:
         eid, outcome = event.experiment_id, event.outcome
         self.inflight.discard(eid)
         work = self.state.work[eid]
+        row = self.store.finished_row(work, outcome, event.lost)
         if outcome is None:  # the executor gave up on it (retries exhausted): the farm's fault, not the candidate's
             self.view.note(f"{eid}: lost after retries: {(event.lost.splitlines() or ['?'])[0][:200]}")
-            row = LedgerRow(experiment_id=eid, event="finished", ts=time.time(), status="error",
-                            reason=f"lost: {event.lost[:500]}", kind=work.kind, train_sha=work.train_sha)
         else:
-            row = LedgerRow.from_result(eid, outcome.result, event="finished", ts=time.time(), kind=work.kind,
-                                        train_sha=work.train_sha, gpu_class=outcome.gpu_class, node=outcome.node,
-                                        commit=work.commit, parent_commit=work.parent_commit, agent=work.agent,
-                                        description=work.description, seed=work.seed,
-                                        replicate_of=work.replicate_of)
             self._flag_pinned_seed(row, outcome.result.facts.weights_sha256)
-        if self._record(row):
+        if self.store.record(row):
             self.view.finished(work, row)
             self._watch_health(work, row)
             self._carry_out(self.policy.on_result(self.view_of_state, work, row))
@@ -414,43 +382,20 @@ class Farm:
         for action in actions:
             if isinstance(action, Measure):
                 for seed in action.seeds:
-                    self._queue(Work(self.state.new_id(), action.kind, action.commit, action.parent_commit,
-                                     action.train_sha, agent=action.agent, description=action.description, seed=seed,
-                                     replicate_of=action.replicate_of))
+                    self.store.queue(Work(self.state.new_id(), action.kind, action.commit, action.parent_commit,
+                                          action.train_sha, agent=action.agent, description=action.description,
+                                          seed=seed, replicate_of=action.replicate_of))
             elif isinstance(action, Decide):
-                self._verdict(action.experiment_id, action.decision, action.reason)
+                self.store.verdict(action.experiment_id, action.decision, action.reason)
             elif isinstance(action, Promote):
                 self._promote(self.state.work[action.experiment_id], action.reason, action.mean)
 
     def _promote(self, candidate: Work, reason: str, mean: float) -> None:
-        trailers = {"Farm-Experiment": candidate.experiment_id, "Farm-Val-Bpb": f"{mean:.6f}",
-                    "Farm-Verdict": reason[:200]}
-        outcome = self.repo.promote(candidate.commit, f"{candidate.description}\n\n{reason}", trailers)
-        if outcome.kind == "noop":  # main already has the change (and perhaps more): main does not move
-            self._verdict(candidate.experiment_id, "noop", outcome.reason)
-        elif outcome.kind == "fast-forward":  # the verdict that moves main (FarmState.apply)
-            self._verdict(candidate.experiment_id, "promote", f"main <- {outcome.new_main[:7]}: {reason}",
-                          commit=outcome.new_main, train_sha=candidate.train_sha)
+        if self.store.promote(candidate, reason, mean).kind == "fast-forward":  # main moved
             self.metrics.promoted()
             self.view.note(f"main <- {candidate.experiment_id} ({candidate.description}): {mean:.4f}")
             self._carry_out(self.policy.after_promotion(self.view_of_state))
             self._write_summaries()
-        elif outcome.kind == "merge":
-            eid = self.state.new_id()
-            commit = self.repo.commit_experiment(eid, self.state.main_commit, outcome.merged_train_py,
-                                                 f"merge {candidate.experiment_id} into main",
-                                                 {"Farm-Experiment": eid, "Farm-Merges": candidate.experiment_id})
-            self._queue(Work(eid, "merge", commit, self.state.main_commit, sha(outcome.merged_train_py),
-                             agent=candidate.agent, description=f"merge of {candidate.experiment_id}: "
-                             f"{candidate.description}"))
-            self._verdict(candidate.experiment_id, "merging", f"main moved; measuring the merge as {eid}")
-        else:
-            self._verdict(candidate.experiment_id, "conflict", f"conflicts with main, to redo: {outcome.conflict}")
-
-    def _verdict(self, eid: str, decision: str, reason: str, **moved_main: str) -> None:
-        """Record a decision; ``moved_main`` (commit, train_sha) on the promotion that moves main to them."""
-        self._record(LedgerRow(experiment_id=eid, event="verdict", ts=time.time(), verdict=decision, reason=reason,
-                               **moved_main))
 
     def main_class(self) -> str:
         """The GPU class main is judged on (the live view and the metrics show main's value on it)."""
@@ -468,8 +413,7 @@ class Farm:
     def _write_summaries(self) -> None:
         write_results_tsv(self.ledger.latest(), self.run_dir / "results.tsv")
         self._write_status()
-        if self.ledger.part_count() > COMPACT_AFTER_PARTS:  # one file per event otherwise: a reader (farm ui,
-            self.ledger.compact()  # farm status) of a long live run opened tens of thousands of files
+        self.store.compact_if_needed()
 
     def _write_status(self) -> None:
         tmp = self.run_dir / "status.json.tmp"
