@@ -30,7 +30,15 @@ from cluster.ledger import LedgerRow
 from cluster.repo import ResearchRepo
 from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
 from cluster.state import FarmState, Work
-from cluster.tournament import TournamentSettings, Verdict, baseline_request, next_seeds
+from cluster.tournament import (
+    MeasureRequest,
+    TournamentSettings,
+    Verdict,
+    baseline_request,
+    greedy_baseline_request,
+    judge_greedy,
+    next_seeds,
+)
 from cluster.vocabulary import Decision
 
 
@@ -146,9 +154,14 @@ class TournamentPolicy:
             yield Promote(experiment_id=candidate.experiment_id, reason=verdict.reason,
                           mean=farm.mean(candidate.train_sha))
 
+    def _main_request(self, farm: FarmView, gpu_class: str) -> MeasureRequest | None:
+        """Main's missing replicates: its baseline, then enough for the noise to be known."""
+        state = farm.state
+        return baseline_request(incumbent(state, farm.repo), gpu_class, self.settings, noise_for(state, gpu_class))
+
     def _measure_main(self, farm: FarmView, gpu_class: str) -> Iterator[Action]:
         state = farm.state
-        request = baseline_request(incumbent(state, farm.repo), gpu_class, self.settings, noise_for(state, gpu_class))
+        request = self._main_request(farm, gpu_class)
         missing = (request.replicates if request else 0) - state.pending_replicates(state.main_sha)
         if missing > 0:
             seeds = next_seeds([m.seed for ms in state.measurements.values() for m in ms]
@@ -166,6 +179,13 @@ class GreedyPolicy(TournamentPolicy):
 
     def __init__(self, settings: TournamentSettings) -> None:
         super().__init__(settings.model_copy(update={"policy": "greedy"}))
+
+    def _verdict(self, farm: FarmView, candidate: Work, gpu_class: str) -> Verdict:
+        return judge_greedy(farm.state.values(candidate.train_sha, gpu_class), incumbent(farm.state, farm.repo),
+                            gpu_class)
+
+    def _main_request(self, farm: FarmView, gpu_class: str) -> MeasureRequest | None:
+        return greedy_baseline_request(incumbent(farm.state, farm.repo), gpu_class)
 
 
 def make_policy(settings: TournamentSettings) -> TournamentPolicy:

@@ -43,8 +43,6 @@ class TournamentSettings(BaseModel):
                                           "freedom: an sd estimated from 2 replicates is itself very uncertain")
     simplicity_tolerance: float = Field(0.5, ge=0, le=1, description="a candidate with fewer lines whose mean is "
                                         "within this fraction of the margin of main's counts as equal and wins")
-    max_pending_confirmations: int = Field(4, ge=1, description="confirmation runs the driver keeps queued or in "
-                                           "flight at once; beyond that, the strongest (Verdict.strength) go first")
     parent_main_prob: float = Field(0.7, ge=0, le=1, description="share of proposals whose parent is main's head")
     tournament_size: int = Field(3, ge=1, description="branches drawn at random; the best of them is the parent")
     near_miss_margins: float = Field(1.0, ge=0, description="a discarded result at most this many margins worse "
@@ -210,10 +208,6 @@ class MeasureRequest(BaseModel):
 def baseline_request(incumbent: Incumbent, gpu_class: str, settings: TournamentSettings,
                      noise: NoiseModel | None = None) -> MeasureRequest | None:
     """Main's missing replicates on ``gpu_class`` (baseline, then up to ``min_noise_df``), or None."""
-    if settings.policy == "greedy":  # one run of main, then never again
-        if incumbent.greedy_values(gpu_class):
-            return None
-        return MeasureRequest(commit=incumbent.commit, gpu_class=gpu_class, replicates=1, why="greedy: main once")
     have = len(incumbent.values(gpu_class))
     missing = settings.baseline_replicates - have
     if noise is not None:
@@ -278,8 +272,6 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
     base = {"gpu_class": gpu_class, "n_candidate": len(cand), "n_incumbent": len(inc)}
     if not cand:
         return Verdict(decision="discard", reason="no ok measurement", **base)
-    if settings.policy == "greedy":
-        return _judge_greedy(cand[0], incumbent, settings, gpu_class, base)
     if not inc or not noise.known:
         request = baseline_request(incumbent, gpu_class, settings, noise) or MeasureRequest(
             commit=incumbent.commit, gpu_class=gpu_class, replicates=1, why="noise unknown")
@@ -323,12 +315,23 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
     return Verdict(decision="discard", reason=why + (f"; equal but not simpler ({lines})" if equal else ""), **base)
 
 
-def _judge_greedy(value: float, incumbent: Incumbent, settings: TournamentSettings, gpu_class: str,
-                  base: dict) -> Verdict:
-    """Autoresearch's loop: one run against main's run, keep if lower (the benchmark's noise-blind reference)."""
-    ref = incumbent.greedy_values(gpu_class)
+def greedy_baseline_request(incumbent: Incumbent, gpu_class: str) -> MeasureRequest | None:
+    """Autoresearch's loop measures main once, then never again (a kept candidate's run stands for it)."""
+    if incumbent.greedy_values(gpu_class):
+        return None
+    return MeasureRequest(commit=incumbent.commit, gpu_class=gpu_class, replicates=1, why="greedy: main once")
+
+
+def judge_greedy(candidate: Sequence[float], incumbent: Incumbent, gpu_class: str) -> Verdict:
+    """Autoresearch's loop: the candidate's one run against main's run, keep if lower (the benchmark's noise-blind
+    reference; no replicates, no margin, no confirmation)."""
+    cand = _ok(candidate)
+    base = {"gpu_class": gpu_class, "n_candidate": len(cand), "n_incumbent": len(incumbent.values(gpu_class))}
+    if not cand:
+        return Verdict(decision="discard", reason="no ok measurement", **base)
+    value, ref = cand[0], incumbent.greedy_values(gpu_class)
     if not ref:
-        request = baseline_request(incumbent, gpu_class, settings)
+        request = greedy_baseline_request(incumbent, gpu_class)
         return Verdict(decision="wait", reason=f"greedy: main not measured on {gpu_class}", measure=request, **base)
     main = sum(ref) / len(ref)
     delta = value - main

@@ -188,8 +188,8 @@ def test_a_farm_with_fresh_ideas_runs_to_its_limit(tmp_path: Path) -> None:
 
 
 def test_a_long_run_keeps_its_ledger_in_few_files_and_loses_no_row(tmp_path: Path) -> None:
-    from cluster.store import COMPACT_AFTER_PARTS
     from cluster.ledger import Ledger
+    from cluster.store import COMPACT_AFTER_PARTS
 
     farm, code = run_farm(tmp_path, max_experiments=120)
     ledger = Ledger(tmp_path / "run" / "ledger")

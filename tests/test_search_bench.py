@@ -62,17 +62,22 @@ def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
 
 
 def test_benchmark_settings_of_the_tournament() -> None:
-    from cluster.tournament import Incumbent, NoiseModel, TournamentSettings, baseline_request, judge
+    from cluster.tournament import (
+        Incumbent,
+        NoiseModel,
+        TournamentSettings,
+        greedy_baseline_request,
+        judge,
+        judge_greedy,
+    )
 
-    greedy = TournamentSettings(policy="greedy")
     fresh = Incumbent(commit="m", line_count=300)
-    assert baseline_request(fresh, "g", greedy).replicates == 1  # autoresearch measures main once
+    assert greedy_baseline_request(fresh, "g").replicates == 1  # autoresearch measures main once
     kept = Incumbent(commit="m", line_count=300, screening={"g": [2.70]})  # main = a kept candidate's one run
-    assert baseline_request(kept, "g", greedy) is None
-    unknown = NoiseModel(gpu_class="g")
-    assert judge([2.6999], 300, kept, unknown, greedy, "g").decision == "promote"  # lower by noise is enough
-    assert judge([2.7001], 300, kept, unknown, greedy, "g").decision == "discard"
-    assert judge([2.6], 300, fresh, unknown, greedy, "g").decision == "wait"
+    assert greedy_baseline_request(kept, "g") is None
+    assert judge_greedy([2.6999], kept, "g").decision == "promote"  # lower by noise is enough
+    assert judge_greedy([2.7001], kept, "g").decision == "discard"
+    assert judge_greedy([2.6], fresh, "g").decision == "wait"
     # max_replicates: a candidate still promising after its confirmation gets one more run at a time
     main = Incumbent(commit="m", line_count=300, measurements={"g": [1.0, 1.01, 0.99, 1.0]})
     noise = NoiseModel(gpu_class="g", ss=0.04**2 * 50, df=50)
