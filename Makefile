@@ -18,7 +18,7 @@ FARM_IMAGE ?= 0
 IMAGES_ENV = BASE_IMAGE='$(BASE_IMAGE)' TORCH_SPEC='$(TORCH_SPEC)' EXTRA_PIP='$(EXTRA_PIP)' APT_PACKAGES='$(APT_PACKAGES)' \
 	IMAGES_WHEELS='$(IMAGES_WHEELS)' FARM_IMAGE='$(FARM_IMAGE)' PIP='$(BIN)/pip'
 
-.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search monitor monitor-down helm-render \
+.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search bench-proposers monitor monitor-down helm-render \
 	farm-live-check
 
 install: $(VENV)/.installed
@@ -91,6 +91,10 @@ bench-dispatch: install
 ## farm on a virtual clock; writes docs/bench/search.{md,json} and search-*.png (BENCH_ARGS to change sizes).
 bench-search: install
 	$(BIN)/python bench/search.py $(BENCH_ARGS)
+
+## The optimiser proposer against the mutator on the surrogate landscape (docs/bench/proposers.md).
+bench-proposers: install
+	$(BIN)/python bench/proposers.py $(BENCH_ARGS)
 
 ## Prometheus + Grafana for a farm on this machine (docker compose, images pulled once): Grafana at
 ## http://127.0.0.1:3000 (dashboard autoresearch-farm), Prometheus at http://127.0.0.1:9090, scraping the

@@ -23,6 +23,14 @@ class ExperimentSummary(BaseModel):
     diff: str = Field("", description="unified diff of train.py against its parent (candidates and merges)")
 
 
+class Measured(BaseModel):
+    """One finished experiment as an optimiser sees it: the literal constants of its train.py and its score."""
+
+    experiment_id: str
+    constants: dict[str, float] = Field(default_factory=dict, description="the constants block (agent/mutate.py)")
+    val_bpb: float | None = Field(None, description="None: the run did not end ok (a crash, an oom, ...)")
+
+
 class Context(BaseModel):
     """Everything an agent is shown for one proposal, built fresh each time."""
 
@@ -38,6 +46,8 @@ class Context(BaseModel):
     notes: list[str] = Field(default_factory=list)
     own_rejected: list[str] = Field(default_factory=list, description="this agent's proposals refused before running")
     seed: int = Field(0, description="for proposers that draw random numbers: reproducible runs")
+    measured: list[Measured] = Field(default_factory=list, description="every finished experiment of the run, "
+                                     "whoever proposed it (optimiser agents only; empty for the others)")
 
 
 class Spend(BaseModel):

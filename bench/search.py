@@ -145,6 +145,7 @@ class Strategy:
     label: str
     what_ifs: tuple[str, ...] = ()
     sigma: float | None = None  # the landscape's noise for this strategy (None: the run's --sigma)
+    agent: str = "mutate"  # the proposer kind of every agent (bench/proposers.py compares them)
 
     @property
     def key(self) -> str:
@@ -199,7 +200,7 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     run_dir = root / f"{strategy.key}-s{seed}"
     config = FarmConfig(
         gpus=strategy.n, profile=profile, sandbox="process", metrics_port=None, run_dir=run_dir,
-        agents={"count": strategy.n, "kind": "mutate"}, queue_ahead=1, max_experiments=budget, seed=seed,
+        agents={"count": strategy.n, "kind": strategy.agent}, queue_ahead=1, max_experiments=budget, seed=seed,
         tournament=TournamentSettings(**strategy.settings),
     )  # fmt: skip
     train_py = seed_source(get_profile(profile))

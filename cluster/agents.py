@@ -41,6 +41,10 @@ def make_proposer(kind: str, name: str, options: dict) -> Proposer:
         from agent.mutate import MutateProposer
 
         return MutateProposer(name=name, **options)
+    if kind == "optuna":
+        from agent.optimize import OptimizeProposer  # Optuna's TPE / CMA-ES over the constants block
+
+        return OptimizeProposer(name=name, **options)
     if kind == "script":
         from agent.scripted import ScriptedProposer
 
@@ -53,7 +57,7 @@ def make_proposer(kind: str, name: str, options: dict) -> Proposer:
         from agent.openai_agent import OpenAIProposer  # any OpenAI-compatible endpoint (vLLM, Ollama, ...)
 
         return OpenAIProposer(name=name, **options)
-    raise ValueError(f"unknown agent kind {kind!r}: choose mutate, script, claude or openai")
+    raise ValueError(f"unknown agent kind {kind!r}: choose mutate, optuna, script, claude or openai")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)

@@ -57,7 +57,7 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message says which field, which value, from where and why."""
 
 
-AgentKind = Literal["mutate", "script", "claude", "openai"]
+AgentKind = Literal["mutate", "optuna", "script", "claude", "openai"]
 
 
 class AgentOptions(BaseModel):
@@ -83,6 +83,9 @@ class AgentOptions(BaseModel):
                                                       "(openai)")
     api_key_file: str | None = Field(None, description="a file holding the key, e.g. a mounted secret (openai)")
     changes: list[dict[str, int | float | str]] | None = Field(None, description="change sets to replay (script)")
+    sampler: Literal["tpe", "cmaes"] | None = Field(None, description="Optuna's sampler: tpe (default) or cmaes "
+                                                    "(optuna)")
+    startup_trials: int | None = Field(None, ge=1, description="random trials before the sampler models (optuna)")
 
     @field_validator("base_url")
     @classmethod
@@ -106,6 +109,7 @@ LLM_OPTIONS = {"direction", "temperament", "model", "temperature", "max_tokens",
                "max_turns", "max_retries", "retry_base_seconds", "retry_max_seconds", "prices"}
 KIND_OPTIONS = {
     "mutate": set(),
+    "optuna": {"sampler", "startup_trials"},
     "script": {"changes"},
     "claude": LLM_OPTIONS,
     "openai": LLM_OPTIONS | {"api_key_env", "api_key_file"},
@@ -116,7 +120,7 @@ class AgentsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     count: int | None = Field(None, ge=1, description="agents in the population; default 2 per GPU slot")
-    kind: Literal["auto", "mutate", "claude", "openai", "script"] = Field(
+    kind: Literal["auto", "mutate", "optuna", "claude", "openai", "script"] = Field(
         "auto", description="auto: claude with an API key; options[i].kind overrides it per agent")
     options: list[AgentOptions] = Field(default_factory=list)
 

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent.llm import ApiKeyMissing, read_api_key
-from agent.protocol import Context, ExperimentSummary, Proposal
+from agent.mutate import parse_constants
+from agent.protocol import Context, ExperimentSummary, Measured, Proposal
 from agent.transcript import write_transcript
 from cluster.config import FarmConfig, absolute
 from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
@@ -70,6 +71,8 @@ class Farm:
         self.parked: list[int] = []  # agents waiting for the next finished experiment (PARK_AFTER)
         self._stopped_at: float | None = None  # when the loop first saw self.stopping
         self._status_written = 0.0
+        self._measured_cache: dict[str, Measured] = {}  # finished experiment -> what optimiser agents see
+        self._constants: dict[str, dict[str, float]] = {}  # train.py sha -> its constants block
         self._details: dict[str, tuple[str, str]] = {}  # finished experiment -> (diff, log tail) shown to agents
         self.snapshot = snapshot(self)  # what the observers read (live view, status.json, metrics' scrape)
         self.view = LiveView(self)
@@ -188,6 +191,7 @@ class Farm:
             own_rejected=[why for agent, why in self.state.rejections if agent == name][-5:],
             notes=self._notes(),
             seed=self.rng.randrange(2**31),
+            measured=self._measured() if self.config.agent_kind_of(index) == "optuna" else [],
         )
 
     def _detail(self, summary: ExperimentSummary) -> tuple[str, str]:
@@ -199,6 +203,22 @@ class Farm:
             tail = log_tail(log, 15) if summary.status != "ok" else ""  # written by the candidate: no links
             self._details[summary.experiment_id] = (diff[:6000], tail[-2000:])
         return self._details[summary.experiment_id]
+
+    def _measured(self) -> list[Measured]:
+        """Every finished experiment with its file's constants (what an optimiser agent learns from), cached."""
+        for eid, row in self.state.finished.items():
+            work = self.state.work.get(eid)
+            if eid in self._measured_cache or work is None:
+                continue
+            if work.train_sha not in self._constants:
+                try:
+                    parsed = parse_constants(self.repo.train_py_at(work.commit))
+                    self._constants[work.train_sha] = {n: float(c.value) for n, c in parsed.items()}
+                except ValueError:  # no constants block (an LLM rewrote the file): nothing to learn from
+                    self._constants[work.train_sha] = {}
+            self._measured_cache[eid] = Measured(experiment_id=eid, constants=self._constants[work.train_sha],
+                                                 val_bpb=row.val_bpb if row.status == "ok" else None)
+        return list(self._measured_cache.values())
 
     def _notes(self) -> list[str]:
         path = self.run_dir / "notes.md"
