@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import surrogate  # noqa: E402
+from bench import realistic, surrogate  # noqa: E402
 from cluster import driver as driver_module  # noqa: E402
 from cluster.config import FarmConfig  # noqa: E402
 from cluster.executor import InProcessExecutor, unit_duration  # noqa: E402
@@ -73,6 +73,10 @@ from trainer.result import Status  # noqa: E402
 from trainer.seed import seed_source  # noqa: E402
 
 SURROGATE = "bench.surrogate:SurrogateSandbox"
+REALISTIC = "bench.realistic:RealisticSandbox"
+# landscape name -> (its sandbox, its noiseless value of a train.py)
+LANDSCAPES = {"calibrated": (SURROGATE, surrogate.true_bpb), "realistic": (REALISTIC, realistic.true_bpb)}
+TRUTH = {sandbox: truth for sandbox, truth in LANDSCAPES.values()}
 MARKER = "<!-- everything above is written by bench/search.py; notes below this line are kept on a rerun -->"
 GOAL_N, GOAL_EFFICIENCY = 8, 0.8
 CRASH_DURATION, JITTER = 0.25, 0.1
@@ -227,9 +231,9 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     mains = []
     for t, n_done, commit in farm.mains:
         text = farm.repo.train_py_at(commit)
-        real = sandbox != SURROGATE  # the real trainer: the true value is measured afterwards (remeasure)
-        mains.append({"t": t, "n": n_done, "commit": commit, "true": None if real else surrogate.true_bpb(text),
-                      "train_py": text if real else None})
+        truth = TRUTH.get(sandbox)  # None: the real trainer, whose true value is measured afterwards (remeasure)
+        mains.append({"t": t, "n": n_done, "commit": commit, "true": truth(text) if truth else None,
+                      "train_py": None if truth else text})
     kinds: dict[str, int] = {}
     for run in runs:
         kinds[run["kind"]] = kinds.get(run["kind"], 0) + 1
@@ -446,12 +450,13 @@ def write_doc(path: Path, summary: dict, meta: dict, png: list[str]) -> None:
     goal = next((r for r in summary["rows"] if r["n"] == GOAL_N and r["strategy"].startswith("tournament")
                  and r["efficiency"] >= GOAL_EFFICIENCY and r["false_promotions"] == 0), None)
     lines = [
-        "# Search efficiency: the farm against one agent alone (surrogate landscape)",
+        f"# Search efficiency: the farm against one agent alone ({meta.get('landscape', 'calibrated')} surrogate "
+        "landscape)",
         "",
         f"`{meta['command']}` ({meta['minutes']:.1f} min; code at {meta['commit']}, Python {meta['python']}).",
         "",
         f"The REAL farm (cluster.driver.Farm, the tournament, the git research repo, the ledger, mutate agents) on "
-        f"`bench.surrogate:SurrogateSandbox` (noise sd {meta['sigma']}), with Ray replaced by a virtual clock: one "
+        f"`{meta.get('sandbox', SURROGATE)}` (noise sd {meta['sigma']}), with Ray replaced by a virtual clock: one "
         f"experiment = one time unit (x U(0.9, 1.1); a run that is not ok: {CRASH_DURATION}). Seeds "
         f"{meta['seeds']}; sequential's budget {meta['budget']} experiments, the parallel strategies' "
         f"{meta['parallel_budget']} (so that a slower strategy's time to the target can be measured). "
@@ -482,12 +487,12 @@ def write_doc(path: Path, summary: dict, meta: dict, png: list[str]) -> None:
 
 
 def run_all(strats: list[Strategy], seeds: list[int], budget: int, parallel_budget: int, sigma: float,
-            root: Path, prefetch: bool = False, log=print) -> list[dict]:
+            root: Path, prefetch: bool = False, log=print, sandbox: str = SURROGATE) -> list[dict]:
     records = []
     for seed in seeds:
         for s in strats:
             b = budget if s.n == 1 else parallel_budget
-            r = run_one(s, seed, b, root, sigma if s.sigma is None else s.sigma, prefetch=prefetch)
+            r = run_one(s, seed, b, root, sigma if s.sigma is None else s.sigma, sandbox=sandbox, prefetch=prefetch)
             records.append(r)
             log(f"  seed {seed} {s.key:<22} end t={r['end']:6.1f} true {main_true_at(r, math.inf):.4f} "
                 f"promotions {r['promotions']:2d} false {false_promotions(r)} ({r['wall_s']:.1f} s)")
@@ -594,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-json", type=Path, default=None, help="redo the table, plots and doc from the "
                         "records of an earlier run (its <name>.json) instead of running")
     parser.add_argument("--prefetch", action="store_true", help="the driver's own proposal queue (queue_ahead 1)")
+    parser.add_argument("--landscape", choices=sorted(LANDSCAPES), default="calibrated",
+                        help="bench/surrogate.py's (calibrated) or bench/realistic.py's (many small gains)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
     parser.add_argument("--name", default="search", help="file stem of the outputs in --out")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run dirs here")
@@ -620,14 +627,17 @@ def main(argv: list[str] | None = None) -> int:
         return _report(records, summarise(records), meta, args.out, args.name, meta["ns"])
     with tempfile.TemporaryDirectory(prefix="farm-search-") as tmp:
         root = args.keep or Path(tmp)
-        records = run_all(strats, seeds, args.budget, pbudget, args.sigma, root, args.prefetch)
+        records = run_all(strats, seeds, args.budget, pbudget, args.sigma, root, args.prefetch,
+                          sandbox=LANDSCAPES[args.landscape][0])
     summary = summarise(records)
     command = "bench/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": f".venv/bin/python {command.strip()}", "minutes": (time.monotonic() - started) / 60,
         "commit": _git_head(), "python": platform.python_version(), "sigma": args.sigma, "seeds": len(seeds),
         "budget": args.budget, "parallel_budget": pbudget, "ns": ns, "variants": variants,
-        "seed_true": surrogate.true_bpb(seed_source(get_profile("cpu-tiny"))), "optimum": surrogate.BASE,
+        "seed_true": LANDSCAPES[args.landscape][1](seed_source(get_profile("cpu-tiny"))),
+        "optimum": surrogate.BASE if args.landscape == "calibrated" else realistic.optimum(),
+        "landscape": args.landscape, "sandbox": LANDSCAPES[args.landscape][0],
     }  # fmt: skip
     records = [{k: v for k, v in r.items() if k != "runs"} for r in records]  # the counts stay, not every run
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "records": records}, default=str))

@@ -150,6 +150,8 @@ class SurrogateSandbox:
     """Reports ``true_bpb + noise`` (or the crash the landscape says) at once, through the real result type."""
 
     name = "surrogate"
+    landscape_outcome = staticmethod(outcome)  # bench/realistic.py's landscape overrides both
+    landscape_noise = staticmethod(noise)
 
     def __init__(self, sigma: float | None = None, noise_seed: int | None = None, write_files: bool = True) -> None:
         env = os.environ
@@ -161,8 +163,9 @@ class SurrogateSandbox:
         started = time.time()
         if self.write_files:
             stage(spec)  # as every backend does: the candidate and a fresh out dir (`farm show` reads them)
-        status, value, reason = outcome(spec.train_py)
-        measured = value + noise(spec.train_py, spec.seed, self.sigma, self.noise_seed) if value is not None else None
+        status, value, reason = self.landscape_outcome(spec.train_py)
+        measured = None if value is None else value + self.landscape_noise(spec.train_py, spec.seed, self.sigma,
+                                                                           self.noise_seed)
         result = ExperimentResult(
             status=status, reason=reason, val_bpb=measured, profile=spec.profile, seed=spec.seed, time_budget=1.0,
             facts=HarnessFacts(training_seconds=1.0, eval_calls=int(value is not None), val_bpb=measured),

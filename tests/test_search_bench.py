@@ -87,3 +87,35 @@ def test_benchmark_settings_of_the_tournament() -> None:
     assert v.decision == "confirm" and v.replicates_needed == 1 and "3 of at most 4" in v.reason
     assert judge([0.93, 0.95, 0.91, 0.92], 300, main, noise, more, "g").decision == "promote"
     assert judge([0.93, 0.95, 1.0, 1.01], 300, main, noise, more, "g").decision == "discard"
+
+
+def test_the_realistic_landscape_has_many_small_gains_and_noise_shared_by_seed(tmp_path) -> None:
+    """bench/realistic.py: every constant's gain is 0.3-3 sd, harmful pairs cost, and the noise on one run seed is
+    largely common to every file, so a paired difference is much less noisy than an unpaired one."""
+    import statistics
+
+    from bench import realistic
+
+    sd = realistic.SIGMA
+    assert realistic.true_bpb(SEED) == pytest.approx(realistic.SEED_TRUE)
+    assert len(realistic.GAINS) >= 15 and all(0.3 * sd <= g <= 3 * sd for _, _, g in realistic.GAINS.values())
+    one = {"DEPTH": 5}  # DEPTH's optimum, one step up
+    assert realistic.evaluate(one)[1] == pytest.approx(realistic.SEED_TRUE - realistic.GAINS["DEPTH"][2])
+    assert realistic.evaluate({"DEPTH": 7})[1] > realistic.SEED_TRUE  # past the optimum: worse than the seed
+    other = SEED.replace("DEPTH = 4", "DEPTH = 5")
+    paired = [realistic.noise(SEED, s, sd) - realistic.noise(other, s, sd) for s in range(400)]
+    unpaired = [realistic.noise(SEED, s, sd) - realistic.noise(other, s + 1000, sd) for s in range(400)]
+    assert statistics.pstdev(paired) < 0.65 * statistics.pstdev(unpaired)
+    assert statistics.pstdev(unpaired) == pytest.approx(sd * 2**0.5, rel=0.2)
+    result = realistic.RealisticSandbox(sigma=0.0).run(spec(tmp_path, other), GpuAssignment())
+    assert result.status == "ok" and result.val_bpb == pytest.approx(realistic.true_bpb(other))
+
+
+def test_the_proposers_benchmark_runs_on_both_landscapes(tmp_path) -> None:
+    from bench import proposers
+
+    for landscape in ("calibrated", "realistic"):
+        argv = ["--seeds", "1", "--budget", "6", "--n", "2", "--landscape", landscape, "--out", str(tmp_path)]
+        assert proposers.main(argv) == 0
+    assert "| sequential@1 | optuna | 1 | 6 |" in (tmp_path / "proposers-realistic.md").read_text()
+    assert json.loads((tmp_path / "proposers.json").read_text())["meta"]["landscape"] == "calibrated"
