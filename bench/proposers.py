@@ -31,18 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.search import GREEDY, LANDSCAPES, Strategy, first_reach, main_true_at, run_one  # noqa: E402
+from bench.search import GREEDY, LANDSCAPES, Strategy, bootstrap, first_reach, main_true_at, run_one  # noqa: E402
 from trainer.profiles import get_profile  # noqa: E402
 from trainer.seed import seed_source  # noqa: E402
 
 KINDS = ("mutate", "optuna")
-
-
-def bootstrap(values: list[float], stat=statistics.fmean, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """A 90 % percentile bootstrap interval of ``stat`` over ``values`` (inf-aware: a share of 'never')."""
-    rng = random.Random(seed)
-    draws = sorted(stat([rng.choice(values) for _ in values]) for _ in range(n))
-    return draws[int(0.05 * n)], draws[int(0.95 * n) - 1]
 
 
 def reach_n(records: list[dict], target: float) -> float:

@@ -48,6 +48,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -283,6 +284,20 @@ def first_reach(records: list[dict], target: float, step: float = 0.05) -> float
     return math.inf
 
 
+def bootstrap(values: list[float], stat=statistics.fmean, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 90 % percentile bootstrap interval of ``stat`` over ``values`` (over seeds)."""
+    rng = random.Random(seed)
+    draws = sorted(stat([rng.choice(values) for _ in values]) for _ in range(n))
+    return draws[int(0.05 * n)], draws[int(0.95 * n) - 1]
+
+
+def latency(records: list[dict]) -> tuple[float, float]:
+    """(median over seeds of the time to the first promotion (inf: none), median time between promotions)."""
+    first = [r["mains"][1]["t"] if len(r["mains"]) > 1 else math.inf for r in records]
+    gaps = [b["t"] - a["t"] for r in records for a, b in zip(r["mains"][1:], r["mains"][2:], strict=False)]
+    return statistics.median(first), statistics.median(gaps) if gaps else math.inf
+
+
 def summarise(records: list[dict]) -> dict:
     """Per strategy: the table's numbers (see the module docstring)."""
     groups: dict[tuple[str, int], list[dict]] = {}
@@ -297,6 +312,9 @@ def summarise(records: list[dict]) -> dict:
     target90 = start - PARTIAL * (start - target)  # most of sequential's gain: where noise matters less
     t90_seq = first_reach(seq, target90)
     seq_budget = seq[0]["budget"]
+    shares = (0.5, 0.75, 0.9, 1.0)  # of sequential's gain from the seed
+    targets = {q: start - q * (start - target) for q in shares}
+    t_seq_at = {q: first_reach(seq, targets[q]) for q in shares}
     per_seed_seq = {r["seed"]: (main_true_at(r, math.inf), first_reach([r], main_true_at(r, math.inf))) for r in seq}
     rows = []
     for (name, n), rs in groups.items():
@@ -319,9 +337,16 @@ def summarise(records: list[dict]) -> dict:
         end = statistics.fmean(r["end"] for r in rs)
         finals = [main_true_at(r, math.inf) for r in rs]
         same_budget = [main_true_at(r, seq_budget, "n") for r in rs]
+        first_promotion, between = latency(rs)
+        eff_to = {}
+        for q in shares:
+            t_q = first_reach(rs, targets[q])
+            eff_to[q] = t_seq_at[q] / t_q / n if 0 < t_q < math.inf else (math.inf if t_q == 0 else 0.0)
         rows.append({
             "strategy": name, "n": n, "seeds": len(rs), "budget": rs[0]["budget"],
             "final_true": statistics.fmean(finals), "final_sd": statistics.pstdev(finals),
+            "final_ci": bootstrap(finals), "efficiency_to": eff_to, "first_promotion": first_promotion,
+            "between_promotions": between,
             "true_at_seq_budget": statistics.fmean(same_budget),
             "time": statistics.fmean(r["end"] for r in rs), "time_to_target": t, "speedup": speedup,
             "efficiency_partial": t90_seq / t90 / n if t90 > 0 else math.inf,
@@ -352,8 +377,9 @@ def _fmt_eff(row: dict) -> str:
 
 
 def table(summary: dict) -> str:
-    head = ("| strategy | N | seeds | budget | true val_bpb at end (sd) | at sequential's budget | time to target | "
-            "speed-up | efficiency | eff. to 90 % | per-seed eff. (median) | promotions | false promotions (seeds) | "
+    head = ("| strategy | N | seeds | budget | true val_bpb at end (sd; 90 % CI) | at sequential's budget | "
+            "time to target | speed-up | efficiency | eff. to 50 / 75 / 90 % of the gain | per-seed eff. (median) | "
+            "first promotion (t, median) | between promotions (t, median) | promotions | false promotions (seeds) | "
             "runs: candidate / baseline / confirm / merge | not ok | refused before running |")
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in summary["rows"]:
@@ -361,12 +387,16 @@ def table(summary: dict) -> str:
         eff = r["seed_efficiency_median"]
         runs = " / ".join(str(k.get(kind, 0)) for kind in ("candidate", "baseline", "confirm", "merge"))
         speed = "-" if math.isinf(r["time_to_target"]) else f"{r['speedup']:.2f}"
+        lo, hi = r.get("final_ci", (math.nan, math.nan))
+        eff_to = r.get("efficiency_to", {})
+        shares = " / ".join(f"{eff_to[q]:.2f}" for q in sorted(eff_to) if q < 1)
         lines.append(
             f"| {r['strategy']} | {r['n']} | {r['seeds']} | {r['budget']} | {r['final_true']:.4f} "
-            f"({r['final_sd']:.4f}) | {r['true_at_seq_budget']:.4f} | {_fmt_t(r['time_to_target'])} | "
-            f"{speed} | **{_fmt_eff(r)}** | {r['efficiency_partial']:.2f} | {'-' if eff is None else f'{eff:.2f}'} | "
-            f"{r['promotions']} | **{r['false_promotions']}** ({r['seeds_with_false']}) | {runs} | {r['not_ok']} | "
-            f"{r['rejected']} |"
+            f"({r['final_sd']:.4f}; {lo:.4f} - {hi:.4f}) | {r['true_at_seq_budget']:.4f} | "
+            f"{_fmt_t(r['time_to_target'])} | {speed} | **{_fmt_eff(r)}** | {shares} | "
+            f"{'-' if eff is None else f'{eff:.2f}'} | {_fmt_t(r.get('first_promotion', math.nan))} | "
+            f"{_fmt_t(r.get('between_promotions', math.nan))} | {r['promotions']} | **{r['false_promotions']}** "
+            f"({r['seeds_with_false']}) | {runs} | {r['not_ok']} | {r['rejected']} |"
         )
     return "\n".join(lines)
 
@@ -466,8 +496,9 @@ def write_doc(path: Path, summary: dict, meta: dict, png: list[str]) -> None:
         f"scores {meta['seed_true']:.4f}; the landscape's optimum is ~{meta['optimum']:.2f}), reached by "
         f"sequential's mean curve at t = {summary['t_seq']:.1f}. *Time to target*: the first time a strategy's "
         f"mean curve reaches it; *speed-up* = {summary['t_seq']:.1f} / that; *efficiency* = speed-up / N. "
-        f"*Eff. to 90 %*: the same for the easier target of 90 % of sequential's gain from the seed "
-        f"({summary['target_partial']:.4f}, sequential at t = {summary['t_seq_partial']:.1f}). "
+        f"*Eff. to 50 / 75 / 90 % of the gain*: the same for easier targets, that share of sequential's gain from "
+        f"the seed (90 %: {summary['target_partial']:.4f}, sequential at t = {summary['t_seq_partial']:.1f}). "
+        f"*First promotion* and *between promotions*: medians over seeds, in experiment durations. "
         f"*Per-seed eff.*: the same against each seed's own sequential run (0 = never reached). *False "
         f"promotions*: main changes whose true effect is >= 0 (summed over seeds; in brackets the seeds with any).",
         "",
