@@ -126,17 +126,19 @@ def _linewise_merge() -> Any:
 
 
 def _change_per_parent() -> Any:
-    """The driver refuses a proposal that makes the same edit as any earlier experiment, from whatever parent
-    (cluster.state.diff_signature): with this, only the same edit of the same parent is refused, so an idea tried
+    """The policy refuses a proposal that makes the same edit as any earlier experiment, from whatever parent
+    (TournamentPolicy.signature): with this, only the same edit of the same parent is refused, so an idea tried
     on an older main may be tried again on the current one."""
-    original = driver_module.diff_signature
+    from cluster.policy import TournamentPolicy
 
-    def signature(parent: str, child: str) -> str | None:
-        change = original(parent, child)
+    original = TournamentPolicy.signature
+
+    def signature(self, parent: str, child: str) -> str | None:
+        change = original(self, parent, child)
         return change and f"{change}:{hash(parent)}"
 
-    driver_module.diff_signature = signature
-    return lambda: setattr(driver_module, "diff_signature", original)
+    TournamentPolicy.signature = signature
+    return lambda: setattr(TournamentPolicy, "signature", original)
 
 
 WHAT_IFS = {"linewise-merge": _linewise_merge, "change-per-parent": _change_per_parent}

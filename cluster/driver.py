@@ -29,7 +29,7 @@ from cluster.metrics import FarmMetrics
 from cluster.policy import Action, Decide, FarmView, Measure, Promote, make_policy
 from cluster.selection import noise_for
 from cluster.spec import ExperimentSpec, Limits, owner_of
-from cluster.state import Work, diff_signature, sha
+from cluster.state import Work
 from cluster.store import FarmStore
 from cluster.untrusted import log_tail
 from trainer.profiles import get_profile
@@ -286,25 +286,16 @@ class Farm:
             write_transcript(self.run_dir / "transcripts", agent, {**transcript, "result": result}, keys)
 
     def _accept(self, proposal: Proposal) -> str:
-        """Pre-flight a proposal (no GPU for what cannot run or was already run) and queue it.
+        """Screen a proposal (the policy's call: no GPU for what cannot run or was already run) and queue it.
 
         Returns its experiment id, or REJECTED + why. Either way its LLM spend goes on the ledger.
         """
-        train_sha = sha(proposal.train_py)
-        change = diff_signature(self.repo.train_py_at(proposal.parent_commit), proposal.train_py)
-        reason = _preflight(proposal.train_py)
-        if not reason and any(w.train_sha == train_sha for w in self.state.work.values()):
-            reason = "duplicate of an earlier experiment's train.py"
-        if not reason and change is None:
-            reason = "changes nothing but whitespace"
-        same = next((w for w in self.state.work.values() if change and w.diff_sha == change), None)
-        if not reason and same:
-            reason = f"the same change as {same.experiment_id} ({same.description[:80]})"
-        if reason:
-            self.view.note(f"{proposal.agent}: rejected before running: {reason}")
-            self.store.reject(proposal, reason, change)
-            return f"{REJECTED}{reason}"
-        return self.store.add_candidate(proposal, change)
+        screening = self.policy.screen(self.view_of_state, proposal)
+        if screening.reason:
+            self.view.note(f"{proposal.agent}: rejected before running: {screening.reason}")
+            self.store.reject(proposal, screening.reason, screening.change)
+            return f"{REJECTED}{screening.reason}"
+        return self.store.add_candidate(proposal, screening.change)
 
     # ---- experiments ----------------------------------------------------------
 
@@ -441,14 +432,3 @@ class Farm:
         tmp.write_text(json.dumps(self.snapshot.model_dump(), indent=2))
         os.replace(tmp, self.run_dir / "status.json")
         self._status_written = time.monotonic()
-
-
-def _preflight(train_py: str) -> str:
-    """Why a proposal cannot even start (so it never takes a GPU), or ''."""
-    try:
-        compile(train_py, "train.py", "exec")
-    except SyntaxError as exc:
-        return f"does not compile: {exc.msg} (line {exc.lineno})"
-    if "evaluate_bpb" not in train_py:
-        return "never calls evaluate_bpb"
-    return ""

@@ -9,6 +9,7 @@ new main.
 
 - ``Measure``: run one file once per seed in ``seeds`` (main's baselines, a candidate's confirmations);
 - ``Decide``: record a decision on a candidate (the ledger's ``verdict`` event, with the reason);
+- ``screen``: refuse a proposal before it runs (it does not compile, or repeats an earlier file or change);
 - ``Promote``: put a candidate on main. How is mechanism (git: a fast-forward, or a three-way merge whose result
   is measured like any candidate); what happens once main moved is the policy's again (``after_promotion``).
 
@@ -26,10 +27,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from agent.protocol import Proposal
 from cluster.ledger import LedgerRow
 from cluster.repo import ResearchRepo
 from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
-from cluster.state import FarmState, Work
+from cluster.state import FarmState, Work, diff_signature, sha
 from cluster.tournament import (
     MeasureRequest,
     TournamentSettings,
@@ -76,6 +78,14 @@ class Promote(BaseModel):
 
 
 Action = Measure | Decide | Promote
+
+
+class Screening(BaseModel):
+    """A proposal's pre-flight: why it is refused before running (``reason``; empty: it runs), and its change
+    against the parent (``diff_signature``; None when the file differs in whitespace only)."""
+
+    reason: str = ""
+    change: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,24 @@ class TournamentPolicy:
     def parent(self, farm: FarmView, rng: random.Random) -> tuple[str, str]:
         """The commit the next proposal starts from, and why."""
         return pick_parent(farm.state, rng, self.settings)
+
+    def screen(self, farm: FarmView, proposal: Proposal) -> Screening:
+        """Refuse, before it takes a GPU, a file that cannot run, or that repeats an earlier file or change."""
+        change = self.signature(farm.repo.train_py_at(proposal.parent_commit), proposal.train_py)
+        train_sha = sha(proposal.train_py)
+        reason = preflight(proposal.train_py)
+        if not reason and any(w.train_sha == train_sha for w in farm.state.work.values()):
+            reason = "duplicate of an earlier experiment's train.py"
+        if not reason and change is None:
+            reason = "changes nothing but whitespace"
+        same = next((w for w in farm.state.work.values() if change and w.diff_sha == change), None)
+        if not reason and same:
+            reason = f"the same change as {same.experiment_id} ({same.description[:80]})"
+        return Screening(reason=reason, change=change)
+
+    def signature(self, parent: str, child: str) -> str | None:
+        """What makes two proposals the same idea: the same edit, from whatever parent (diff_signature)."""
+        return diff_signature(parent, child)
 
     # ---- helpers -------------------------------------------------------------------------------------------
 
@@ -186,6 +214,17 @@ class GreedyPolicy(TournamentPolicy):
 
     def _main_request(self, farm: FarmView, gpu_class: str) -> MeasureRequest | None:
         return greedy_baseline_request(incumbent(farm.state, farm.repo), gpu_class)
+
+
+def preflight(train_py: str) -> str:
+    """Why a proposal cannot even start (so it never takes a GPU), or ''."""
+    try:
+        compile(train_py, "train.py", "exec")
+    except SyntaxError as exc:
+        return f"does not compile: {exc.msg} (line {exc.lineno})"
+    if "evaluate_bpb" not in train_py:
+        return "never calls evaluate_bpb"
+    return ""
 
 
 def make_policy(settings: TournamentSettings) -> TournamentPolicy:
