@@ -254,6 +254,41 @@ def test_api_numbers_follow_the_ledger(small) -> None:
     assert sorted(b["experiment_id"] for b in e["decision"]["baselines"]) == ["e0001", "e0002"]
 
 
+def test_a_promotion_is_judged_against_main_before_it_and_counted_once(tmp_path: Path) -> None:
+    """The driver writes two "promote" verdicts for one promotion (the tournament's decision, then main's move):
+    the experiment page compares it with main's baselines from before, not with its own confirmation run."""
+    import json
+
+    run = tmp_path / "run"
+    info = small_run(run)
+    margin = "2.6000 (n=2) vs main 2.7100 (n=2) on cpu: -0.1100 beats margin 0.0500"
+    rows = [
+        LedgerRow(experiment_id="e0006", event="queued", ts=150.0, kind="confirm", commit=info["c1"],
+                  parent_commit=info["main"], train_sha="c1", replicate_of="e0003", status="queued"),
+        LedgerRow(experiment_id="e0006", event="finished", ts=160.0, status="ok", val_bpb=2.60, kind="confirm",
+                  train_sha="c1", gpu_class="cpu", replicate_of="e0003"),
+        LedgerRow(experiment_id="e0003", event="verdict", ts=161.0, verdict="promote", reason=margin),
+        LedgerRow(experiment_id="e0003", event="verdict", ts=162.0, verdict="promote", reason=f"main <- abc1234: "
+                  f"{margin}", commit=info["c1"], train_sha="c1"),
+    ]  # fmt: skip
+    with Ledger(run / "ledger") as ledger:
+        ledger.append(rows)
+    handle = serve_ui(run, "127.0.0.1", 0)
+    try:
+        url = handle.url.rstrip("/")
+        e = json.loads(get(url + "/api/experiment/e0003")[2])
+        assert sorted(b["experiment_id"] for b in e["decision"]["baselines"]) == ["e0001", "e0002"]
+        assert e["decision"]["verdict"] == "promote"
+    finally:
+        handle.close()
+    from cluster.ui.ledger_view import LedgerView
+    from cluster.ui.model import RunState
+    from cluster.ui.repo_view import RepoView
+
+    state = RunState(LedgerView(run / "ledger").snapshot(), RepoView(run / "repo"), run)
+    assert state.promoted == ["e0003"] and [e for _, e in state.main_line.promotions] == ["e0003"]
+
+
 def test_pages_work_without_the_repo(small) -> None:
     run, url, _ = small
     shutil.move(run / "repo", run / "repo.moved")

@@ -114,7 +114,12 @@ class RunState:
         ev = self.snapshot.events
         promote = pc.and_(pc.equal(ev.column("event"), "verdict"), pc.equal(ev.column("verdict"), "promote"))
         verdicts = ev.filter(pc.fill_null(promote, False))
-        promotions = list(zip(column(verdicts, "ts"), column(verdicts, "experiment_id"), strict=True))
+        # the tournament's "promote" decision, then the promotion that moved main: one promotion, at the decision
+        promotions, once = [], set()
+        for t, eid in zip(column(verdicts, "ts"), column(verdicts, "experiment_id"), strict=True):
+            if eid not in once:
+                once.add(eid)
+                promotions.append((t, eid))
         c = self.cols
         sha_of = dict(zip(c["experiment_id"], c["train_sha"], strict=True))
         first_baseline = next((s for k, s in zip(c["kind"], c["train_sha"], strict=True) if k == "baseline"), None)
@@ -284,7 +289,9 @@ class RunState:
         decisive = next((v for v in reversed(verdicts) if v["reason"] and _MARGIN_RE.search(v["reason"])), None)
         at = decisive["ts"] if decisive else (row.get("finished_at") or math.inf)
         sha_of = dict(zip(self.cols["experiment_id"], self.cols["train_sha"], strict=True))
-        main_sha = self.main_line.sha_at(at, sha_of)
+        # judged against main as it was before this experiment's own promotion (which its later verdicts follow)
+        promoted_at = min((v["ts"] for v in verdicts if v["verdict"] == "promote"), default=math.inf)
+        main_sha = self.main_line.sha_at(min(at, promoted_at), sha_of)
         if row.get("kind") == "baseline":
             main_sha = row.get("train_sha")
         gpu = row.get("gpu_class")
