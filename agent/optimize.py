@@ -58,6 +58,17 @@ def _distribution(c: Constant, kind: str):
     return None
 
 
+def _space(constants: dict[str, Constant]) -> dict[str, tuple[Constant, str, object]]:
+    """The searchable constants: name -> (constant, how it moves, its Optuna distribution)."""
+    space = {}
+    for name, c in constants.items():
+        kind = _kind(c)
+        dist = _distribution(c, kind) if kind else None
+        if dist is not None:
+            space[name] = (c, kind, dist)
+    return space
+
+
 def _to_value(c: Constant, kind: str, x: float | int) -> int | float:
     if kind == "beta":
         return float(f"{1 - x:.6g}")
@@ -97,12 +108,7 @@ class OptimizeProposer:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.space = {}
-        for name, c in constants.items():
-            kind = _kind(c)
-            dist = _distribution(c, kind) if kind else None
-            if dist is not None:
-                self.space[name] = (c, kind, dist)
+        self.space = _space(constants)
         if not self.space:
             raise ValueError("train.py's constants block has no constant the optimiser can search")
         if self.sampler_kind == "cmaes":
@@ -145,9 +151,7 @@ class OptimizeProposer:
         from optuna.trial import TrialState
 
         constants = parse_constants(context.parent_train_py)
-        if self.study is None or set(self.space) - set(constants) or any(
-                (name in self.space) != bool(_kind(c) and _distribution(c, _kind(c)))
-                for name, c in constants.items()):
+        if self.study is None or set(_space(constants)) != set(self.space):
             self._new_study(constants, context.seed)  # main's code changed shape: a new space
         self._tell(context.measured)
         seq_len = get_profile(context.profile).max_seq_len

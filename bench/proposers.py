@@ -31,7 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.search import GREEDY, LANDSCAPES, Strategy, bootstrap, first_reach, main_true_at, run_one  # noqa: E402
+from bench.search import (  # noqa: E402
+    GREEDY,
+    LANDSCAPES,
+    Strategy,
+    bootstrap,
+    false_promotions,
+    first_reach,
+    main_true_at,
+    run_one,
+)
 from trainer.profiles import get_profile  # noqa: E402
 from trainer.seed import seed_source  # noqa: E402
 
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             "reach": n_reach, "reach_ci": (_pct(boot, 0.05), _pct(boot, 0.95)),
             "time_reach": first_reach(rs, target),
             "not_ok": sum(r["not_ok"] for r in rs) / len(rs), "promotions": sum(r["promotions"] for r in rs) / len(rs),
-            "false_promotions": sum(_false(r) for r in rs),
+            "false_promotions": sum(false_promotions(r) for r in rs),
         })  # fmt: skip
     opt = next(r for r in rows if r["strategy"] == "sequential@1" and r["proposer"] == "optuna")
     met = opt["reach"] <= args.budget / 2
@@ -115,11 +124,6 @@ def _resamples(records: list[dict], n: int) -> list[list[dict]]:
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _false(record: dict) -> int:
-    mains = record["mains"]
-    return sum(1 for a, b in zip(mains, mains[1:], strict=False) if b["true"] >= a["true"] - 1e-12)
 
 
 def _fmt(x: float) -> str:

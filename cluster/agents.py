@@ -71,18 +71,26 @@ class AgentActor:
         self.proposer = self.factory(kind, name, options)
 
     def propose(self, context: Context) -> ProposalOutcome:
-        started = time.monotonic()
-        try:
-            proposal = self.proposer.propose(context)
-        except Exception as exc:  # any fault of the proposer is this agent's, not the farm's
+        outcome = propose_once(self.proposer, self.name, context)
+        if outcome.proposal is not None:
+            self.failures = 0
+        else:
             self.failures += 1
-            fatal = getattr(exc, "fatal", False)
-            if self.failures >= RESTART_AFTER_FAILURES and not fatal:
+            if self.failures >= RESTART_AFTER_FAILURES and not outcome.fatal:
                 self.proposer, self.failures = self.factory(self.kind, self.name, self.options), 0
-            error = f"{type(exc).__name__}: {exc}"
-            tail = traceback.format_exc(limit=3)[-800:]
-            return ProposalOutcome(agent=self.name, error=f"{error}\n{tail}", fatal=fatal,
-                                   seconds=time.monotonic() - started, spend=getattr(exc, "spend", None),
-                                   transcript=getattr(exc, "transcript", None))
-        self.failures = 0
-        return ProposalOutcome(agent=self.name, proposal=proposal, seconds=time.monotonic() - started)
+        return outcome
+
+
+def propose_once(proposer: Proposer, name: str, context: Context) -> ProposalOutcome:
+    """One request to ``proposer``: its proposal, or its fault as a failed outcome (what it cost, whether this agent
+    can go on, its transcript). Any fault of the proposer is this agent's, not the farm's."""
+    started = time.monotonic()
+    try:
+        proposal = proposer.propose(context)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        tail = traceback.format_exc(limit=3)[-800:]
+        return ProposalOutcome(agent=name, error=f"{error}\n{tail}", fatal=getattr(exc, "fatal", False),
+                               seconds=time.monotonic() - started, spend=getattr(exc, "spend", None),
+                               transcript=getattr(exc, "transcript", None))
+    return ProposalOutcome(agent=name, proposal=proposal, seconds=time.monotonic() - started)

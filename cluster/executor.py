@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.protocol import Context, Proposer
-from cluster.agents import ProposalOutcome, make_proposer
+from cluster.agents import ProposalOutcome, make_proposer, propose_once
 from cluster.spec import ExperimentSpec, GpuAssignment
 from cluster.task import TaskOutcome
 from trainer.result import ExperimentResult, Status
@@ -193,15 +193,7 @@ class InProcessExecutor:
         self._later(took, ExperimentDone(spec.experiment_id, outcome))
 
     def ask(self, agent: int, context: Context) -> None:
-        started = time.monotonic()
-        try:
-            outcome = ProposalOutcome(agent=self._names[agent], proposal=self._proposers[agent].propose(context))
-        except Exception as exc:  # as AgentActor.propose: the agent's fault, not the farm's
-            outcome = ProposalOutcome(agent=self._names[agent], error=f"{type(exc).__name__}: {exc}",
-                                      fatal=getattr(exc, "fatal", False), spend=getattr(exc, "spend", None),
-                                      transcript=getattr(exc, "transcript", None))
-        outcome.seconds = time.monotonic() - started
-        self._later(0.0, ProposalDone(agent, outcome))
+        self._later(0.0, ProposalDone(agent, propose_once(self._proposers[agent], self._names[agent], context)))
 
     def wait(self, timeout: float) -> list[Event]:
         """The earliest event: the clock jumps to it (``timeout`` is real time, and nothing here waits)."""

@@ -161,3 +161,28 @@ def test_a_failed_proposal_that_spent_is_booked_and_the_farm_goes_on(tmp_path: P
     assert failed and all(r.cost_usd == pytest.approx(0.001) for r in failed)
     assert sum(s.failed for s in farm.state.spend.values()) == len(failed)
     assert len(farm.state.finished) == 16
+
+
+def test_an_agent_is_rebuilt_after_repeated_faults_but_never_after_a_fatal_one() -> None:
+    """AgentActor's rules (its class without Ray), which share propose_once with the in-process executor."""
+    from cluster.agents import RESTART_AFTER_FAILURES, AgentActor
+
+    built = []
+
+    class Bad:
+        fatal = False
+
+        def __init__(self) -> None:
+            built.append(self)
+
+        def propose(self, context: Context) -> Proposal:
+            error = RuntimeError("boom")
+            error.fatal = Bad.fatal  # type: ignore[attr-defined]
+            raise error
+
+    actor = AgentActor.__ray_actor_class__("mutate", "mutate-0", {}, lambda kind, name, options: Bad())
+    outcomes = [actor.propose(None) for _ in range(RESTART_AFTER_FAILURES)]
+    assert all(o.proposal is None and o.error.startswith("RuntimeError: boom") for o in outcomes)
+    assert len(built) == 2  # rebuilt once, after the third fault
+    Bad.fatal = True
+    assert all(actor.propose(None).fatal for _ in range(RESTART_AFTER_FAILURES)) and len(built) == 2
