@@ -17,7 +17,8 @@ The parameters, and why (sd = the profile's run-to-run noise, ``sigma``, 0.037 o
 - failures: the calibrated landscape's crash/oom/nan rules, plus a 3 % tail of files that crash for no reason the
   constants show (a hash of the file): real code fails now and then.
 - noise: a per-seed component shared by all files run on that seed (sd ``sigma * SHARED``) plus a per-run one
-  (sd ``sigma * sqrt(1 - SHARED^2)``): the total sd is ``sigma``; with SHARED = 0.87 the per-run part is half the
+  (sd ``sigma * sqrt(1 - SHARED^2)``, drawn afresh for every run, even of the same file on the same seed): the
+  total sd is ``sigma``; with SHARED = 0.87 the per-run part is half the
   total, as a small cpu-tiny sample suggested (same-seed sd about half the other-seed sd), so a paired difference
   is about half as noisy as an unpaired one.
 
@@ -126,10 +127,11 @@ def true_bpb(train_py: str) -> float | None:
     return outcome(train_py)[1]
 
 
-def noise(train_py: str, seed: int, sigma: float, noise_seed: int = 0) -> float:
-    """Shared by every file on run seed ``seed`` (sd sigma x SHARED) plus the run's own (the rest of sigma)."""
+def noise(train_py: str, seed: int, sigma: float, noise_seed: int = 0, run: str = "") -> float:
+    """Shared by every file on run seed ``seed`` (sd sigma x SHARED) plus the run's own (the rest of sigma), drawn
+    afresh for each run (``run``: the experiment), as cpu-tiny's same-seed replicates differ."""
     shared = random.Random(f"shared:{noise_seed}:{seed}").gauss(0.0, sigma * SHARED)
-    own = surrogate.noise(train_py, seed, sigma * math.sqrt(1 - SHARED**2), noise_seed)
+    own = surrogate.noise(train_py + f"\0run:{run}", seed, sigma * math.sqrt(1 - SHARED**2), noise_seed)
     return shared + own
 
 

@@ -140,8 +140,8 @@ def true_bpb(train_py: str) -> float | None:
     return outcome(train_py)[1]
 
 
-def noise(train_py: str, seed: int, sigma: float, noise_seed: int = 0) -> float:
-    """The run's noise: a fixed function of (noise seed, train.py, run seed)."""
+def noise(train_py: str, seed: int, sigma: float, noise_seed: int = 0, run: str = "") -> float:
+    """The run's noise: a fixed function of (noise seed, train.py, run seed); ``run`` (the experiment) is ignored."""
     key = hashlib.sha256(f"{noise_seed}:{seed}:".encode() + train_py.encode()).digest()
     return random.Random(key).gauss(0.0, sigma)
 
@@ -165,7 +165,7 @@ class SurrogateSandbox:
             stage(spec)  # as every backend does: the candidate and a fresh out dir (`farm show` reads them)
         status, value, reason = self.landscape_outcome(spec.train_py)
         measured = None if value is None else value + self.landscape_noise(spec.train_py, spec.seed, self.sigma,
-                                                                           self.noise_seed)
+                                                                           self.noise_seed, spec.experiment_id)
         result = ExperimentResult(
             status=status, reason=reason, val_bpb=measured, profile=spec.profile, seed=spec.seed, time_budget=1.0,
             facts=HarnessFacts(training_seconds=1.0, eval_calls=int(value is not None), val_bpb=measured),

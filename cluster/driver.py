@@ -54,7 +54,8 @@ class Farm:
         self.store = FarmStore(self.run_dir)  # repo + ledger + the state rebuilt from them: the only writer
         self.repo, self.ledger, self.state = self.store.repo, self.store.ledger, self.store.state  # for reading
         self.rng = random.Random(config.seed)
-        self.policy = make_policy(config.tournament)  # decides; this driver carries out what it returns
+        # the policy decides; this driver carries out what it returns
+        self.policy = make_policy(config.tournament, self.profile.noise_sd)
         self.view_of_state = FarmView(self.state, self.repo)  # what the policy reads
         self.proposer_factory = proposer_factory
         self.inflight: set[str] = set()  # experiments submitted and not back
@@ -295,7 +296,7 @@ class Farm:
             self.view.note(f"{proposal.agent}: rejected before running: {screening.reason}")
             self.store.reject(proposal, screening.reason, screening.change)
             return f"{REJECTED}{screening.reason}"
-        return self.store.add_candidate(proposal, screening.change)
+        return self.store.add_candidate(proposal, screening.change, screening.seed)
 
     # ---- experiments ----------------------------------------------------------
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from agent.protocol import Proposal
 from cluster.ledger import LedgerRow
 from cluster.repo import ResearchRepo
-from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent
+from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent, reference_of
 from cluster.state import FarmState, Work, diff_signature, sha
 from cluster.tournament import (
     MeasureRequest,
@@ -41,7 +41,7 @@ from cluster.tournament import (
     judge_greedy,
     next_seeds,
 )
-from cluster.vocabulary import Decision
+from cluster.vocabulary import REPLICATE_KINDS, Decision
 
 
 class Measure(BaseModel):
@@ -86,6 +86,7 @@ class Screening(BaseModel):
 
     reason: str = ""
     change: str | None = None
+    seed: int = 0  # the seed of its first run (pairing: one its reference was or will be measured on)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,16 @@ class FarmView:
         measured = [m.seed for (s, c), ms in state.measurements.items() if s == train_sha and
                     gpu_class in (None, c) for m in ms]
         return pending + measured
+
+    def reference_seeds(self, train_sha: str) -> list[int]:
+        """Seeds a file's replicates ran or will run on (its first runs as a candidate left out: they were
+        selected for being low), in order: what a candidate compared with it is paired on."""
+        state = self.state
+        pending = [w.seed for eid, w in state.work.items() if w.train_sha == train_sha and eid not in state.finished
+                   and w.kind in REPLICATE_KINDS]
+        measured = [m.seed for (s, _), ms in state.measurements.items() if s == train_sha for m in ms
+                    if not m.screening]
+        return sorted(set(pending + measured))
 
     def mean(self, train_sha: str) -> float:
         values = [m.val_bpb for (s, _), ms in self.state.measurements.items() if s == train_sha for m in ms]
@@ -142,18 +153,50 @@ class TournamentPolicy:
         return pick_parent(farm.state, rng, self.settings)
 
     def screen(self, farm: FarmView, proposal: Proposal) -> Screening:
-        """Refuse, before it takes a GPU, a file that cannot run, or that repeats an earlier file or change."""
-        change = self.signature(farm.repo.train_py_at(proposal.parent_commit), proposal.train_py)
+        """Refuse, before it takes a GPU, a file that cannot run, or that repeats an earlier file or change.
+
+        With ``second_chances``, a repeat of an edit whose every earlier try was discarded after a single run
+        runs again (on another seed), up to that many times: one unlucky run must not lose a real gain for good.
+        """
+        parent_py = farm.repo.train_py_at(proposal.parent_commit)
+        change = self.signature(parent_py, proposal.train_py)
         train_sha = sha(proposal.train_py)
         reason = preflight(proposal.train_py)
-        if not reason and any(w.train_sha == train_sha for w in farm.state.work.values()):
+        same_file = [w for w in farm.state.work.values() if w.train_sha == train_sha]
+        same_change = [w for w in farm.state.work.values() if change and w.diff_sha == change]
+        retry = self._second_chance(farm, same_file + same_change)
+        if not reason and same_file and not retry:
             reason = "duplicate of an earlier experiment's train.py"
         if not reason and change is None:
             reason = "changes nothing but whitespace"
-        same = next((w for w in farm.state.work.values() if change and w.diff_sha == change), None)
-        if not reason and same:
+        if not reason and same_change and not retry:
+            same = same_change[0]
             reason = f"the same change as {same.experiment_id} ({same.description[:80]})"
-        return Screening(reason=reason, change=change)
+        return Screening(reason=reason, change=change, seed=self._first_seed(farm, parent_py, train_sha))
+
+    def _second_chance(self, farm: FarmView, earlier: list[Work]) -> bool:
+        """May an edit tried before as ``earlier`` run again? Only candidates discarded on one run each."""
+        state, tries = farm.state, {w.experiment_id: w for w in earlier}
+        if not tries or len(tries) > self.settings.second_chances:
+            return False
+        for eid, work in tries.items():
+            runs = [e for e, w in state.work.items() if w.train_sha == work.train_sha and e in state.finished]
+            if work.kind != "candidate" or state.verdicts.get(eid) != "discard" or len(runs) != 1:
+                return False
+        return True
+
+    def _first_seed(self, farm: FarmView, parent_py: str, train_sha: str) -> int:
+        """The seed of a candidate's first run: 0, or with pairing the first seed its reference (a former-main
+        parent it will be judged against, else main) ran or will run on that this file has not."""
+        if self.settings.pairing != "auto":
+            return 0
+        taken = farm.seeds_taken(train_sha)
+        parent_sha = sha(parent_py)
+        own = farm.reference_seeds(parent_sha)
+        reference = own if self.settings.judge_against == "parent" and parent_sha != farm.state.main_sha and \
+            len(own) >= self.settings.baseline_replicates else farm.reference_seeds(farm.state.main_sha)
+        free = [s for s in reference if s not in taken]
+        return free[0] if free else next_seeds(taken, 1)[0]
 
     def signature(self, parent: str, child: str) -> str | None:
         """What makes two proposals the same idea: the same edit, from whatever parent (diff_signature)."""
@@ -171,29 +214,59 @@ class TournamentPolicy:
             taken = [candidate.seed, *farm.seeds_taken(candidate.train_sha, verdict.gpu_class)]
             need = verdict.replicates_needed - farm.state.pending_replicates(candidate.train_sha)
             if need > 0:
+                seeds = self._confirm_seeds(farm, candidate, taken, need)
                 yield Measure(
                     kind="confirm", commit=candidate.commit, parent_commit=candidate.parent_commit,
-                    train_sha=candidate.train_sha, seeds=next_seeds(taken, need), agent=candidate.agent,
+                    train_sha=candidate.train_sha, seeds=seeds, agent=candidate.agent,
                     description=f"confirm {candidate.experiment_id}: {candidate.description}",
                     replicate_of=candidate.experiment_id, why=verdict.reason)
+                yield from self._pair_main(farm, candidate, seeds)
         elif verdict.decision == "wait":
             yield from self._measure_main(farm, verdict.gpu_class)
         elif verdict.decision in ("promote", "simpler"):
             yield Promote(experiment_id=candidate.experiment_id, reason=verdict.reason,
                           mean=farm.mean(candidate.train_sha))
 
+    def _confirm_seeds(self, farm: FarmView, candidate: Work, taken: list[int], need: int) -> list[int]:
+        """Seeds for a candidate's confirmations: new ones, or with pairing first those main ran on."""
+        if self.settings.pairing != "auto":
+            return next_seeds(taken, need)
+        shared = [s for s in farm.reference_seeds(self._reference(farm, candidate)) if s not in taken][:need]
+        return shared + next_seeds(taken + shared, need - len(shared))
+
+    def _reference(self, farm: FarmView, candidate: Work) -> str:
+        return reference_of(farm.state, candidate, farm.repo, self.settings)
+
+    def _pair_main(self, farm: FarmView, candidate: Work, seeds: list[int]) -> Iterator[Action]:
+        """Pairing: main also runs on a confirmation's seeds it lacks, so every run of the candidate has its pair
+        (only when main is the candidate's reference, and never beyond max_replicates + baseline runs of main)."""
+        state = farm.state
+        if self.settings.pairing != "auto" or self._reference(farm, candidate) != state.main_sha:
+            return
+        have = farm.reference_seeds(state.main_sha)
+        room = max(self.settings.max_replicates, 1 + self.settings.confirm_replicates,
+                   self.settings.baseline_replicates) + self.settings.baseline_replicates - len(have)
+        missing = [s for s in seeds if s not in have][:max(room, 0)]
+        if missing:
+            yield Measure(kind="baseline", commit=state.main_commit, parent_commit=state.main_commit,
+                          train_sha=state.main_sha, seeds=missing, description="baseline: main",
+                          why=f"pairing: {candidate.experiment_id} is confirmed on seeds {missing}")
+
     def _main_request(self, farm: FarmView, gpu_class: str) -> MeasureRequest | None:
         """Main's missing replicates: its baseline, then enough for the noise to be known."""
         state = farm.state
-        return baseline_request(incumbent(state, farm.repo), gpu_class, self.settings, noise_for(state, gpu_class))
+        return baseline_request(incumbent(state, farm.repo), gpu_class, self.settings,
+                                noise_for(state, gpu_class, self.settings))
 
     def _measure_main(self, farm: FarmView, gpu_class: str) -> Iterator[Action]:
         state = farm.state
         request = self._main_request(farm, gpu_class)
         missing = (request.replicates if request else 0) - state.pending_replicates(state.main_sha)
         if missing > 0:
-            seeds = next_seeds([m.seed for ms in state.measurements.values() for m in ms]
-                               + farm.seeds_taken(state.main_sha), missing)
+            used = farm.seeds_taken(state.main_sha)
+            if self.settings.pairing != "auto":  # fresh seeds; pairing: main's own next ones, which candidates share
+                used += [m.seed for ms in state.measurements.values() for m in ms]
+            seeds = next_seeds(used, missing)
             yield Measure(kind="baseline", commit=state.main_commit, parent_commit=state.main_commit,
                           train_sha=state.main_sha, seeds=seeds, description="baseline: main",
                           why=request.why if request else "")
@@ -227,6 +300,9 @@ def preflight(train_py: str) -> str:
     return ""
 
 
-def make_policy(settings: TournamentSettings) -> TournamentPolicy:
-    """The policy the settings name (``policy``: tournament or greedy)."""
+def make_policy(settings: TournamentSettings, noise_sd: float | None = None) -> TournamentPolicy:
+    """The policy the settings name (``policy``: tournament or greedy). ``noise_sd``: the profile's documented
+    run-to-run noise, the prior's sd unless the settings name one (noise_prior_sd)."""
+    if settings.noise_prior_sd is None and noise_sd:
+        settings = settings.model_copy(update={"noise_prior_sd": noise_sd})
     return GreedyPolicy(settings) if settings.policy == "greedy" else TournamentPolicy(settings)

@@ -12,14 +12,17 @@ from cluster.repo import ResearchRepo
 from cluster.state import FarmState, Work
 from cluster.state import sha as file_sha
 from cluster.tournament import (
+    Comparison,
     Incumbent,
     NoiseModel,
     PoolEntry,
     TournamentSettings,
     Verdict,
+    compare,
     count_lines,
     judge,
     noise_models,
+    seed_noise,
     select_parent,
 )
 from cluster.vocabulary import ON_MAIN_VERDICTS
@@ -37,9 +40,31 @@ def incumbent(state: FarmState, repo: ResearchRepo) -> Incumbent:
     )
 
 
-def noise_for(state: FarmState, gpu_class: str) -> NoiseModel:
+def noise_for(state: FarmState, gpu_class: str, settings: TournamentSettings | None = None) -> NoiseModel:
+    """The pooled noise on ``gpu_class``, with the settings' prior (noise_prior_sd, noise_prior_df) if any."""
     models = noise_models(m for ms in state.measurements.values() for m in ms)
-    return models.get(gpu_class) or NoiseModel.from_groups(gpu_class, [])
+    model = models.get(gpu_class) or NoiseModel.from_groups(gpu_class, [])
+    return model.with_prior(settings.noise_prior_sd, settings.noise_prior_df) if settings else model
+
+
+def seeded(state: FarmState, train_sha: str, gpu_class: str, screening: bool = True) -> list[tuple[int, float]]:
+    """A file's ok runs on a GPU class as (seed, val_bpb), first runs of candidates left out if not ``screening``."""
+    return [(m.seed, m.val_bpb) for m in state.measurements.get((train_sha, gpu_class), [])
+            if screening or not m.screening]
+
+
+def paired_comparison(state: FarmState, candidate: Work, reference_sha: str, gpu_class: str,
+                      settings: TournamentSettings) -> Comparison | None:
+    """The candidate against a reference file on their common seeds, weighted by how much of the noise the farm
+    has seen shared per seed (tournament.compare); None without pairing."""
+    if settings.pairing != "auto":
+        return None
+    noise = noise_for(state, gpu_class, settings)
+    if not noise.known:
+        return None
+    parts = seed_noise((m for ms in state.measurements.values() for m in ms), noise, settings.noise_prior_df)
+    return compare(seeded(state, candidate.train_sha, gpu_class),
+                   seeded(state, reference_sha, gpu_class, screening=False), parts, noise.df)
 
 
 def former_main(state: FarmState, candidate: Work, gpu_class: str, repo: ResearchRepo,
@@ -65,15 +90,26 @@ def judge_candidate(
     state: FarmState, candidate: Work, gpu_class: str, repo: ResearchRepo, settings: TournamentSettings
 ) -> Verdict:
     parent = former_main(state, candidate, gpu_class, repo, settings) if settings.judge_against == "parent" else None
+    reference = file_sha(repo.train_py_at(parent.commit)) if parent else state.main_sha
     return judge(
         state.values(candidate.train_sha, gpu_class),
         count_lines(repo.train_py_at(candidate.commit)),
         parent or incumbent(state, repo),
-        noise_for(state, gpu_class),
+        noise_for(state, gpu_class, settings),
         settings,
         gpu_class,
         commit=candidate.commit,
+        comparison=paired_comparison(state, candidate, reference, gpu_class, settings),
     )
+
+
+def reference_of(state: FarmState, candidate: Work, repo: ResearchRepo, settings: TournamentSettings) -> str:
+    """The file a candidate will be judged against: its former-main parent (judge_against: parent) or main."""
+    gpu_classes = {gpu for (sha, gpu) in state.measurements if sha == state.main_sha} or {"cpu"}
+    for gpu in sorted(gpu_classes):
+        if settings.judge_against == "parent" and (parent := former_main(state, candidate, gpu, repo, settings)):
+            return file_sha(repo.train_py_at(parent.commit))
+    return state.main_sha
 
 
 def pick_parent(state: FarmState, rng: random.Random, settings: TournamentSettings) -> tuple[str, str]:

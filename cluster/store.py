@@ -50,14 +50,14 @@ class FarmStore:
         self.record(LedgerRow(experiment_id=self.state.new_id(), event="proposal_failed", ts=time.time(),
                               agent=agent, reason=error[:500], **spend.model_dump()))
 
-    def add_candidate(self, proposal: Proposal, change: str | None) -> str:
-        """Commit the proposal on its own branch and queue its first run; returns its experiment id."""
+    def add_candidate(self, proposal: Proposal, change: str | None, seed: int = 0) -> str:
+        """Commit the proposal on its own branch and queue its first run (on ``seed``); returns its experiment id."""
         eid = self.state.new_id()
         commit = self.repo.commit_experiment(eid, proposal.parent_commit, proposal.train_py, proposal.description,
                                              {"Farm-Experiment": eid, "Farm-Agent": proposal.agent})
         self.queue(Work(eid, "candidate", commit, proposal.parent_commit, sha(proposal.train_py),
                         agent=proposal.agent, description=proposal.description, diff_sha=change,
-                        model=proposal.model or None, spend=Spend.of(proposal)))
+                        model=proposal.model or None, spend=Spend.of(proposal), seed=seed))
         return eid
 
     # ---- experiments ------------------------------------------------------------------------------------------

@@ -60,6 +60,21 @@ class TournamentSettings(BaseModel):
                                 "mean beats the screen for its count of runs, not yet the margin) gets one more "
                                 "replicate at a time up to this many runs in all; 0: off (decide after the first "
                                 "confirmation)")
+    pairing: Literal["off", "auto"] = Field("off", description="auto: main and the candidates judged against it "
+                                            "run on the same seeds, and the judge weighs each candidate's runs "
+                                            "against main's runs on the same seeds as far as the farm's own "
+                                            "measurements show that a seed's noise is shared by every file "
+                                            "(SeedNoise); where it is not, the comparison is the unpaired one")
+    noise_prior_sd: float | None = Field(None, gt=0, description="the noise sd judging starts from before the "
+                                         "farm measured its own (None: the profile's documented figure, "
+                                         "Profile.noise_sd); used only with noise_prior_df > 0")
+    noise_prior_df: int = Field(0, ge=0, description="how many degrees of freedom the prior sd counts as: "
+                                "candidates are judged from the start instead of after min_noise_df of main's "
+                                "replicates, and the farm's own measurements outweigh the prior as they come; "
+                                "0: no prior (main is measured until its noise is known)")
+    second_chances: int = Field(0, ge=0, description="an edit discarded after a single run may be proposed and run "
+                                "again this many times (on another seed; its runs pool), so that one unlucky run "
+                                "does not lose a real small gain for good")
     min_noise_df: int = Field(7, ge=1, description="main is measured beyond baseline_replicates until the noise on "
                               "a class has this many degrees of freedom: with 3 df the t margin is ~2x wider and "
                               "a 3-sd gain is promoted 39 % of the time instead of 75 %")
@@ -128,6 +143,13 @@ class NoiseModel(BaseModel):
         ss = sum((v - mean) ** 2 for v in values)
         return NoiseModel(gpu_class=self.gpu_class, ss=self.ss + ss, df=self.df + len(values) - 1)
 
+    def with_prior(self, sd: float | None, df: int) -> NoiseModel:
+        """This model plus a prior: ``df`` degrees of freedom of a documented ``sd`` (none when either is unset).
+        Judging can start at once; the farm's own measurements outweigh the prior as they come."""
+        if not sd or df <= 0:
+            return self
+        return NoiseModel(gpu_class=self.gpu_class, ss=self.ss + df * sd * sd, df=self.df + df)
+
     @property
     def known(self) -> bool:
         """Nothing is promoted before some commit was measured twice on this class (with different values:
@@ -149,6 +171,130 @@ class NoiseModel(BaseModel):
             return math.inf
         k = self.sigmas(settings.margin_sigmas if sigmas is None else sigmas, settings)
         return max(settings.min_margin, k * self.sd * math.sqrt(1 / n_candidate + 1 / n_incumbent))
+
+
+class SeedNoise(BaseModel):
+    """The noise on one GPU class in two parts: ``shared`` by every file run on the same seed (initialisation, data
+    order) and a run's ``own``, as variances. Where the shared part is large, comparing two files on the same seeds
+    cancels it (common random numbers); where it is zero, pairing only costs (bench/pairing.py measures it)."""
+
+    gpu_class: str
+    shared: float = 0.0
+    own: float = 0.0
+    df: int = 0  # of the own part's estimate (prior included)
+
+    @property
+    def total(self) -> float:
+        return self.shared + self.own
+
+
+def seed_noise(measurements: Iterable[Measurement], noise: NoiseModel, prior_df: int = 0) -> SeedNoise:
+    """Split ``noise`` (the total, on its GPU class) into a shared and an own part from an additive fit.
+
+    Fits value = file effect + seed effect over the runs of files measured at least twice; the residual variance is
+    the own part. A candidate's first run counts although it was selected for beating main on its seed: the
+    selection can only make the own part look larger (its next run regresses), so pairing less, never more. A
+    prior of ``prior_df`` degrees of freedom says "nothing is shared" (own = total), so pairing is used only once
+    the farm's own measurements show it helps.
+    """
+    rows = [(m.commit, m.seed, m.val_bpb) for m in measurements if m.ok and m.val_bpb is not None
+            and math.isfinite(m.val_bpb) and m.gpu_class == noise.gpu_class]
+    per_file: dict[str, int] = {}
+    for f, _, _ in rows:
+        per_file[f] = per_file.get(f, 0) + 1
+    rows = [r for r in rows if per_file[r[0]] >= 2]
+    total = noise.sd**2 if noise.known and noise.sd is not None else 0.0
+    if not total:
+        return SeedNoise(gpu_class=noise.gpu_class)
+    files = sorted({f for f, _, _ in rows})
+    seeds = sorted({s for _, s, _ in rows})
+    file_fx = dict.fromkeys(files, 0.0)
+    seed_fx = dict.fromkeys(seeds, 0.0)
+    for _ in range(50 if rows else 0):  # alternating means: converges for any connected design
+        sums: dict = {}
+        for f, s, v in rows:
+            acc = sums.setdefault(f, [0.0, 0])
+            acc[0], acc[1] = acc[0] + v - seed_fx[s], acc[1] + 1
+        file_fx = {f: a / n for f, (a, n) in sums.items()}
+        sums = {}
+        for f, s, v in rows:
+            acc = sums.setdefault(s, [0.0, 0])
+            acc[0], acc[1] = acc[0] + v - file_fx[f], acc[1] + 1
+        seed_fx = {s: a / n for s, (a, n) in sums.items()}
+    rss = sum((v - file_fx[f] - seed_fx[s]) ** 2 for f, s, v in rows)
+    df = len(rows) - len(files) - len(seeds) + _components(rows)
+    own = (prior_df * total + rss) / (prior_df + df) if prior_df + df > 0 else total
+    own = min(own, total)
+    return SeedNoise(gpu_class=noise.gpu_class, shared=total - own, own=own, df=prior_df + max(df, 0))
+
+
+def _components(rows: Sequence[tuple[str, int, float]]) -> int:
+    """Connected groups of files and seeds (a file and a seed are linked when the file ran on the seed)."""
+    parent: dict = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for f, s, _ in rows:
+        parent[find(("f", f))] = find(("s", s))
+    return len({find(x) for x in list(parent)})
+
+
+class Comparison(BaseModel):
+    """A candidate's mean minus a reference's, from runs on (partly) the same seeds, with its standard error."""
+
+    delta: float
+    se: float
+    paired: float = Field(0.0, description="weight of the same-seed reference (0: unpaired, 1: fully paired)")
+    df: int
+
+
+def compare(candidate: Sequence[tuple[int, float]], reference: Sequence[tuple[int, float]], noise: SeedNoise,
+            df: int) -> Comparison | None:
+    """The least-variance mix of two unbiased estimates of candidate - reference, from (seed, value) runs.
+
+    Unpaired: mean(candidate) - mean(reference). Paired: mean(candidate) - the reference's mean on each of the
+    candidate's seeds. Both are linear in the runs, so their variances follow from the noise's two parts (shared
+    per seed, own per run); the mix weight that minimises the variance is a ratio of two such sums. With no shared
+    noise it is 0 (pairing would add the reference's own noise twice); with mostly shared noise, near 1.
+    """
+    cand, ref = [(s, v) for s, v in candidate], [(s, v) for s, v in reference]
+    if not cand or not ref:
+        return None
+    n_c, n_r = len(cand), len(ref)
+    on_seed: dict[int, list[int]] = {}
+    for j, (s, _) in enumerate(ref):
+        on_seed.setdefault(s, []).append(j)
+    # weights over the runs: candidate's first, then the reference's
+    a = [1 / n_c] * n_c + [0.0] * n_r  # mean(candidate)
+    c = [0.0] * n_c + [1 / n_r] * n_r  # mean(reference)
+    b = [0.0] * (n_c + n_r)  # the reference on the candidate's seeds (its mean where it has no run on one)
+    for s, _ in cand:
+        same = on_seed.get(s)
+        for j in same or range(n_r):
+            b[n_c + j] += 1 / n_c / len(same or range(n_r))
+    seeds = [s for s, _ in cand] + [s for s, _ in ref]
+    values = [v for _, v in cand] + [v for _, v in ref]
+
+    def cov(u: list[float], w: list[float]) -> float:
+        by_seed_u: dict[int, float] = {}
+        by_seed_w: dict[int, float] = {}
+        for s, x, y in zip(seeds, u, w, strict=True):
+            by_seed_u[s] = by_seed_u.get(s, 0.0) + x
+            by_seed_w[s] = by_seed_w.get(s, 0.0) + y
+        shared = sum(by_seed_u[s] * by_seed_w[s] for s in by_seed_u)
+        return noise.shared * shared + noise.own * sum(x * y for x, y in zip(u, w, strict=True))
+
+    unpaired = [x - y for x, y in zip(a, c, strict=True)]
+    shift = [x - y for x, y in zip(b, c, strict=True)]  # paired = unpaired - shift
+    var_shift = cov(shift, shift)
+    weight = min(1.0, max(0.0, cov(unpaired, shift) / var_shift)) if var_shift > 1e-18 else 0.0
+    w = [x - weight * y for x, y in zip(unpaired, shift, strict=True)]
+    delta = sum(x * v for x, v in zip(w, values, strict=True))
+    return Comparison(delta=delta, se=math.sqrt(max(cov(w, w), 0.0)), paired=weight,
+                      df=df if weight < 0.5 else noise.df)  # the estimate whose noise dominates
 
 
 class Measurement(BaseModel):
@@ -260,11 +406,13 @@ class Verdict(BaseModel):
 
 
 def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent, noise: NoiseModel,
-          settings: TournamentSettings, gpu_class: str, commit: str = "") -> Verdict:
+          settings: TournamentSettings, gpu_class: str, commit: str = "",
+          comparison: Comparison | None = None) -> Verdict:
     """Decide on a candidate from its ok val_bpb on ``gpu_class`` (all its measurements, first one first).
 
     Call again with all measurements after the requested confirmation replicates have run: the decision
-    then uses the mean of all of them against main's mean, with the margin for those counts.
+    then uses the mean of all of them against main's mean, with the margin for those counts. ``comparison``
+    (pairing): the difference and its standard error from runs on the same seeds, instead of the two means.
     """
     if noise.gpu_class != gpu_class:
         raise ValueError(f"noise model is for {noise.gpu_class}, candidate was measured on {gpu_class}")
@@ -283,10 +431,17 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
     c_mean, i_mean = sum(cand) / n_c, sum(inc) / n_i
     delta, margin = c_mean - i_mean, noise.margin(n_c, n_i, settings)
     screen = noise.margin(n_c, n_i, settings, settings.promising_sigmas)
+    if comparison is not None and comparison.se > 0:
+        k = (lambda z: t_quantile(z, comparison.df)) if settings.small_sample_correction else (lambda z: z)
+        delta, i_mean = comparison.delta, c_mean - comparison.delta
+        margin = max(settings.min_margin, k(settings.margin_sigmas) * comparison.se)
+        screen = max(settings.min_margin, k(settings.promising_sigmas) * comparison.se)
     fewer = candidate_lines < incumbent.line_count
     tie = fewer and abs(delta) <= settings.simplicity_tolerance * margin
     numbers = f"{c_mean:.4f} (n={n_c}) vs main {i_mean:.4f} (n={n_i}) on {gpu_class}: {delta:+.4f}"
     noise_s = f"sd {noise.sd:.4f}, df {noise.df}"
+    if comparison is not None and comparison.se > 0:
+        noise_s += f"; paired {comparison.paired:.2f}, se {comparison.se:.4f}"
     lines = f"{candidate_lines} vs {incumbent.line_count} lines"
     base |= {"candidate_mean": c_mean, "incumbent_mean": i_mean, "delta": delta, "margin": margin,
              "near_miss": delta <= settings.near_miss_margins * margin}

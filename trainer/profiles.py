@@ -51,6 +51,8 @@ class Profile(BaseModel):
     torch_threads: int | None = Field(default=None, description="pin intra-op threads (CPU profiles)")
     startup_allowance: float = Field(gt=0, description="seconds from process start to first batch")
     eval_allowance: float = Field(gt=0, description="seconds for the final evaluation")
+    noise_sd: float | None = Field(None, gt=0, description="documented run-to-run sd of val_bpb (docs/bench/): the "
+                                   "prior a farm's judge may start from before it measured its own")
     # How the seed train.py's constants block is set for this profile.
     seed_constants: dict[str, int | float | str] = Field(default_factory=dict)
 
@@ -133,6 +135,7 @@ _CPU_TINY = Profile(
     torch_threads=1,
     startup_allowance=30,
     eval_allowance=30,
+    noise_sd=0.05,  # docs/trainer.md: same seed 0.037, other seeds 0.04-0.07; the prior errs wide
     seed_constants=_CPU_SEED,
 )
 
@@ -159,6 +162,7 @@ PROFILES: dict[str, Profile] = {
             budget_tolerance=0.1,
             max_wall_factor=3.0,  # a 3 s budget is all start-up noise on a loaded machine
             eval_allowance=20,
+            noise_sd=None,  # 0.15-0.4 under load (docs/trainer.md): too unsteady to start from
         ),
     ]
 }
