@@ -78,6 +78,8 @@ REALISTIC = "bench.realistic:RealisticSandbox"
 # landscape name -> (its sandbox, its noiseless value of a train.py)
 LANDSCAPES = {"calibrated": (SURROGATE, surrogate.true_bpb), "realistic": (REALISTIC, realistic.true_bpb)}
 TRUTH = {sandbox: truth for sandbox, truth in LANDSCAPES.values()}
+# each landscape's share of the noise variance common to a seed, as a profile documents it (Profile.noise_shared)
+SHARED_NOISE = {SURROGATE: 0.0, REALISTIC: realistic.SHARED**2}
 MARKER = "<!-- everything above is written by bench/search.py; notes below this line are kept on a rerun -->"
 GOAL_N, GOAL_EFFICIENCY = 8, 0.8
 CRASH_DURATION, JITTER = 0.25, 0.1
@@ -210,10 +212,13 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     os.environ["FARM_SURROGATE_SIGMA"] = repr(sigma)
     os.environ["FARM_SURROGATE_NOISE_SEED"] = str(seed)
     run_dir = root / f"{strategy.key}-s{seed}"
+    settings = dict(strategy.settings)
+    if settings.get("pairing") == "auto" and sandbox in SHARED_NOISE:  # the landscape's documented noise, as a
+        settings.setdefault("noise_prior_shared", SHARED_NOISE[sandbox])  # profile documents its own
     config = FarmConfig(
         gpus=strategy.n, profile=profile, sandbox="process", metrics_port=None, run_dir=run_dir,
         agents={"count": strategy.n, "kind": strategy.agent}, queue_ahead=1, max_experiments=budget, seed=seed,
-        tournament=TournamentSettings(**strategy.settings),
+        tournament=TournamentSettings(**settings),
     )  # fmt: skip
     train_py = seed_source(get_profile(profile))
     run_dir.mkdir(parents=True)

@@ -20,8 +20,9 @@ root of the batch. Some settings crash like real runs (too big a model or micro-
 too high or beta2 < beta1 -> nan, a total batch the micro-batch does not divide -> crash). ROPE_BASE has no
 effect at all: changing it is a pure noise test.
 
-val_bpb of a run = true_bpb + Normal(0, sigma), the noise a fixed function of (noise seed, train.py, run seed):
-a replicate on another seed is an independent draw, a rerun on the same seed repeats exactly.
+val_bpb of a run = true_bpb + Normal(0, sigma), the noise a fixed function of (noise seed, train.py, run seed,
+experiment id): every run is an independent draw, a rerun on the same seed too (as on cpu-tiny, whose fixed
+wall-clock budget makes same-seed runs differ; on this landscape nothing of the noise is shared by a seed).
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ def true_bpb(train_py: str) -> float | None:
 
 
 def noise(train_py: str, seed: int, sigma: float, noise_seed: int = 0, run: str = "") -> float:
-    """The run's noise: a fixed function of (noise seed, train.py, run seed); ``run`` (the experiment) is ignored."""
-    key = hashlib.sha256(f"{noise_seed}:{seed}:".encode() + train_py.encode()).digest()
+    """The run's noise: a fixed function of (noise seed, train.py, run seed, ``run``: the experiment)."""
+    key = hashlib.sha256(f"{noise_seed}:{seed}:{run}:".encode() + train_py.encode()).digest()
     return random.Random(key).gauss(0.0, sigma)
 
 

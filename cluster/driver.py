@@ -55,7 +55,7 @@ class Farm:
         self.repo, self.ledger, self.state = self.store.repo, self.store.ledger, self.store.state  # for reading
         self.rng = random.Random(config.seed)
         # the policy decides; this driver carries out what it returns
-        self.policy = make_policy(config.tournament, self.profile.noise_sd)
+        self.policy = make_policy(config.tournament, self.profile)
         self.view_of_state = FarmView(self.state, self.repo)  # what the policy reads
         self.proposer_factory = proposer_factory
         self.inflight: set[str] = set()  # experiments submitted and not back

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from agent.protocol import Proposal
 from cluster.ledger import LedgerRow
 from cluster.repo import ResearchRepo
-from cluster.selection import incumbent, judge_candidate, noise_for, pick_parent, reference_of
+from cluster.selection import former_main, incumbent, judge_candidate, noise_for, pick_parent, reference_of
 from cluster.state import FarmState, Work, diff_signature, sha
 from cluster.tournament import (
     MeasureRequest,
@@ -42,6 +42,7 @@ from cluster.tournament import (
     next_seeds,
 )
 from cluster.vocabulary import REPLICATE_KINDS, Decision
+from trainer.profiles import Profile
 
 
 class Measure(BaseModel):
@@ -208,6 +209,9 @@ class TournamentPolicy:
         return judge_candidate(farm.state, candidate, gpu_class, farm.repo, self.settings)
 
     def _judge(self, farm: FarmView, candidate: Work, gpu_class: str) -> Iterator[Action]:
+        if pair := self._awaited_pair(farm, candidate, gpu_class):
+            yield Decide(experiment_id=candidate.experiment_id, decision="wait", reason=pair)
+            return
         verdict = self._verdict(farm, candidate, gpu_class)
         yield Decide(experiment_id=candidate.experiment_id, decision=verdict.decision, reason=verdict.reason)
         if verdict.decision == "confirm":
@@ -226,6 +230,20 @@ class TournamentPolicy:
         elif verdict.decision in ("promote", "simpler"):
             yield Promote(experiment_id=candidate.experiment_id, reason=verdict.reason,
                           mean=farm.mean(candidate.train_sha))
+
+    def _awaited_pair(self, farm: FarmView, candidate: Work, gpu_class: str) -> str:
+        """Pairing: why a candidate waits for its reference's run on one of its seeds that is queued or running
+        (judged now, it would be compared unpaired and lose a small real gain); '' when nothing is awaited. A
+        finished baseline judges every waiting candidate again."""
+        if self.settings.pairing != "auto":
+            return ""
+        state, reference = farm.state, self._reference(farm, candidate)
+        mine = {m.seed for m in state.measurements.get((candidate.train_sha, gpu_class), [])}
+        done = {m.seed for m in state.measurements.get((reference, gpu_class), []) if not m.screening}
+        pending = {w.seed for eid, w in state.work.items() if w.train_sha == reference and eid not in state.finished
+                   and w.kind in REPLICATE_KINDS}
+        awaited = sorted((mine - done) & pending)
+        return f"pairing: waits for its reference's run on seed {awaited[0]}" if awaited else ""
 
     def _confirm_seeds(self, farm: FarmView, candidate: Work, taken: list[int], need: int) -> list[int]:
         """Seeds for a candidate's confirmations: new ones, or with pairing first those main ran on."""
@@ -263,9 +281,10 @@ class TournamentPolicy:
         request = self._main_request(farm, gpu_class)
         missing = (request.replicates if request else 0) - state.pending_replicates(state.main_sha)
         if missing > 0:
-            used = farm.seeds_taken(state.main_sha)
-            if self.settings.pairing != "auto":  # fresh seeds; pairing: main's own next ones, which candidates share
-                used += [m.seed for ms in state.measurements.values() for m in ms]
+            if self.settings.pairing == "auto":  # main's own first seeds (which candidates share), a promoted
+                used = farm.reference_seeds(state.main_sha)  # candidate's first run measured again, afresh
+            else:  # seeds no file was measured on yet
+                used = farm.seeds_taken(state.main_sha) + [m.seed for ms in state.measurements.values() for m in ms]
             seeds = next_seeds(used, missing)
             yield Measure(kind="baseline", commit=state.main_commit, parent_commit=state.main_commit,
                           train_sha=state.main_sha, seeds=seeds, description="baseline: main",
@@ -282,8 +301,10 @@ class GreedyPolicy(TournamentPolicy):
         super().__init__(settings.model_copy(update={"policy": "greedy"}))
 
     def _verdict(self, farm: FarmView, candidate: Work, gpu_class: str) -> Verdict:
-        return judge_greedy(farm.state.values(candidate.train_sha, gpu_class), incumbent(farm.state, farm.repo),
-                            gpu_class)
+        parent = former_main(farm.state, candidate, gpu_class, farm.repo, self.settings) \
+            if self.settings.judge_against == "parent" else None
+        return judge_greedy(farm.state.values(candidate.train_sha, gpu_class),
+                            parent or incumbent(farm.state, farm.repo), gpu_class)
 
     def _main_request(self, farm: FarmView, gpu_class: str) -> MeasureRequest | None:
         return greedy_baseline_request(incumbent(farm.state, farm.repo), gpu_class)
@@ -300,9 +321,11 @@ def preflight(train_py: str) -> str:
     return ""
 
 
-def make_policy(settings: TournamentSettings, noise_sd: float | None = None) -> TournamentPolicy:
-    """The policy the settings name (``policy``: tournament or greedy). ``noise_sd``: the profile's documented
-    run-to-run noise, the prior's sd unless the settings name one (noise_prior_sd)."""
-    if settings.noise_prior_sd is None and noise_sd:
-        settings = settings.model_copy(update={"noise_prior_sd": noise_sd})
+def make_policy(settings: TournamentSettings, profile: Profile | None = None) -> TournamentPolicy:
+    """The policy the settings name (``policy``: tournament or greedy). ``profile``: its documented noise (sd and
+    the share shared per seed) is the prior wherever the settings name none (noise_prior_sd, noise_prior_shared)."""
+    if profile is not None and settings.noise_prior_sd is None and profile.noise_sd:
+        settings = settings.model_copy(update={"noise_prior_sd": profile.noise_sd})
+    if profile is not None and settings.noise_prior_shared is None and profile.noise_shared is not None:
+        settings = settings.model_copy(update={"noise_prior_shared": profile.noise_shared})
     return GreedyPolicy(settings) if settings.policy == "greedy" else TournamentPolicy(settings)

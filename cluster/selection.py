@@ -62,7 +62,8 @@ def paired_comparison(state: FarmState, candidate: Work, reference_sha: str, gpu
     noise = noise_for(state, gpu_class, settings)
     if not noise.known:
         return None
-    parts = seed_noise((m for ms in state.measurements.values() for m in ms), noise, settings.noise_prior_df)
+    parts = seed_noise((m for ms in state.measurements.values() for m in ms), noise, settings.noise_prior_df,
+                       settings.noise_prior_shared or 0.0)
     return compare(seeded(state, candidate.train_sha, gpu_class),
                    seeded(state, reference_sha, gpu_class, screening=False), parts, noise.df)
 
@@ -76,12 +77,18 @@ def former_main(state: FarmState, candidate: Work, gpu_class: str, repo: Researc
     parent_py = repo.train_py_at(candidate.parent_commit)
     parent_sha = file_sha(parent_py)
     values = state.values(parent_sha, gpu_class, screening=False)
-    if parent_sha == state.main_sha or len(values) < settings.baseline_replicates:
+    greedy = settings.policy == "greedy"  # keep if lower than the parent's runs (its kept run counts)
+    if greedy:
+        values = state.values(parent_sha, gpu_class)
+    if parent_sha == state.main_sha or len(values) < (1 if greedy else settings.baseline_replicates):
         return None
     main_py = repo.train_py_at(state.main_commit)
     merged, conflict = repo._merge_train_py(parent_py, main_py, repo.train_py_at(candidate.commit))
     if not conflict and merged == repo.train_py_at(candidate.commit):
         return None  # it already has what main gained since (promote would fast-forward it): judge it against main
+    if greedy:
+        return Incumbent(commit=candidate.parent_commit, line_count=count_lines(parent_py),
+                         screening={gpu_class: values})
     return Incumbent(commit=candidate.parent_commit, line_count=count_lines(parent_py),
                      measurements={gpu_class: values})
 

@@ -68,6 +68,11 @@ class TournamentSettings(BaseModel):
     noise_prior_sd: float | None = Field(None, gt=0, description="the noise sd judging starts from before the "
                                          "farm measured its own (None: the profile's documented figure, "
                                          "Profile.noise_sd); used only with noise_prior_df > 0")
+    noise_prior_shared: float | None = Field(None, ge=0, lt=1, description="the share of the noise's variance that "
+                                             "is common to every file run on one seed, before the farm measured "
+                                             "it (None: the profile's documented figure, Profile.noise_shared, "
+                                             "else 0: nothing shared, no pairing until the runs show it); weighs "
+                                             "noise_prior_df like the sd")
     noise_prior_df: int = Field(0, ge=0, description="how many degrees of freedom the prior sd counts as: "
                                 "candidates are judged from the start instead of after min_noise_df of main's "
                                 "replicates, and the farm's own measurements outweigh the prior as they come; "
@@ -188,14 +193,15 @@ class SeedNoise(BaseModel):
         return self.shared + self.own
 
 
-def seed_noise(measurements: Iterable[Measurement], noise: NoiseModel, prior_df: int = 0) -> SeedNoise:
+def seed_noise(measurements: Iterable[Measurement], noise: NoiseModel, prior_df: int = 0,
+               prior_shared: float = 0.0) -> SeedNoise:
     """Split ``noise`` (the total, on its GPU class) into a shared and an own part from an additive fit.
 
     Fits value = file effect + seed effect over the runs of files measured at least twice; the residual variance is
     the own part. A candidate's first run counts although it was selected for beating main on its seed: the
     selection can only make the own part look larger (its next run regresses), so pairing less, never more. A
-    prior of ``prior_df`` degrees of freedom says "nothing is shared" (own = total), so pairing is used only once
-    the farm's own measurements show it helps.
+    prior of ``prior_df`` degrees of freedom says that ``prior_shared`` of the variance is shared (by default
+    nothing: own = total, so pairing is used only once the farm's own measurements show it helps).
     """
     rows = [(m.commit, m.seed, m.val_bpb) for m in measurements if m.ok and m.val_bpb is not None
             and math.isfinite(m.val_bpb) and m.gpu_class == noise.gpu_class]
@@ -223,7 +229,7 @@ def seed_noise(measurements: Iterable[Measurement], noise: NoiseModel, prior_df:
         seed_fx = {s: a / n for s, (a, n) in sums.items()}
     rss = sum((v - file_fx[f] - seed_fx[s]) ** 2 for f, s, v in rows)
     df = len(rows) - len(files) - len(seeds) + _components(rows)
-    own = (prior_df * total + rss) / (prior_df + df) if prior_df + df > 0 else total
+    own = (prior_df * total * (1 - prior_shared) + rss) / (prior_df + df) if prior_df + df > 0 else total
     own = min(own, total)
     return SeedNoise(gpu_class=noise.gpu_class, shared=total - own, own=own, df=prior_df + max(df, 0))
 

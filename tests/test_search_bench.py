@@ -30,8 +30,10 @@ def test_surrogate_value_is_the_landscape_function_plus_seeded_noise(tmp_path) -
     assert (tmp_path / "e0001" / "out" / "result.json").exists()
     noisy = surrogate.SurrogateSandbox(sigma=0.037, noise_seed=3)
     a, b = (noisy.run(spec(tmp_path, SEED, seed=s), GpuAssignment()).val_bpb for s in (0, 1))
-    assert a != b and a == noisy.run(spec(tmp_path, SEED, seed=0), GpuAssignment()).val_bpb
-    assert a - true == pytest.approx(surrogate.noise(SEED, 0, 0.037, 3), abs=1e-12)
+    assert a != b and a == noisy.run(spec(tmp_path, SEED, seed=0), GpuAssignment()).val_bpb  # the same run again
+    assert a - true == pytest.approx(surrogate.noise(SEED, 0, 0.037, 3, "e0001"), abs=1e-12)
+    again = spec(tmp_path, SEED, seed=0).model_copy(update={"experiment_id": "e0002"})
+    assert noisy.run(again, GpuAssignment()).val_bpb != a  # another run on the same seed: a fresh draw
     # the landscape as docs/trainer.md measured cpu-tiny: smaller models win, grad accumulation hurts, ROPE is inert
     assert surrogate.evaluate({"DEPTH": 3})[1] < true - 0.3
     assert surrogate.evaluate({"DEVICE_BATCH_SIZE": 8})[1] > true + 0.2

@@ -53,6 +53,8 @@ class Profile(BaseModel):
     eval_allowance: float = Field(gt=0, description="seconds for the final evaluation")
     noise_sd: float | None = Field(None, gt=0, description="documented run-to-run sd of val_bpb (docs/bench/): the "
                                    "prior a farm's judge may start from before it measured its own")
+    noise_shared: float | None = Field(None, ge=0, lt=1, description="documented share of that variance common to "
+                                       "every file run on one seed (bench/pairing.py): the prior of paired judging")
     # How the seed train.py's constants block is set for this profile.
     seed_constants: dict[str, int | float | str] = Field(default_factory=dict)
 
@@ -136,6 +138,7 @@ _CPU_TINY = Profile(
     startup_allowance=30,
     eval_allowance=30,
     noise_sd=0.05,  # docs/trainer.md: same seed 0.037, other seeds 0.04-0.07; the prior errs wide
+    noise_shared=0.0,  # docs/bench/pairing-cpu-tiny.md: no part shared by a seed measured (at most ~0.2)
     seed_constants=_CPU_SEED,
 )
 
@@ -163,6 +166,7 @@ PROFILES: dict[str, Profile] = {
             max_wall_factor=3.0,  # a 3 s budget is all start-up noise on a loaded machine
             eval_allowance=20,
             noise_sd=None,  # 0.15-0.4 under load (docs/trainer.md): too unsteady to start from
+            noise_shared=None,
         ),
     ]
 }

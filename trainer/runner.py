@@ -274,7 +274,14 @@ def run(
     compile_cache: Path | None = None,
     publish_compile_cache: bool = False,
 ) -> ExperimentResult:
-    """Run one candidate to completion and write out/result.json."""
+    """Run one candidate to completion and write out/result.json.
+
+    Paths are made absolute first: the candidate and the evaluator run in other working directories, and a relative
+    ``out`` once made every run crash on a handover file it could not find.
+    """
+    train_py, out = Path(train_py).absolute(), Path(out).absolute()
+    scratch = Path(scratch).absolute() if scratch is not None else None
+    compile_cache = Path(compile_cache).absolute() if compile_cache is not None else None
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     source = train_py.read_bytes() if train_py.is_file() else b""
