@@ -8,6 +8,7 @@ classification are exercised for real.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,19 @@ def test_candidate_is_classified(tmp_path: Path, name: str, status: Status, reas
         assert f.startup_seconds is not None and f.startup_seconds < 20
     else:
         assert result.val_bpb is None  # a result that cannot be trusted carries no score
+
+
+def test_relative_paths_work(tmp_path: Path) -> None:
+    """`trainer.runner` given paths relative to its working directory: the candidate and the evaluator run
+    elsewhere, and a relative out dir once made every run crash on the model handover it could not find."""
+    candidates.write(tmp_path, "good")
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.runner", "good.py", "--out", "out", "--profile", "cpu-smoke"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    result = ExperimentResult.model_validate_json((tmp_path / "out" / "result.json").read_text())
+    assert result.status == Status.OK and proc.returncode == 0, result.reason + "\n" + result.log_tail
 
 
 def test_over_budget_run_is_stopped_early(tmp_path: Path) -> None:
