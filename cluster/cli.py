@@ -150,12 +150,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         root = "as root: namespaces, cgroups, read-only mounts" if os.geteuid() == 0 else "NOT root: rlimits only"
         line(None, "docker", f"{str(exc).splitlines()[0][:160]} -> the process sandbox will be used ({root})")
     if os.environ.get("KUBERNETES_SERVICE_HOST") or os.environ.get("FARM_KUBERNETES__API_SERVER"):
-        try:
-            from cluster.config import load_config  # the settings a farm would run with (FARM_KUBERNETES__*)
+        from cluster.config import ConfigError, absolute, load_config
 
-            make_sandbox("kubernetes", settings=load_config({}, None).kubernetes)
+        try:  # the settings a farm would run with: farm.yaml's kubernetes: (the chart's: --config), FARM_KUBERNETES__*
+            config = load_config({}, absolute(args.config) if args.config else None)
+            make_sandbox("kubernetes", settings=config.kubernetes)
             line(True, "kubernetes", "API reachable, experiment pods allowed: --sandbox kubernetes works")
-        except SandboxError as exc:
+        except (ConfigError, SandboxError) as exc:
             line(False, "kubernetes", str(exc).splitlines()[0][:200])
     from agent.llm import ApiKeyMissing, read_api_key  # the agents' own rule: the variable, else the key file
 
@@ -195,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_try)
 
     p = sub.add_parser("doctor", help="check GPUs, data, Ray, Docker, API key")
+    p.add_argument("--config", type=Path, help="farm.yaml whose kubernetes: settings to check (default ./farm.yaml "
+                   "if present; on the chart's Ray head: /farm/config/farm.yaml)")
     p.set_defaults(func=cmd_doctor)
 
     from cluster.run_cli import add_commands

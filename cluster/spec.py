@@ -41,7 +41,7 @@ class GpuAssignment(BaseModel):
 
 
 class KubernetesSettings(BaseModel):
-    """Where and how experiment pods run (`kubernetes:` in farm.yaml, FARM_KUBERNETES__* in the driver's env).
+    """Where and how experiment pods run (`kubernetes:` in farm.yaml, the Helm chart's included; FARM_KUBERNETES__*).
 
     They travel with each experiment (``ExperimentSpec.kubernetes``) to the Ray task that launches its pod: no
     environment variable carries them across."""

@@ -60,11 +60,10 @@ class TournamentSettings(BaseModel):
                                 "mean beats the screen for its count of runs, not yet the margin) gets one more "
                                 "replicate at a time up to this many runs in all; 0: off (decide after the first "
                                 "confirmation)")
-    pairing: Literal["off", "auto"] = Field("off", description="auto: main and the candidates judged against it "
-                                            "run on the same seeds, and the judge weighs each candidate's runs "
-                                            "against main's runs on the same seeds as far as the farm's own "
-                                            "measurements show that a seed's noise is shared by every file "
-                                            "(SeedNoise); where it is not, the comparison is the unpaired one")
+    pairing: Literal["unpaired", "auto"] = Field(
+        "unpaired", description="auto: main and the candidates judged against it run on the same seeds, and the "
+        "judge weighs each candidate's runs against main's on the same seeds as far as the farm's own measurements "
+        "show that a seed's noise is shared by every file (SeedNoise); where it is not, the comparison is unpaired")
     noise_prior_sd: float | None = Field(None, gt=0, description="the noise sd judging starts from before the "
                                          "farm measured its own (None: the profile's documented figure, "
                                          "Profile.noise_sd); used only with noise_prior_df > 0")

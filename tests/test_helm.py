@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pytest
 import yaml
 
 from cluster.cli import build_parser
-from cluster.config import load_config, overrides_from_args
+from cluster.config import CLI_FLAGS, FarmConfig, load_config, overrides_from_args
 from cluster.sandbox.base import ENV_ALLOW, OUTER_KILL_GRACE
 from cluster.sandbox.kube_pod import UID_BASE, UID_SPAN, KubernetesSettings, labels, pod_manifest
 from cluster.spec import ExperimentSpec, GpuAssignment, Limits
@@ -48,6 +49,8 @@ ALL_ON = {
     "farm": {"profile": "h100", "gpuSlots": 16, "agents": 24, "agentKind": "claude", "maxExperiments": 500,
              "hours": 12, "costCapUsd": 50, "extraArgs": ["--queue-ahead", "3"],
              "extraEnv": [{"name": "FARM_TOURNAMENT__MARGIN_SIGMAS", "value": "3"}],
+             "config": {"tournament": {"confirm_replicates": 2}, "limits": {"memory_mb": 16384},
+                        "kubernetes": {"poll_max_s": 1.5}},
              "runs": {"existingClaim": "farm-runs"}},
     "rayJob": {"activeDeadlineSeconds": 86400, "backoffLimit": 5},
     "rayCluster": {"enableInTreeAutoscaling": True, "auth": {"enabled": True},
@@ -106,6 +109,20 @@ def one(docs: list[dict], kind: str) -> dict:
 def head_env(docs: list[dict]) -> dict[str, str]:
     head = one(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value", "") for e in head["env"]}
+
+
+def farm_yaml(docs: list[dict]) -> str:
+    """The farm.yaml the chart renders (its one ConfigMap of the farm's settings)."""
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")]
+    return config_map["data"]["farm.yaml"]
+
+
+def head_config(docs: list[dict], tmp_path: Path, cli: dict | None = None, env: dict | None = None) -> FarmConfig:
+    """The config the driver on the head loads: the chart's farm.yaml (written where --config finds it here), the
+    head's environment, flags."""
+    path = tmp_path / "farm.yaml"
+    path.write_text(farm_yaml(docs))
+    return load_config(cli, yaml_path=path, env={**head_env(docs), "ANTHROPIC_API_KEY": "sk-x", **(env or {})})
 
 
 def validate_all(docs: list[dict]) -> None:
@@ -200,7 +217,7 @@ def test_default_render_validates(chart) -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["RayCluster", "RayJob", "ServiceAccount", "ServiceAccount", "Role", "RoleBinding",
                             "PersistentVolumeClaim", "NetworkPolicy", "NetworkPolicy", "Service",
-                            "Namespace"])  # fmt: skip
+                            "Namespace", "ConfigMap"])  # fmt: skip
     pvc = one(docs, "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     env = head_env(docs)
@@ -210,7 +227,7 @@ def test_default_render_validates(chart) -> None:
     assert "port-forward service/farm-autoresearch-farm-metrics 9464:9464" in notes
 
 
-def test_all_flags_render_validates(chart) -> None:
+def test_all_flags_render_validates(chart, tmp_path) -> None:
     docs = render(chart, ALL_ON)
     validate_all(docs)
     check_kuberay(docs, 16)
@@ -222,7 +239,7 @@ def test_all_flags_render_validates(chart) -> None:
     assert service["spec"]["ports"][0]["port"] == 9500 and service["spec"]["ports"][0]["name"] == "metrics"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics" and monitor["spec"]["endpoints"][0]["interval"] == "15s"
-    dashboard = one(docs, "ConfigMap")
+    (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "arf-dashboard"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1" and dashboard["metadata"]["labels"]["x"] == "y"
     assert dashboard["metadata"]["annotations"]["grafana_folder"] == "Research"
     assert json.loads(dashboard["data"]["autoresearch-farm.json"]) == json.loads(DASHBOARD.read_text())
@@ -233,12 +250,13 @@ def test_all_flags_render_validates(chart) -> None:
     assert head["imagePullSecrets"] == [{"name": "regcred"}] and head["nodeSelector"] == {"pool": "cpu"}
     assert {"name": "runs", "persistentVolumeClaim": {"claimName": "farm-runs"}} in head["volumes"]
     assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 2
-    env = head_env(docs)
-    assert env["FARM_TOURNAMENT__MARGIN_SIGMAS"] == "3" and env["FARM_KUBERNETES__RUNTIME_CLASS"] == "gvisor"
-    assert env["FARM_KUBERNETES__CACHE_PVC"] == "datasets-experiments"  # the claim in the experiments' namespace
-    assert env["FARM_KUBERNETES__CACHE_SUB_PATH"] == "autoresearch" and env["FARM_KUBERNETES__PIDS"] == "1024"
-    assert env["FARM_KUBERNETES__NAMESPACE"] == "research-sandbox"
-    assert env["FARM_KUBERNETES__SERVICE_ACCOUNT"] == "sandboxed"
+    assert head_env(docs)["FARM_TOURNAMENT__MARGIN_SIGMAS"] == "3"  # farm.extraEnv: over farm.yaml
+    config = head_config(docs, tmp_path)
+    assert config.tournament.margin_sigmas == 3 and config.tournament.confirm_replicates == 2
+    k = config.kubernetes
+    assert k.runtime_class == "gvisor" and k.pids == 1024 and k.cache_sub_path == "autoresearch"
+    assert k.cache_pvc == "datasets-experiments"  # the claim in the experiments' namespace
+    assert k.namespace == "research-sandbox" and k.service_account == "sandboxed"
 
 
 def test_api_key_reaches_the_driver_side_only_as_a_file(chart) -> None:
@@ -283,6 +301,7 @@ def test_schema_rejects_typos_and_wrong_types(chart) -> None:
         {"cache": {"experimentsClaim": "Datasets"}},
         {"rayCluster": {"auth": {"enabled": "yes"}}},
         {"rayCluster": {"networkPolicy": {"operatorPodSelector": {"matchLabel": {"a": "b"}}}}},
+        {"farm": {"config": "tournament.margin_sigmas=3"}},  # farm.yaml's fields, as a map
     ]
     for values in bad:
         with pytest.raises(helm.HelmError):
@@ -344,7 +363,7 @@ def test_rbac_is_exactly_what_the_backend_calls(chart, tmp_path) -> None:
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "RoleBinding"] == [binding["metadata"]["name"]]
 
 
-def test_experiments_get_a_restricted_namespace_an_account_without_rights_and_no_traffic(chart) -> None:
+def test_experiments_get_a_restricted_namespace_an_account_without_rights_and_no_traffic(chart, tmp_path) -> None:
     for values, ns, account_name in ((None, EXPERIMENTS_NS, "farm-autoresearch-farm-experiment"),
                                      (ALL_ON, "research-sandbox", "sandboxed")):  # fmt: skip
         docs = render(chart, values)
@@ -361,23 +380,23 @@ def test_experiments_get_a_restricted_namespace_an_account_without_rights_and_no
         assert policy["spec"] == {"podSelector": {"matchLabels": {"autoresearch-farm/role": "experiment",
                                                                   "autoresearch-farm/instance": docs_instance(docs)}},
                                   "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []}  # fmt: skip
-        env = head_env(docs)
-        assert env["FARM_KUBERNETES__NAMESPACE"] == ns and env["FARM_KUBERNETES__SERVICE_ACCOUNT"] == account_name
+        settings = head_config(docs, tmp_path).kubernetes
+        assert settings.namespace == ns and settings.service_account == account_name
 
 
 def docs_instance(docs: list[dict]) -> str:
     return one(docs, "RayCluster")["metadata"]["name"]
 
 
-def test_experiments_beside_the_farm_or_a_missing_cache_claim(chart) -> None:
+def test_experiments_beside_the_farm_or_a_missing_cache_claim(chart, tmp_path) -> None:
     """experiments.namespace = the release's: the old single-namespace layout (no Namespace, no PSA labels, the
     head's cache claim); a separate namespace without cache.experimentsClaim: a refusal that says what to set."""
     docs = render(chart, {"experiments": {"namespace": "research"}, "cache": {"experimentsClaim": ""}})
     validate_all(docs)
     assert not [d for d in docs if d["kind"] == "Namespace"]
-    env = head_env(docs)
-    assert env["FARM_KUBERNETES__NAMESPACE"] == "research"
-    assert env["FARM_KUBERNETES__CACHE_PVC"] == one(docs, "PersistentVolumeClaim")["metadata"]["name"]
+    settings = head_config(docs, tmp_path).kubernetes
+    assert settings.namespace == "research"
+    assert settings.cache_pvc == one(docs, "PersistentVolumeClaim")["metadata"]["name"]
     assert one(docs, "Role")["metadata"]["namespace"] == "research"
     with pytest.raises(helm.HelmError, match="cache.experimentsClaim.*experiments.namespace=research"):
         chart.render({}, name="farm", namespace="research")
@@ -431,18 +450,73 @@ def selects(selector: dict, pod_labels: dict[str, str]) -> bool:
     return True
 
 
-def test_driver_entrypoint_is_a_valid_farm_run(chart) -> None:
+def test_driver_entrypoint_is_a_valid_farm_run(chart, tmp_path) -> None:
     for values, slots in (({}, 8), (ALL_ON, 16)):
         docs = render(chart, values)
-        env = {**head_env(docs), "ANTHROPIC_API_KEY": "sk-x"}  # the key would come from the file
         runs = farm_args(one(docs, "RayJob")["spec"]["entrypoint"])
-        assert len(runs) == 2 and runs[0][:2] == ["run", "--resume"] and runs[1][:2] == ["run", "--run-dir"]
-        for argv in runs:
-            args = build_parser().parse_args(argv)
-            config = load_config(overrides_from_args(args), None, env)
+        assert len(runs) == 2 and runs[0][:2] == ["run", "--resume"] and runs[1][:2] == ["run", "--config"]
+        new = build_parser().parse_args(runs[1])
+        head = one(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
+        (mount,) = [m for m in head["containers"][0]["volumeMounts"] if m["name"] == "farm-config"]
+        (volume,) = [v for v in head["volumes"] if v["name"] == "farm-config"]
+        assert mount["readOnly"] is True and new.config == Path(mount["mountPath"]) / "farm.yaml"
+        assert volume["configMap"]["name"] == f"{docs_instance(docs)}-config"  # the ConfigMap that holds farm.yaml
+        assert overrides_from_args(new)["run_dir"] == f"/farm/runs/{docs_instance(docs)}"
+        for argv in runs:  # a resumed run keeps its saved config (farm-config.json), the flags over it
+            config = head_config(docs, tmp_path, overrides_from_args(build_parser().parse_args(argv)))
             assert config.sandbox == "kubernetes" and config.gpus == slots
             assert config.metrics_port == (9500 if values else 9464) and config.metrics_address == "0.0.0.0"
             assert config.kubernetes.namespace == ("research-sandbox" if values else EXPERIMENTS_NS)
+
+
+def test_chart_renders_one_farm_yaml_the_driver_loads(chart, tmp_path) -> None:
+    """The farm's settings travel as data: one farm.yaml (a ConfigMap), the kubernetes sandbox's computed from the
+    chart's values, farm.config merged in, types kept; no FARM_KUBERNETES__* on the head."""
+    for values in ({}, ALL_ON):
+        docs = render(chart, values)
+        farm_env = {n for n in head_env(docs) if n.startswith("FARM_")}  # FARM_CACHE: read outside FarmConfig
+        assert farm_env == ({"FARM_CACHE", "FARM_TOURNAMENT__MARGIN_SIGMAS"} if values else {"FARM_CACHE"})
+        data = yaml.safe_load(farm_yaml(docs))
+        assert set(data) == ({"kubernetes", "tournament", "limits"} if values else {"kubernetes"})
+        config = head_config(docs, tmp_path, env={"FARM_TOURNAMENT__MARGIN_SIGMAS": ""})  # farm.yaml alone
+        k = config.kubernetes
+        assert k.instance == docs_instance(docs) and k.gpu_resource == "nvidia.com/gpu"
+        assert k.start_timeout_s == (900 if values else 600) and k.tmp_mb == (2048 if values else 1024)
+        assert isinstance(data["kubernetes"]["tmp_mb"], int) and isinstance(data["kubernetes"]["tolerations"], list)
+        if values:
+            assert k.gpu is True and k.priority_class == "research" and k.image_pull_policy == "Always"
+            assert k.image_pull_secrets == ["regcred"] and k.node_selector == {"gpu": "h100"}
+            assert k.tolerations == ALL_ON["experiments"]["tolerations"] and k.poll_max_s == 1.5  # farm.config
+            assert config.tournament.confirm_replicates == 2 and config.limits.memory_mb == 16384
+            assert config.tournament.margin_sigmas == 2.3  # the default: FARM_TOURNAMENT__MARGIN_SIGMAS emptied
+        else:
+            assert k.gpu is None and k.pids is None and k.runtime_class is None and k.priority_class is None
+            assert k.node_selector == {} and k.image_pull_secrets == []
+    docs = render(chart, {"farm": {"costCapUsd": 0, "config": {"cost_cap_usd": None, "agents": {"kind": "openai"},
+                                                               "tournament": {"margin_sigmas": 3}}}})
+    config = head_config(docs, tmp_path)  # a null survives (no cap), a kind the chart's agentKind does not offer
+    assert config.cost_cap_usd is None and config.agents.kind == "openai" and config.tournament.margin_sigmas == 3
+
+
+def test_farm_config_may_not_set_what_the_chart_sets(chart) -> None:
+    """A field the chart sets (in farm.yaml, or as a flag of the entrypoint, which would win silently) is refused in
+    farm.config, naming the value to set instead; every flag of the entrypoint is covered."""
+    flagged = {flag: path for path, (flag, _) in CLI_FLAGS.items()}
+    runs = farm_args(one(render(chart, ALL_ON), "RayJob")["spec"]["entrypoint"])
+    paths = {flagged[w] for w in runs[1] if w in flagged} - {"queue_ahead"}  # farm.extraArgs: the user's own
+    assert paths >= {"sandbox", "profile", "gpus", "image", "cache_dir", "metrics_port", "run_dir", "agents.count"}
+    paths |= {"kubernetes.namespace", "kubernetes.tolerations", "kubernetes.cache_pvc", "kubernetes.runtime_class"}
+    for path in sorted(paths):
+        *parents, last = path.split(".")
+        config: dict = {last: None}
+        for part in reversed(parents):
+            config = {part: config}
+        values = {**ALL_ON, "farm": {**ALL_ON["farm"], "config": config}}
+        with pytest.raises(helm.HelmError, match=re.escape(f"farm.config.{path}: the chart sets it from ")):
+            render(chart, values)
+    with pytest.raises(helm.HelmError, match="farm.config.kubernetes.namespace: .* experiments.namespace"):
+        render(chart, {"farm": {"config": {"kubernetes": {"namespace": "default"}}}})
+    render(chart, {"farm": {"config": {"kubernetes": {"pids": 64}, "max_experiments": 3}}})  # unset by the chart
 
 
 def experiment_pod(settings: KubernetesSettings, profile: str = "h100", tmp: Path = Path("/nonexistent")) -> dict:
@@ -602,12 +676,11 @@ def test_experiment_pod_carries_every_restriction(monkeypatch, tmp_path) -> None
 
 
 def test_chart_settings_drive_the_experiment_pod(chart, monkeypatch, tmp_path) -> None:
-    """The head's FARM_KUBERNETES__* (what the backend reads) give a pod the chart's NetworkPolicy covers."""
+    """The chart's farm.yaml (what the driver reads) gives a pod the chart's NetworkPolicy covers."""
     monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
     for values in ({}, ALL_ON):
         docs = render(chart, values)
-        env = head_env(docs)
-        settings = load_config({"gpus": 2}, None, env).kubernetes  # the driver's; each experiment's spec carries it
+        settings = head_config(docs, tmp_path, {"gpus": 2}).kubernetes  # the driver's; each spec carries it
         assert settings.namespace == ("research-sandbox" if values else EXPERIMENTS_NS)
         assert settings.cache_pvc == ("datasets-experiments" if values else "farm-cache")
         assert settings.service_account == ("sandboxed" if values else "farm-autoresearch-farm-experiment")

@@ -282,6 +282,23 @@ def test_doctor_reports_the_kubernetes_sandbox(monkeypatch, token, capsys) -> No
         assert "[FAIL] kubernetes   the Kubernetes API rejected" in capsys.readouterr().out
 
 
+def test_doctor_checks_the_settings_of_a_farm_yaml(monkeypatch, tmp_path, token, capsys) -> None:
+    """On the chart's Ray head the settings are a farm.yaml (`farm doctor --config /farm/config/farm.yaml`)."""
+    from cluster.cli import main
+
+    for name in [n for n in os.environ if n.startswith("FARM_KUBERNETES__")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # in a pod; the file names the API server
+    config = tmp_path / "farm.yaml"
+    with FakeKube() as fake:
+        config.write_text(f"kubernetes:\n  api_server: {fake.url}\n  token_file: {token}\n  namespace: n\n")
+        main(["doctor", "--config", str(config)])
+        assert "[ok  ] kubernetes" in capsys.readouterr().out  # the file's API server was asked
+    config.write_text("kubernetes:\n  tmp_mb: lots\n")
+    main(["doctor", "--config", str(config)])
+    assert "[FAIL] kubernetes   invalid farm configuration" in capsys.readouterr().out  # said, not a traceback
+
+
 def test_the_pod_has_its_own_uid_no_rights_and_a_pids_cap_in_its_namespace(tmp_path, token, farm_cache) -> None:
     """What the backend asks the API for: the experiments' namespace, the rightless ServiceAccount, no token, the
     pids cap in the pod's command, a uid per attempt (RLIMIT_NPROC counts per uid)."""

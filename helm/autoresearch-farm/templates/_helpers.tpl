@@ -150,48 +150,22 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* FARM_* settings of the Ray head: the driver's config and the kubernetes sandbox's (FARM_KUBERNETES__*). */}}
+{{/* The ConfigMap that holds the farm's farm.yaml (farm-config.yaml), and where the Ray head mounts it. */}}
+{{- define "farm.configMap" -}}
+{{- printf "%s-config" (include "farm.fullname" .) }}
+{{- end }}
+
+{{- define "farm.configDir" -}}
+/farm/config
+{{- end }}
+
+{{- define "farm.configPath" -}}
+{{- printf "%s/farm.yaml" (include "farm.configDir" .) }}
+{{- end }}
+
+{{/* The environment of the Ray head. The farm's settings are not here but in its farm.yaml (farm-config.yaml):
+     FARM_CACHE is read outside FarmConfig (trainer.profiles.cache_dir: `farm prepare`, `farm doctor` on the head). */}}
 {{- define "farm.env" -}}
 - name: FARM_CACHE
   value: /cache
-- name: FARM_KUBERNETES__NAMESPACE
-  value: {{ include "farm.experimentNamespace" . | quote }}
-- name: FARM_KUBERNETES__SERVICE_ACCOUNT
-  value: {{ include "farm.experimentServiceAccount" . | quote }}
-{{- with .Values.experiments.pidsLimit }}
-- name: FARM_KUBERNETES__PIDS
-  value: {{ . | quote }}
-{{- end }}
-- name: FARM_KUBERNETES__INSTANCE
-  value: {{ include "farm.fullname" . | quote }}
-- name: FARM_KUBERNETES__CACHE_PVC
-  value: {{ include "farm.experimentCacheClaim" . | quote }}
-- name: FARM_KUBERNETES__CACHE_SUB_PATH
-  value: {{ .Values.cache.subPath | quote }}
-{{- if not (kindIs "invalid" .Values.experiments.gpu) }}
-- name: FARM_KUBERNETES__GPU
-  value: {{ .Values.experiments.gpu | quote }}
-{{- end }}
-- name: FARM_KUBERNETES__GPU_RESOURCE
-  value: {{ .Values.experiments.gpuResource | quote }}
-- name: FARM_KUBERNETES__NODE_SELECTOR
-  value: {{ .Values.experiments.nodeSelector | toJson | quote }}
-- name: FARM_KUBERNETES__TOLERATIONS
-  value: {{ .Values.experiments.tolerations | toJson | quote }}
-{{- with .Values.experiments.runtimeClass.name }}
-- name: FARM_KUBERNETES__RUNTIME_CLASS
-  value: {{ . | quote }}
-{{- end }}
-- name: FARM_KUBERNETES__IMAGE_PULL_POLICY
-  value: {{ .Values.trainerImage.pullPolicy | quote }}
-- name: FARM_KUBERNETES__IMAGE_PULL_SECRETS
-  value: {{ .Values.imagePullSecrets | toJson | quote }}
-{{- with .Values.experiments.priorityClassName }}
-- name: FARM_KUBERNETES__PRIORITY_CLASS
-  value: {{ . | quote }}
-{{- end }}
-- name: FARM_KUBERNETES__TMP_MB
-  value: {{ .Values.experiments.tmpMb | quote }}
-- name: FARM_KUBERNETES__START_TIMEOUT_S
-  value: {{ .Values.experiments.startTimeoutSeconds | quote }}
 {{- end }}
