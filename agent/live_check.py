@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from agent.claude import ClaudeProposer
-    from agent.protocol import Context
+    from agent.protocol import Context, ProposalError
     from trainer.profiles import get_profile
     from trainer.seed import seed_source
 
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"farm-live-check: one proposal by {proposer.model} from the {args.profile} seed ...", flush=True)
     try:
         proposal = proposer.propose(context)
-    except Exception as exc:  # report it like the farm would, with what it spent
-        spend = getattr(exc, "spend", None)
+    except ProposalError as exc:  # report it like the farm would, with what it spent
+        spend = exc.failure.spend
         cost = f" (spent ${spend.cost_usd:.4f})" if spend else ""
-        print(f"farm-live-check: FAILED: {type(exc).__name__}: {exc}{cost}", file=sys.stderr)
+        print(f"farm-live-check: FAILED: {exc.failure.headline()}{cost}", file=sys.stderr)
         return 1
     diff = difflib.unified_diff(seed.splitlines(keepends=True), proposal.train_py.splitlines(keepends=True),
                                 "a/train.py", "b/train.py")

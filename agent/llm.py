@@ -5,11 +5,13 @@ the policy is one readable function with options the farm controls (and
 tests can shrink to milliseconds): 429 (honouring ``retry-after``), 529
 overloaded, 5xx, 408/409, timeouts and dropped connections are retried with
 exponential backoff and jitter; a rejected key (401/403) or an unknown model
-(404) can never succeed, so they raise an error marked ``fatal`` that stops
-this agent (the farm goes on with the others); any other 4xx is counted
-against the agent as one failed proposal. The rule (classify_status) is the
-same for the Messages and the Chat Completions wire; each wire only maps its
-SDK's exceptions onto it (agent/wire_anthropic.py, agent/wire_openai.py).
+(404) can never succeed, so they raise a ProposalError marked ``fatal`` that
+stops this agent (the farm goes on with the others); any other 4xx is counted
+against the agent as one failed proposal. Every fault is typed here, where
+its HTTP status is known (``FailureKind``: auth, rate_limit, overloaded, ...),
+for the metrics. The rule (classify_status) is the same for the Messages and
+the Chat Completions wire; each wire only maps its SDK's exceptions onto it
+(agent/wire_anthropic.py, agent/wire_openai.py).
 
 The key is read from ``ANTHROPIC_API_KEY`` or from the file named by
 ``ANTHROPIC_API_KEY_FILE`` (a mounted secret), never from config, and never
@@ -24,10 +26,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import anthropic
 
+from agent.protocol import FailureKind, ProposalError
 from agent.transcript import redact
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
@@ -38,28 +41,20 @@ RETRIED_STATUS = frozenset({408, 409, 429})  # and every 5xx (529: overloaded)
 T = TypeVar("T")
 
 
-class AgentError(RuntimeError):
-    """A proposal failed; counted against this agent (its actor restarts it after repeated failures)."""
+class ApiKeyMissing(ProposalError):
+    """No key to call the API with (also raised outside a proposal, by read_api_key): fatal for this agent."""
 
-    fatal = False
-
-
-class FatalAgentError(AgentError):
-    """This agent can never succeed as configured; the farm goes on without it."""
-
-    fatal = True
+    def __init__(self, message: str) -> None:
+        super().__init__("auth", message, fatal=True)
 
 
-class ApiKeyMissing(FatalAgentError):
-    pass
+class Fault(NamedTuple):
+    """A failed call as a wire classifies it: retry it?, after how long (the server's word), what kind, what."""
 
-
-class ApiKeyRejected(FatalAgentError):
-    pass
-
-
-class RetriesExhausted(AgentError):
-    pass
+    retry: bool
+    retry_after: float | None
+    kind: FailureKind
+    what: str
 
 
 def read_key_file(path: str, label: str) -> str:
@@ -124,6 +119,21 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
+def status_kind(status: int, message: str) -> FailureKind:
+    """The kind of an HTTP error (an overloaded server may say so in a 500's body)."""
+    if status == 529 or "overloaded" in message.lower():
+        return "overloaded"
+    if status in (401, 403):
+        return "auth"
+    if status == 402:
+        return "quota"
+    if status == 429:
+        return "rate_limit"
+    if status in (408, 504):
+        return "timeout"
+    return "server" if status >= 500 else "bad_request"
+
+
 def classify_status(
     status: int,
     message: str,
@@ -132,32 +142,31 @@ def classify_status(
     api: str = "Messages API",
     key_hint: str = API_KEY_ENV,
     url_hint: str = BASE_URL_ENV,
-) -> tuple[bool, float | None, str]:
-    """(retry?, retry-after seconds, a short description) of an HTTP error of either wire; raises for the
-    fatal ones. One rule for every protocol, so an agent's faults read the same whichever API it speaks."""
+) -> Fault:
+    """The Fault of an HTTP error of either wire; raises (ProposalError) for those not worth another attempt.
+    One rule for every protocol, so an agent's faults read the same whichever API it speaks."""
+    kind = status_kind(status, message)
     if status in (401, 403):
-        raise ApiKeyRejected(
-            f"the API key was rejected (HTTP {status}: {message}); check {key_hint} and the account's "
-            "access: this agent stops, the farm goes on with the others"
-        ) from None
+        raise ProposalError(kind, f"the API key was rejected (HTTP {status}: {message}); check {key_hint} and "
+                            "the account's access: this agent stops, the farm goes on with the others",
+                            fatal=True) from None
     if status == 404:
-        raise FatalAgentError(f"HTTP 404 from the {api} ({message}): is the model name or "
-                              f"{url_hint} right? this agent stops") from None
+        raise ProposalError(kind, f"HTTP 404 from the {api} ({message}): is the model name or {url_hint} right? "
+                            "this agent stops", fatal=True) from None
     if status in RETRIED_STATUS or status >= 500:
-        return True, retry_after_seconds(headers), f"HTTP {status} ({message})"
-    raise AgentError(f"the {api} refused the request: HTTP {status}: {message}") from None
+        return Fault(True, retry_after_seconds(headers), kind, f"HTTP {status} ({message})")
+    raise ProposalError(kind, f"the {api} refused the request: HTTP {status}: {message}") from None
 
 
-def classify(exc: Exception, api_key: str = "") -> tuple[bool, float | None, str]:
-    """(retry?, retry-after seconds, a short description) of a failed Messages API call; raises for the fatal
-    ones."""
+def classify(exc: Exception, api_key: str = "") -> Fault:
+    """The Fault of a failed Messages API call; raises for those not worth another attempt."""
     if isinstance(exc, anthropic.APITimeoutError):
-        return True, None, "timed out"
+        return Fault(True, None, "timeout", "timed out")
     if isinstance(exc, anthropic.APIConnectionError):
-        return True, None, f"connection failed ({_cause(exc)})"
+        return Fault(True, None, "connection", f"connection failed ({_cause(exc)})")
     if isinstance(exc, anthropic.APIStatusError):
         return classify_status(exc.status_code, redact(_message(exc), [api_key]), exc.response.headers)
-    raise exc
+    return Fault(False, None, "invalid_response", type(exc).__name__)  # a reply the SDK could not read
 
 
 def call_with_retries(
@@ -168,11 +177,12 @@ def call_with_retries(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     on_retry: Callable[[str, float], None] | None = None,
-    classify: Callable[[Exception, str], tuple[bool, float | None, str]] = classify,
+    classify: Callable[[Exception, str], Fault] = classify,
     errors: tuple[type[BaseException], ...] = (anthropic.APIError,),
     api: str = "Messages API",
 ) -> T:
-    """``call()``, retried on transient faults per ``policy``; RetriesExhausted when they do not clear.
+    """``call()``, retried on transient faults per ``policy``; a ProposalError of the last fault's kind when they
+    do not clear.
 
     ``classify`` and ``errors`` are the wire's (agent/wire.py): which of its SDK's exceptions are faults of
     the call, and which of those are worth another attempt."""
@@ -181,12 +191,13 @@ def call_with_retries(
         try:
             return call()
         except errors as exc:
-            retryable, retry_after, what = classify(exc, api_key)
-            if not retryable or retry >= policy.max_retries:
-                raise RetriesExhausted(f"the {api} call failed {retry + 1} time(s), last: {what}") from None
-            wait = policy.delay(retry, retry_after, rng)
+            fault = classify(exc, api_key)
+            if not fault.retry or retry >= policy.max_retries:
+                what = f"the {api} call failed {retry + 1} time(s), last: {fault.what}"
+                raise ProposalError(fault.kind, what) from None
+            wait = policy.delay(retry, fault.retry_after, rng)
             if on_retry:
-                on_retry(what, wait)
+                on_retry(fault.what, wait)
             sleep(wait)
     raise AssertionError("unreachable")
 

@@ -10,10 +10,10 @@ calling ``submit``, which pre-flights the file first.
 A proposal fails, counted against this agent, when the conversation ends
 without a submit, a reply is cut off at ``max_tokens``, the turn limit is
 reached, or the API keeps failing after retries (agent/llm.py). A rejected
-key raises an error with ``fatal = True``: the actor stops asking this agent,
-the farm goes on. Whatever happens, the tokens spent are reported: a failed
-proposal's exception carries ``spend`` and ``transcript`` for the driver, so
-the USD cap counts failures too.
+key is a ``fatal`` failure: the actor stops asking this agent, the farm goes
+on. Whatever happens, the tokens spent are reported: a failed proposal raises
+a ProposalError whose failure carries ``spend`` (and the error its
+``transcript``) for the driver, so the USD cap counts failures too.
 
 What differs between APIs (request shape, tool calls, usage, errors) is the
 wire's (agent/wire.py); nothing here knows which API it talks to.
@@ -27,9 +27,9 @@ import time
 from typing import Any
 
 from agent.cost import Price, Tally
-from agent.llm import AgentError, RetryPolicy, call_with_retries
+from agent.llm import RetryPolicy, call_with_retries
 from agent.prompt import default_persona, user_message
-from agent.protocol import Context, Proposal
+from agent.protocol import Context, Proposal, ProposalError, ProposalFailure
 from agent.tools import TOOL_INPUTS, ToolExecutor, Workspace
 from agent.transcript import redact
 from agent.wire import ToolResult, Wire
@@ -57,15 +57,11 @@ class ToolUseProposer:
         try:
             key = self.wire.api_key()  # each time: a rotated secret file is picked up
             return self._converse(context, key, tally, record)
-        except Exception as exc:
-            record.outcome = f"failed: {type(exc).__name__}: {exc}"
-            for attr, value in (("spend", tally.spend(self.price)),
-                                ("transcript", self._transcript(context, record, tally, key))):
-                try:
-                    setattr(exc, attr, value)
-                except AttributeError:
-                    pass
-            raise
+        except Exception as exc:  # raised again with what was spent so far, whatever the fault
+            failure = exc.failure if isinstance(exc, ProposalError) else ProposalFailure.of(exc)
+            record.outcome = f"failed: {failure.headline()}"
+            raise ProposalError(failure.kind, failure.message, fatal=failure.fatal, spend=tally.spend(self.price),
+                                transcript=self._transcript(context, record, tally, key)) from exc
 
     # ---- the loop ---------------------------------------------------------------
 
@@ -89,11 +85,12 @@ class ToolUseProposer:
             record.messages.append(reply.message)
             record.turns = turn
             if reply.cut_off:
-                raise AgentError(f"a reply was cut off at max_tokens ({getattr(self.wire, 'max_tokens', '?')}) on "
-                                 f"turn {turn} before the agent submitted; raise the agent's max_tokens")
+                raise ProposalError("invalid_response", f"a reply was cut off at max_tokens "
+                                    f"({getattr(self.wire, 'max_tokens', '?')}) on turn {turn} before the agent "
+                                    "submitted; raise the agent's max_tokens")
             if not reply.calls:
-                raise AgentError(f"the conversation ended on turn {turn} (stop_reason {reply.stop_reason!r}) "
-                                 "without a submit: no proposal")
+                raise ProposalError("invalid_response", f"the conversation ended on turn {turn} (stop_reason "
+                                    f"{reply.stop_reason!r}) without a submit: no proposal")
             results = []
             for call in reply.calls:
                 if call.error:  # arguments the wire could not read: the model hears why and goes on
@@ -110,7 +107,7 @@ class ToolUseProposer:
                     model=self.model, **tally.spend(self.price).model_dump(),
                     transcript=self._transcript(context, record, tally, key),
                 )
-        raise AgentError(f"no submit within the turn limit ({self.max_turns} turns)")
+        raise ProposalError("invalid_response", f"no submit within the turn limit ({self.max_turns} turns)")
 
     def _client_for(self, key: str) -> Any:
         if self._client is None or key != self._client_key:

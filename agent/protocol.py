@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import traceback
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, Field
 
@@ -81,9 +82,50 @@ class Proposal(Spend):
     transcript: dict[str, Any] | None = Field(None, description="the conversation, key redacted, for the run dir")
 
 
+# Why a proposal request brought no proposal, decided where the fault happened (the API client knows the HTTP
+# status; the Ray executor knows the actor died), so nobody reads it back out of a message. ``other``: a fault the
+# proposer did not type (a bug, a library's error): its traceback tail is in the message. The farm's metrics count
+# failures by these (farm_agent_errors_total's ``kind``); cluster/vocabulary.py re-exports them.
+FailureKind = Literal["auth", "quota", "rate_limit", "overloaded", "timeout", "connection", "server", "bad_request",
+                      "invalid_response", "actor_died", "other"]
+FAILURE_KINDS: tuple[FailureKind, ...] = get_args(FailureKind)
+
+
+class ProposalFailure(BaseModel):
+    """Why one proposal request brought no proposal, and what it still cost."""
+
+    kind: FailureKind = "other"
+    message: str = Field(description="what happened; the first line says it (headline), a traceback may follow")
+    fatal: bool = Field(False, description="this agent can never succeed as configured (e.g. a rejected API key): "
+                        "it is asked no more, the farm goes on with the others")
+    spend: Spend | None = Field(None, description="the LLM tokens a failed proposal still cost: on the ledger and "
+                                "counted against the cost cap")
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ProposalFailure:
+        """A fault the proposer did not type (a bug, a library's error): kind ``other``, with its traceback's tail."""
+        tail = "".join(traceback.format_exception(exc, limit=3))[-800:]
+        return cls(message=f"{type(exc).__name__}: {exc}\n{tail}")
+
+    def headline(self) -> str:
+        """One line for the ledger, the live view and the transcript: the kind, then the message's first line."""
+        return f"{self.kind}: {(self.message.strip().splitlines() or ['no reason given'])[0]}"
+
+
+class ProposalError(Exception):
+    """The one exception a proposer raises for its own faults: it carries the typed ``failure`` (built here, with
+    its kind, fatality and spend said where the fault is known) and, for LLM agents, the conversation so far."""
+
+    def __init__(self, kind: FailureKind, message: str, *, fatal: bool = False, spend: Spend | None = None,
+                 transcript: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.failure = ProposalFailure(kind=kind, message=message, fatal=fatal, spend=spend)
+        self.transcript = transcript  # key redacted, for the run dir
+
+
 class Proposer(Protocol):
     name: str
 
     def propose(self, context: Context) -> Proposal:
-        """One proposal; raises only for faults the caller should count against this agent."""
+        """One proposal; raises (ProposalError, typed) only for faults the caller should count against this agent."""
         ...

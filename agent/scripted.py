@@ -7,12 +7,8 @@ to the parent's train.py. When the list runs out the agent stops.
 
 from __future__ import annotations
 
-from agent.protocol import Context, Proposal
+from agent.protocol import Context, Proposal, ProposalError
 from trainer.seed import set_constants
-
-
-class ScriptExhausted(RuntimeError):
-    fatal = True  # the agent has nothing more to say; the farm goes on without it
 
 
 class ScriptedProposer:
@@ -23,7 +19,8 @@ class ScriptedProposer:
 
     def propose(self, context: Context) -> Proposal:
         if self.position >= len(self.changes):
-            raise ScriptExhausted(f"all {len(self.changes)} scripted change sets proposed")
+            # the agent has nothing more to say: fatal, the farm goes on without it
+            raise ProposalError("other", f"all {len(self.changes)} scripted change sets proposed", fatal=True)
         change = self.changes[self.position]
         self.position += 1
         return Proposal(

@@ -11,7 +11,10 @@ errors are worth a retry. Two wires exist: Anthropic Messages
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from agent.llm import Fault
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Wire(Protocol):
         """The message(s) that carry the tool results back."""
         ...
 
-    def classify(self, exc: Exception, api_key: str) -> tuple[bool, float | None, str]:
-        """(retry?, retry-after, what) of a failed call; raises the fatal ones (agent/llm.py classify_status)."""
+    def classify(self, exc: Exception, api_key: str) -> Fault:
+        """The Fault (retry?, retry-after, kind, what) of a failed call; raises those not worth another attempt
+        (agent/llm.py classify_status)."""
         ...

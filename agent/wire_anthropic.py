@@ -14,7 +14,7 @@ from typing import Any
 
 import anthropic
 
-from agent.llm import classify, make_client, read_api_key
+from agent.llm import Fault, classify, make_client, read_api_key
 from agent.prompt import system_blocks
 from agent.tools import tool_schemas
 from agent.wire import ToolCall, ToolResult, Turn
@@ -70,7 +70,7 @@ class AnthropicWire:
             {"type": "tool_result", "tool_use_id": r.call.id, "content": r.text,
              **({"is_error": True} if r.is_error else {})} for r in results]}]  # fmt: skip
 
-    def classify(self, exc: Exception, api_key: str) -> tuple[bool, float | None, str]:
+    def classify(self, exc: Exception, api_key: str) -> Fault:
         return classify(exc, api_key)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import openai
 
 from agent.cost import is_self_hosted
-from agent.llm import ApiKeyMissing, classify_status, read_key_file
+from agent.llm import ApiKeyMissing, Fault, classify_status, read_key_file
 from agent.prompt import INSTRUCTIONS
 from agent.tools import tool_schemas
 from agent.transcript import redact
@@ -137,17 +137,17 @@ class OpenAIWire:
         return [{"role": "tool", "tool_call_id": r.call.id, "content": f"ERROR: {r.text}" if r.is_error else r.text}
                 for r in results]
 
-    def classify(self, exc: Exception, api_key: str) -> tuple[bool, float | None, str]:
+    def classify(self, exc: Exception, api_key: str) -> Fault:
         if isinstance(exc, openai.APITimeoutError):
-            return True, None, "timed out"
+            return Fault(True, None, "timeout", "timed out")
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc.__context__
-            return True, None, f"connection failed ({type(cause or exc).__name__})"
+            return Fault(True, None, "connection", f"connection failed ({type(cause or exc).__name__})")
         if isinstance(exc, openai.APIStatusError):
             return classify_status(exc.status_code, redact(_message(exc), [api_key]), exc.response.headers,
                                    api=self.api, key_hint=self.api_key_env or self.api_key_file or API_KEY_ENV,
                                    url_hint=f"base_url ({self.base_url})")
-        raise exc
+        return Fault(False, None, "invalid_response", type(exc).__name__)  # a reply the SDK could not read
 
 
 def _arguments(arguments: Any) -> tuple[Any, str]:

@@ -9,13 +9,12 @@ builds a fresh proposer, so one broken agent never stops the farm.
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Callable
 
 import ray
 from pydantic import BaseModel
 
-from agent.protocol import Context, Proposal, Proposer, Spend
+from agent.protocol import Context, Proposal, ProposalError, ProposalFailure, Proposer
 
 RESTART_AFTER_FAILURES = 3
 
@@ -25,10 +24,8 @@ class ProposalOutcome(BaseModel):
 
     agent: str
     proposal: Proposal | None = None
-    error: str = ""
-    fatal: bool = False  # this agent cannot go on (e.g. a rejected API key)
+    failure: ProposalFailure | None = None  # why there is none: its kind, whether the agent can go on, its spend
     seconds: float = 0.0
-    spend: Spend | None = None  # what a failed proposal still cost (LLM tokens), for the ledger and the cap
     transcript: dict | None = None  # a failed proposal's conversation, for the run dir
 
 
@@ -76,21 +73,21 @@ class AgentActor:
             self.failures = 0
         else:
             self.failures += 1
-            if self.failures >= RESTART_AFTER_FAILURES and not outcome.fatal:
+            if self.failures >= RESTART_AFTER_FAILURES and not (outcome.failure and outcome.failure.fatal):
                 self.proposer, self.failures = self.factory(self.kind, self.name, self.options), 0
         return outcome
 
 
 def propose_once(proposer: Proposer, name: str, context: Context) -> ProposalOutcome:
     """One request to ``proposer``: its proposal, or its fault as a failed outcome (what it cost, whether this agent
-    can go on, its transcript). Any fault of the proposer is this agent's, not the farm's."""
+    can go on, its transcript). Any fault of the proposer is this agent's, not the farm's: one it did not type
+    (not a ProposalError) is a failure of kind ``other``, with its traceback's tail."""
     started = time.monotonic()
     try:
         proposal = proposer.propose(context)
+    except ProposalError as exc:
+        return ProposalOutcome(agent=name, failure=exc.failure, seconds=time.monotonic() - started,
+                               transcript=exc.transcript)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        tail = traceback.format_exc(limit=3)[-800:]
-        return ProposalOutcome(agent=name, error=f"{error}\n{tail}", fatal=getattr(exc, "fatal", False),
-                               seconds=time.monotonic() - started, spend=getattr(exc, "spend", None),
-                               transcript=getattr(exc, "transcript", None))
+        return ProposalOutcome(agent=name, failure=ProposalFailure.of(exc), seconds=time.monotonic() - started)
     return ProposalOutcome(agent=name, proposal=proposal, seconds=time.monotonic() - started)

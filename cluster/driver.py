@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.llm import ApiKeyMissing, read_api_key
 from agent.mutate import parse_constants
-from agent.protocol import Context, ExperimentSummary, Measured, Proposal
+from agent.protocol import Context, ExperimentSummary, Measured, Proposal, ProposalFailure
 from agent.transcript import write_transcript
 from cluster.config import FarmConfig, absolute
 from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
@@ -180,10 +180,10 @@ class Farm:
         for summary in {id(s): s for s in (*leaderboard, *recent, *own)}.values():  # what agents look up
             summary.diff, summary.log_tail = self._detail(summary)
         return Context(
-            program=self.repo.program_md_at(self.state.main_commit),
+            program=self.store.program_md(self.state.main_commit),
             profile=self.profile.name,
             parent_commit=parent,
-            parent_train_py=self.repo.train_py_at(parent),
+            parent_train_py=self.store.train_py(parent),
             main_val_bpb=self.state.main_mean(self.main_class()),
             noise_sd=noise_for(self.state, self.main_class()).sd,
             leaderboard=leaderboard,
@@ -199,7 +199,7 @@ class Farm:
         """(diff vs parent for candidates and merges, log tail for failures) of a finished experiment, cached."""
         if summary.experiment_id not in self._details:
             work = self.state.work.get(summary.experiment_id)
-            diff = self.repo.diff(work.commit) if work and work.kind in ("candidate", "merge") else ""
+            diff = self.store.diff(work.commit) if work and work.kind in ("candidate", "merge") else ""
             log = self.run_dir / "experiments" / summary.experiment_id / "out" / "run.log"
             tail = log_tail(log, 15) if summary.status != "ok" else ""  # written by the candidate: no links
             self._details[summary.experiment_id] = (diff[:6000], tail[-2000:])
@@ -213,7 +213,7 @@ class Farm:
                 continue
             if work.train_sha not in self._constants:
                 try:
-                    parsed = parse_constants(self.repo.train_py_at(work.commit))
+                    parsed = parse_constants(self.store.train_py(work.commit))
                     self._constants[work.train_sha] = {n: float(c.value) for n, c in parsed.items()}
                 except ValueError:  # no constants block (an LLM rewrote the file): nothing to learn from
                     self._constants[work.train_sha] = {}
@@ -230,14 +230,14 @@ class Farm:
         self.asking.discard(index)
         proposal = outcome.proposal
         if proposal is None:
-            self._after_proposal(index, outcome.agent, f"failed: {(outcome.error.splitlines() or ['?'])[0][:200]}",
-                                 fatal=outcome.fatal)
-            error, spend = (outcome.error.splitlines() or ["no reason given"])[0], outcome.spend
-            if spend and spend.is_paid():  # paid for: on the ledger
-                self.store.failed_proposal(outcome.agent, error, spend)
+            failure = outcome.failure or ProposalFailure(message="no reason given")
+            error = failure.headline()
+            self._after_proposal(index, outcome.agent, f"failed: {error[:200]}", fatal=failure.fatal)
+            if failure.spend and failure.spend.is_paid():  # paid for: on the ledger
+                self.store.failed_proposal(outcome.agent, error, failure.spend)
             self._save_transcript(outcome.agent, outcome.transcript, f"failed: {error}")
             self.metrics.proposal(index, outcome)
-            stops = " (this agent stops; the others go on)" if outcome.fatal else ""
+            stops = " (this agent stops; the others go on)" if failure.fatal else ""
             self.view.note(f"{outcome.agent}: no proposal ({error[:200]}){stops}")
             return
         self._append_notes(proposal.agent, proposal.notes)
@@ -306,7 +306,7 @@ class Farm:
                 return
             work = self.state.work[self.state.queue[0]]
             spec = ExperimentSpec(
-                experiment_id=work.experiment_id, train_py=self.repo.train_py_at(work.commit),
+                experiment_id=work.experiment_id, train_py=self.store.train_py(work.commit),
                 profile=self.profile.name, seed=work.seed, run_dir=self.run_dir / "experiments" / work.experiment_id,
                 cache_dir=self.config.cache_dir, compile_cache_dir=self.config.cache_dir / "compile",
                 # only main's own runs add to the shared compile cache; every other run compiles privately

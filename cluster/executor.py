@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.protocol import Context, Proposer
+from agent.protocol import Context, ProposalFailure, Proposer
 from cluster.agents import ProposalOutcome, make_proposer, propose_once
 from cluster.spec import ExperimentSpec, GpuAssignment
 from cluster.task import TaskOutcome
@@ -52,7 +52,7 @@ class ExperimentDone:
 
 @dataclass(frozen=True)
 class ProposalDone:
-    """An agent answered (a proposal, or why there is none: ``outcome.error``)."""
+    """An agent answered (a proposal, or why there is none: ``outcome.failure``)."""
 
     agent: int
     outcome: ProposalOutcome
@@ -133,7 +133,8 @@ class RayExecutor:
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the actor died; Ray restarts it
-                    outcome = ProposalOutcome(agent=self._names[index], error=str(exc))
+                    failure = ProposalFailure(kind="actor_died", message=f"{type(exc).__name__}: {exc}")
+                    outcome = ProposalOutcome(agent=self._names[index], failure=failure)
                 events.append(ProposalDone(index, outcome))
         return events
 

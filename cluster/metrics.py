@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from cluster.vocabulary import FINISHED_STATUSES, WORK_KINDS
+from cluster.vocabulary import FAILURE_KINDS, FINISHED_STATUSES, WORK_KINDS
 
 if TYPE_CHECKING:
     from cluster.agents import ProposalOutcome
@@ -50,67 +49,8 @@ PHASES = ("dispatch", "sandbox", "startup", "train", "eval")
 PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 240, 300, 330, 450, 600, 900, 1800)
 PROPOSAL_OUTCOMES = ("queued", "rejected", "failed")  # queued to run / refused before running / no proposal
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
-ERROR_KINDS = ("auth", "quota", "rate_limit", "overloaded", "timeout", "connection", "server", "bad_request",
-               "invalid_response", "actor_died", "other")  # fmt: skip
-_ERROR_TYPES = {  # exception class name (anthropic's, Ray's, Python's) -> error kind
-    **dict.fromkeys(["AuthenticationError", "PermissionDeniedError", "CredentialsError", "ApiKeyMissing",
-                     "ApiKeyRejected"], "auth"),
-    **dict.fromkeys(["PaymentRequiredError", "EnforcedSpendLimitReachedError", "ContractSpendLimitReachedError",
-                     "OrganizationOnHoldError", "LinkedOrganizationSpendLimitReachedError"], "quota"),
-    **dict.fromkeys(["RateLimitError", "RampLimitExceededError"], "rate_limit"),
-    **dict.fromkeys(["OverloadedError"], "overloaded"),
-    **dict.fromkeys(["APITimeoutError", "TimeoutError", "ReadTimeout", "RequestTimeoutError", "GatewayTimeoutError",
-                     "DeadlineExceededError", "GetTimeoutError"], "timeout"),
-    **dict.fromkeys(["APIConnectionError", "ConnectionError", "ConnectError", "RemoteProtocolError"], "connection"),
-    **dict.fromkeys(["InternalServerError", "ServiceUnavailableError", "APIStatusError"], "server"),
-    **dict.fromkeys(["BadRequestError", "NotFoundError", "UnprocessableEntityError", "RequestTooLargeError",
-                     "ContentTooLargeError", "ConflictError", "FatalAgentError"], "bad_request"),
-    **dict.fromkeys(["APIResponseValidationError", "ValueError", "ValidationError", "JSONDecodeError",
-                     "ProposalError", "ParseError", "KeyError", "AgentError"], "invalid_response"),
-    **dict.fromkeys(["RayActorError", "ActorDiedError", "ActorUnavailableError", "ActorUnschedulableError",
-                     "WorkerCrashedError", "RaySystemError"], "actor_died"),
-}  # fmt: skip
-_TYPE_RE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+)(?::|\(|$)")
-_HTTP_RE = re.compile(r"\b(?:http|error code:?)\s*(\d{3})\b")  # in lower case
-# Types whose message says more than their name (agent.llm wraps the SDK's errors: "...last: HTTP 529 (...)")
-_READ_MESSAGE = {"other", "server", "invalid_response", "RetriesExhausted"}
+ERROR_KINDS = FAILURE_KINDS  # why a request brought no proposal, typed by the agent where it failed
 DEFAULT_ADDRESS = "127.0.0.1"
-
-
-def error_kind(error: str) -> str:
-    """The bounded kind of an agent's error text ('TypeName: message...', as cluster.agents writes it)."""
-    first = error.strip().splitlines()[0] if error.strip() else ""
-    match = _TYPE_RE.match(first)
-    name = match.group(1) if match else ""
-    kind = _ERROR_TYPES.get(name, "other")
-    lower = first.lower()
-    if kind in _READ_MESSAGE or name in _READ_MESSAGE:
-        kind = _kind_from_message(lower, kind)
-    if kind == "other" and "actor" in lower and ("died" in lower or "unavailable" in lower):
-        return "actor_died"  # Ray's messages for a dead actor do not always start with the type
-    return kind
-
-
-def _kind_from_message(lower: str, kind: str) -> str:
-    http = _HTTP_RE.search(lower)
-    status = int(http.group(1)) if http else 0
-    if "overloaded" in lower or status == 529:
-        return "overloaded"
-    if status in (401, 403):
-        return "auth"
-    if status == 402:
-        return "quota"
-    if status == 429:
-        return "rate_limit"
-    if status == 408 or "timed out" in lower or "timeout" in lower:
-        return "timeout"
-    if status >= 500:
-        return "server"
-    if status >= 400:
-        return "bad_request"
-    if "connection" in lower:
-        return "connection"
-    return kind
 
 
 class FarmMetrics(Collector):
@@ -180,12 +120,13 @@ class FarmMetrics(Collector):
         """A proposal request came back, after the driver queued or rejected (``rejected``) what it brought."""
         agent = self._agent(index)
         with self._lock:
+            failure = outcome.failure
             if outcome.proposal is None:
                 self.proposals["failed"] += 1
-                self.errors[(agent, error_kind(outcome.error))] += 1
+                self.errors[(agent, failure.kind if failure else "other")] += 1
             else:
                 self.proposals["rejected" if rejected else "queued"] += 1
-            spend = outcome.proposal or getattr(outcome, "spend", None)  # a failed proposal may have cost too
+            spend = outcome.proposal or (failure.spend if failure else None)  # a failed proposal may have cost too
             if spend is not None:
                 for kind, count in zip(TOKEN_TYPES, (spend.tokens_in, spend.tokens_out, spend.cache_read_tokens,
                                                      spend.cache_write_tokens), strict=True):

@@ -3,7 +3,7 @@
 Every change the farm makes goes through here, as a ledger event applied to the state by ``FarmState.apply`` (the
 same function ``--resume`` uses), with the git write that belongs to it done first: a crash between the two leaves
 a commit no event names (harmless) rather than an event naming no commit. The driver decides what to book; it
-never touches git or builds a ledger row itself.
+never touches git (it reads files and diffs through here too) or builds a ledger row itself.
 """
 
 from __future__ import annotations
@@ -35,6 +35,20 @@ class FarmStore:
         """Each event onto the ledger, then applied to the state. False: an event that changed nothing."""
         self.ledger.append(list(rows))
         return all([self.state.apply(row) for row in rows])
+
+    # ---- reading the repo (what the driver shows agents and sends to sandboxes; it makes no git call itself) ---
+
+    def train_py(self, commit: str) -> str:
+        """train.py at ``commit``: a parent shown to an agent, an experiment's file sent to its sandbox."""
+        return self.repo.train_py_at(commit)
+
+    def program_md(self, commit: str) -> str:
+        """program.md at ``commit`` (main's: the research program every agent is shown)."""
+        return self.repo.program_md_at(commit)
+
+    def diff(self, commit: str) -> str:
+        """train.py's unified diff from ``commit``'s parent to it: what a candidate or merge changed."""
+        return self.repo.diff(commit)
 
     # ---- proposals --------------------------------------------------------------------------------------------
 

@@ -2,13 +2,16 @@
 
 Every other module imports these; the ledger validates against them, so a value outside them cannot be written.
 How a run ended is the trainer's word (``trainer.result.Status``: the harness writes it, and trainer/ imports
-nothing of cluster/); the ledger's row status adds the two states before that.
+nothing of cluster/); the ledger's row status adds the two states before that. Why an agent brought no proposal is
+the agents' word (``agent.protocol.FailureKind``: agents raise it, and agent/ imports nothing of cluster/).
 """
 
 from __future__ import annotations
 
 from typing import Literal, get_args
 
+from agent.protocol import FAILURE_KINDS as FAILURE_KINDS  # re-exported: why an agent brought no proposal
+from agent.protocol import FailureKind as FailureKind
 from trainer.result import Status
 
 # What an experiment is for: main measured as it is, a proposal's first run, a replicate of a candidate on

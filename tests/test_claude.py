@@ -21,9 +21,9 @@ import yaml
 
 from agent.claude import ClaudeProposer
 from agent.cost import DEFAULT_MODEL, DEFAULT_PRICES, Price, Tally, price_for
-from agent.llm import AgentError, ApiKeyMissing, ApiKeyRejected, RetriesExhausted, RetryPolicy, read_api_key
+from agent.llm import ApiKeyMissing, RetryPolicy, read_api_key
 from agent.preflight import check_train_py
-from agent.protocol import Context, ExperimentSummary
+from agent.protocol import Context, ExperimentSummary, ProposalError
 from agent.transcript import REDACTED, redact, write_transcript
 from cluster.ledger import Ledger, LedgerRow
 from cluster.spec import ExperimentSpec, GpuAssignment
@@ -131,9 +131,9 @@ def test_faults_that_do_not_clear_fail_the_proposal_without_stopping_the_agent()
     with MessagesServer() as server:
         server.add(*[fault(503, "api_error", "unavailable")] * 3, reply(*edit_and_submit()))
         p = proposer(server, max_retries=2)
-        with pytest.raises(RetriesExhausted, match="failed 3 time.*HTTP 503") as info:
+        with pytest.raises(ProposalError, match="failed 3 time.*HTTP 503") as info:
             p.propose(context())
-        assert info.value.fatal is False and len(server.requests) == 3
+        assert info.value.failure.kind == "server" and not info.value.failure.fatal and len(server.requests) == 3
         assert p.propose(context()).description == "DEPTH 4 -> 3"  # the next proposal works
 
 
@@ -141,9 +141,9 @@ def test_faults_that_do_not_clear_fail_the_proposal_without_stopping_the_agent()
 def test_a_rejected_key_is_fatal_with_a_clear_message_and_no_retries(status: int, kind: str) -> None:
     with MessagesServer() as server:
         server.add(fault(status, kind, f"invalid x-api-key {KEY}"))
-        with pytest.raises(ApiKeyRejected) as info:
+        with pytest.raises(ProposalError) as info:
             proposer(server).propose(context())
-    assert info.value.fatal is True and len(server.requests) == 1
+    assert info.value.failure.kind == "auth" and info.value.failure.fatal is True and len(server.requests) == 1
     assert str(info.value).startswith(f"the API key was rejected (HTTP {status}")
     assert KEY not in str(info.value) and KEY not in json.dumps(info.value.transcript)
 
@@ -191,26 +191,27 @@ def test_ending_without_submit_fails_and_still_reports_what_it_spent() -> None:
     with MessagesServer() as server:
         server.add(reply(tool_use("read_notes", {}), usage_=usage(500, 50)),
                    reply(text("I would change the depth."), usage_=usage(600, 40, cache_read=400)))
-        with pytest.raises(AgentError, match="without a submit") as info:
+        with pytest.raises(ProposalError, match="without a submit") as info:
             proposer(server).propose(context())
-    exc = info.value
-    assert exc.fatal is False
-    assert (exc.spend.tokens_in, exc.spend.tokens_out, exc.spend.cache_read_tokens) == (1100, 90, 400)
-    assert exc.spend.cost_usd == pytest.approx((1100 * 3 + 90 * 15 + 400 * 0.3) / 1e6)
-    assert exc.transcript["outcome"].startswith("failed: AgentError") and len(exc.transcript["messages"]) == 4
+    exc, spend = info.value, info.value.failure.spend
+    assert exc.failure.kind == "invalid_response" and exc.failure.fatal is False
+    assert (spend.tokens_in, spend.tokens_out, spend.cache_read_tokens) == (1100, 90, 400)
+    assert spend.cost_usd == pytest.approx((1100 * 3 + 90 * 15 + 400 * 0.3) / 1e6)
+    assert exc.transcript["outcome"].startswith("failed: invalid_response: the conversation ended")
+    assert len(exc.transcript["messages"]) == 4
 
 
 def test_a_reply_cut_off_at_max_tokens_fails_clearly() -> None:
     with MessagesServer() as server:
         server.add(reply(text("Here is my long plan"), stop_reason="max_tokens"))
-        with pytest.raises(AgentError, match=r"cut off at max_tokens \(64\)"):
+        with pytest.raises(ProposalError, match=r"cut off at max_tokens \(64\)"):
             proposer(server, max_tokens=64).propose(context())
 
 
 def test_the_turn_limit_ends_a_proposal() -> None:
     with MessagesServer() as server:
         server.add(*[reply(tool_use("read_notes", {}))] * 3)
-        with pytest.raises(AgentError, match=r"turn limit \(2 turns\)"):
+        with pytest.raises(ProposalError, match=r"turn limit \(2 turns\)"):
             proposer(server, max_turns=2).propose(context())
         assert len(server.requests) == 2
 
@@ -245,7 +246,7 @@ def test_the_key_comes_from_env_or_a_secret_file_and_is_never_shown(tmp_path: Pa
     assert read_api_key({"ANTHROPIC_API_KEY_FILE": str(secret)}) == KEY
     with pytest.raises(ApiKeyMissing, match="no API key: set ANTHROPIC_API_KEY") as info:
         read_api_key({})
-    assert info.value.fatal is True
+    assert info.value.failure.kind == "auth" and info.value.failure.fatal is True
     with pytest.raises(ApiKeyMissing, match="cannot read the API key file"):
         read_api_key({"ANTHROPIC_API_KEY_FILE": str(tmp_path / "absent")})
     with MessagesServer() as server:  # a model that echoes the key, a note and description that contain it
@@ -342,7 +343,7 @@ def test_retry_delays_back_off_with_jitter_and_honour_retry_after() -> None:
 
 def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and_rejects_repeats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.protocol import Proposal, Spend
+    from agent.protocol import Proposal, ProposalFailure, Spend
     from cluster.agents import ProposalOutcome
     from cluster.config import FarmConfig
     from cluster.driver import Farm
@@ -361,8 +362,9 @@ def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and
                         **spent.model_dump(), **extra)
 
     outcomes = {
-        "failed": ProposalOutcome(agent="claude-1", error="AgentError: no submit\ntraceback", spend=spent,
-                                  transcript={"messages": [f"leaked {KEY}"]}),
+        "failed": ProposalOutcome(agent="claude-1", transcript={"messages": [f"leaked {KEY}"]},
+                                  failure=ProposalFailure(kind="invalid_response", message="no submit\nmore",
+                                                          spend=spent)),
         "ok": ProposalOutcome(agent="claude-0", proposal=proposal(
             SEED.replace("DEPTH = 4", "DEPTH = 3"), "DEPTH 4 -> 3", notes=["depth 3 trains faster"],
             transcript={"messages": ["hello"]})),
@@ -377,7 +379,7 @@ def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and
     farm.ledger.close()
 
     rows = {r.event: r for r in Ledger(tmp_path / "ledger").read()}
-    assert rows["proposal_failed"].cost_usd == 0.5 and rows["proposal_failed"].reason == "AgentError: no submit"
+    assert rows["proposal_failed"].cost_usd == 0.5 and rows["proposal_failed"].reason == "invalid_response: no submit"
     assert rows["queued"].cost_usd == 0.5 and rows["queued"].cache_read_tokens == 1000 and rows["queued"].diff_sha
     assert rows["rejected"].cost_usd == 0.5 and rows["rejected"].reason.startswith("the same change as e0002")
     assert farm.state.cost_usd == pytest.approx(1.5)
@@ -386,7 +388,7 @@ def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and
     assert (tmp_path / "notes.md").read_text() == "- claude-0: depth 3 trains faster\n"
     assert sorted(p.name for p in (tmp_path / "transcripts").iterdir()) == ["claude-0-1.json", "claude-1-1.json"]
     failed = json.loads((tmp_path / "transcripts" / "claude-1-1.json").read_text())
-    assert failed["result"] == "failed: AgentError: no submit" and KEY not in json.dumps(failed)
+    assert failed["result"] == "failed: invalid_response: no submit" and KEY not in json.dumps(failed)
     status = json.loads((tmp_path / "status.json").read_text())["llm"]
     assert status["agents"]["claude-0"]["proposals"] == 2 and status["cost_usd"] == pytest.approx(1.5)
     context = farm._context(0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.protocol import Context, Proposal
+from agent.protocol import Context, Proposal, ProposalError, Spend
 from bench import surrogate
 from cluster.config import FarmConfig
 from cluster.driver import Farm
@@ -61,12 +61,9 @@ class Flaky:
 
     def propose(self, context: Context) -> Proposal:
         if self.rng.random() < self.fail_rate:
-            error = RuntimeError("scripted API failure")
-            if self.rng.random() < 0.5:
-                from agent.protocol import Spend
-
-                error.spend = Spend(tokens_in=100, tokens_out=10, cost_usd=0.001)  # type: ignore[attr-defined]
-            raise error
+            paid = self.rng.random() < 0.5
+            raise ProposalError("server", "scripted API failure",
+                                spend=Spend(tokens_in=100, tokens_out=10, cost_usd=0.001) if paid else None)
         proposal = self.inner.propose(context)
         return proposal.model_copy(update={"tokens_in": 50, "cost_usd": 0.0005})
 
@@ -178,13 +175,15 @@ def test_an_agent_is_rebuilt_after_repeated_faults_but_never_after_a_fatal_one()
             built.append(self)
 
         def propose(self, context: Context) -> Proposal:
-            error = RuntimeError("boom")
-            error.fatal = Bad.fatal  # type: ignore[attr-defined]
-            raise error
+            if Bad.fatal:
+                raise ProposalError("auth", "the API key was rejected", fatal=True)
+            raise RuntimeError("boom")  # a fault the agent did not type: kind other, with its traceback
 
     actor = AgentActor.__ray_actor_class__("mutate", "mutate-0", {}, lambda kind, name, options: Bad())
     outcomes = [actor.propose(None) for _ in range(RESTART_AFTER_FAILURES)]
-    assert all(o.proposal is None and o.error.startswith("RuntimeError: boom") for o in outcomes)
+    assert all(o.proposal is None and o.failure.kind == "other" and not o.failure.fatal for o in outcomes)
+    assert all(o.failure.message.startswith("RuntimeError: boom") and "Traceback" in o.failure.message
+               for o in outcomes)
     assert len(built) == 2  # rebuilt once, after the third fault
     Bad.fatal = True
-    assert all(actor.propose(None).fatal for _ in range(RESTART_AFTER_FAILURES)) and len(built) == 2
+    assert all(actor.propose(None).failure.fatal for _ in range(RESTART_AFTER_FAILURES)) and len(built) == 2

@@ -30,12 +30,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.protocol import Proposal, Spend
+from agent.llm import Fault, RetryPolicy, call_with_retries, classify, classify_status
+from agent.protocol import FAILURE_KINDS, Proposal, ProposalError, ProposalFailure, Spend
 from cluster.agents import ProposalOutcome
 from cluster.config import FarmConfig
 from cluster.ledger import LedgerRow
 from cluster.live import FarmStatus
-from cluster.metrics import ERROR_KINDS, PHASE_BUCKETS, PHASES, STATUSES, FarmMetrics, error_kind, serve
+from cluster.metrics import ERROR_KINDS, PHASE_BUCKETS, PHASES, STATUSES, FarmMetrics, serve
 from cluster.state import Work
 from cluster.task import TaskOutcome
 from trainer.result import ExperimentResult, HarnessFacts, Status
@@ -156,10 +157,13 @@ def test_proposals_tokens_cost_and_errors_by_agent() -> None:
                         tokens_out=200, cache_read_tokens=5000, cache_write_tokens=300, cost_usd=0.0125)
     m.proposal(1, ProposalOutcome(agent="mutate-1", proposal=proposal))  # queued
     m.proposal(1, ProposalOutcome(agent="mutate-1", proposal=proposal), rejected=True)  # refused before running
-    m.proposal(0, ProposalOutcome(agent="mutate-0", error="RateLimitError: Error code: 429\nTraceback ..."))
-    m.proposal(0, ProposalOutcome(agent="agent-0", error="The actor died unexpectedly before finishing this task."))
+    failure = ProposalFailure(kind="rate_limit", message="the Messages API call failed 7 time(s), last: HTTP 429")
+    m.proposal(0, ProposalOutcome(agent="mutate-0", failure=failure))
+    died = ProposalFailure(kind="actor_died", message="ActorDiedError: the actor died unexpectedly")
+    m.proposal(0, ProposalOutcome(agent="agent-0", failure=died))
     spent = Spend(tokens_in=10, tokens_out=5, cost_usd=0.001)  # a failed proposal still paid for its calls
-    m.proposal(0, ProposalOutcome(agent="mutate-0", error="AgentError: no submit within the turn limit", spend=spent))
+    failure = ProposalFailure(kind="invalid_response", message="no submit within the turn limit", spend=spent)
+    m.proposal(0, ProposalOutcome(agent="mutate-0", failure=failure))
     s = samples(m)
     assert value(s, "farm_proposals_total", outcome="queued") == 1
     assert value(s, "farm_proposals_total", outcome="rejected") == 1
@@ -176,34 +180,42 @@ def test_proposals_tokens_cost_and_errors_by_agent() -> None:
     assert sum(v for (n, _), v in s.items() if n == "farm_agent_errors_total") == 3
 
 
-@pytest.mark.parametrize(("error", "kind"), [
-    ("AuthenticationError: Error code: 401 - invalid x-api-key", "auth"),
-    ("anthropic.RateLimitError: 429", "rate_limit"),
-    ("OverloadedError: Error code: 529", "overloaded"),
-    ("InternalServerError: Error code: 529 - {'type': 'overloaded_error'}", "overloaded"),
-    ("InternalServerError: Error code: 500", "server"),
-    ("APITimeoutError: Request timed out.", "timeout"),
-    ("APIConnectionError: Connection error.", "connection"),
-    ("BadRequestError: prompt is too long", "bad_request"),
-    ("ValueError: the reply holds no train.py", "invalid_response"),
-    ("ray.exceptions.ActorDiedError: The actor died", "actor_died"),
-    ("ZeroDivisionError: division by zero", "other"),
-    # the Claude agent's own errors (agent/llm.py) wrap the SDK's: the message tells the kind
-    ("RetriesExhausted: the Messages API call failed 7 time(s), last: HTTP 529 (Overloaded)", "overloaded"),
-    ("RetriesExhausted: the Messages API call failed 7 time(s), last: HTTP 429 (rate limited)", "rate_limit"),
-    ("RetriesExhausted: the Messages API call failed 3 time(s), last: HTTP 503 (unavailable)", "server"),
-    ("RetriesExhausted: the Messages API call failed 7 time(s), last: timed out", "timeout"),
-    ("RetriesExhausted: the Messages API call failed 2 time(s), last: connection failed (ConnectError)", "connection"),
-    ("ApiKeyRejected: the API key was rejected (HTTP 401: invalid x-api-key)", "auth"),
-    ("ApiKeyMissing: no API key: set ANTHROPIC_API_KEY", "auth"),
-    ("AgentError: the Messages API refused the request: HTTP 402: credit balance too low", "quota"),
-    ("AgentError: the Messages API refused the request: HTTP 400: prompt too long", "bad_request"),
-    ("AgentError: no submit within the turn limit (12 turns)", "invalid_response"),
-    ("FatalAgentError: HTTP 404 from the Messages API (model not found)", "bad_request"),
-    ("", "other"),
+@pytest.mark.parametrize(("status", "message", "kind"), [
+    (401, "invalid x-api-key", "auth"),
+    (403, "permission denied", "auth"),
+    (402, "credit balance too low", "quota"),
+    (429, "rate limited", "rate_limit"),
+    (529, "Overloaded", "overloaded"),
+    (500, "{'type': 'overloaded_error'}", "overloaded"),
+    (500, "internal error", "server"),
+    (503, "unavailable", "server"),
+    (408, "request timeout", "timeout"),
+    (400, "prompt too long", "bad_request"),
+    (404, "model not found", "bad_request"),
 ])  # fmt: skip
-def test_error_kinds_are_bounded(error: str, kind: str) -> None:
-    assert error_kind(error) == kind and kind in ERROR_KINDS
+def test_an_api_fault_is_typed_where_its_status_is_known(status: int, message: str, kind: str) -> None:
+    """The agents' API client types each fault (agent/llm.py), retried or not; the metrics count by that kind."""
+
+    def fail() -> None:
+        raise RuntimeError(message)
+
+    with pytest.raises(ProposalError) as info:
+        call_with_retries(fail, RetryPolicy(max_retries=1), sleep=lambda _: None, errors=(RuntimeError,),
+                          classify=lambda exc, key: classify_status(status, str(exc), None))
+    assert info.value.failure.kind == kind and info.value.failure.fatal == (status in (401, 403, 404))
+
+
+def test_timeouts_dropped_connections_and_unreadable_replies_are_typed_too() -> None:
+    import anthropic
+
+    def bare(cls: type[Exception]) -> Exception:  # classify reads only the type: no request or response needed
+        return cls.__new__(cls)
+
+    assert classify(bare(anthropic.APITimeoutError)) == Fault(True, None, "timeout", "timed out")
+    assert classify(bare(anthropic.APIConnectionError)).kind == "connection"
+    unreadable = bare(anthropic.APIResponseValidationError)
+    assert classify(unreadable) == Fault(False, None, "invalid_response", "APIResponseValidationError")
+    assert ERROR_KINDS == FAILURE_KINDS  # every kind an agent can type is a label value, and no other
 
 
 def test_label_sets_are_bounded_whatever_the_events() -> None:
@@ -212,7 +224,7 @@ def test_label_sets_are_bounded_whatever_the_events() -> None:
         w = work(f"e{i}", kind="candidate")
         m.dispatched(w)
         m.finished(w, LedgerRow(experiment_id=w.experiment_id, event="finished", ts=0, status="crash"))
-        m.proposal(i % 2, ProposalOutcome(agent="x", error=f"SomeNewError{i}: message {i}"))
+        m.proposal(i % 2, ProposalOutcome(agent="x", failure=ProposalFailure.of(ValueError(f"message {i}"))))
     s = samples(m)
     assert len(s) == len(samples(FarmMetrics(fake_farm(), gpus=1, agents=AGENTS)))  # no new series
     assert not any("e1" in dict(labels).values() for _, labels in s)  # no experiment ids as labels

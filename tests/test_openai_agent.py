@@ -15,8 +15,8 @@ import pytest
 
 from agent.claude import ClaudeProposer
 from agent.cost import OPENAI_PRICES, is_self_hosted, openai_price
-from agent.llm import AgentError, ApiKeyMissing, ApiKeyRejected, RetriesExhausted
 from agent.openai_agent import OpenAIProposer
+from agent.protocol import ProposalError
 from agent.transcript import REDACTED
 from tests import messages_server as ms
 from tests.chat_server import DROP, ChatServer, call, fault, reply, slow, usage
@@ -108,9 +108,9 @@ def test_faults_that_do_not_clear_fail_the_proposal_without_stopping_the_agent()
     with ChatServer() as server:
         server.add(*[fault(502, "server_error", "bad gateway")] * 3, reply(*edit_and_submit()))
         p = proposer(server, max_retries=2)
-        with pytest.raises(RetriesExhausted, match="Chat Completions API call failed 3 time.*HTTP 502") as info:
+        with pytest.raises(ProposalError, match="Chat Completions API call failed 3 time.*HTTP 502") as info:
             p.propose(context())
-        assert info.value.fatal is False and len(server.requests) == 3
+        assert info.value.failure.kind == "server" and not info.value.failure.fatal and len(server.requests) == 3
         assert p.propose(context()).description == "DEPTH 4 -> 3"
 
 
@@ -125,10 +125,10 @@ def test_a_rejected_key_is_fatal_for_that_agent_only(status: int) -> None:
         rejected = make_proposer("openai", "openai-0", {"model": LOCAL, "base_url": bad.url, "env": env, **FAST})
         other = make_proposer("claude", "claude-1", {"kind": "openai", "model": LOCAL, "base_url": good.url,
                                                      "env": env, **FAST})
-        with pytest.raises(ApiKeyRejected) as info:
+        with pytest.raises(ProposalError) as info:
             rejected.propose(context())
         assert other.propose(context()).description == "DEPTH 4 -> 3"  # the other agent goes on
-    assert info.value.fatal is True and len(bad.requests) == 1
+    assert info.value.failure.kind == "auth" and info.value.failure.fatal is True and len(bad.requests) == 1
     assert str(info.value).startswith(f"the API key was rejected (HTTP {status}")
     assert KEY not in str(info.value) and KEY not in json.dumps(info.value.transcript)
 
@@ -154,15 +154,16 @@ def test_malformed_tool_arguments_get_error_results_and_the_loop_continues() -> 
 def test_the_turn_limit_ending_without_submit_and_a_cut_off_reply_fail_the_proposal() -> None:
     with ChatServer() as server:
         server.add(*[reply(call("read_notes", {}))] * 3)
-        with pytest.raises(AgentError, match=r"turn limit \(2 turns\)") as info:
+        with pytest.raises(ProposalError, match=r"turn limit \(2 turns\)") as info:
             proposer(server, max_turns=2).propose(context())
-        assert len(server.requests) == 2 and info.value.spend.tokens_in == 200
+        assert len(server.requests) == 2 and info.value.failure.spend.tokens_in == 200
+        assert info.value.failure.kind == "invalid_response"
         server.script.clear()
         server.add(reply(content="I would lower the depth."))
-        with pytest.raises(AgentError, match="without a submit"):
+        with pytest.raises(ProposalError, match="without a submit"):
             proposer(server).propose(context())
         server.add(reply(content="a long plan", finish_reason="length"))
-        with pytest.raises(AgentError, match=r"cut off at max_tokens \(64\)"):
+        with pytest.raises(ProposalError, match=r"cut off at max_tokens \(64\)"):
             proposer(server, max_tokens=64).propose(context())
 
 
@@ -227,10 +228,10 @@ def test_the_key_goes_only_into_the_authorization_header_and_never_into_a_transc
 
 def test_a_key_is_needed_for_a_hosted_endpoint_but_not_for_a_self_hosted_one(tmp_path: Path) -> None:
     hosted = OpenAIProposer("openai-0", model="gpt-4.1-mini", base_url="https://api.openai.com/v1", env={}, **FAST)
-    with pytest.raises(ApiKeyMissing, match="set OPENAI_API_KEY") as info:
+    with pytest.raises(ProposalError, match="set OPENAI_API_KEY") as info:
         hosted.propose(context())
-    assert info.value.fatal is True
-    with pytest.raises(ApiKeyMissing, match="cannot read the API key file"):
+    assert info.value.failure.kind == "auth" and info.value.failure.fatal is True
+    with pytest.raises(ProposalError, match="cannot read the API key file"):
         OpenAIProposer("openai-0", model=LOCAL, base_url="http://127.0.0.1:9/v1", api_key_file=str(tmp_path / "x"),
                        env={}).propose(context())
     with ChatServer() as server:  # Ollama and vLLM without --api-key: no key configured, none needed
