@@ -86,16 +86,15 @@ CRASH_DURATION, JITTER = 0.25, 0.1
 PARTIAL = 0.9  # a second, easier target: this share of sequential's gain from the seed
 GREEDY = {"policy": "greedy", "parent_main_prob": 1.0}
 
-PAIRED = {"pairing": "auto", "noise_prior_df": 4, "baseline_replicates": 2, "min_noise_df": 4,
-          "judge_against": "parent", "max_replicates": 4, "second_chances": 1}
+PAIRED = {"policy": "paired"}  # cluster/tournament.py PAIRED_DEFAULTS
 # name -> (label, tournament settings over TournamentSettings' defaults, what-ifs)
 TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "tournament": ("the farm's tournament, shipped defaults", {}, ()),
     "tournament-tuned": ("judged against a former-main parent, up to 4 replicates while promising",
                          {"judge_against": "parent", "max_replicates": 4}, ()),
-    "paired": ("pairing (same seeds as main, paired where the noise is shared), a noise prior (fast start: 2 "
-               "baselines, candidates at once), judged against a former-main parent and merged, up to 4 replicates "
-               "while promising, one second chance", PAIRED, ()),
+    "paired": ("the paired policy: same seeds as main, paired where the noise is shared; a noise prior (2 "
+               "baselines, candidates at once); judged against a former-main parent and merged; up to 4 replicates "
+               "while promising (screen 1.0, margin 2.6 sigma); one second chance", PAIRED, ()),
     "tournament-lw": ("tournament-tuned + what-if linewise-merge", {"judge_against": "parent", "max_replicates": 4},
                       ("linewise-merge",)),
     "tournament-lw-cpp": ("tournament-tuned + what-ifs linewise-merge, change-per-parent",

@@ -48,9 +48,11 @@ class TournamentSettings(BaseModel):
     near_miss_margins: float = Field(1.0, ge=0, description="a discarded result at most this many margins worse "
                                      "than main is a near-miss: a candidate parent")
     pool_recent: int = Field(32, ge=1, description="only this many most recent near-misses may be parents")
-    policy: Literal["tournament", "greedy"] = Field("tournament", description="greedy: autoresearch's own loop, "
-                                                    "for benchmarks (bench/search.py): main and each candidate run "
-                                                    "once, keep if lower; no replicates, margin or confirmation")
+    policy: Literal["tournament", "paired", "greedy"] = Field(
+        "tournament", description="paired: the tournament with PAIRED_DEFAULTS for every field not set (pairing, a "
+        "noise prior for a fast start, judged against a former-main parent, replicates while promising at a wider "
+        "margin, a second chance; docs/bench/search-paired.md); greedy: autoresearch's own loop, for benchmarks "
+        "(bench/search.py): main and each candidate run once, keep if lower; no replicates, margin or confirmation")
     judge_against: Literal["main", "parent"] = Field("main", description="parent: a candidate whose parent is a "
                                                      "former main (measured >= baseline_replicates times) is judged "
                                                      "against that parent, so a gain proposed before main moved is "
@@ -83,12 +85,30 @@ class TournamentSettings(BaseModel):
                               "a class has this many degrees of freedom: with 3 df the t margin is ~2x wider and "
                               "a 3-sd gain is promoted 39 % of the time instead of 75 %")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _paired_defaults(cls, data: object) -> object:
+        """``policy: paired`` fills PAIRED_DEFAULTS into every field the settings do not name themselves."""
+        if isinstance(data, dict) and data.get("policy") == "paired":
+            return {**PAIRED_DEFAULTS, **data}
+        return data
+
     @model_validator(mode="after")
     def _screen_below_margin(self) -> TournamentSettings:
         if self.promising_sigmas > self.margin_sigmas:
             raise ValueError(f"promising_sigmas ({self.promising_sigmas}) must not exceed margin_sigmas "
                              f"({self.margin_sigmas}): the screen for confirmation cannot be stricter than promotion")
         return self
+
+
+# The paired policy (issue 15; docs/bench/search-paired.md). Every choice is measured there or in
+# tests/test_pairing.py: pairing and the prior start judging at once; several looks at a promising candidate (up to
+# max_replicates runs) would promote ~1.8 % of useless changes at the tournament's 2.3 sigma, so the margin is 2.6,
+# which brings it back to the tournament's ~0.7-0.9 % (tests/test_tournament.py's simulation).
+PAIRED_DEFAULTS: dict[str, object] = {
+    "pairing": "auto", "noise_prior_df": 4, "baseline_replicates": 2, "min_noise_df": 4, "judge_against": "parent",
+    "max_replicates": 4, "second_chances": 1, "promising_sigmas": 1.0, "margin_sigmas": 2.6,
+}
 
 
 @lru_cache(maxsize=4096)

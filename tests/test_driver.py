@@ -128,8 +128,7 @@ def test_the_live_state_is_the_state_a_resume_rebuilds(tmp_path: Path, seed: int
     FaultySurrogate.fault_rate = rng.choice([0.0, 0.2, 0.4])
     policy = rng.choice([{"baseline_replicates": 2, "min_noise_df": 2}, {"policy": "greedy"},
                          {"baseline_replicates": 2, "min_noise_df": 1, "judge_against": "parent"},
-                         {"pairing": "auto", "noise_prior_df": 4, "baseline_replicates": 2, "min_noise_df": 4,
-                          "judge_against": "parent", "max_replicates": 4, "second_chances": 1}])
+                         {"policy": "paired"}])
     fail_rate = rng.choice([0.0, 0.3])
     farm = make_farm(tmp_path, seed, proposer=lambda name: Flaky(name, seed, fail_rate), gpus=rng.choice([1, 3]),
                      max_experiments=rng.randint(8, 30), tournament=policy, max_consecutive_errors=0)

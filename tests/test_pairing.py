@@ -28,8 +28,7 @@ from trainer.seed import seed_source, set_constants
 
 SEED = seed_source(get_profile("cpu-tiny"))
 SD = 0.04
-PAIRED = {"pairing": "auto", "noise_prior_df": 4, "baseline_replicates": 2, "min_noise_df": 4,
-          "judge_against": "parent", "max_replicates": 4, "second_chances": 1}  # bench/search.py's "paired"
+PAIRED = {"policy": "paired"}  # cluster/tournament.py PAIRED_DEFAULTS
 
 
 def runs(files: int, seeds: int, shared: float, rng: random.Random) -> list[Measurement]:
@@ -156,15 +155,16 @@ def test_candidates_run_at_once_on_the_seeds_main_runs_on(tmp_path: Path) -> Non
 
 
 class Repeater:
-    """An agent that proposes the same useless edit again and again (ROPE_BASE: no effect on the landscape)."""
+    """An agent that proposes the same bad edit again and again (DEPTH 6: far worse on the landscape, so each try
+    is discarded on its one run)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def propose(self, context: Context) -> Proposal:
-        assert "ROPE_BASE" in parse_constants(context.parent_train_py)
-        return Proposal(agent=self.name, parent_commit=context.parent_commit, description="ROPE_BASE 20000",
-                        train_py=set_constants(context.parent_train_py, {"ROPE_BASE": 20000.0}))
+        assert "DEPTH" in parse_constants(context.parent_train_py)
+        return Proposal(agent=self.name, parent_commit=context.parent_commit, description="DEPTH 6",
+                        train_py=set_constants(context.parent_train_py, {"DEPTH": 6}))
 
 
 def test_an_edit_discarded_on_one_run_gets_its_second_chance_and_no_more(tmp_path: Path) -> None:
@@ -180,3 +180,26 @@ def test_an_edit_discarded_on_one_run_gets_its_second_chance_and_no_more(tmp_pat
               agents={"count": 1, "kind": "mutate"}, max_experiments=12, tournament={**PAIRED, "second_chances": 0})
     f2.run()
     assert sum(w.kind == "candidate" for w in f2.state.work.values()) == 1
+
+
+def test_the_paired_policy_is_a_named_set_of_defaults_that_explicit_settings_override() -> None:
+    paired = TournamentSettings(policy="paired")
+    assert paired.pairing == "auto" and paired.max_replicates == 4 and paired.margin_sigmas == 2.6
+    assert TournamentSettings(policy="paired", margin_sigmas=3.0).margin_sigmas == 3.0
+    assert TournamentSettings().pairing == "unpaired"  # the tournament's own behaviour is unchanged
+
+
+def test_the_paired_policy_promotes_useless_changes_no_more_often_than_the_tournament() -> None:
+    """Several looks at a promising candidate (max_replicates) raise the false-promotion rate; the wider margin of
+    PAIRED_DEFAULTS brings it back to the tournament's (tests/test_tournament.py's simulation, unpaired noise)."""
+    from tests.test_tournament import rates
+
+    paired, plain = TournamentSettings(policy="paired"), TournamentSettings()
+    false_paired, _ = rates(0.0, 6000, seed=1, noise_df=200, settings=paired)
+    false_plain, _ = rates(0.0, 6000, seed=1, noise_df=200, settings=plain)
+    looser = TournamentSettings(policy="paired", margin_sigmas=2.3)
+    false_looser, _ = rates(0.0, 6000, seed=1, noise_df=200, settings=looser)
+    print(f"useless changes promoted: tournament {false_plain:.4f}, paired {false_paired:.4f}, "
+          f"paired at 2.3 sigma {false_looser:.4f}")
+    assert false_paired <= 0.012 and false_paired <= false_plain + 0.004
+    assert false_looser > false_paired  # the looks cost something: the margin pays for them
