@@ -88,10 +88,13 @@ BENCH_ARGS ?=
 bench-dispatch: install
 	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)
 
-## Search efficiency (issue 7): sequential vs naive parallel vs the tournament on the surrogate landscape, the real
-## farm on a virtual clock; writes docs/bench/search.{md,json} and search-*.png (BENCH_ARGS to change sizes).
+## Search efficiency (issues 7, 15): sequential vs naive parallel vs the tournament and the paired policy, the real
+## farm on a virtual clock, 16 seeds at N = 8 on each landscape (~16 min each on 2 cores); writes
+## docs/bench/search-paired.* and search-realistic.* (BENCH_ARGS to change sizes; docs/bench/search.md: N = 2, 8, 16).
+SEARCH_ARGS ?= --seeds 16 --n 8 --variants tournament,paired
 bench-search: install
-	$(BIN)/python bench/search.py $(BENCH_ARGS)
+	$(BIN)/python bench/search.py $(SEARCH_ARGS) --name search-paired $(BENCH_ARGS)
+	$(BIN)/python bench/search.py $(SEARCH_ARGS) --landscape realistic --name search-realistic $(BENCH_ARGS)
 
 ## The optimiser proposer against the mutator on the surrogate landscape (docs/bench/proposers.md).
 bench-proposers: install
