@@ -209,7 +209,9 @@ class TournamentPolicy:
         return judge_candidate(farm.state, candidate, gpu_class, farm.repo, self.settings)
 
     def _judge(self, farm: FarmView, candidate: Work, gpu_class: str) -> Iterator[Action]:
-        if pair := self._awaited_pair(farm, candidate, gpu_class):
+        # the file it is compared with, once per judgement (a former-main parent costs a three-way merge to find)
+        reference = self._reference(farm, candidate) if self.settings.pairing == "auto" else farm.state.main_sha
+        if pair := self._awaited_pair(farm, candidate, gpu_class, reference):
             yield Decide(experiment_id=candidate.experiment_id, decision="wait", reason=pair)
             return
         verdict = self._verdict(farm, candidate, gpu_class)
@@ -218,26 +220,26 @@ class TournamentPolicy:
             taken = [candidate.seed, *farm.seeds_taken(candidate.train_sha, verdict.gpu_class)]
             need = verdict.replicates_needed - farm.state.pending_replicates(candidate.train_sha)
             if need > 0:
-                seeds = self._confirm_seeds(farm, candidate, taken, need)
+                seeds = self._confirm_seeds(farm, reference, taken, need)
                 yield Measure(
                     kind="confirm", commit=candidate.commit, parent_commit=candidate.parent_commit,
                     train_sha=candidate.train_sha, seeds=seeds, agent=candidate.agent,
                     description=f"confirm {candidate.experiment_id}: {candidate.description}",
                     replicate_of=candidate.experiment_id, why=verdict.reason)
-                yield from self._pair_main(farm, candidate, seeds)
+                yield from self._pair_main(farm, candidate, reference, seeds)
         elif verdict.decision == "wait":
             yield from self._measure_main(farm, verdict.gpu_class)
         elif verdict.decision in ("promote", "simpler"):
             yield Promote(experiment_id=candidate.experiment_id, reason=verdict.reason,
                           mean=farm.mean(candidate.train_sha))
 
-    def _awaited_pair(self, farm: FarmView, candidate: Work, gpu_class: str) -> str:
+    def _awaited_pair(self, farm: FarmView, candidate: Work, gpu_class: str, reference: str) -> str:
         """Pairing: why a candidate waits for its reference's run on one of its seeds that is queued or running
         (judged now, it would be compared unpaired and lose a small real gain); '' when nothing is awaited. A
         finished baseline judges every waiting candidate again."""
         if self.settings.pairing != "auto":
             return ""
-        state, reference = farm.state, self._reference(farm, candidate)
+        state = farm.state
         mine = {m.seed for m in state.measurements.get((candidate.train_sha, gpu_class), [])}
         done = {m.seed for m in state.measurements.get((reference, gpu_class), []) if not m.screening}
         pending = {w.seed for eid, w in state.work.items() if w.train_sha == reference and eid not in state.finished
@@ -245,21 +247,21 @@ class TournamentPolicy:
         awaited = sorted((mine - done) & pending)
         return f"pairing: waits for its reference's run on seed {awaited[0]}" if awaited else ""
 
-    def _confirm_seeds(self, farm: FarmView, candidate: Work, taken: list[int], need: int) -> list[int]:
-        """Seeds for a candidate's confirmations: new ones, or with pairing first those main ran on."""
+    def _confirm_seeds(self, farm: FarmView, reference: str, taken: list[int], need: int) -> list[int]:
+        """Seeds for a candidate's confirmations: new ones, or with pairing first those its reference ran on."""
         if self.settings.pairing != "auto":
             return next_seeds(taken, need)
-        shared = [s for s in farm.reference_seeds(self._reference(farm, candidate)) if s not in taken][:need]
+        shared = [s for s in farm.reference_seeds(reference) if s not in taken][:need]
         return shared + next_seeds(taken + shared, need - len(shared))
 
     def _reference(self, farm: FarmView, candidate: Work) -> str:
         return reference_of(farm.state, candidate, farm.repo, self.settings)
 
-    def _pair_main(self, farm: FarmView, candidate: Work, seeds: list[int]) -> Iterator[Action]:
+    def _pair_main(self, farm: FarmView, candidate: Work, reference: str, seeds: list[int]) -> Iterator[Action]:
         """Pairing: main also runs on a confirmation's seeds it lacks, so every run of the candidate has its pair
         (only when main is the candidate's reference, and never beyond max_replicates + baseline runs of main)."""
         state = farm.state
-        if self.settings.pairing != "auto" or self._reference(farm, candidate) != state.main_sha:
+        if self.settings.pairing != "auto" or reference != state.main_sha:
             return
         have = farm.reference_seeds(state.main_sha)
         room = max(self.settings.max_replicates, 1 + self.settings.confirm_replicates,
