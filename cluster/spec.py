@@ -73,6 +73,12 @@ class KubernetesSettings(BaseModel):
     cache_sub_path: str = Field("", description="sub-path of the cache inside the PVC")
     gpu: bool | None = Field(None, description="request a GPU; default: yes unless the profile is a CPU profile")
     gpu_resource: str = Field("nvidia.com/gpu", min_length=1, description="extended resource name of a GPU")
+    gpu_claim_template: str = Field(
+        "",
+        description="ResourceClaimTemplate (Dynamic Resource Allocation) of an experiment's GPU: the runner's and "
+        "the candidate's containers share it, so GPU verdicts are forgery-proof too; empty: the device plugin's "
+        "gpu_resource, in one container where the candidate runs as the runner's user",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of experiment pods")
     tolerations: list[dict] = Field(default_factory=list, description="tolerations of experiment pods")
     runtime_class: str | None = Field(None, description="RuntimeClass of experiment pods, e.g. gvisor")

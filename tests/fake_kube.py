@@ -4,11 +4,15 @@ Speaks the real REST paths and JSON of the core/v1 pods, pods/log and
 configmaps endpoints the backend uses (create, get, list by labelSelector,
 delete, log with tailLines/limitBytes), answers errors as v1 Status objects
 (401 without the right bearer token, 403 for forbidden kinds, 404, 409), and
-records every request. A pod either *runs*: its container command is
+records every request. A pod either *runs*: its containers' commands are
 executed locally (the image's ``python`` is this interpreter, mount paths are
 mapped onto local directories: ConfigMap volumes written out, PVCs from
-``pvcs``, emptyDirs fresh), or follows a *script* (phases, container states
-and a canned log), or *hangs* in Running until deleted. activeDeadlineSeconds
+``pvcs``, emptyDirs fresh and open to all), or runs in *docker*: each
+container a real container of its image in the Docker Engine, as the
+kubelet's container runtime would run it (its user, read-only root, no
+capabilities, no network, its own PID namespace, the same local volumes
+bind-mounted), or follows a *script* (phases, container states and a canned
+log), or *hangs* in Running until deleted. activeDeadlineSeconds
 is enforced like the kubelet does (phase Failed, reason DeadlineExceeded).
 """
 
@@ -55,70 +59,122 @@ class Pod:
         self.server, self.obj = server, obj
         self.created = time.monotonic()
         self.started: float | None = None
-        self.log = b""
-        self.proc: subprocess.Popen | None = None
+        self.logs: dict[str, bytes] = {}  # per container (a scripted pod's log is its first container's)
+        self.exits: dict[str, int] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.docker_names: list[str] = []
         self.workdir: Path | None = None
         self.final: dict | None = None  # {"phase", "exit_code", "reason", "pod_reason"}
         self.script = script or server.behaviour(obj)
-        if self.script == "run":
-            threading.Thread(target=self._run, daemon=True).start()
+        if self.script in ("run", "docker"):
+            threading.Thread(target=self._run, args=(self.script == "docker",), daemon=True).start()
+
+    @property
+    def log(self) -> bytes:
+        return self.logs.get(self.obj["spec"]["containers"][0]["name"], b"")
 
     # -- a real run ------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        spec = self.obj["spec"]
-        container = spec["containers"][0]
-        self.workdir = Path(tempfile.mkdtemp(prefix="fake-pod-"))
-        volumes = {v["name"]: v for v in spec.get("volumes", [])}
-        mounts: dict[str, str] = {}
-        for m in container.get("volumeMounts", []):
-            vol = volumes[m["name"]]
-            local = self.workdir / m["name"]
+    def _volumes(self) -> dict[str, Path]:
+        """Each pod volume as a local directory, made the way the kubelet makes it (emptyDirs open to every user)."""
+        local: dict[str, Path] = {}
+        for vol in self.obj["spec"].get("volumes", []):
+            path = self.workdir / vol["name"]
             if "configMap" in vol:
                 cm = self.server.objects["configmaps"][vol["configMap"]["name"]]
-                local.mkdir()
+                path.mkdir()
                 for key, text in cm.get("data", {}).items():
-                    (local / key).write_text(text)
+                    (path / key).write_text(text)
+                    (path / key).chmod(vol["configMap"].get("defaultMode", 0o644))
+                path.chmod(0o755)
             elif "persistentVolumeClaim" in vol:
-                local = Path(self.server.pvcs[vol["persistentVolumeClaim"]["claimName"]])
-                local = local / m.get("subPath", "")
+                path = Path(self.server.pvcs[vol["persistentVolumeClaim"]["claimName"]])
             else:
-                local.mkdir()
-            mounts[m["mountPath"]] = str(local)
+                path.mkdir()
+                path.chmod(0o777)
+            local[vol["name"]] = path
+        return local
 
-        def local_path(text: str) -> str:
-            for mount in sorted(mounts, key=len, reverse=True):
-                if text == mount or text.startswith(mount + "/"):
-                    return mounts[mount] + text[len(mount) :]
-            return text
-
-        argv = [sys.executable if container["command"][0] == "python" else container["command"][0]]
-        argv += container["command"][1:] + [local_path(a) for a in container.get("args", [])]
-        env = {e["name"]: local_path(e["value"]) for e in container.get("env", [])}
-        env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), PYTHONPATH=str(REPO))  # the image's own
+    def _run(self, docker: bool) -> None:
+        """Every container at once, as a local process (``run``: this interpreter, mount paths mapped onto the
+        local directories, as the test's own user) or as a real container of the trainer image in the Docker
+        Engine (``docker``: its user, read-only root, no capabilities, no network, the volumes bind-mounted where
+        the pod mounts them, and PID 1 of a PID namespace of its own, as the kubelet's runtime does)."""
+        spec = self.obj["spec"]
+        self.workdir = Path(tempfile.mkdtemp(prefix="fake-pod-"))
+        self.workdir.chmod(0o755)
+        volumes = self._volumes()
+        threads = []
+        for container in spec["containers"]:
+            mounts: dict[str, tuple[str, bool]] = {}
+            for m in container.get("volumeMounts", []):
+                local = volumes[m["name"]] / m.get("subPath", "")
+                mounts[m["mountPath"]] = (str(local), bool(m.get("readOnly")))
+            argv = self._docker_argv(container, mounts) if docker else None
+            threads.append(threading.Thread(target=self._container, args=(container, mounts, argv), daemon=True))
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=local_path(container.get("workingDir", "/tmp")),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):
-            self.log += chunk
-        rc = self.proc.wait()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         if self.final is None:
-            self.final = {"phase": "Succeeded" if rc == 0 else "Failed", "exit_code": rc,
-                          "reason": "Completed" if rc == 0 else "Error"}  # fmt: skip
+            failed = [rc for rc in self.exits.values() if rc != 0]
+            rc = failed[0] if failed else 0
+            self.final = {"phase": "Failed" if failed else "Succeeded", "exit_code": rc,
+                          "reason": "Error" if failed else "Completed"}  # fmt: skip
+
+    def _docker_argv(self, container: dict, mounts: dict[str, tuple[str, bool]]) -> list[str]:
+        sc, limits = container.get("securityContext", {}), container.get("resources", {}).get("limits", {})
+        name = f"fake-kube-{uuid.uuid4().hex[:12]}"
+        self.docker_names.append(name)
+        argv = ["docker", "run", "--rm", "--name", name, "--network", "none", "--read-only", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges", "--user", f"{sc['runAsUser']}:{sc['runAsGroup']}",
+                "--workdir", container.get("workingDir", "/"), "--pids-limit", "4096"]  # fmt: skip
+        if "memory" in limits:
+            argv += ["--memory", limits["memory"].replace("Mi", "m")]
+        for path, (local, read_only) in mounts.items():
+            if path == "/dev/shm":
+                argv += ["--shm-size", "64m"]
+            else:
+                argv += ["-v", f"{local}:{path}" + (":ro" if read_only else "")]
+        for e in container.get("env", []):
+            argv += ["-e", f"{e['name']}={e['value']}"]
+        return argv + ["--entrypoint", container["command"][0], container["image"], *container["command"][1:],
+                       *container.get("args", [])]  # fmt: skip
+
+    def _container(self, container: dict, mounts: dict[str, tuple[str, bool]], argv: list[str] | None) -> None:
+        name = container["name"]
+        env: dict[str, str] | None = None
+        cwd = None
+        if argv is None:
+            def local_path(text: str) -> str:
+                for mount in sorted(mounts, key=len, reverse=True):
+                    if text == mount or text.startswith(mount + "/"):
+                        return mounts[mount][0] + text[len(mount) :]
+                return text
+
+            argv = [sys.executable if container["command"][0] == "python" else container["command"][0]]
+            argv += [local_path(a) for a in container["command"][1:] + container.get("args", [])]
+            env = {e["name"]: local_path(e["value"]) for e in container.get("env", [])}
+            env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), PYTHONPATH=str(REPO))  # the image's own
+            cwd = local_path(container.get("workingDir", "/tmp"))
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.procs.append(proc)
+        self.logs[name] = b""
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+            self.logs[name] += chunk
+        self.exits[name] = proc.wait()
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for name in self.docker_names:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -134,7 +190,7 @@ class Pod:
         if self.final is None and isinstance(script, Script):
             if now - self.created >= script.pending_s:
                 self.started = self.started or self.created + script.pending_s
-                self.log = script.log.encode()
+                self.logs[self.obj["spec"]["containers"][0]["name"]] = script.log.encode()
                 if now - self.started >= script.run_s:
                     phase = "Succeeded" if script.exit_code == 0 else "Failed"
                     self.final = {"phase": phase, "exit_code": script.exit_code, "reason": script.reason,
@@ -156,12 +212,17 @@ class Pod:
         return self._status("Running", {"running": {"startedAt": "2026-11-27T00:00:00Z"}}, [])
 
     def _status(self, phase: str, state: dict, conditions: list) -> dict:
-        name = self.obj["spec"]["containers"][0]["name"]
         if not state:  # not scheduled yet: no container statuses at all
             return {"phase": phase, "conditions": conditions}
-        return {"phase": phase, "conditions": conditions,
-                "containerStatuses": [{"name": name, "state": state, "ready": "running" in state,
-                                       "restartCount": 0, "image": "", "imageID": ""}]}  # fmt: skip
+        statuses = []
+        for container in self.obj["spec"]["containers"]:
+            mine = state
+            if container["name"] in self.exits:  # a real run: each container ends on its own
+                rc = self.exits[container["name"]]
+                mine = {"terminated": {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error"}}
+            statuses.append({"name": container["name"], "state": mine, "ready": "running" in mine,
+                             "restartCount": 0, "image": "", "imageID": ""})  # fmt: skip
+        return {"phase": phase, "conditions": conditions, "containerStatuses": statuses}
 
 
 class FakeKube:
@@ -291,7 +352,8 @@ class FakeKube:
                     if pod.status()["phase"] == "Pending":
                         return self._status(400, "BadRequest", f'container "experiment" in pod "{name}" is waiting '
                                             "to start: ContainerCreating")  # fmt: skip
-                    lines = pod.log.splitlines(keepends=True)
+                    container = query.get("container") or pod.obj["spec"]["containers"][0]["name"]
+                    lines = pod.logs.get(container, b"").splitlines(keepends=True)
                     if "tailLines" in query:
                         lines = lines[-int(query["tailLines"]) :] if int(query["tailLines"]) else []
                     data = b"".join(lines)[: int(query.get("limitBytes") or 1 << 40)]
@@ -316,3 +378,28 @@ class FakeKube:
                 self._handle("DELETE")
 
         return Handler
+
+
+def run_in_docker_pod(train_py: str, tmp_path: Path, farm_cache: Path, profile: str = "cpu-smoke"):
+    """One experiment through the kubernetes sandbox, against a FakeKube whose pods run in the Docker Engine: the
+    runner's and the candidate's containers of the trainer image, as the pod's users, sharing the pod's volumes.
+    The data cache is a copy owned by the farm's uid, as the chart's head prepares it on the PVC (needs root)."""
+    from cluster.sandbox.kube_pod import SANDBOX_UID
+    from cluster.sandbox.kubernetes import KubernetesSandbox
+    from cluster.spec import ExperimentSpec, GpuAssignment, KubernetesSettings
+
+    cache = tmp_path / "pvc"
+    shutil.copytree(farm_cache, cache, symlinks=True)
+    for root, dirs, files in os.walk(cache):
+        for name in [*dirs, *files, ""]:
+            os.lchown(os.path.join(root, name), SANDBOX_UID, SANDBOX_UID)
+    token = tmp_path / "token"
+    token.write_text("good-token\n")
+    with FakeKube(lambda pod: "docker", pvcs={"cache": str(cache)}) as fake:
+        settings = KubernetesSettings(api_server=fake.url, token_file=token, namespace="farm", instance="docker-pod",
+                                      cache_pvc="cache", poll_max_s=0.2)  # fmt: skip
+        spec = ExperimentSpec(experiment_id=f"p-{uuid.uuid4().hex[:10]}", train_py=train_py, profile=profile,
+                              run_dir=tmp_path / "run", cache_dir=cache)  # fmt: skip
+        result = KubernetesSandbox(settings).run(spec, GpuAssignment())
+        assert fake.names("pods") == [] and fake.names("configmaps") == []
+    return result

@@ -22,6 +22,7 @@ import pytest
 from cluster.sandbox import SandboxError, make_sandbox
 from cluster.spec import ExperimentSpec, GpuAssignment
 from cluster.untrusted import read_text
+from tests.fake_kube import run_in_docker_pod
 from trainer.result import ExperimentResult, Status
 
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.py"))
@@ -39,7 +40,7 @@ def expectation(path: Path) -> tuple[Status, str, bool]:
 CASES = [
     pytest.param(backend, path, id=f"{backend}-{path.stem}")
     for path in HOSTILE
-    for backend in ("runner", "process", "docker")
+    for backend in ("runner", "process", "docker", "kubernetes")
     if not (backend == "runner" and expectation(path)[2])
 ]
 
@@ -50,8 +51,10 @@ def run_backend(backend: str, train_py: Path, tmp_path: Path, farm_cache: Path) 
         subprocess.run([sys.executable, "-m", "trainer.runner", str(train_py), "--out", str(out), "--profile",
                         "cpu-smoke"], capture_output=True, timeout=300)
         return ExperimentResult.model_validate_json((out / "result.json").read_text()), (out / "run.log").read_text()
-    if backend == "process" and not IS_ROOT:
-        pytest.skip("the isolated process sandbox needs root (CI runs as root)")
+    if backend in ("process", "kubernetes") and not IS_ROOT:
+        pytest.skip(f"the {backend} sandbox's separation needs root here (CI runs as root)")
+    if backend == "kubernetes":
+        return run_pod(train_py, tmp_path, farm_cache)
     try:
         sandbox = make_sandbox(backend)
     except (SandboxError, ImportError) as exc:
@@ -63,6 +66,17 @@ def run_backend(backend: str, train_py: Path, tmp_path: Path, farm_cache: Path) 
                           profile="cpu-smoke", run_dir=run_dir, cache_dir=farm_cache)
     result = sandbox.run(spec, GpuAssignment())
     return result, read_text(run_dir / "out" / "run.log", 1 << 20)
+
+
+def run_pod(train_py: Path, tmp_path: Path, farm_cache: Path) -> tuple[ExperimentResult, str]:
+    try:
+        make_sandbox("docker")  # the engine and the trainer image, checked as the docker sandbox checks them
+    except (SandboxError, ImportError) as exc:
+        if os.environ.get("FARM_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"docker (the fake kubelet's runtime) required (FARM_REQUIRE_DOCKER=1) but unavailable: {exc}")
+        pytest.skip(f"docker (the fake kubelet's runtime) unavailable: {exc}")
+    result = run_in_docker_pod(train_py.read_text(), tmp_path, farm_cache)
+    return result, read_text(tmp_path / "run" / "out" / "run.log", 1 << 20) or ""
 
 
 @pytest.mark.parametrize(("backend", "path"), CASES)
@@ -79,5 +93,7 @@ def test_a_hostile_candidate_earns_no_score_it_did_not_train_for(backend, path, 
     else:
         assert result.val_bpb is None
     assert result.device == "cpu"  # the trusted evaluator's device, never the candidate's claim
-    if backend != "runner":
+    if backend == "kubernetes":  # the pod's candidate has a uid of its own per attempt
+        assert result.facts.candidate_uid is not None and result.facts.candidate_uid >= 200_000
+    elif backend != "runner":
         assert result.facts.candidate_uid == 65534  # the verdict came from a runner the candidate could not touch

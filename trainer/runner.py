@@ -2,8 +2,11 @@
 
     python -m trainer.runner TRAIN_PY --out DIR [--profile NAME] [--seed N]
 
-The runner is the trusted side. With ``--candidate-uid`` (every sandbox
-passes one) the candidate runs as that user: it cannot write in the out dir,
+The runner is the trusted side. With ``--candidate-uid`` (the docker and
+process sandboxes pass one; they start the runner as root) the candidate runs
+as that user; with ``--exchange`` (the kubernetes pod, where nothing may be
+root) it runs in a container of its own as another user, started there by
+trainer.exchange's launcher. Either way it cannot write in the out dir,
 read the validation shard, signal or trace the runner, or touch the trusted
 evaluator. The runner starts the evaluator (trainer.evaluate) first, then the
 candidate (trainer.candidate); it receives the harness's events on a pipe and
@@ -36,6 +39,7 @@ from pathlib import Path
 
 from trainer.clock import TrainingClock
 from trainer.data import data_ready
+from trainer.exchange import WORK, LauncherError, PodCandidate
 from trainer.profiles import Profile, cache_dir, get_profile
 from trainer.result import LOG_FILE, RESULT_FILE, ExperimentResult, HarnessFacts, Status, Summary
 
@@ -273,13 +277,18 @@ def run(
     scratch: Path | None = None,
     compile_cache: Path | None = None,
     publish_compile_cache: bool = False,
+    exchange: Path | None = None,
+    pids: int | None = None,
 ) -> ExperimentResult:
     """Run one candidate to completion and write out/result.json.
 
+    The candidate is this process's child (as ``candidate_uid`` when given), or, with ``exchange``, a process
+    in another container that connects through that directory (trainer.exchange; ``pids`` caps its processes).
     Paths are made absolute first: the candidate and the evaluator run in other working directories, and a relative
     ``out`` once made every run crash on a handover file it could not find.
     """
     train_py, out = Path(train_py).absolute(), Path(out).absolute()
+    exchange = Path(exchange).absolute() if exchange is not None else None
     scratch = Path(scratch).absolute() if scratch is not None else None
     compile_cache = Path(compile_cache).absolute() if compile_cache is not None else None
     out.mkdir(parents=True, exist_ok=True)
@@ -308,13 +317,18 @@ def run(
     if scratch is not None:
         _remove(private)
         private.mkdir(mode=0o711)
-    work, trusted, compiled = private / "work", private / "eval", private / "work" / "compile-cache"
-    for path in (work, trusted):
+    work = private / "work" if exchange is None else exchange / WORK
+    trusted, compiled = private / "eval", work / "compile-cache"
+    for path in (work, trusted) if exchange is None else (work.parent, trusted):
         _remove(path)
         path.mkdir(mode=0o700)
+    if exchange is not None:  # the candidate's work dir, in a directory of the runner's it cannot write in
+        work.parent.chmod(0o711)
+        work.mkdir()
+        work.chmod(0o777)
     if compile_cache is not None:  # a private copy of the shared cache: what this run compiles stays its own
         _seed_compile_cache(compile_cache, compiled)
-    if candidate_uid is not None:
+    if candidate_uid is not None and exchange is None:
         _chown_tree(work, candidate_uid, candidate_uid)
         out.chmod(0o711)  # the candidate may pass through to its work dir, never create anything here
     limit = wall_limit or profile.wall_limit
@@ -333,30 +347,43 @@ def run(
         evaluator.wait()
         reason = "the trusted evaluator did not start (see eval.log in the run's out dir)"
         return _write(out, ExperimentResult(status=Status.ERROR, reason=reason, finished_at=time.time(), **base))
-    events_r, events_w = os.pipe()
-    reply_r, reply_w = os.pipe()
     handover = work / HANDOVER_FILE
-    candidate_env = dict(
-        env, FARM_SEED=str(seed), FARM_EVENTS_FD=str(events_w), FARM_REPLY_FD=str(reply_r),
-        FARM_HANDOVER=str(handover),
-    )
+    candidate_env = dict(env, FARM_SEED=str(seed), FARM_HANDOVER=str(handover))
     if compile_cache is not None:
         candidate_env.update(TORCHINDUCTOR_CACHE_DIR=str(compiled / "inductor"),
                              TRITON_CACHE_DIR=str(compiled / "triton"))
-    spawned = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.candidate", str(train_py.resolve())],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        pass_fds=(events_w, reply_r),
-        start_new_session=True,
-        cwd=work if candidate_uid is None else None,  # as another user it enters its work dir once it is that user
-        env=candidate_env,
-        preexec_fn=(lambda: _become(candidate_uid, work)) if candidate_uid is not None else _oom_first,
-    )
-    os.close(events_w)
-    os.close(reply_r)
+    argv = [sys.executable, "-m", "trainer.candidate", str(train_py.resolve())]
+    if exchange is None:
+        events_r, events_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        candidate_env.update(FARM_EVENTS_FD=str(events_w), FARM_REPLY_FD=str(reply_r))
+        spawned = time.monotonic()
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(events_w, reply_r),
+            start_new_session=True,
+            cwd=work if candidate_uid is None else None,  # as another user it enters its work dir once it is that user
+            env=candidate_env,
+            preexec_fn=(lambda: _become(candidate_uid, work)) if candidate_uid is not None else _oom_first,
+        )
+        os.close(events_w)
+        os.close(reply_r)
+        kill = lambda: _kill_candidate(proc, candidate_uid)  # noqa: E731
+    else:
+        proc = PodCandidate(exchange)
+        try:
+            events_r, reply_w = proc.start(argv, candidate_env, work, pids, profile.startup_allowance)
+        except (LauncherError, OSError) as exc:
+            proc.close()
+            _kill_group(evaluator)
+            evaluator.wait()
+            return _write(out, ExperimentResult(status=Status.ERROR, reason=str(exc), finished_at=time.time(), **base))
+        spawned = time.monotonic()
+        candidate_uid = proc.peer_uid if proc.separated else None
+        kill = proc.kill
     obs = Observer(profile, spawned, limit)
     obs.facts.candidate_uid = candidate_uid
     log = BoundedLog(out / LOG_FILE)
@@ -388,7 +415,7 @@ def run(
 
     killed_for = watch(lambda: proc.poll() is None)
     rc = proc.poll()
-    _kill_candidate(proc, candidate_uid)  # anything it left behind, in its session or out of it
+    kill()  # anything it left behind, in its session or out of it
     rc = proc.wait() if rc is None else rc
     threads[0].join(timeout=5)  # every event the candidate sent is read (its writers are gone)
     if killed_for is None:  # a model handed over is scored, even if its script did not wait for the answer
@@ -407,7 +434,9 @@ def run(
         facts.peak_memory_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if publish_compile_cache and status == Status.OK and compile_cache is not None:
         _publish(compiled, out / PUBLISHED_CACHE)  # the host merges it into the shared cache (main's runs only)
-    if candidate_uid is not None:
+    if exchange is not None:
+        proc.close()
+    elif candidate_uid is not None:
         _give_back(out, owner, work if scratch is None else None)
     result = ExperimentResult(
         status=status,
@@ -503,8 +532,13 @@ def _ready(evaluator: subprocess.Popen, timeout: float) -> bool:
 
 
 def _copy_regular(src: Path, dst: Path, max_bytes: int) -> int:
-    """Copy a regular file the candidate wrote, never following a link or reading a FIFO or device."""
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    """Copy a regular file the candidate wrote, never following a link (not even as its directory: the candidate
+    may swap its work dir for a link into the runner's files) or reading a FIFO or device."""
+    parent = os.open(src.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(src.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+    finally:
+        os.close(parent)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(0, "the handover is not a regular file")
@@ -672,7 +706,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the shared compile cache (read-only): the candidate gets a private copy of it")
     parser.add_argument("--publish-compile-cache", action="store_true",
                         help="leave what this run compiled in OUT/compile-cache for the host to share (main's runs)")
+    parser.add_argument("--exchange", type=Path, default=None,
+                        help="the candidate runs in another container: its launcher (python -m trainer.exchange) "
+                        "connects through this shared directory (the kubernetes pod; the runner needs no privilege)")
+    parser.add_argument("--pids", type=int, default=None,
+                        help="with --exchange: the candidate's processes and threads (RLIMIT_NPROC of its user)")
     args = parser.parse_args(argv)
+    if args.exchange is not None and args.candidate_uid is not None:
+        parser.error("--exchange and --candidate-uid are two ways to separate the candidate: give one")
     try:
         profile = get_profile(args.profile)
     except ValueError as exc:
@@ -680,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(
         args.train_py, args.out, profile, seed=args.seed, wall_limit=args.wall_limit, candidate_uid=args.candidate_uid,
         scratch=args.scratch, compile_cache=args.compile_cache, publish_compile_cache=args.publish_compile_cache,
+        exchange=args.exchange, pids=args.pids,
     )
     bpb = f"{result.val_bpb:.6f}" if result.val_bpb is not None else "-"
     print(f"status={result.status.value} val_bpb={bpb} {result.reason}".rstrip(), flush=True)

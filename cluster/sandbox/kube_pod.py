@@ -3,6 +3,22 @@
 Pure functions from (spec, GPU, settings) to manifests, so that every
 restriction can be read, tested and schema-validated without a cluster.
 
+The pod separates the candidate from its judge with two containers, because
+nothing in a pod under Pod Security "restricted" may be root (the docker and
+process sandboxes start the runner as root and drop to another user for the
+candidate). The ``runner`` container (the farm's uid, which owns the data
+cache, so it alone reads the validation shard) runs the runner and the
+trusted evaluator; the ``candidate`` container runs as a uid of its own per
+attempt, with trainer.exchange's launcher as PID 1. They share one emptyDir,
+the exchange, where the runner listens on a Unix socket and the candidate
+hands its model over; each has its own /tmp, so the runner's out dir is not
+even visible to the candidate. A GPU profile needs the GPU in both
+containers (the candidate trains on it, the evaluator scores on it): a
+Dynamic Resource Allocation claim shared by both (``gpu_claim_template``).
+Without one, a GPU pod falls back to one container where the candidate runs
+as the runner's user: its verdicts are not forgery-proof, and the backend
+says so.
+
 The candidate crosses into the pod as a ConfigMap mounted read-only at
 /candidate (like the docker backend's read-only bind mount): no writable
 shared volume, no exec-argument size limit, the source never in the pod spec.
@@ -30,8 +46,13 @@ ROLE = "experiment"
 INSTANCE_LABEL = "autoresearch-farm/instance"  # the farm (Helm release) that owns it: cleanup stays in its lane
 EXPERIMENT_LABEL = "autoresearch-farm/experiment"
 RUN_LABEL = "autoresearch-farm/run"  # unique per attempt
-CONTAINER = "experiment"
-SANDBOX_UID = 65534  # nobody: the group of every experiment pod, and the uid of the farm's own pods
+CONTAINER = "experiment"  # the single container of a pod that cannot separate (a GPU without a shared claim)
+RUNNER_CONTAINER, CANDIDATE_CONTAINER = "runner", "candidate"  # a separated pod's: the first one's log has the result
+EXCHANGE_MOUNT = "/exchange"  # shared by the two containers: the runner's socket, the candidate's work dir
+GPU_CLAIM = "gpu"  # the pod's ResourceClaim both containers use
+# nobody: the uid of the farm's own pods (the owner of the data cache), so the runner's in a separated pod, and the
+# group of a single-container pod
+SANDBOX_UID = 65534
 # Each experiment pod runs as its own uid from this range (from the attempt id): RLIMIT_NPROC counts every
 # process of a uid on the node, so a shared uid (65534 is also the farm's, and often other tenants') would make
 # one pod's limit depend on its neighbours; distinct uids also keep experiments on one node apart (signals, /proc).
@@ -43,13 +64,15 @@ LOG_TAIL_BYTES = 128 * 1024  # how much of run.log the pod prints back
 LOG_MARK, RESULT_MARK, END_MARK = "@@farm-run-log@@", "@@farm-result@@", "@@farm-end@@"
 
 # Runs in the pod as `python -c IN_POD <pids> <runner args>`: caps the processes and threads of the pod's uid
-# (RLIMIT_NPROC, soft = hard, so nothing below can raise it; root would ignore it, the pod is never root), runs
+# (RLIMIT_NPROC, soft = hard, so nothing below can raise it; root would ignore it, the pod is never root; 0: no cap,
+# in a separated pod, whose launcher caps the candidate's uid instead), runs
 # the runner, then prints its run.log tail and result.json base64 in 76-character lines between markers (never
 # mistaken for the candidate's own output).
 IN_POD = f"""\
 import base64, os, resource, subprocess, sys
 pids = int(sys.argv[1])
-resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
+if pids:
+    resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
 rc = subprocess.call([sys.executable] + sys.argv[2:])
 out = sys.argv[sys.argv.index("--out") + 1]
 for mark, name, keep in (({LOG_MARK!r}, "run.log", {LOG_TAIL_BYTES}), ({RESULT_MARK!r}, "result.json", None)):
@@ -123,6 +146,25 @@ def configmap_manifest(spec: ExperimentSpec, settings: KubernetesSettings, name:
     }
 
 
+def separated(spec: ExperimentSpec, settings: KubernetesSettings) -> bool:
+    """Whether the experiment's pod runs the candidate in a container of its own (see the module's docstring)."""
+    return not settings.wants_gpu(spec.profile) or bool(settings.gpu_claim_template)
+
+
+def _locked(uid: int) -> dict:
+    """A container's securityContext: its own user and group, nothing to gain, nothing to write but its volumes."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def pod_manifest(
     spec: ExperimentSpec, gpu: GpuAssignment, settings: KubernetesSettings, name: str, configmap: str, attempt: str
 ) -> dict:
@@ -130,53 +172,88 @@ def pod_manifest(
     profile = get_profile(spec.profile)
     limits = spec.limits
     want_gpu = settings.wants_gpu(spec.profile)
+    split = separated(spec, settings)
     env = sandbox_env(spec, gpu, cache=CACHE_MOUNT, compile_cache=None, home="/tmp")
     env.pop("PATH", None)  # the host's PATH means nothing in the image
     if want_gpu:
-        env.pop("CUDA_VISIBLE_DEVICES", None)  # the device plugin shows the pod exactly its one GPU
+        env.pop("CUDA_VISIBLE_DEVICES", None)  # the device plugin or the claim shows the pod exactly its one GPU
     else:
         env.update(CUDA_VISIBLE_DEVICES="", NVIDIA_VISIBLE_DEVICES="void")  # none, even on an nvidia runtime
     env["PYTHONUNBUFFERED"] = "1"
     env.update(USER="experiment", LOGNAME="experiment")  # the pod's uid has no passwd entry; getpass reads these
+    env_list = [{"name": k, "value": v} for k, v in sorted(env.items())]
     cpus = limits.cpus or (profile.torch_threads and profile.torch_threads + RUNNER_CPU_SLACK)
     resources: dict[str, str] = {"memory": f"{limits.memory_mb}Mi"}
     if cpus:
         resources["cpu"] = f"{math.ceil(cpus * 1000)}m"
-    if want_gpu:
+    if want_gpu and not settings.gpu_claim_template:
         resources[settings.gpu_resource] = "1"
     cache_mount = {"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": True}
     if settings.cache_sub_path:
         cache_mount["subPath"] = settings.cache_sub_path
     uid = sandbox_uid(attempt)
-    container = {
-        "name": CONTAINER,
+    common = {
         "image": spec.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-c", IN_POD, str(pids_limit(spec, settings))],
-        "args": runner_args(spec, f"{CANDIDATE_MOUNT}/train.py", OUT_DIR),
         "workingDir": "/tmp",
-        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-        "resources": {"limits": dict(resources), "requests": dict(resources)},  # Guaranteed when a CPU limit is set
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": uid,
-            "runAsGroup": SANDBOX_UID,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumeMounts": [
-            {"name": "candidate", "mountPath": CANDIDATE_MOUNT, "readOnly": True},
-            cache_mount,
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "shm", "mountPath": "/dev/shm"},
-        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "stdin": False,
         "tty": False,
     }
+    candidate_mount = {"name": "candidate", "mountPath": CANDIDATE_MOUNT, "readOnly": True}
+    shm_mount = {"name": "shm", "mountPath": "/dev/shm"}
+    if split:
+        claims = {"claims": [{"name": GPU_CLAIM}]} if want_gpu else {}
+        runner_limits = dict(resources)
+        runner_requests = dict(resources, cpu=f"{math.ceil(RUNNER_CPU_SLACK * 1000)}m") if cpus else dict(resources)
+        containers = [
+            {  # first: the result comes back in its log
+                "name": RUNNER_CONTAINER,
+                **common,
+                "command": ["python", "-c", IN_POD, "0"],
+                "args": runner_args(spec, f"{CANDIDATE_MOUNT}/train.py", OUT_DIR)
+                + ["--exchange", EXCHANGE_MOUNT, "--pids", str(pids_limit(spec, settings))],
+                "env": env_list,  # the runner passes it on to the candidate (it holds nothing secret)
+                # it evaluates the candidate's model while the candidate waits: the same memory, the CPU it then uses
+                "resources": {"limits": runner_limits, "requests": runner_requests, **claims},
+                "securityContext": _locked(SANDBOX_UID),
+                "volumeMounts": [candidate_mount, cache_mount, {"name": "runner-tmp", "mountPath": "/tmp"},
+                                 {"name": "exchange", "mountPath": EXCHANGE_MOUNT}],  # fmt: skip
+            },
+            {
+                "name": CANDIDATE_CONTAINER,
+                **common,
+                "command": ["python", "-m", "trainer.exchange", EXCHANGE_MOUNT],
+                "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"}],
+                "resources": {"limits": dict(resources), "requests": dict(resources), **claims},
+                "securityContext": _locked(uid),
+                "volumeMounts": [candidate_mount, cache_mount, {"name": "tmp", "mountPath": "/tmp"},
+                                 {"name": "exchange", "mountPath": EXCHANGE_MOUNT}, shm_mount],  # fmt: skip
+            },
+        ]
+        # No fsGroup: it would add its group to the candidate's user too. The cache belongs to the farm's uid (the
+        # runner's) and only the validation shard is closed to others; the emptyDirs are open to both containers.
+        pod_security: dict = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        volumes = [
+            {"name": "runner-tmp", "emptyDir": {"sizeLimit": f"{settings.tmp_mb}Mi"}},
+            {"name": "exchange", "emptyDir": {"sizeLimit": f"{settings.tmp_mb}Mi"}},
+        ]
+    else:
+        containers = [
+            {
+                "name": CONTAINER,
+                **common,
+                "command": ["python", "-c", IN_POD, str(pids_limit(spec, settings))],
+                "args": runner_args(spec, f"{CANDIDATE_MOUNT}/train.py", OUT_DIR),
+                "env": env_list,
+                "resources": {"limits": dict(resources), "requests": dict(resources)},  # Guaranteed with a CPU limit
+                "securityContext": {**_locked(uid), "runAsGroup": SANDBOX_UID},
+                "volumeMounts": [candidate_mount, cache_mount, {"name": "tmp", "mountPath": "/tmp"}, shm_mount],
+            }
+        ]
+        pod_security = {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": SANDBOX_UID, "fsGroup": SANDBOX_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+        volumes = []
     pod_spec: dict = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": deadline_seconds(spec, settings),
@@ -185,24 +262,21 @@ def pod_manifest(
         "hostNetwork": False,
         "hostPID": False,
         "hostIPC": False,
-        "shareProcessNamespace": False,
+        "shareProcessNamespace": False,  # each container its own PID 1: the launcher is out of the candidate's reach
         "hostname": "experiment",
         "terminationGracePeriodSeconds": 5,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": uid,
-            "runAsGroup": SANDBOX_UID,
-            "fsGroup": SANDBOX_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
+        "securityContext": pod_security,
+        "containers": containers,
         "volumes": [
             {"name": "candidate", "configMap": {"name": configmap, "defaultMode": 0o444}},
             {"name": "cache", "persistentVolumeClaim": {"claimName": settings.cache_pvc, "readOnly": True}},
             {"name": "tmp", "emptyDir": {"sizeLimit": f"{settings.tmp_mb}Mi"}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{limits.shm_mb}Mi"}},
+            *volumes,
         ],
     }
+    if split and want_gpu:
+        pod_spec["resourceClaims"] = [{"name": GPU_CLAIM, "resourceClaimTemplateName": settings.gpu_claim_template}]
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
     if settings.runtime_class:

@@ -3,7 +3,8 @@
 The Ray task that calls ``run`` holds a logical GPU slot (the chart gives the
 Ray head as many as the GPU quota allows); the Pod holds the real GPU
 (``nvidia.com/gpu: 1``), so a GPU is never booked twice. Restrictions are in
-kube_pod.pod_manifest: a uid of its own (non-root), no privilege escalation,
+kube_pod.pod_manifest: two containers, the trusted runner's (the farm's uid)
+and the candidate's (a uid of its own; see kube_pod), no privilege escalation,
 no capabilities, seccomp RuntimeDefault (the pod passes Pod Security
 "restricted"), read-only root, a ServiceAccount without rights and no token
 mounted, no service links, RLIMIT_NPROC on its uid, the data cache from a PVC
@@ -29,7 +30,6 @@ from cluster.sandbox.base import OUTER_KILL_GRACE, SandboxError, collect, no_res
 from cluster.sandbox.kube_api import KubeApiError, KubeClient
 from cluster.sandbox.kube_pod import (
     CONFIGMAP_MAX_BYTES,
-    CONTAINER,
     EXPERIMENT_LABEL,
     INSTANCE_LABEL,
     ROLE,
@@ -40,6 +40,7 @@ from cluster.sandbox.kube_pod import (
     label_value,
     parse_log,
     pod_manifest,
+    separated,
 )
 from cluster.spec import ExperimentSpec, GpuAssignment
 from trainer.result import LOG_FILE, RESULT_FILE, ExperimentResult, Status
@@ -72,12 +73,7 @@ class KubernetesSandbox:
             settings = settings.model_copy(update=KubernetesSettings.model_validate(fields).model_dump(
                 exclude_unset=True))  # fmt: skip
         self.settings = settings
-        warnings.warn(
-            "kubernetes sandbox: the candidate runs as the runner's user (the restricted Pod Security level forbids "
-            "the root runner that separates them), so its verdicts are not forgery-proof; see docs/trainer.md "
-            "'What is still open'",
-            stacklevel=2,
-        )
+        self._warned = False
         self.client = client or KubeClient.from_settings(settings, env)
         self.client.list("pods", self._selector())  # 401/403/unreachable: a SandboxError now, not mid-run
 
@@ -102,6 +98,15 @@ class KubernetesSandbox:
         name = self._name(spec, attempt)
         pod = pod_manifest(spec, gpu, self.settings, name, name + "-src", attempt)
         source = configmap_manifest(spec, self.settings, name + "-src", attempt)
+        if not separated(spec, self.settings) and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"kubernetes sandbox: {spec.profile} needs a GPU and no gpu_claim_template is set, so the candidate "
+                "runs in the runner's container as the runner's user: its verdicts are not forgery-proof. Set "
+                "kubernetes.gpu_claim_template to a ResourceClaimTemplate (Dynamic Resource Allocation) so that the "
+                "runner's and the candidate's containers share the GPU; see docs/trainer.md",
+                stacklevel=2,
+            )
         size = len(spec.train_py.encode())
         if size > CONFIGMAP_MAX_BYTES:
             return no_result(spec, started, Status.INVALID, f"train.py is {size} bytes, more than the "
@@ -112,8 +117,9 @@ class KubernetesSandbox:
         try:
             self.client.create("configmaps", source)
             self.client.create("pods", pod)
-            exit_code, killed, note, oom = self._wait(name, spec)
-            self._read_back(name, out, killed)
+            result_container = pod["spec"]["containers"][0]["name"]
+            exit_code, killed, note, oom = self._wait(name, spec, result_container)
+            self._read_back(name, out, killed, result_container)
         finally:
             self._delete(name)
         result = collect(spec, out, started, killed=killed, exit_code=exit_code, note=note)
@@ -125,8 +131,10 @@ class KubernetesSandbox:
             result.reason = f"evicted by the kubelet for the disk it used (limit {self.settings.tmp_mb} Mi): {note}"
         return result
 
-    def _wait(self, name: str, spec: ExperimentSpec) -> tuple[int | None, bool, str, bool]:
-        """(exit code, killed, note, OOM-killed); polls with backoff, kills past the wall limit."""
+    def _wait(self, name: str, spec: ExperimentSpec, container: str) -> tuple[int | None, bool, str, bool]:
+        """(exit code, killed, note, OOM-killed) of ``container``, the one whose log carries the result; polls with
+        backoff, kills past the wall limit. Done when it has ended: the candidate's container, if any, is killed
+        with the pod."""
         limit = spec.wall_limit() + OUTER_KILL_GRACE
         created = time.monotonic()
         running_since: float | None = None
@@ -140,9 +148,9 @@ class KubernetesSandbox:
                 raise
             status = pod.get("status") or {}
             phase = status.get("phase") or "Pending"
-            state = _container_state(status)
+            state = _container_state(status, container)
             now = time.monotonic()
-            if phase in ("Succeeded", "Failed"):
+            if phase in ("Succeeded", "Failed") or "terminated" in state:
                 done = state.get("terminated") or {}
                 oom = done.get("reason") == "OOMKilled"
                 if status.get("reason") == "DeadlineExceeded":
@@ -165,10 +173,10 @@ class KubernetesSandbox:
             time.sleep(pause)
             pause = min(pause * 1.5, self.settings.poll_max_s)
 
-    def _read_back(self, name: str, out, killed: bool) -> None:
-        """The pod's log (bounded): run.log and result.json into out/ as the runner wrote them inside."""
+    def _read_back(self, name: str, out, killed: bool, container: str) -> None:
+        """The runner's log (bounded): run.log and result.json into out/ as the runner wrote them inside."""
         try:
-            text = self.client.log(name, CONTAINER, tail_lines=LOG_TAIL_LINES, limit_bytes=LOG_LIMIT_BYTES)
+            text = self.client.log(name, container, tail_lines=LOG_TAIL_LINES, limit_bytes=LOG_LIMIT_BYTES)
         except SandboxError as exc:  # never started, or already gone: the result says there is none
             text = f"(no pod log: {str(exc)[:300]})"
         run_log, result, plain = parse_log(text)
@@ -209,9 +217,9 @@ class KubernetesSandbox:
         return self._remove(self._selector())
 
 
-def _container_state(status: dict) -> dict:
+def _container_state(status: dict, container: str) -> dict:
     for cs in status.get("containerStatuses") or []:
-        if cs.get("name") == CONTAINER:
+        if cs.get("name") == container:
             return cs.get("state") or {}
     return {}
 
