@@ -122,6 +122,17 @@ class ProposalError(Exception):
         self.failure = ProposalFailure(kind=kind, message=message, fatal=fatal, spend=spend)
         self.transcript = transcript  # key redacted, for the run dir
 
+    def __reduce__(self):
+        """Pickled whole (Ray carries it from an agent actor to the driver): the default would rebuild it from
+        the message alone and fail on the missing kind."""
+        f = self.failure
+        return _proposal_error, (f.kind, f.message, f.fatal, f.spend, self.transcript)
+
+
+def _proposal_error(kind: FailureKind, message: str, fatal: bool, spend: Spend | None,
+                    transcript: dict[str, Any] | None) -> ProposalError:  # fmt: skip
+    return ProposalError(kind, message, fatal=fatal, spend=spend, transcript=transcript)
+
 
 class Proposer(Protocol):
     name: str

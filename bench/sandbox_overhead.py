@@ -66,6 +66,41 @@ class Bare:
         return ExperimentResult.model_validate_json((out / "result.json").read_text())
 
 
+class Pod:
+    """The kubernetes sandbox's two-container pod, against the tests' fake API server whose kubelet runs the pod's
+    containers in the Docker Engine (tests/fake_kube.py): the runner's and the candidate's containers, a Unix
+    socket between them. Needs root (the data cache is copied and given to the farm's uid, as on the PVC)."""
+
+    name = "pod"
+
+    def __init__(self) -> None:
+        import shutil
+
+        from cluster.sandbox.kube_pod import SANDBOX_UID
+        from cluster.sandbox.kubernetes import KubernetesSandbox
+        from cluster.spec import KubernetesSettings
+        from tests.fake_kube import FakeKube
+        from trainer.profiles import cache_dir
+
+        if os.geteuid() != 0:
+            raise RuntimeError("the pod's two users need root here")
+        self.tmp = Path(tempfile.mkdtemp(prefix="farm-bench-pod-"))
+        self.cache = self.tmp / "pvc"
+        shutil.copytree(cache_dir(), self.cache, symlinks=True)
+        for root, dirs, files in os.walk(self.cache):
+            for name in [*dirs, *files, ""]:
+                os.lchown(os.path.join(root, name), SANDBOX_UID, SANDBOX_UID)
+        token = self.tmp / "token"
+        token.write_text("good-token\n")
+        self.fake = FakeKube(lambda pod: "docker", pvcs={"cache": str(self.cache)}).__enter__()
+        settings = KubernetesSettings(api_server=self.fake.url, token_file=token, namespace="farm",
+                                      instance="bench", cache_pvc="cache", poll_max_s=0.2)  # fmt: skip
+        self.sandbox = KubernetesSandbox(settings)
+
+    def run(self, spec: ExperimentSpec, gpu: GpuAssignment) -> ExperimentResult:
+        return self.sandbox.run(spec.model_copy(update={"cache_dir": self.cache}), gpu)
+
+
 def backends(names: list[str]) -> dict[str, object]:
     from cluster.sandbox import make_sandbox
 
@@ -75,7 +110,7 @@ def backends(names: list[str]) -> dict[str, object]:
             found[name] = Bare()
             continue
         try:
-            found[name] = make_sandbox(name)
+            found[name] = Pod() if name == "pod" else make_sandbox(name)
         except Exception as exc:  # not built yet, no engine, no root: say so and go on with the rest
             print(f"skipping {name}: {exc}", file=sys.stderr)
     return found
@@ -143,7 +178,8 @@ def p50(values: list[float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=5, help="measured runs per backend (after one warm-up)")
-    parser.add_argument("--backends", default="bare,process,docker")
+    parser.add_argument("--backends", default="bare,process,docker",
+                        help="any of bare, process, docker, pod (the kubernetes pod's two containers in docker)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
     args = parser.parse_args()
 

@@ -81,6 +81,9 @@ class TournamentSettings(BaseModel):
     second_chances: int = Field(0, ge=0, description="an edit discarded after a single run may be proposed and run "
                                 "again this many times (on another seed; its runs pool), so that one unlucky run "
                                 "does not lose a real small gain for good")
+    fast_track_sigmas: float = Field(0.0, ge=0, description="a candidate whose first run beats main by this many "
+                                     "standard errors of the difference is promoted at once, without confirmation "
+                                     "(issue 15's fast track for big gains; it must exceed margin_sigmas); 0: off")
     min_noise_df: int = Field(7, ge=1, description="main is measured beyond baseline_replicates until the noise on "
                               "a class has this many degrees of freedom: with 3 df the t margin is ~2x wider and "
                               "a 3-sd gain is promoted 39 % of the time instead of 75 %")
@@ -98,6 +101,10 @@ class TournamentSettings(BaseModel):
         if self.promising_sigmas > self.margin_sigmas:
             raise ValueError(f"promising_sigmas ({self.promising_sigmas}) must not exceed margin_sigmas "
                              f"({self.margin_sigmas}): the screen for confirmation cannot be stricter than promotion")
+        if self.fast_track_sigmas and self.fast_track_sigmas <= self.margin_sigmas:
+            raise ValueError(f"fast_track_sigmas ({self.fast_track_sigmas}) must exceed margin_sigmas "
+                             f"({self.margin_sigmas}): a single run promoted at once needs a stricter bar; 0 turns "
+                             "the fast track off")
         return self
 
 
@@ -456,11 +463,14 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
     c_mean, i_mean = sum(cand) / n_c, sum(inc) / n_i
     delta, margin = c_mean - i_mean, noise.margin(n_c, n_i, settings)
     screen = noise.margin(n_c, n_i, settings, settings.promising_sigmas)
+    fast = noise.margin(n_c, n_i, settings, settings.fast_track_sigmas) if settings.fast_track_sigmas else 0.0
     if comparison is not None and comparison.se > 0:
         k = (lambda z: t_quantile(z, comparison.df)) if settings.small_sample_correction else (lambda z: z)
         delta, i_mean = comparison.delta, c_mean - comparison.delta
         margin = max(settings.min_margin, k(settings.margin_sigmas) * comparison.se)
         screen = max(settings.min_margin, k(settings.promising_sigmas) * comparison.se)
+        if settings.fast_track_sigmas:
+            fast = max(settings.min_margin, k(settings.fast_track_sigmas) * comparison.se)
     fewer = candidate_lines < incumbent.line_count
     tie = fewer and abs(delta) <= settings.simplicity_tolerance * margin
     numbers = f"{c_mean:.4f} (n={n_c}) vs main {i_mean:.4f} (n={n_i}) on {gpu_class}: {delta:+.4f}"
@@ -471,6 +481,9 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
     base |= {"candidate_mean": c_mean, "incumbent_mean": i_mean, "delta": delta, "margin": margin,
              "near_miss": delta <= settings.near_miss_margins * margin}
     confirmed = n_c >= 1 + settings.confirm_replicates
+    if not confirmed and fast and delta < -fast:
+        why = f"{numbers} beats the fast track {fast:.4f} ({settings.fast_track_sigmas} sigma, {noise_s}) at once"
+        return Verdict(decision="promote", reason=why, **base)
     if confirmed and delta < -margin:
         why = f"{numbers} beats margin {margin:.4f} ({settings.margin_sigmas} sigma, {noise_s})"
         return Verdict(decision="promote", reason=why, **base)

@@ -584,3 +584,17 @@ def test_doctor_finds_the_key_where_the_agents_do(monkeypatch, tmp_path: Path, c
     monkeypatch.setenv("ANTHROPIC_API_KEY_FILE", str(tmp_path / "missing"))
     main(["doctor"])
     assert "[FAIL] anthropic    cannot read the API key file" in capsys.readouterr().out
+
+
+def test_a_proposal_error_survives_pickling_whole() -> None:
+    """Ray carries an agent actor's exception to the driver by pickling it: kind, fatality, spend and transcript
+    must arrive (the default pickling rebuilt it from the message alone and raised TypeError)."""
+    import pickle
+
+    from agent.protocol import Spend
+
+    error = ProposalError("quota", "HTTP 429: out of credit", fatal=True, spend=Spend(tokens_in=7, cost_usd=0.01),
+                          transcript={"messages": [1]})  # fmt: skip
+    again = pickle.loads(pickle.dumps(error))
+    assert isinstance(again, ProposalError) and str(again) == "HTTP 429: out of credit"
+    assert again.failure == error.failure and again.transcript == {"messages": [1]}

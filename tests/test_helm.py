@@ -533,50 +533,86 @@ def s_index(args: list[str], flag: str) -> int:
 
 
 def assert_restricted(pod: dict, settings: KubernetesSettings, gpu: bool) -> None:
-    """Every restriction of the kubernetes sandbox, field by field."""
-    for version in K8S_VERSIONS:
+    """Every restriction of the kubernetes sandbox, field by field: the separated pod (the runner's and the
+    candidate's containers) unless a GPU has no shared claim (then the single container of old)."""
+    claimed = gpu and bool(settings.gpu_claim_template)
+    for version in K8S_VERSIONS if not claimed else K8S_VERSIONS[1:]:  # the pod's claim API is 1.31+
         kubernetes_validate.validate(pod, version, strict=True)
     spec = pod["spec"]
-    (container,) = spec["containers"]
     assert psa_restricted_violations(pod) == []
+    split = not gpu or claimed
+    assert [c["name"] for c in spec["containers"]] == (["runner", "candidate"] if split else ["experiment"])
+    container = spec["containers"][0]  # the runner's: its log carries the result
     sc = container["securityContext"]
-    uid = spec["securityContext"]["runAsUser"]
+    if split:
+        candidate = spec["containers"][1]
+        csc = candidate["securityContext"]
+        uid = csc["runAsUser"]
+        assert sc["runAsUser"] == sc["runAsGroup"] == 65534  # the farm's uid, which owns the cache
+        assert csc["runAsGroup"] == uid and "fsGroup" not in spec["securityContext"]  # no group shared with it
+        assert "runAsUser" not in spec["securityContext"] and spec["shareProcessNamespace"] is False
+        assert container["command"][:2] == ["python", "-c"] and container["command"][3] == "0"  # no cap on the runner
+        assert container["args"][s_index(container["args"], "--exchange")] == "/exchange"
+        assert container["args"][s_index(container["args"], "--pids")] == str(settings.pids or 512)
+        assert candidate["command"] == ["python", "-m", "trainer.exchange", "/exchange"]
+        assert {e["name"] for e in candidate["env"]} <= {"PYTHONUNBUFFERED", "HOME"}  # the runner sends the rest
+        containers = [container, candidate]
+    else:
+        uid = spec["securityContext"]["runAsUser"]
+        assert sc["runAsUser"] == uid and sc["runAsGroup"] == 65534
+        assert container["command"][:2] == ["python", "-c"] and "RLIMIT_NPROC" in container["command"][2]
+        assert container["command"][3] == str(settings.pids or 512)  # the spec's limits.pids unless set
+        containers = [container]
     assert UID_BASE <= uid < UID_BASE + UID_SPAN  # a uid of its own: not the farm's 65534, nor root
-    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == uid and sc["runAsGroup"] == 65534
-    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
-    assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert sc["readOnlyRootFilesystem"] is True
+    for c in containers:
+        csc = c["securityContext"]
+        assert csc["runAsNonRoot"] is True and csc["allowPrivilegeEscalation"] is False and csc["privileged"] is False
+        assert csc["capabilities"] == {"drop": ["ALL"]}
+        assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert csc["readOnlyRootFilesystem"] is True
+        assert all("valueFrom" not in e for e in c["env"])
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["automountServiceAccountToken"] is False
     assert spec.get("serviceAccountName") == settings.service_account
-    assert container["command"][:2] == ["python", "-c"] and "RLIMIT_NPROC" in container["command"][2]
-    assert container["command"][3] == str(settings.pids or 512)  # the spec's limits.pids unless set
     assert spec["enableServiceLinks"] is False
     assert spec["restartPolicy"] == "Never"
     assert spec["hostNetwork"] is False and spec["hostPID"] is False and spec["hostIPC"] is False
     wall = get_profile(pod["spec"]["containers"][0]["args"][s_index(container["args"], "--profile")]).wall_limit
     assert spec["activeDeadlineSeconds"] == math.ceil(wall + OUTER_KILL_GRACE + settings.start_timeout_s)
     assert f"{wall:g}" == container["args"][s_index(container["args"], "--wall-limit")]
-    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    trains = containers[-1]  # the container the candidate trains in
+    limits, requests = trains["resources"]["limits"], trains["resources"]["requests"]
     assert limits == requests and limits["memory"] == "30000Mi" and limits["cpu"] == "6000m"
-    if gpu:
+    assert container["resources"]["limits"] == limits  # the runner evaluates the same model with the same means
+    if claimed:
+        assert spec["resourceClaims"] == [{"name": "gpu", "resourceClaimTemplateName": settings.gpu_claim_template}]
+        assert all(c["resources"]["claims"] == [{"name": "gpu"}] for c in containers)
+        assert settings.gpu_resource not in limits
+    elif gpu:
         assert limits[settings.gpu_resource] == "1"
     else:
-        assert settings.gpu_resource not in limits
+        assert settings.gpu_resource not in limits and "resourceClaims" not in spec
     volumes = {v["name"]: v for v in spec["volumes"]}
-    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mounts = {m["mountPath"]: m for m in trains["volumeMounts"]}
     assert mounts["/tmp"]["name"] == "tmp" and "emptyDir" in volumes["tmp"]
     assert volumes["tmp"]["emptyDir"]["sizeLimit"] == f"{settings.tmp_mb}Mi"
     assert mounts["/dev/shm"]["name"] == "shm" and volumes["shm"]["emptyDir"] == {
         "medium": "Memory",
         "sizeLimit": "4096Mi",
     }
-    assert mounts["/cache"]["readOnly"] is True and volumes["cache"]["persistentVolumeClaim"] == {
-        "claimName": settings.cache_pvc, "readOnly": True}  # fmt: skip
-    assert mounts["/candidate"]["readOnly"] is True and volumes["candidate"]["configMap"]["name"] == "farm-e0042-src"
-    assert set(mounts) == {"/tmp", "/dev/shm", "/cache", "/candidate"}  # nothing else is mounted, nothing writable
+    for c in containers:
+        ms = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert ms["/cache"]["readOnly"] is True and ms["/candidate"]["readOnly"] is True
+    assert volumes["cache"]["persistentVolumeClaim"] == {"claimName": settings.cache_pvc, "readOnly": True}
+    assert volumes["candidate"]["configMap"]["name"] == "farm-e0042-src"
+    if split:  # nothing else is mounted; the runner's /tmp (its out dir) is not the candidate's
+        assert set(mounts) == {"/tmp", "/dev/shm", "/cache", "/candidate", "/exchange"}
+        runner_mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert set(runner_mounts) == {"/tmp", "/cache", "/candidate", "/exchange"}
+        assert runner_mounts["/tmp"] == "runner-tmp" and "runner-tmp" not in {m["name"] for m in trains["volumeMounts"]}
+    else:
+        assert set(mounts) == {"/tmp", "/dev/shm", "/cache", "/candidate"}  # nothing else is mounted, nothing writable
     assert not any("hostPath" in v for v in volumes.values())
     assert spec.get("runtimeClassName") == settings.runtime_class
     assert spec.get("nodeSelector", {}) == settings.node_selector
@@ -589,10 +625,9 @@ def assert_restricted(pod: dict, settings: KubernetesSettings, gpu: bool) -> Non
     assert SECRET not in json.dumps(pod)
     assert env["FARM_CACHE"] == "/cache" and env["HOME"] == "/tmp"
     if gpu:
-        assert "CUDA_VISIBLE_DEVICES" not in env  # the device plugin shows the pod its one GPU
+        assert "CUDA_VISIBLE_DEVICES" not in env  # the device plugin or the claim shows the pod its one GPU
     else:
         assert env["CUDA_VISIBLE_DEVICES"] == "" and env["NVIDIA_VISIBLE_DEVICES"] == "void"
-    assert all("valueFrom" not in e for e in container["env"])
     assert container["args"][:2] == ["-m", "trainer.runner"] and "/candidate/train.py" in container["args"]
     assert "--wall-limit" in container["args"]
     meta = pod["metadata"]["labels"]
@@ -641,7 +676,7 @@ def test_psa_check_refuses_what_restricted_refuses(tmp_path) -> None:
     """The check above is not vacuous: each loosening of the experiment pod is caught."""
     import copy
 
-    base = experiment_pod(KubernetesSettings(), tmp=tmp_path)
+    base = experiment_pod(KubernetesSettings(), profile="cpu-tiny", tmp=tmp_path)  # the separated pod
     assert psa_restricted_violations(base) == []
     loosen = [
         lambda p: p["spec"].update(hostPID=True),
@@ -673,6 +708,8 @@ def test_experiment_pod_carries_every_restriction(monkeypatch, tmp_path) -> None
     assert_restricted(experiment_pod(cpu, "cpu-tiny", tmp_path), cpu, gpu=False)
     forced = KubernetesSettings(gpu=False, service_account="farm-experiment", pids=64)
     assert_restricted(experiment_pod(forced, "h100", tmp_path), forced, gpu=False)
+    claimed = KubernetesSettings(gpu_claim_template="one-h100")
+    assert_restricted(experiment_pod(claimed, "h100", tmp_path), claimed, gpu=True)
 
 
 def test_chart_settings_drive_the_experiment_pod(chart, monkeypatch, tmp_path) -> None:

@@ -119,6 +119,23 @@ def test_clear_win_is_confirmed_then_promoted() -> None:
     assert f"{S.margin_sigmas} sigma" in final.reason and "sd 0.0033" in final.reason
 
 
+def test_a_big_first_run_takes_the_fast_track_a_clear_one_is_still_confirmed() -> None:
+    """With fast_track_sigmas a first run that beats main by that many standard errors is promoted at once; one past
+    the margin but short of the fast track is confirmed as before; the fast track is off by default and must be
+    stricter than the margin."""
+    fast = S.model_copy(update={"fast_track_sigmas": 6.0})
+    fast_margin, margin = noise().margin(1, 4, fast, 6.0), noise().margin(1, 4, S)  # a single run vs main's 4
+    assert fast_margin > 1.5 * margin
+    big = statistics.mean(MAIN) - 1.1 * fast_margin
+    clear = statistics.mean(MAIN) - 1.1 * margin
+    assert judge([big], 300, incumbent(), noise(), S, H100).decision == "confirm"  # off by default
+    verdict = judge([big], 300, incumbent(), noise(), fast, H100)
+    assert verdict.decision == "promote" and verdict.n_candidate == 1 and "fast track" in verdict.reason
+    assert judge([clear], 300, incumbent(), noise(), fast, H100).decision == "confirm"
+    with pytest.raises(ValidationError, match="fast_track_sigmas"):
+        TournamentSettings(fast_track_sigmas=S.margin_sigmas)
+
+
 def test_win_that_does_not_reproduce_is_discarded() -> None:
     assert judge([2.7400], 300, incumbent(), noise(), S, H100).decision == "confirm"
     v = judge([2.7400, 2.7800], 300, incumbent(), noise(), S, H100)
