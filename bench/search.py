@@ -95,6 +95,9 @@ TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "paired": ("the paired policy: same seeds as main, paired where the noise is shared; a noise prior (2 "
                "baselines, candidates at once); judged against a former-main parent and merged; up to 4 replicates "
                "while promising (screen 1.0, margin 2.6 sigma); one second chance", PAIRED, ()),
+    "paired-fast4": ("the paired policy with the fast track: a first run 4 standard errors better than main is "
+                     "promoted without confirmation (docs/bench/fast-track.md)", {**PAIRED, "fast_track_sigmas": 4.0},
+                     ()),
     "tournament-lw": ("tournament-tuned + what-if linewise-merge", {"judge_against": "parent", "max_replicates": 4},
                       ("linewise-merge",)),
     "tournament-lw-cpp": ("tournament-tuned + what-ifs linewise-merge, change-per-parent",
