@@ -74,22 +74,15 @@ class Pod:
     name = "pod"
 
     def __init__(self) -> None:
-        import shutil
-
-        from cluster.sandbox.kube_pod import SANDBOX_UID
         from cluster.sandbox.kubernetes import KubernetesSandbox
         from cluster.spec import KubernetesSettings
-        from tests.fake_kube import FakeKube
+        from tests.fake_kube import FakeKube, farm_owned_copy
         from trainer.profiles import cache_dir
 
         if os.geteuid() != 0:
             raise RuntimeError("the pod's two users need root here")
         self.tmp = Path(tempfile.mkdtemp(prefix="farm-bench-pod-"))
-        self.cache = self.tmp / "pvc"
-        shutil.copytree(cache_dir(), self.cache, symlinks=True)
-        for root, dirs, files in os.walk(self.cache):
-            for name in [*dirs, *files, ""]:
-                os.lchown(os.path.join(root, name), SANDBOX_UID, SANDBOX_UID)
+        self.cache = farm_owned_copy(cache_dir(), self.tmp / "pvc")
         token = self.tmp / "token"
         token.write_text("good-token\n")
         self.fake = FakeKube(lambda pod: "docker", pvcs={"cache": str(self.cache)}).__enter__()

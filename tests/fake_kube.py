@@ -380,19 +380,26 @@ class FakeKube:
         return Handler
 
 
+def farm_owned_copy(cache: Path, dest: Path) -> Path:
+    """A copy of a prepared data cache owned by the farm's uid, as the chart's head leaves it on the PVC (the
+    experiment pod's runner runs as that uid; needs root)."""
+    from cluster.sandbox.kube_pod import SANDBOX_UID
+
+    shutil.copytree(cache, dest, symlinks=True)
+    for root, dirs, files in os.walk(dest):
+        for name in [*dirs, *files, ""]:
+            os.lchown(os.path.join(root, name), SANDBOX_UID, SANDBOX_UID)
+    return dest
+
+
 def run_in_docker_pod(train_py: str, tmp_path: Path, farm_cache: Path, profile: str = "cpu-smoke"):
     """One experiment through the kubernetes sandbox, against a FakeKube whose pods run in the Docker Engine: the
     runner's and the candidate's containers of the trainer image, as the pod's users, sharing the pod's volumes.
     The data cache is a copy owned by the farm's uid, as the chart's head prepares it on the PVC (needs root)."""
-    from cluster.sandbox.kube_pod import SANDBOX_UID
     from cluster.sandbox.kubernetes import KubernetesSandbox
     from cluster.spec import ExperimentSpec, GpuAssignment, KubernetesSettings
 
-    cache = tmp_path / "pvc"
-    shutil.copytree(farm_cache, cache, symlinks=True)
-    for root, dirs, files in os.walk(cache):
-        for name in [*dirs, *files, ""]:
-            os.lchown(os.path.join(root, name), SANDBOX_UID, SANDBOX_UID)
+    cache = farm_owned_copy(farm_cache, tmp_path / "pvc")
     token = tmp_path / "token"
     token.write_text("good-token\n")
     with FakeKube(lambda pod: "docker", pvcs={"cache": str(cache)}) as fake:

@@ -53,30 +53,20 @@ def run_backend(backend: str, train_py: Path, tmp_path: Path, farm_cache: Path) 
         return ExperimentResult.model_validate_json((out / "result.json").read_text()), (out / "run.log").read_text()
     if backend in ("process", "kubernetes") and not IS_ROOT:
         pytest.skip(f"the {backend} sandbox's separation needs root here (CI runs as root)")
-    if backend == "kubernetes":
-        return run_pod(train_py, tmp_path, farm_cache)
-    try:
-        sandbox = make_sandbox(backend)
+    try:  # kubernetes: the fake kubelet runs the pod in docker, so the engine and the image are checked alike
+        sandbox = make_sandbox("docker" if backend == "kubernetes" else backend)
     except (SandboxError, ImportError) as exc:
         if os.environ.get("FARM_REQUIRE_DOCKER") == "1":
             pytest.fail(f"docker sandbox required (FARM_REQUIRE_DOCKER=1) but unavailable: {exc}")
         pytest.skip(f"docker sandbox unavailable: {exc}")
     run_dir = tmp_path / "run"
+    if backend == "kubernetes":
+        result = run_in_docker_pod(train_py.read_text(), tmp_path, farm_cache)  # its run dir is tmp_path / "run"
+        return result, read_text(run_dir / "out" / "run.log", 1 << 20) or ""
     spec = ExperimentSpec(experiment_id=f"h-{uuid.uuid4().hex[:10]}", train_py=train_py.read_text(),
                           profile="cpu-smoke", run_dir=run_dir, cache_dir=farm_cache)
     result = sandbox.run(spec, GpuAssignment())
     return result, read_text(run_dir / "out" / "run.log", 1 << 20)
-
-
-def run_pod(train_py: Path, tmp_path: Path, farm_cache: Path) -> tuple[ExperimentResult, str]:
-    try:
-        make_sandbox("docker")  # the engine and the trainer image, checked as the docker sandbox checks them
-    except (SandboxError, ImportError) as exc:
-        if os.environ.get("FARM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"docker (the fake kubelet's runtime) required (FARM_REQUIRE_DOCKER=1) but unavailable: {exc}")
-        pytest.skip(f"docker (the fake kubelet's runtime) unavailable: {exc}")
-    result = run_in_docker_pod(train_py.read_text(), tmp_path, farm_cache)
-    return result, read_text(tmp_path / "run" / "out" / "run.log", 1 << 20) or ""
 
 
 @pytest.mark.parametrize(("backend", "path"), CASES)
