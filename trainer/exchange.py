@@ -216,10 +216,9 @@ def launch(exchange: Path) -> int:
                 return 2
             time.sleep(0.2)
     control = conns["control"]
-    line = control.makefile("rb").readline(1 << 20)
     try:
-        order = json.loads(line)
-    except ValueError:
+        order = json.loads(_read_line(control, 1 << 20))  # unbuffered: a later "kill" stays for _obey to read
+    except (OSError, ValueError):
         return 2  # the runner went away before it said what to run
     cwd = Path(order["cwd"])
     events, reply, output = conns["events"].detach(), conns["reply"].detach(), conns["output"].detach()
