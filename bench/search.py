@@ -98,6 +98,9 @@ TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "paired-fast4": ("the paired policy with the fast track: a first run 4 standard errors better than main is "
                      "promoted without confirmation (docs/bench/fast-track.md)", {**PAIRED, "fast_track_sigmas": 4.0},
                      ()),
+    "stack": ("stack, then certify: a candidate's first run that beats the screen joins the next stage; the "
+              "stage (main + the round's winners) runs 3x at once on main's seeds and is promoted as one at the "
+              "margin (docs/bench/stack.md)", {"policy": "stack"}, ()),
     "tournament-lw": ("tournament-tuned + what-if linewise-merge", {"judge_against": "parent", "max_replicates": 4},
                       ("linewise-merge",)),
     "tournament-lw-cpp": ("tournament-tuned + what-ifs linewise-merge, change-per-parent",
@@ -215,7 +218,7 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     os.environ["FARM_SURROGATE_NOISE_SEED"] = str(seed)
     run_dir = root / f"{strategy.key}-s{seed}"
     settings = dict(strategy.settings)
-    if settings.get("pairing") == "auto" and sandbox in SHARED_NOISE:  # the landscape's documented noise, as a
+    if TournamentSettings(**settings).pairing == "auto" and sandbox in SHARED_NOISE:  # the landscape's documented noise, as a
         settings.setdefault("noise_prior_shared", SHARED_NOISE[sandbox])  # profile documents its own
     config = FarmConfig(
         gpus=strategy.n, profile=profile, sandbox="process", metrics_port=None, run_dir=run_dir,

@@ -92,6 +92,7 @@ class LedgerRow(BaseModel):
     reason: str | None = None
     finished_at: float | None = None  # the driver's clock at the finish (one clock for all nodes): results.tsv order
     model: str | None = None  # the LLM behind a proposal (LLM agents): a mixed population told apart
+    stage: str | None = None  # a candidate's ``staged`` verdict: the stage (experiment id) it was merged into
 
     @classmethod
     def from_result(cls, experiment_id: str, result: ExperimentResult, **extra: object) -> LedgerRow:
@@ -125,7 +126,7 @@ SCHEMA = pa.schema(
         ("num_steps", _I64), ("num_params_M", _F64), ("gpu_class", _STR), ("node", _STR), ("seed", _I64),
         ("replicate_of", _STR), ("attempt", _I64), ("tokens_in", _I64), ("tokens_out", _I64), ("cost_usd", _F64),
         ("cache_read_tokens", _I64), ("cache_write_tokens", _I64), ("diff_sha", _STR), ("verdict", _STR),
-        ("reason", _STR), ("finished_at", _F64), ("model", _STR),
+        ("reason", _STR), ("finished_at", _F64), ("model", _STR), ("stage", _STR),
     ]
 )  # fmt: skip
 assert SCHEMA.names == list(LedgerRow.model_fields), "the Parquet schema and LedgerRow must list the same fields"

@@ -13,7 +13,9 @@ new main.
 - ``Promote``: put a candidate on main. How is mechanism (git: a fast-forward, or a three-way merge whose result
   is measured like any candidate); what happens once main moved is the policy's again (``after_promotion``).
 
-Two policies: ``TournamentPolicy`` (noise-aware: replicates, a margin, confirmation on other seeds) and
+- ``Stage``: merge several candidates into one new file off main and measure it (policy stack).
+
+Three policies: ``StackPolicy`` (stack a round's winners, certify the stack against main), (noise-aware: replicates, a margin, confirmation on other seeds) and
 ``GreedyPolicy`` (autoresearch's own loop: each file once, keep if lower; the benchmark's baseline).
 ``make_policy`` picks one from the settings. The decision maths is cluster/tournament.py (pure, no state).
 """
@@ -41,7 +43,7 @@ from cluster.tournament import (
     judge_greedy,
     next_seeds,
 )
-from cluster.vocabulary import REPLICATE_KINDS, Decision
+from cluster.vocabulary import REPLICATE_KINDS, VerdictValue
 from trainer.profiles import Profile
 
 
@@ -65,7 +67,7 @@ class Decide(BaseModel):
 
     action: Literal["decide"] = "decide"
     experiment_id: str
-    decision: Decision
+    decision: VerdictValue  # a Decision, or what merging it into a stage came to (policy stack)
     reason: str
 
 
@@ -78,7 +80,20 @@ class Promote(BaseModel):
     mean: float
 
 
-Action = Measure | Decide | Promote
+class Stage(BaseModel):
+    """Policy stack: merge the candidates ``parts`` (already merged here, in that order, into main's train.py as
+    ``train_py``) into one new file off main, a stage, and run it once per seed in ``seeds``; each part's verdict
+    becomes ``staged``. The stage is then judged against main like any candidate and, if certified, promoted."""
+
+    action: Literal["stage"] = "stage"
+    parts: list[str]
+    train_py: str
+    seeds: list[int]
+    description: str
+    why: str = ""
+
+
+Action = Measure | Decide | Promote | Stage
 
 
 class Screening(BaseModel):
@@ -312,6 +327,160 @@ class GreedyPolicy(TournamentPolicy):
         return greedy_baseline_request(incumbent(farm.state, farm.repo), gpu_class)
 
 
+class StackPolicy(TournamentPolicy):
+    """Stack, then certify (issue 15): exploration judges each candidate on one run, certification judges a stage.
+
+    One promotion at a time, each paying a screen, confirmations and main's pair runs in series, is why the
+    tournament promotes every ~4-5 experiment durations at N = 8 and discards most small real gains. Here:
+
+    - a candidate's first run is judged against its reference (main, or the former main it was proposed from) by
+      the paired judge; one that beats the screen (``promising_sigmas``) is ``stack``: it waits for the next stage,
+      it is never confirmed on its own;
+    - whenever no stage is under certification and winners wait, they are merged, strongest first, into main's
+      train.py (three-way, each from its own parent: in-flight work from an older main is rebased, not lost; a part
+      that conflicts with the stronger ones is left out) and the result, the stage, runs ``stage_runs`` times at
+      once on main's seeds (paired);
+    - the stage is judged against main like any candidate, on all its runs at once: beyond the margin it is
+      promoted, and every part lands with it (several gains, one promotion); still promising, one more run at a
+      time up to ``max_replicates``; else every part is discarded (a second chance may bring one back).
+
+    A stage's runs are fresh, not selected, and its effect is the sum of its parts', so one certification at the
+    strict margin costs a few runs for several gains, where the tournament paid them for each. Main's runs after
+    a promotion are the stage's own replicates (its first run left out, as for any candidate).
+    """
+
+    def on_result(self, farm: FarmView, work: Work, row: LedgerRow) -> Iterator[Action]:
+        yield from super().on_result(farm, work, row)
+        yield from self._next_stage(farm)
+
+    def after_promotion(self, farm: FarmView) -> Iterator[Action]:
+        """Every part of the stage now on main lands with it; then main's missing runs and the next stage."""
+        state = farm.state
+        for stage_id, parts in state.stages.items():
+            if state.verdicts.get(stage_id) == "promote" and state.work[stage_id].train_sha == state.main_sha:
+                for part in parts:
+                    if state.verdicts.get(part) == "staged":
+                        yield Decide(experiment_id=part, decision="promote",
+                                     reason=f"on main with stage {stage_id}")
+        yield from super().after_promotion(farm)
+        yield from self._next_stage(farm)
+
+    def parent(self, farm: FarmView, rng: random.Random) -> tuple[str, str]:
+        """Where main would be the parent, the newest stage under certification is: exploration goes on from the
+        stacked gains without waiting for their certificate (its children are judged against its own runs)."""
+        commit, why = super().parent(farm, rng)
+        live = self._live(farm)
+        if commit == farm.state.main_commit and live:
+            stage = farm.state.work[live[-1]]
+            return stage.commit, f"stage {stage.experiment_id} under certification ({why})"
+        return commit, why
+
+    @staticmethod
+    def _live(farm: FarmView) -> list[str]:
+        """Stages not yet decided, oldest first."""
+        return [s for s in farm.state.stages if farm.state.verdicts.get(s) in (None, "confirm", "wait")]
+
+    def _unmeasured_stage(self, farm: FarmView, commit: str) -> str:
+        """The stage at ``commit`` if some of its first ``stage_runs`` are still out ('' otherwise): a child of it
+        waits, so that it is judged against the stage's own runs, not main's."""
+        state = farm.state
+        for stage_id in state.stages:
+            stage = state.work[stage_id]
+            if stage.commit == commit:
+                runs = [e for e, w in state.work.items() if w.train_sha == stage.train_sha and e in state.finished]
+                return stage_id if len(runs) < self.settings.stage_runs and \
+                    (state.pending_replicates(stage.train_sha) or stage_id not in state.finished) else ""
+        return ""
+
+    def _judge(self, farm: FarmView, candidate: Work, gpu_class: str) -> Iterator[Action]:
+        state = farm.state
+        if candidate.experiment_id in state.stages:
+            yield from self._certify(farm, candidate, gpu_class)
+            yield from self._judge_children(farm, candidate, gpu_class)
+            return
+        if candidate.kind == "candidate" and (stage_id := self._unmeasured_stage(farm, candidate.parent_commit)):
+            yield Decide(experiment_id=candidate.experiment_id, decision="wait",
+                         reason=f"waits for the runs of its parent, stage {stage_id}")
+            return
+        for action in super()._judge(farm, candidate, gpu_class):
+            if isinstance(action, Decide) and action.decision in ("confirm", "promote", "simpler"):
+                yield Decide(experiment_id=action.experiment_id, decision="stack",
+                             reason=f"waits for the next stage: {action.reason}")
+            elif isinstance(action, Decide) or (isinstance(action, Measure) and action.kind == "baseline" and
+                                                state.verdicts.get(candidate.experiment_id) == "wait"):
+                yield action  # a wait for main's runs; never a confirmation or promotion of one candidate
+
+    def _judge_children(self, farm: FarmView, stage: Work, gpu_class: str) -> Iterator[Action]:
+        """Candidates proposed from ``stage`` that waited for its runs, once they are in."""
+        state = farm.state
+        if self._unmeasured_stage(farm, stage.commit):
+            return
+        for eid, decision in list(state.verdicts.items()):
+            work = state.work.get(eid)
+            if decision == "wait" and work is not None and work.parent_commit == stage.commit:
+                yield from self._judge(farm, work, state.finished[eid].gpu_class or gpu_class)
+
+    def _certify(self, farm: FarmView, stage: Work, gpu_class: str) -> Iterator[Action]:
+        """Judge a stage once none of its runs is still out; a discarded stage discards its parts."""
+        state = farm.state
+        if stage.experiment_id not in state.finished or state.pending_replicates(stage.train_sha):
+            return
+        for action in super()._judge(farm, stage, gpu_class):
+            yield action
+            if isinstance(action, Decide) and action.decision == "discard":
+                better = (self._verdict(farm, stage, gpu_class).delta or 0.0) < 0
+                for part in state.stages[stage.experiment_id]:
+                    if state.verdicts.get(part) != "staged":
+                        continue
+                    tries = sum(part in parts for parts in state.stages.values())
+                    if better and tries <= self.settings.stack_retries:
+                        yield Decide(experiment_id=part, decision="stack", reason=f"its stage {stage.experiment_id} "
+                                     f"beat main, not yet by the margin ({action.reason}): it waits for the next "
+                                     f"stage, with more winners ({tries} of {1 + self.settings.stack_retries})")
+                    else:
+                        yield Decide(experiment_id=part, decision="discard",
+                                     reason=f"its stage {stage.experiment_id} was not certified: {action.reason}")
+
+    def _next_stage(self, farm: FarmView) -> Iterator[Action]:
+        """Merge the waiting winners into a stage off main, unless one is being certified."""
+        state = farm.state
+        winners = [state.work[e] for e, v in state.verdicts.items() if v == "stack"]
+        if self._live(farm) or not winners:
+            return
+        main_py = farm.repo.train_py_at(state.main_commit)
+        merged, parts = main_py, []
+        for part in sorted(winners, key=lambda w: self._gain(farm, w)):
+            ours = merged
+            merged, conflict = farm.repo._merge_train_py(farm.repo.train_py_at(part.parent_commit), merged,
+                                                         farm.repo.train_py_at(part.commit))
+            if conflict:
+                merged = ours
+                yield Decide(experiment_id=part.experiment_id, decision="conflict",
+                             reason=f"conflicts with a stronger winner of its stage or with main: {conflict}")
+            elif merged == ours:
+                yield Decide(experiment_id=part.experiment_id, decision="noop",
+                             reason="main or a stronger winner of its stage already has the change")
+            else:
+                parts.append(part)
+        if not parts:
+            return
+        taken = farm.seeds_taken(sha(merged))
+        seeds = self._confirm_seeds(farm, state.main_sha, taken, self.settings.stage_runs)
+        names = " + ".join(p.experiment_id for p in parts)
+        yield Stage(parts=[p.experiment_id for p in parts], train_py=merged, seeds=seeds,
+                    description=f"stage: {names}: " + "; ".join(p.description for p in parts)[:300],
+                    why=f"{len(parts)} winner(s) stacked, certified against main on seeds {seeds}")
+        stage_id = next(s for s in reversed(state.stages) if state.stages[s] == [p.experiment_id for p in parts])
+        yield from self._pair_main(farm, state.work[stage_id], state.main_sha, seeds)
+
+    @staticmethod
+    def _gain(farm: FarmView, part: Work) -> float:
+        """How much a winner's run beat its parent's mean (most negative first: it wins a conflict)."""
+        parent = farm.mean(sha(farm.repo.train_py_at(part.parent_commit)))
+        gain = farm.mean(part.train_sha) - parent
+        return gain if gain == gain else 0.0
+
+
 def preflight(train_py: str) -> str:
     """Why a proposal cannot even start (so it never takes a GPU), or ''."""
     try:
@@ -330,4 +499,6 @@ def make_policy(settings: TournamentSettings, profile: Profile | None = None) ->
         settings = settings.model_copy(update={"noise_prior_sd": profile.noise_sd})
     if profile is not None and settings.noise_prior_shared is None and profile.noise_shared is not None:
         settings = settings.model_copy(update={"noise_prior_shared": profile.noise_shared})
+    if settings.policy == "stack":
+        return StackPolicy(settings)
     return GreedyPolicy(settings) if settings.policy == "greedy" else TournamentPolicy(settings)

@@ -104,6 +104,7 @@ class FarmState:
     cost_usd: float = 0.0  # LLM spend of the whole run
     spend: dict[str, AgentSpend] = field(default_factory=dict)  # by agent
     rejections: list[tuple[str, str]] = field(default_factory=list)  # (agent, "description: why"), oldest first
+    stages: dict[str, list[str]] = field(default_factory=dict)  # (policy stack) stage id -> candidates merged in it
 
     def charge(self, agent: str, spend: Spend, failed: bool = False) -> None:
         """Count a proposal's LLM spend (``failed``: a request that brought no proposal but was paid for)."""
@@ -207,6 +208,8 @@ class FarmState:
             if row.verdict == "promote" and row.commit and row.train_sha:  # main moved to this commit
                 self.main_commit, self.main_sha = row.commit, row.train_sha
                 self.promotions += 1
+            if row.verdict == "staged" and row.stage and eid not in self.stages.setdefault(row.stage, []):
+                self.stages[row.stage].append(eid)
         elif row.event in SPEND_ONLY_EVENTS:
             self.charge(row.agent or "", Spend.of(row), failed=row.event == "proposal_failed")
             if row.event == "rejected":

@@ -125,6 +125,24 @@ class FarmStore:
             self.verdict(eid, "conflict", f"conflicts with main, to redo: {outcome.conflict}")
         return outcome
 
+    def stage(self, parts: list[Work], train_py: str, seeds: list[int], description: str, why: str) -> str:
+        """Policy stack: commit ``train_py`` (main with ``parts`` merged in) off main as a new experiment, queue its
+        runs (the first on ``seeds[0]``, replicates on the rest), and book each part ``staged`` in it."""
+        stage_id, main = self.state.new_id(), self.state.main_commit
+        names = " ".join(p.experiment_id for p in parts)
+        commit = self.repo.commit_experiment(stage_id, main, train_py, description,
+                                             {"Farm-Experiment": stage_id, "Farm-Merges": names})
+        train_sha = sha(train_py)
+        self.queue(Work(stage_id, "merge", commit, main, train_sha, agent="farm", description=description,
+                        seed=seeds[0]))
+        for seed in seeds[1:]:
+            self.queue(Work(self.state.new_id(), "confirm", commit, main, train_sha, agent="farm",
+                            description=f"confirm {stage_id}: {description}", seed=seed, replicate_of=stage_id))
+        for part in parts:
+            self.record(LedgerRow(experiment_id=part.experiment_id, event="verdict", ts=time.time(),
+                                  verdict="staged", stage=stage_id, reason=f"in stage {stage_id}: {why}"))
+        return stage_id
+
     # ---- upkeep -----------------------------------------------------------------------------------------------
 
     def compact_if_needed(self) -> None:

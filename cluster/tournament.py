@@ -48,10 +48,13 @@ class TournamentSettings(BaseModel):
     near_miss_margins: float = Field(1.0, ge=0, description="a discarded result at most this many margins worse "
                                      "than main is a near-miss: a candidate parent")
     pool_recent: int = Field(32, ge=1, description="only this many most recent near-misses may be parents")
-    policy: Literal["tournament", "paired", "greedy"] = Field(
+    policy: Literal["tournament", "paired", "stack", "greedy"] = Field(
         "tournament", description="paired: the tournament with PAIRED_DEFAULTS for every field not set (pairing, a "
         "noise prior for a fast start, judged against a former-main parent, replicates while promising at a wider "
-        "margin, a second chance; docs/bench/search-paired.md); greedy: autoresearch's own loop, for benchmarks "
+        "margin, a second chance; docs/bench/search-paired.md); stack: paired, but a candidate whose first run beats "
+        "the screen is stacked with the round's other winners into one stage, and the stage is certified against "
+        "main at the margin and lands on main as one promotion (STACK_DEFAULTS; docs/bench/stack.md); greedy: "
+        "autoresearch's own loop, for benchmarks "
         "(bench/search.py): main and each candidate run once, keep if lower; no replicates, margin or confirmation")
     judge_against: Literal["main", "parent"] = Field("main", description="parent: a candidate whose parent is a "
                                                      "former main (measured >= baseline_replicates times) is judged "
@@ -84,6 +87,11 @@ class TournamentSettings(BaseModel):
     fast_track_sigmas: float = Field(0.0, ge=0, description="a candidate whose first run beats main by this many "
                                      "standard errors of the difference is promoted at once, without confirmation "
                                      "(issue 15's fast track for big gains; it must exceed margin_sigmas); 0: off")
+    stage_runs: int = Field(4, ge=2, description="policy stack: runs of a stage queued at once, on main's seeds "
+                            "(then one more at a time while it stays promising, up to max_replicates)")
+    stack_retries: int = Field(2, ge=0, description="policy stack: a stage that beat main but not by the margin "
+                               "sends its parts back to wait for the next stage, with the winners found meanwhile "
+                               "(a bigger effect, easier to certify), at most this many times per part")
     min_noise_df: int = Field(7, ge=1, description="main is measured beyond baseline_replicates until the noise on "
                               "a class has this many degrees of freedom: with 3 df the t margin is ~2x wider and "
                               "a 3-sd gain is promoted 39 % of the time instead of 75 %")
@@ -91,9 +99,12 @@ class TournamentSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _paired_defaults(cls, data: object) -> object:
-        """``policy: paired`` fills PAIRED_DEFAULTS into every field the settings do not name themselves."""
+        """``policy: paired`` fills PAIRED_DEFAULTS into every field the settings do not name themselves; ``policy:
+        stack`` fills those and STACK_DEFAULTS."""
         if isinstance(data, dict) and data.get("policy") == "paired":
             return {**PAIRED_DEFAULTS, **data}
+        if isinstance(data, dict) and data.get("policy") == "stack":
+            return {**PAIRED_DEFAULTS, **STACK_DEFAULTS, **data}
         return data
 
     @model_validator(mode="after")
@@ -116,6 +127,12 @@ PAIRED_DEFAULTS: dict[str, object] = {
     "pairing": "auto", "noise_prior_df": 4, "baseline_replicates": 2, "min_noise_df": 4, "judge_against": "parent",
     "max_replicates": 4, "second_chances": 1, "promising_sigmas": 1.0, "margin_sigmas": 2.6,
 }
+
+
+# The stack policy (issue 15; docs/bench/stack.md): the paired policy's judge, but one run of a candidate decides
+# whether it joins the next stage, and the stage (the sum of a round's winners, so a larger effect than any of them)
+# carries the margin. max_replicates bounds a promising stage's runs.
+STACK_DEFAULTS: dict[str, object] = {"promising_sigmas": 0.5, "max_replicates": 6}
 
 
 @lru_cache(maxsize=4096)

@@ -30,19 +30,22 @@ RowStatus = Literal["queued", "running", "ok", "crash", "oom", "nan", "timeout",
 assert set(get_args(RowStatus)) == {"queued", "running", *FINISHED_STATUSES}, "RowStatus must list Status's values"
 
 # The tournament's judgement of a candidate (cluster/tournament.py) ...
-Decision = Literal["promote", "confirm", "discard", "simpler", "wait"]
+# stack (policy stack): its first run beat the screen; it waits to be stacked into the next stage with others.
+Decision = Literal["promote", "confirm", "discard", "simpler", "wait", "stack"]
 # ... and what carrying out a promotion came to when main did not simply fast-forward.
 PromotionOutcome = Literal[
     "noop",  # main already had the change: main did not move
     "merging",  # main had moved on: the three-way merge is measured as a new experiment
     "conflict",  # the merge conflicts with main: to redo from main
+    "staged",  # (policy stack) merged with other winners into a stage, which is certified against main as one
 ]
-VerdictValue = Literal["promote", "confirm", "discard", "simpler", "wait", "noop", "merging", "conflict"]
+VerdictValue = Literal["promote", "confirm", "discard", "simpler", "wait", "stack", "noop", "merging", "conflict",
+                       "staged"]
 assert set(get_args(VerdictValue)) == set(get_args(Decision)) | set(get_args(PromotionOutcome))
 # Verdicts that put an experiment on main: results.tsv says ``keep`` (ledger.write_results_tsv).
 KEEP_VERDICTS: frozenset[str] = frozenset({"promote", "simpler", "noop"})
 # Decisions after which a candidate is no parent for new proposals: it is on main, or on its way there.
-ON_MAIN_VERDICTS: frozenset[str] = frozenset({"promote", "simpler", "merging", "noop"})
+ON_MAIN_VERDICTS: frozenset[str] = frozenset({"promote", "simpler", "merging", "noop", "stack", "staged"})
 
 # A ledger row is one event of one experiment (rejected: a proposal refused before running; proposal_failed: an
 # agent returned none but spent tokens; both carry only the LLM spend and why).
