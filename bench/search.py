@@ -218,8 +218,8 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     os.environ["FARM_SURROGATE_NOISE_SEED"] = str(seed)
     run_dir = root / f"{strategy.key}-s{seed}"
     settings = dict(strategy.settings)
-    if TournamentSettings(**settings).pairing == "auto" and sandbox in SHARED_NOISE:  # the landscape's documented noise, as a
-        settings.setdefault("noise_prior_shared", SHARED_NOISE[sandbox])  # profile documents its own
+    if TournamentSettings(**settings).pairing == "auto" and sandbox in SHARED_NOISE:  # the landscape's documented
+        settings.setdefault("noise_prior_shared", SHARED_NOISE[sandbox])  # noise, as a profile documents its own
     config = FarmConfig(
         gpus=strategy.n, profile=profile, sandbox="process", metrics_port=None, run_dir=run_dir,
         agents={"count": strategy.n, "kind": strategy.agent}, queue_ahead=1, max_experiments=budget, seed=seed,

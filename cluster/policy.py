@@ -11,11 +11,11 @@ new main.
 - ``Decide``: record a decision on a candidate (the ledger's ``verdict`` event, with the reason);
 - ``screen``: refuse a proposal before it runs (it does not compile, or repeats an earlier file or change);
 - ``Promote``: put a candidate on main. How is mechanism (git: a fast-forward, or a three-way merge whose result
-  is measured like any candidate); what happens once main moved is the policy's again (``after_promotion``).
-
+  is measured like any candidate); what happens once main moved is the policy's again (``after_promotion``);
 - ``Stage``: merge several candidates into one new file off main and measure it (policy stack).
 
-Three policies: ``StackPolicy`` (stack a round's winners, certify the stack against main), (noise-aware: replicates, a margin, confirmation on other seeds) and
+Three policies: ``TournamentPolicy`` (noise-aware: replicates, a margin, confirmation on other seeds; ``paired`` is
+its settings), ``StackPolicy`` (the tournament's judge, but a round's winners are stacked and certified as one) and
 ``GreedyPolicy`` (autoresearch's own loop: each file once, keep if lower; the benchmark's baseline).
 ``make_policy`` picks one from the settings. The decision maths is cluster/tournament.py (pure, no state).
 """
