@@ -91,7 +91,7 @@ bench-dispatch: install
 ## Search efficiency (issues 7, 15): sequential vs naive parallel vs the tournament and the paired policy, the real
 ## farm on a virtual clock, 16 seeds at N = 8 on each landscape (~16 min each on 2 cores); writes
 ## docs/bench/search-paired.* and search-realistic.* (BENCH_ARGS to change sizes; docs/bench/search.md: N = 2, 8, 16).
-SEARCH_ARGS ?= --seeds 16 --n 8 --variants tournament,paired
+SEARCH_ARGS ?= --seeds 16 --sequential-seeds 32 --n 8 --variants tournament,paired,stack
 bench-search: install
 	$(BIN)/python bench/search.py $(SEARCH_ARGS) --name search-paired $(BENCH_ARGS)
 	$(BIN)/python bench/search.py $(SEARCH_ARGS) --landscape realistic --name search-realistic $(BENCH_ARGS)
