@@ -97,7 +97,7 @@ def comparable(state: FarmState) -> dict:
         "measurements": {key: [m.model_dump() for m in ms] for key, ms in state.measurements.items() if ms},
         "queue": list(state.queue), "promotions": state.promotions, "rejected": state.rejected,
         "cost_usd": round(state.cost_usd, 9), "spend": {a: vars(s) for a, s in state.spend.items()},
-        "rejections": list(state.rejections),
+        "rejections": list(state.rejections), "stages": dict(state.stages),
     }  # fmt: skip
 
 
@@ -128,7 +128,7 @@ def test_the_live_state_is_the_state_a_resume_rebuilds(tmp_path: Path, seed: int
     FaultySurrogate.fault_rate = rng.choice([0.0, 0.2, 0.4])
     policy = rng.choice([{"baseline_replicates": 2, "min_noise_df": 2}, {"policy": "greedy"},
                          {"baseline_replicates": 2, "min_noise_df": 1, "judge_against": "parent"},
-                         {"policy": "paired"}])
+                         {"policy": "paired"}, {"policy": "stack"}])
     fail_rate = rng.choice([0.0, 0.3])
     farm = make_farm(tmp_path, seed, proposer=lambda name: Flaky(name, seed, fail_rate), gpus=rng.choice([1, 3]),
                      max_experiments=rng.randint(8, 30), tournament=policy, max_consecutive_errors=0)
