@@ -70,6 +70,13 @@ def test_winners_are_stacked_into_stages_certified_against_main_as_one(tmp_path:
     true = realistic.true_bpb
     assert true(f.repo.train_py_at(state.main_commit)) < true(f.repo.train_py_at(seed_commit)) - 0.05
     assert comparable(rebuilt(f)) == comparable(state)  # stages and parts rebuilt from the ledger alone
+    # the run browser's main line moves with the stages, not with each part that landed with one
+    from cluster.ui.ledger_view import LedgerView
+    from cluster.ui.model import RunState
+    from cluster.ui.repo_view import RepoView
+
+    ui = RunState(LedgerView(f.run_dir / "ledger").snapshot(), RepoView(f.run_dir / "repo"), f.run_dir)
+    assert ui.promoted == [r.experiment_id for r in main_moves]
 
 
 class Useless:

@@ -114,6 +114,9 @@ class RunState:
         ev = self.snapshot.events
         promote = pc.and_(pc.equal(ev.column("event"), "verdict"), pc.equal(ev.column("verdict"), "promote"))
         verdicts = ev.filter(pc.fill_null(promote, False))
+        moved = pc.is_valid(verdicts.column("commit"))  # the promotions that moved main carry its new commit; the
+        if pc.any(moved).as_py():  # parts of a stage (policy stack) land without one. Older ledgers: none has it
+            verdicts = verdicts.filter(moved)
         # the tournament's "promote" decision, then the promotion that moved main: one promotion, at the decision
         promotions, once = [], set()
         for t, eid in zip(column(verdicts, "ts"), column(verdicts, "experiment_id"), strict=True):
