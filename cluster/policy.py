@@ -425,7 +425,14 @@ class StackPolicy(TournamentPolicy):
         state = farm.state
         if stage.experiment_id not in state.finished or state.pending_replicates(stage.train_sha):
             return
+        waiting = any(v == "stack" for v in state.verdicts.values())
         for action in super()._judge(farm, stage, gpu_class):
+            if isinstance(action, Decide) and action.decision == "confirm" and waiting:
+                # still promising, and winners wait: fold its parts into a bigger stage rather than run it again
+                action = Decide(experiment_id=stage.experiment_id, decision="discard",
+                                reason=f"folded into the next stage with the winners that wait: {action.reason}")
+            elif isinstance(action, Measure) and waiting:
+                return
             yield action
             if isinstance(action, Decide) and action.decision == "discard":
                 better = (self._verdict(farm, stage, gpu_class).delta or 0.0) < 0
@@ -447,16 +454,19 @@ class StackPolicy(TournamentPolicy):
         winners = [state.work[e] for e, v in state.verdicts.items() if v == "stack"]
         if self._live(farm) or not winners:
             return
-        main_py = farm.repo.train_py_at(state.main_commit)
+        main_py, merge = farm.repo.train_py_at(state.main_commit), farm.repo._merge_train_py
         merged, parts = main_py, []
         for part in sorted(winners, key=lambda w: self._gain(farm, w)):
-            ours = merged
-            merged, conflict = farm.repo._merge_train_py(farm.repo.train_py_at(part.parent_commit), merged,
-                                                         farm.repo.train_py_at(part.commit))
+            ours, base, theirs = merged, farm.repo.train_py_at(part.parent_commit), farm.repo.train_py_at(part.commit)
+            merged, conflict = merge(base, ours, theirs)
+            if conflict and merge(base, main_py, theirs)[1]:
+                # main's own lines stand in its way (a rider of an earlier stage changed the same constant): its
+                # side wins, since the stage is certified against main as a whole
+                merged, conflict = merge(base, ours, theirs, prefer_theirs=True)[0], None
             if conflict:
                 merged = ours
                 yield Decide(experiment_id=part.experiment_id, decision="conflict",
-                             reason=f"conflicts with a stronger winner of its stage or with main: {conflict}")
+                             reason=f"conflicts with a stronger winner of its stage: {conflict}")
             elif merged == ours:
                 yield Decide(experiment_id=part.experiment_id, decision="noop",
                              reason="main or a stronger winner of its stage already has the change")

@@ -357,13 +357,15 @@ class ResearchRepo:
                 "only one farm driver may write a run's repo"
             )
 
-    def _merge_train_py(self, base: str, ours: str, theirs: str) -> tuple[str, str | None]:
-        """``git merge-file -p`` of train.py: (merged text, None) or (text with markers, summary of conflicts)."""
+    def _merge_train_py(self, base: str, ours: str, theirs: str, prefer_theirs: bool = False) -> tuple[str, str | None]:
+        """``git merge-file -p`` of train.py: (merged text, None) or (text with markers, summary of conflicts).
+        ``prefer_theirs``: conflicting lines take the candidate's side (a stage, certified as a whole, may)."""
         with tempfile.TemporaryDirectory(prefix="farm-merge-") as tmp:
             labels = {"main": ours, "base": base, "candidate": theirs}
             for name, text in labels.items():
                 (Path(tmp) / name).write_bytes(text.encode())
-            args = ["merge-file", "-p", "--diff3", *[a for n in labels for a in ("-L", n)]]
+            args = ["merge-file", "-p", "--theirs" if prefer_theirs else "--diff3",
+                    *[a for n in labels for a in ("-L", n)]]
             status, merged, err = self._run([*args, *(str(Path(tmp) / n) for n in labels)], check=False)
         if status < 0 or status > 127:
             raise RepoError(f"git merge-file failed (exit {status}): {err.strip()}")

@@ -226,3 +226,12 @@ def test_open_clears_stale_ref_locks_left_by_a_crash(repo: ResearchRepo) -> None
     assert not lock.exists() and fresh.exists()
     assert reopened.commit_experiment("e1", "main", SEED + "Y = 1\n", "after the crash")
     assert not list(repo.path.rglob("index.lock"))
+
+
+def test_a_merge_may_prefer_the_candidates_lines_where_both_changed_them(repo: ResearchRepo) -> None:
+    """Policy stack: a stage (certified against main as a whole) takes a winner's value of a constant that main
+    changed too; a plain merge calls it a conflict."""
+    base, ours, theirs = "A = 1\nB = 2\n", "A = 5\nB = 2\n", "A = 7\nB = 3\n"
+    text, conflict = repo._merge_train_py(base, ours, theirs)
+    assert conflict and "<<<<<<<" in text
+    assert repo._merge_train_py(base, ours, theirs, prefer_theirs=True) == ("A = 7\nB = 3\n", None)
