@@ -425,14 +425,15 @@ class StackPolicy(TournamentPolicy):
         state = farm.state
         if stage.experiment_id not in state.finished or state.pending_replicates(stage.train_sha):
             return
-        waiting = any(v == "stack" for v in state.verdicts.values())
+        waiting, folded = any(v == "stack" for v in state.verdicts.values()), False
         for action in super()._judge(farm, stage, gpu_class):
             if isinstance(action, Decide) and action.decision == "confirm" and waiting:
                 # still promising, and winners wait: fold its parts into a bigger stage rather than run it again
+                folded = True
                 action = Decide(experiment_id=stage.experiment_id, decision="discard",
                                 reason=f"folded into the next stage with the winners that wait: {action.reason}")
-            elif isinstance(action, Measure) and waiting:
-                return
+            elif isinstance(action, Measure) and folded:
+                continue  # the folded stage's next run and main's pair for it (a wait's runs of main still go)
             yield action
             if isinstance(action, Decide) and action.decision == "discard":
                 better = (self._verdict(farm, stage, gpu_class).delta or 0.0) < 0

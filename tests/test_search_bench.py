@@ -44,18 +44,18 @@ def test_surrogate_value_is_the_landscape_function_plus_seeded_noise(tmp_path) -
 
 
 def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
-    argv = ["--seeds", "1", "--n", "2", "--budget", "8", "--no-oracle", "--variants", "tournament"]
+    argv = ["--seeds", "1", "--n", "2", "--budget", "8", "--no-oracle", "--variants", "tournament"]  # sequential: 2
     argv += ["--out", str(tmp_path)]
     assert search.main(argv) == 0
     doc = (tmp_path / "search.md").read_text()
-    assert "| sequential | 1 | 1 | 8 |" in doc and "| naive | 2 |" in doc and "| tournament | 2 |" in doc
+    assert "| sequential | 1 | 2 | 8 |" in doc and "| naive | 2 |" in doc and "| tournament | 2 |" in doc
     assert search.MARKER in doc and "search-curves.png" in doc
     assert (tmp_path / "search-curves.png").stat().st_size > 0 and (tmp_path / "search-scaling.png").exists()
     data = json.loads((tmp_path / "search.json").read_text())
     rows = {(r["strategy"], r["n"]): r for r in search.summarise(data["records"])["rows"]}
     assert set(rows) == {("sequential", 1), ("naive", 2), ("tournament", 2)}
     seq = rows[("sequential", 1)]
-    assert seq["runs"] == 8 and seq["efficiency"] == pytest.approx(1.0) and rows[("naive", 2)]["runs"] == 16
+    assert seq["runs"] == 16 and seq["efficiency"] == pytest.approx(1.0) and rows[("naive", 2)]["runs"] == 16
     for record in data["records"]:
         mains = record["mains"]
         assert mains[0]["t"] == 0 and mains[0]["true"] == surrogate.true_bpb(SEED)
