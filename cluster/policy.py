@@ -333,16 +333,20 @@ class StackPolicy(TournamentPolicy):
     One promotion at a time, each paying a screen, confirmations and main's pair runs in series, is why the
     tournament promotes every ~4-5 experiment durations at N = 8 and discards most small real gains. Here:
 
-    - a candidate's first run is judged against its reference (main, or the former main it was proposed from) by
-      the paired judge; one that beats the screen (``promising_sigmas``) is ``stack``: it waits for the next stage,
-      it is never confirmed on its own;
+    - a candidate's first run is judged against its reference (main, the former main or the stage it was proposed
+      from) by the paired judge; one that beats the screen (``promising_sigmas``) is ``stack``: it waits for the
+      next stage, it is never confirmed on its own;
     - whenever no stage is under certification and winners wait, they are merged, strongest first, into main's
       train.py (three-way, each from its own parent: in-flight work from an older main is rebased, not lost; a part
-      that conflicts with the stronger ones is left out) and the result, the stage, runs ``stage_runs`` times at
-      once on main's seeds (paired);
+      that conflicts with a stronger one is left out, one that only main's own lines block takes its side) and the
+      result, the stage, runs ``stage_runs`` times at once on main's seeds (paired);
+    - while a stage is certified, proposals that would start from main start from it; their first run waits for
+      the stage's own runs and is judged against them;
     - the stage is judged against main like any candidate, on all its runs at once: beyond the margin it is
-      promoted, and every part lands with it (several gains, one promotion); still promising, one more run at a
-      time up to ``max_replicates``; else every part is discarded (a second chance may bring one back).
+      promoted, and every part lands with it (several gains, one promotion); still promising, it is folded into a
+      bigger stage when winners wait, else runs once more at a time up to ``max_replicates``; not certified but
+      better than main, its parts wait again (at most ``stack_retries`` times); else every part is discarded (a
+      second chance may bring one back).
 
     A stage's runs are fresh, not selected, and its effect is the sum of its parts', so one certification at the
     strict margin costs a few runs for several gains, where the tournament paid them for each. Main's runs after
