@@ -26,7 +26,7 @@ from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
 from cluster.ledger import LedgerRow, write_results_tsv
 from cluster.live import LiveView, snapshot
 from cluster.metrics import FarmMetrics
-from cluster.policy import Action, Decide, FarmView, Measure, Promote, Stage, make_policy
+from cluster.policy import Action, Decide, FarmView, Measure, Promote, Revert, Stage, make_policy
 from cluster.selection import noise_for
 from cluster.spec import ExperimentSpec, Limits, owner_of
 from cluster.state import Work
@@ -405,6 +405,10 @@ class Farm:
                 stage_id = self.store.stage([self.state.work[p] for p in action.parts], action.train_py,
                                             action.seeds, action.description, action.why)
                 self.view.note(f"{stage_id}: {action.description[:200]}")
+            elif isinstance(action, Revert):
+                outcome = self._accept(Proposal(parent_commit=self.state.main_commit, train_py=action.train_py,
+                                                description=action.description, agent="farm"))
+                self.view.note(f"{outcome}: {action.description[:200]}")
 
     def _promote(self, candidate: Work, reason: str, mean: float) -> None:
         if self.store.promote(candidate, reason, mean).kind == "fast-forward":  # main moved

@@ -12,7 +12,8 @@ new main.
 - ``screen``: refuse a proposal before it runs (it does not compile, or repeats an earlier file or change);
 - ``Promote``: put a candidate on main. How is mechanism (git: a fast-forward, or a three-way merge whose result
   is measured like any candidate); what happens once main moved is the policy's again (``after_promotion``);
-- ``Stage``: merge several candidates into one new file off main and measure it (policy stack).
+- ``Stage``: merge several candidates into one new file off main and measure it (policy stack);
+- ``Revert``: propose main without one part of a promoted stage, as a candidate (policy stack's ablation).
 
 Three policies: ``TournamentPolicy`` (noise-aware: replicates, a margin, confirmation on other seeds; ``paired`` is
 its settings), ``StackPolicy`` (the tournament's judge, but a round's winners are stacked and certified as one) and
@@ -93,7 +94,18 @@ class Stage(BaseModel):
     why: str = ""
 
 
-Action = Measure | Decide | Promote | Stage
+class Revert(BaseModel):
+    """Policy stack's ablation: propose ``train_py`` (main without the change of ``part``, a part of the stage just
+    promoted) as a candidate off main, screened and judged like any agent's proposal."""
+
+    action: Literal["revert"] = "revert"
+    part: str
+    train_py: str
+    description: str
+    why: str = ""
+
+
+Action = Measure | Decide | Promote | Stage | Revert
 
 
 class Screening(BaseModel):
@@ -362,12 +374,28 @@ class StackPolicy(TournamentPolicy):
         state = farm.state
         for stage_id, parts in state.stages.items():
             if state.verdicts.get(stage_id) == "promote" and state.work[stage_id].train_sha == state.main_sha:
-                for part in parts:
-                    if state.verdicts.get(part) == "staged":
-                        yield Decide(experiment_id=part, decision="promote",
-                                     reason=f"on main with stage {stage_id}")
+                landed = [p for p in parts if state.verdicts.get(p) == "staged"]
+                for part in landed:
+                    yield Decide(experiment_id=part, decision="promote", reason=f"on main with stage {stage_id}")
+                if self.settings.ablate and len(landed) > 1:
+                    yield from self._ablate(farm, stage_id, [state.work[p] for p in landed])
         yield from super().after_promotion(farm)
         yield from self._next_stage(farm)
+
+    def _ablate(self, farm: FarmView, stage_id: str, parts: list[Work]) -> Iterator[Action]:
+        """The stage was certified as a whole, so a rider whose own run was lucky may hurt: propose main without
+        each part but the strongest (whose gain the certificate mostly is), one candidate per part. A revert that
+        beats main joins a later stage like any winner; one that conflicts with main's later lines is not tried."""
+        main_py, merge = farm.repo.train_py_at(farm.state.main_commit), farm.repo._merge_train_py
+        for part in sorted(parts, key=lambda w: self._gain(farm, w))[1:]:
+            # the part's own change, undone on main: base = the part's file, theirs = its parent's
+            reverted, conflict = merge(farm.repo.train_py_at(part.commit), main_py,
+                                       farm.repo.train_py_at(part.parent_commit))
+            if conflict or reverted == main_py:
+                continue
+            yield Revert(part=part.experiment_id, train_py=reverted,
+                         description=f"revert {part.experiment_id} (stage {stage_id}): {part.description}"[:300],
+                         why=f"ablation of stage {stage_id}: does main do better without {part.experiment_id}?")
 
     def parent(self, farm: FarmView, rng: random.Random) -> tuple[str, str]:
         """Where main would be the parent, the newest stage under certification is: exploration goes on from the

@@ -92,6 +92,9 @@ class TournamentSettings(BaseModel):
     stack_retries: int = Field(2, ge=0, description="policy stack: a stage that beat main but not by the margin "
                                "sends its parts back to wait for the next stage, with the winners found meanwhile "
                                "(a bigger effect, easier to certify), at most this many times per part")
+    ablate: bool = Field(False, description="policy stack: after a stage of several parts is promoted, each part but "
+                         "the strongest is reverted from main as a candidate of its own (agent farm), judged like any "
+                         "candidate: a rider that hurts is taken out again by a later stage (issue 15's ablation)")
     min_noise_df: int = Field(7, ge=1, description="main is measured beyond baseline_replicates until the noise on "
                               "a class has this many degrees of freedom: with 3 df the t margin is ~2x wider and "
                               "a 3-sd gain is promoted 39 % of the time instead of 75 %")
