@@ -107,6 +107,8 @@ TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "stack": ("stack, then certify: a candidate's first run that beats the screen joins the next stage; the "
               "stage (main + the round's winners) runs 3x at once on main's seeds and is promoted as one at the "
               "margin (docs/bench/stack.md)", {"policy": "stack"}, ()),
+    "stack-ablate": ("stack + ablation: after a stage of several parts lands, main without each part but the "
+                     "strongest runs as a candidate (docs/bench/stack.md)", {"policy": "stack", "ablate": True}, ()),
     "tournament-lw": ("tournament-tuned + what-if linewise-merge", {"judge_against": "parent", "max_replicates": 4},
                       ("linewise-merge",)),
     "tournament-lw-cpp": ("tournament-tuned + what-ifs linewise-merge, change-per-parent",

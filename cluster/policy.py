@@ -23,6 +23,7 @@ its settings), ``StackPolicy`` (the tournament's judge, but a round's winners ar
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,7 +254,7 @@ class TournamentPolicy:
                     train_sha=candidate.train_sha, seeds=seeds, agent=candidate.agent,
                     description=f"confirm {candidate.experiment_id}: {candidate.description}",
                     replicate_of=candidate.experiment_id, why=verdict.reason)
-                yield from self._pair_main(farm, candidate, reference, seeds)
+                yield from self._pair_main(farm, candidate.experiment_id, reference, seeds)
         elif verdict.decision == "wait":
             yield from self._measure_main(farm, verdict.gpu_class)
         elif verdict.decision in ("promote", "simpler"):
@@ -284,7 +285,7 @@ class TournamentPolicy:
     def _reference(self, farm: FarmView, candidate: Work) -> str:
         return reference_of(farm.state, candidate, farm.repo, self.settings)
 
-    def _pair_main(self, farm: FarmView, candidate: Work, reference: str, seeds: list[int]) -> Iterator[Action]:
+    def _pair_main(self, farm: FarmView, name: str, reference: str, seeds: list[int]) -> Iterator[Action]:
         """Pairing: main also runs on a confirmation's seeds it lacks, so every run of the candidate has its pair
         (only when main is the candidate's reference, and never beyond max_replicates + baseline runs of main)."""
         state = farm.state
@@ -297,7 +298,7 @@ class TournamentPolicy:
         if missing:
             yield Measure(kind="baseline", commit=state.main_commit, parent_commit=state.main_commit,
                           train_sha=state.main_sha, seeds=missing, description="baseline: main",
-                          why=f"pairing: {candidate.experiment_id} is confirmed on seeds {missing}")
+                          why=f"pairing: {name} is confirmed on seeds {missing}")
 
     def _main_request(self, farm: FarmView, gpu_class: str) -> MeasureRequest | None:
         """Main's missing replicates: its baseline, then enough for the noise to be known."""
@@ -513,15 +514,14 @@ class StackPolicy(TournamentPolicy):
         yield Stage(parts=[p.experiment_id for p in parts], train_py=merged, seeds=seeds,
                     description=f"stage: {names}: " + "; ".join(p.description for p in parts)[:300],
                     why=f"{len(parts)} winner(s) stacked, certified against main on seeds {seeds}")
-        stage_id = next(s for s in reversed(state.stages) if state.stages[s] == [p.experiment_id for p in parts])
-        yield from self._pair_main(farm, state.work[stage_id], state.main_sha, seeds)
+        yield from self._pair_main(farm, f"the stage of {names}", state.main_sha, seeds)
 
     @staticmethod
     def _gain(farm: FarmView, part: Work) -> float:
         """How much a winner's run beat its parent's mean (most negative first: it wins a conflict)."""
         parent = farm.mean(sha(farm.repo.train_py_at(part.parent_commit)))
         gain = farm.mean(part.train_sha) - parent
-        return gain if gain == gain else 0.0
+        return 0.0 if math.isnan(gain) else gain
 
 
 def preflight(train_py: str) -> str:

@@ -101,3 +101,37 @@ def test_stages_of_useless_changes_are_never_certified(tmp_path: Path) -> None:
     assert len(f.state.stages) >= 5  # lucky runs were stacked and had their stages judged
     assert f.state.promotions == 0
     assert all(f.state.verdicts.get(s) != "promote" for s in f.state.stages)
+
+
+def test_ablation_proposes_main_without_each_part_of_a_promoted_stage_but_the_strongest(tmp_path: Path) -> None:
+    """``ablate``: a stage certified as a whole may carry a rider that hurts; after it lands, main without each of
+    its parts but the strongest is proposed (agent farm), screened and judged like any candidate."""
+    f = farm(tmp_path, gpus=4, agents={"count": 4, "kind": "mutate"}, max_experiments=90,
+             tournament={**STACK, "ablate": True})
+    assert f.run() == 0
+    state, rows = f.state, Ledger(f.run_dir / "ledger").read()
+    reverts = [w for w in state.work.values() if w.kind == "candidate" and w.agent == "farm"]
+    promoted = {s: parts for s, parts in state.stages.items() if state.verdicts.get(s) == "promote"}
+    assert any(len(parts) >= 2 for parts in promoted.values()), "no stage of several parts was promoted"
+    assert reverts, "no part of a promoted stage was reverted"
+    reverted: list[str] = []
+    for work in reverts:
+        part_id = work.description.split()[1]
+        stage_id = next(s for s, parts in promoted.items() if part_id in parts)
+        assert len(promoted[stage_id]) >= 2
+        part = state.work[part_id]
+        # the revert starts from the promoted stage (main then) and undoes exactly the part's own change
+        main_py, reverted_py = f.repo.train_py_at(work.parent_commit), f.repo.train_py_at(work.commit)
+        assert main_py == f.repo.train_py_at(state.work[stage_id].commit)
+        before, after = (parse_constants(f.repo.train_py_at(c)) for c in (part.parent_commit, part.commit))
+        changed = {k for k in after if after[k].value != before[k].value}
+        now, was = parse_constants(reverted_py), parse_constants(main_py)
+        assert {k for k in now if now[k].value != was[k].value} == changed
+        assert all(now[k].value == before[k].value for k in changed)
+        assert state.verdicts.get(work.experiment_id), "a revert was never judged"
+        reverted.append(part_id)
+    assert len(reverted) == len(set(reverted))  # each part at most once
+    for stage_id, parts in promoted.items():  # never the strongest part: the certificate is mostly its gain
+        assert sum(p in reverted for p in parts) <= len(parts) - 1
+    assert not [r for r in rows if r.event == "rejected" and r.agent == "farm" and "compile" in (r.reason or "")]
+    assert comparable(rebuilt(f)) == comparable(state)
