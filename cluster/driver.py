@@ -65,7 +65,12 @@ class Farm:
         self.stopping = ""
         self.failure = ""  # why the farm could not do its job (set with stopping): the run exits non-zero
         self._errors_in_row: list[tuple[str, str]] = []  # farm faults (status error) since the last ok result
-        self._weights: dict[tuple[str, str], tuple[str, int]] = {}  # (train_sha, weights digest) -> (eid, seed)
+        # (train_sha, weights digest) -> (eid, seed) of its first ok run: rebuilt from the ledger, so a pinned seed
+        # is caught across a resume as well
+        self._weights: dict[tuple[str, str], tuple[str, int]] = {}
+        for eid, row in self.state.finished.items():
+            if row.status == "ok" and row.weights_sha256 and row.train_sha:
+                self._weights.setdefault((row.train_sha, row.weights_sha256), (eid, row.seed or 0))
         self._unproductive = 0  # proposals in a row, over all agents, that were rejected or failed
         self._last_unproductive = ""
         self._streak: dict[int, int] = {}  # agent index -> its own proposals in a row that came to nothing

@@ -18,6 +18,7 @@ from bench.standin import measured_bpb
 from cluster.config import FarmConfig
 from cluster.driver import Farm
 from cluster.executor import InProcessExecutor
+from cluster.ledger import LedgerRow
 from cluster.repo import ResearchRepo
 from cluster.sandbox.base import no_result, stage
 from cluster.spec import ExperimentSpec, GpuAssignment
@@ -163,6 +164,17 @@ def test_replicates_with_bit_identical_weights_on_other_seeds_are_not_independen
     assert all(r.status == "invalid" and "bit-identical weights" in r.reason and r.val_bpb is None for r in main[1:])
     assert "bit-identical weights" in farm.failure and len(rows) < 12  # stopped: main can never be measured
     assert farm.state.promotions == 0
+    # the digests are on the ledger: a farm resumed on this run dir still knows them
+    assert main[0].weights_sha256 == sha(SEED)
+    resumed = Farm(farm.config, farm.run_dir, InProcessExecutor(SANDBOX))
+    again = LedgerRow(experiment_id="e9999", event="finished", ts=0.0, status="ok", val_bpb=2.0, seed=41,
+                      train_sha=main[0].train_sha)
+    resumed._flag_pinned_seed(again, main[0].weights_sha256)
+    assert again.status == "invalid" and main[0].experiment_id in again.reason and again.val_bpb is None
+    fresh = LedgerRow(experiment_id="e9998", event="finished", ts=0.0, status="ok", val_bpb=2.0, seed=42,
+                      train_sha=main[0].train_sha)
+    resumed._flag_pinned_seed(fresh, sha("other weights"))
+    assert fresh.status == "ok"
 
 
 def test_a_gpu_profiles_experiments_get_a_fair_share_of_the_cores(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
     doc = (tmp_path / "search.md").read_text()
     assert "| sequential | 1 | 2 | 8 |" in doc and "| naive | 2 |" in doc and "| tournament | 2 |" in doc
     assert search.MARKER in doc and "search-curves.png" in doc
+    assert "**Goals**" in doc and "(no farm policy in this run: no goal measured)" in doc  # N = 2 measures none
     assert (tmp_path / "search-curves.png").stat().st_size > 0 and (tmp_path / "search-scaling.png").exists()
     data = json.loads((tmp_path / "search.json").read_text())
     rows = {(r["strategy"], r["n"]): r for r in search.summarise(data["records"])["rows"]}
@@ -61,6 +62,38 @@ def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
         assert mains[0]["t"] == 0 and mains[0]["true"] == surrogate.true_bpb(SEED)
         assert all(math.isfinite(m["true"]) for m in mains) and record["finished"] == record["budget"]
         assert record["end"] > 0 and sum(record["kinds"].values()) == record["budget"] and "runs" not in record
+
+
+def _row(strategy: str, n: int, **figures) -> dict:
+    row = {"strategy": strategy, "n": n, "seeds": 16, "final_true": 2.2, "efficiency_to": {search.PARTIAL: 0.5},
+           "efficiency": 0.5, "efficiency_bound": None, "false_promotions": 0, "between_promotions": 3.0,
+           "first_within_goal": 4, "first_promotion": 9.0}
+    return {**row, **figures}
+
+
+def test_goals_report_each_of_issue_15s_goals_met_or_not_for_each_farm_policy() -> None:
+    summary = {"target": 2.14, "rows": [
+        _row("sequential", 1), _row("oracle", 8, efficiency=0.96), _row("stack-oracle", 8, efficiency=1.1),
+        _row("paired", 8, final_true=2.1385, efficiency_to={search.PARTIAL: 0.61}, false_promotions=1),
+        _row("stack", 8, final_true=2.15, between_promotions=1.4), _row("paired", 1, first_within_goal=9),
+        _row("stack", 1, first_within_goal=8)]}
+    goals = search.goals(summary, "calibrated")
+    cell = {(goal.split(":")[1].split()[0], policy): met for goal, cells in goals.items()
+            for policy, (met, _) in cells.items()}
+    assert set(p for _, p in cell) == {"paired", "stack"}  # farm policies only, never naive or an oracle row
+    assert cell[("mean", "paired")] and not cell[("mean", "stack")]  # <= the target, not merely near it
+    assert cell[("efficiency", "paired")] and not cell[("efficiency", "stack")]  # to 90 % of the gain, >= 0.6
+    assert not cell[("zero", "paired")] and cell[("zero", "stack")]  # one false promotion is one too many
+    assert cell[("median", "stack")] and not cell[("median", "paired")]
+    assert cell[("the", "stack")] and not cell[("the", "paired")]  # its own oracle first, else naive's
+    assert cell[("first", "paired")] and not cell[("first", "stack")]  # most seeds: 9 of 16, not 8
+    oracle = next(cells for goal, cells in goals.items() if "oracle" in goal)
+    assert "stack-oracle" in oracle["stack"][1] and "(oracle)" in oracle["paired"][1]
+    realistic_goals = search.goals(summary, "realistic")
+    assert not any("90%" in goal or "sequential's final (" in goal for goal in realistic_goals)
+    assert any("sequential's final value >= 0.8" in goal for goal in realistic_goals)
+    table = search.goals_table(summary, "calibrated")
+    assert table.splitlines()[0] == "| goal | paired | stack |" and "**met** (2.1385)" in table
 
 
 def test_benchmark_settings_of_the_tournament() -> None:
