@@ -84,6 +84,8 @@ def user_message(context: Context) -> str:
         _section("Recent results (newest last)", [format_summary(s, with_reason=True) for s in context.recent]),
         _section("Your own recent outcomes", [format_summary(s, with_reason=True) for s in context.own_recent]
                  + [f"rejected before running: {r}" for r in context.own_rejected]),
+        _section("Being tried now by the farm's agents (queued or running: propose something else)",
+                 [format_summary(s) for s in context.in_flight]),
         _section("Shared notes", context.notes),
         f"The parent train.py:\n```python\n{context.parent_train_py}```" if context.parent_train_py.endswith("\n")
         else f"The parent train.py:\n```python\n{context.parent_train_py}\n```",

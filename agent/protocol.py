@@ -46,6 +46,8 @@ class Context(BaseModel):
     own_recent: list[ExperimentSummary] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     own_rejected: list[str] = Field(default_factory=list, description="this agent's proposals refused before running")
+    in_flight: list[ExperimentSummary] = Field(default_factory=list, description="candidates of any agent queued or "
+                                               "running now: ideas already being tried, not to be proposed again")
     seed: int = Field(0, description="for proposers that draw random numbers: reproducible runs")
     measured: list[Measured] = Field(default_factory=list, description="every finished experiment of the run, "
                                      "whoever proposed it (optimiser agents only; empty for the others)")

@@ -195,10 +195,20 @@ class Farm:
             recent=recent,
             own_recent=own,
             own_rejected=[why for agent, why in self.state.rejections if agent == name][-5:],
+            in_flight=self._in_flight(),
             notes=self._notes(),
             seed=self.rng.randrange(2**31),
             measured=self._measured() if self.config.agent_kind_of(index) == "optuna" else [],
         )
+
+    def _in_flight(self, limit: int = 32) -> list[ExperimentSummary]:
+        """Candidates queued or running, newest last: N agents proposing from one main at once otherwise try the
+        same knob N times in one round (bench/search.py measures what this saves)."""
+        state = self.state
+        out = [ExperimentSummary(experiment_id=eid, parent_commit=w.parent_commit, commit=w.commit, agent=w.agent,
+                                 description=w.description, status="running" if eid in self.inflight else "queued")
+               for eid, w in state.work.items() if w.kind == "candidate" and eid not in state.finished]
+        return out[-limit:]
 
     def _detail(self, summary: ExperimentSummary) -> tuple[str, str]:
         """(diff vs parent for candidates and merges, log tail for failures) of a finished experiment, cached."""

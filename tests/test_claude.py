@@ -394,6 +394,12 @@ def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and
     context = farm._context(0)
     assert context.own_rejected == ["DEPTH to 3 once more: the same change as e0002 (DEPTH 4 -> 3)"]
     assert context.notes == ["- claude-0: depth 3 trains faster"]
+    # the candidate queued above and not run yet is shown to every agent, so none proposes it again
+    assert [(s.experiment_id, s.status) for s in context.in_flight] == [(rows["queued"].experiment_id, "queued")]
+    from agent.prompt import user_message
+
+    shown = user_message(context).split("Being tried now", 1)[1].split("Shared notes", 1)[0]
+    assert rows["queued"].experiment_id in shown and rows["queued"].description in shown
 
 
 # ---- a farm with Claude agents ----------------------------------------------------------
