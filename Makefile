@@ -18,7 +18,7 @@ FARM_IMAGE ?= 0
 IMAGES_ENV = BASE_IMAGE='$(BASE_IMAGE)' TORCH_SPEC='$(TORCH_SPEC)' EXTRA_PIP='$(EXTRA_PIP)' APT_PACKAGES='$(APT_PACKAGES)' \
 	IMAGES_WHEELS='$(IMAGES_WHEELS)' FARM_IMAGE='$(FARM_IMAGE)' PIP='$(BIN)/pip'
 
-.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search bench-proposers monitor monitor-down helm-render \
+.PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search bench-search-n1 bench-proposers monitor monitor-down helm-render \
 	farm-live-check
 
 install: $(VENV)/.installed
@@ -88,13 +88,18 @@ BENCH_ARGS ?=
 bench-dispatch: install
 	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)
 
-## Search efficiency (issues 7, 15): sequential vs naive parallel vs the tournament and the paired policy, the real
-## farm on a virtual clock, 16 seeds at N = 8 on each landscape (~16 min each on 2 cores); writes
+## Search efficiency (issues 7, 15): sequential vs naive parallel vs the tournament, the paired and the stack policy
+## (its noiseless oracle and its ablation too), the real farm on a virtual clock, 16 seeds at N = 8 on each
+## landscape (~37 min each on 2 cores); each doc ends with issue 15's goals, met or not; writes
 ## docs/bench/search-paired.* and search-realistic.* (BENCH_ARGS to change sizes; docs/bench/search.md: N = 2, 8, 16).
-SEARCH_ARGS ?= --seeds 16 --sequential-seeds 32 --n 8 --variants tournament,paired,stack
+SEARCH_ARGS ?= --seeds 16 --sequential-seeds 32 --n 8 --variants tournament,paired,stack,stack-ablate
 bench-search: install
 	$(BIN)/python bench/search.py $(SEARCH_ARGS) --name search-paired $(BENCH_ARGS)
 	$(BIN)/python bench/search.py $(SEARCH_ARGS) --landscape realistic --name search-realistic $(BENCH_ARGS)
+
+## One slot, 30 experiments: how soon the first promotion comes (docs/bench/search-n1.md; ~7 min).
+bench-search-n1: install
+	$(BIN)/python bench/search.py --seeds 16 --n 1 --budget 30 --variants paired,stack --name search-n1 $(BENCH_ARGS)
 
 ## The optimiser proposer against the mutator on the surrogate landscape (docs/bench/proposers.md).
 bench-proposers: install
