@@ -18,9 +18,9 @@ from cluster.sandbox.base import ENV_ALLOW, stage
 from cluster.sandbox.docker_engine import DockerSandbox
 from cluster.spec import TRAINER_IMAGE, ExperimentSpec, GpuAssignment, Limits
 from tests import candidates
+from tests.needs import sandbox_or_skip
 from trainer.result import ExperimentResult, Status
 
-REQUIRED = os.environ.get("FARM_REQUIRE_DOCKER") == "1"
 SECRET = "sk-test-" + uuid.uuid4().hex
 # Everything a container may be told; anything else in its environment is a leak.
 ALLOWED_ENV = set(ENV_ALLOW) - {"PATH"} | {
@@ -38,12 +38,7 @@ ALLOWED_ENV = set(ENV_ALLOW) - {"PATH"} | {
 
 @pytest.fixture(scope="module")
 def sandbox() -> DockerSandbox:
-    try:
-        return make_sandbox("docker")
-    except SandboxError as exc:
-        if REQUIRED:
-            pytest.fail(f"FARM_REQUIRE_DOCKER=1 but the docker sandbox cannot run: {exc}")
-        pytest.skip(f"docker sandbox unavailable: {exc}")
+    return sandbox_or_skip("docker")
 
 
 def make_spec(tmp_path: Path, cache: Path, source: str | None = None, **fields) -> ExperimentSpec:

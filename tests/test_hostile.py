@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.sandbox import SandboxError, make_sandbox
 from cluster.spec import ExperimentSpec, GpuAssignment
 from cluster.untrusted import read_text
 from tests.fake_kube import run_in_docker_pod
+from tests.needs import sandbox_or_skip
 from trainer.result import ExperimentResult, Status
 
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.py"))
@@ -53,12 +53,8 @@ def run_backend(backend: str, train_py: Path, tmp_path: Path, farm_cache: Path) 
         return ExperimentResult.model_validate_json((out / "result.json").read_text()), (out / "run.log").read_text()
     if backend in ("process", "kubernetes") and not IS_ROOT:
         pytest.skip(f"the {backend} sandbox's separation needs root here (CI runs as root)")
-    try:  # kubernetes: the fake kubelet runs the pod in docker, so the engine and the image are checked alike
-        sandbox = make_sandbox("docker" if backend == "kubernetes" else backend)
-    except (SandboxError, ImportError) as exc:
-        if os.environ.get("FARM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"docker sandbox required (FARM_REQUIRE_DOCKER=1) but unavailable: {exc}")
-        pytest.skip(f"docker sandbox unavailable: {exc}")
+    # kubernetes: the fake kubelet runs the pod in docker, so the engine and the image are checked alike
+    sandbox = sandbox_or_skip("docker" if backend == "kubernetes" else backend)
     run_dir = tmp_path / "run"
     if backend == "kubernetes":
         result = run_in_docker_pod(train_py.read_text(), tmp_path, farm_cache)  # its run dir is tmp_path / "run"

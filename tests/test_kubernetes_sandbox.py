@@ -32,6 +32,7 @@ from cluster.sandbox.kube_pod import (
 from cluster.spec import ExperimentSpec, GpuAssignment, Limits
 from tests import candidates
 from tests.fake_kube import FakeKube, Script, run_in_docker_pod
+from tests.needs import sandbox_or_skip
 from trainer.result import ExperimentResult, Status
 
 
@@ -384,12 +385,7 @@ def test_honest_candidates_score_in_the_two_container_pod_as_in_the_docker_sandb
     own in its container, trains and hands its model over; the runner, in the other, scores it. The verdict is ok
     and the same as the docker sandbox gives the same file (evaluation is deterministic for given weights; the
     steps differ with the machine's load, so the value agrees within the profile's noise)."""
-    try:
-        docker = make_sandbox("docker")
-    except (SandboxError, ImportError) as exc:
-        if os.environ.get("FARM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"docker (the fake kubelet's runtime) required (FARM_REQUIRE_DOCKER=1) but unavailable: {exc}")
-        pytest.skip(f"docker unavailable: {exc}")
+    docker = sandbox_or_skip("docker", "docker (the fake kubelet's runtime)")
     source = candidates.source(name)
     pod = run_in_docker_pod(source, tmp_path / "pod", farm_cache)
     assert pod.status == Status.OK, pod.reason + pod.log_tail

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 import trainer
-from cluster.sandbox import SandboxError, make_sandbox
 from cluster.sandbox.process import MARKER
 from cluster.spec import ExperimentSpec, GpuAssignment, Limits
 from cluster.untrusted import read_text
 from tests import candidates
+from tests.needs import sandbox_or_skip
 from trainer.result import ExperimentResult, Status
 
 SECRET = "sk-ant-test-" + uuid.uuid4().hex
@@ -36,12 +36,7 @@ IS_ROOT = os.geteuid() == 0
 def sandbox(request: pytest.FixtureRequest):
     if request.param == "process" and not IS_ROOT:
         pytest.skip("the isolated process sandbox needs root (CI runs as root)")
-    try:
-        return make_sandbox(request.param)
-    except (SandboxError, ImportError) as exc:
-        if os.environ.get("FARM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"docker sandbox required (FARM_REQUIRE_DOCKER=1) but unavailable: {exc}")
-        pytest.skip(f"docker sandbox unavailable: {exc}")
+    return sandbox_or_skip(request.param, f"{request.param} sandbox")
 
 
 @pytest.fixture(autouse=True)
