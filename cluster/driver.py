@@ -202,8 +202,8 @@ class Farm:
         )
 
     def _in_flight(self, limit: int = 32) -> list[ExperimentSummary]:
-        """Candidates queued or running, newest last: N agents proposing from one main at once otherwise try the
-        same knob N times in one round (bench/search.py measures what this saves)."""
+        """Candidates queued or running, newest last: N agents proposing from one main at once would otherwise spend
+        proposals (an LLM's tokens) on an idea already being tried, which screening then refuses."""
         state = self.state
         out = [ExperimentSummary(experiment_id=eid, parent_commit=w.parent_commit, commit=w.commit, agent=w.agent,
                                  description=w.description, status="running" if eid in self.inflight else "queued")
@@ -423,7 +423,7 @@ class Farm:
             elif isinstance(action, Revert):
                 outcome = self._accept(Proposal(parent_commit=self.state.main_commit, train_py=action.train_py,
                                                 description=action.description, agent="farm"))
-                self.view.note(f"{outcome}: {action.description[:200]}")
+                self.view.note(f"{outcome}: {action.description[:150]} ({action.why[:100]})")
 
     def _promote(self, candidate: Work, reason: str, mean: float) -> None:
         if self.store.promote(candidate, reason, mean).kind == "fast-forward":  # main moved
