@@ -322,9 +322,14 @@ def bootstrap(values: list[float], stat=statistics.fmean, n: int = 2000, seed: i
     return draws[int(0.05 * n)], draws[int(0.95 * n) - 1]
 
 
+def first_promotions(records: list[dict]) -> list[float]:
+    """Each record's time to its first promotion (inf: none)."""
+    return [r["mains"][1]["t"] if len(r["mains"]) > 1 else math.inf for r in records]
+
+
 def latency(records: list[dict]) -> tuple[float, float]:
     """(median over seeds of the time to the first promotion (inf: none), median time between promotions)."""
-    first = [r["mains"][1]["t"] if len(r["mains"]) > 1 else math.inf for r in records]
+    first = first_promotions(records)
     gaps = [b["t"] - a["t"] for r in records for a, b in zip(r["mains"][1:], r["mains"][2:], strict=False)]
     return statistics.median(first), statistics.median(gaps) if gaps else math.inf
 
@@ -366,7 +371,6 @@ def summarise(records: list[dict]) -> dict:
         finals = [main_true_at(r, math.inf) for r in rs]
         same_budget = [main_true_at(r, seq_budget, "n") for r in rs]
         first_promotion, between = latency(rs)
-        firsts = [r["mains"][1]["t"] if len(r["mains"]) > 1 else math.inf for r in rs]
         eff_to = {}
         for q in shares:
             t_q = first_reach(rs, targets[q])
@@ -375,7 +379,8 @@ def summarise(records: list[dict]) -> dict:
             "strategy": name, "n": n, "seeds": len(rs), "budget": rs[0]["budget"],
             "final_true": statistics.fmean(finals), "final_sd": statistics.pstdev(finals),
             "final_ci": bootstrap(finals), "efficiency_to": eff_to, "first_promotion": first_promotion,
-            "first_within_goal": sum(1 for t in firsts if t <= GOAL_FIRST_N1), "between_promotions": between,
+            "first_within_goal": sum(1 for t in first_promotions(rs) if t <= GOAL_FIRST_N1),
+            "between_promotions": between,
             "true_at_seq_budget": statistics.fmean(same_budget),
             "time": statistics.fmean(r["end"] for r in rs), "time_to_target": t, "speedup": speedup,
             "efficiency_partial": eff_to[PARTIAL],
