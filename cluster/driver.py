@@ -23,6 +23,7 @@ from agent.protocol import Context, ExperimentSummary, Measured, Proposal, Propo
 from agent.transcript import write_transcript
 from cluster.config import FarmConfig, absolute
 from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
+from cluster.independence import IndependenceCheck
 from cluster.ledger import LedgerRow, write_results_tsv
 from cluster.live import LiveView, snapshot
 from cluster.metrics import FarmMetrics
@@ -65,12 +66,8 @@ class Farm:
         self.stopping = ""
         self.failure = ""  # why the farm could not do its job (set with stopping): the run exits non-zero
         self._errors_in_row: list[tuple[str, str]] = []  # farm faults (status error) since the last ok result
-        # (train_sha, weights digest) -> (eid, seed) of its first ok run: rebuilt from the ledger, so a pinned seed
-        # is caught across a resume as well
-        self._weights: dict[tuple[str, str], tuple[str, int]] = {}
-        for eid, row in self.state.finished.items():
-            if row.status == "ok" and row.weights_sha256 and row.train_sha:
-                self._weights.setdefault((row.train_sha, row.weights_sha256), (eid, row.seed or 0))
+        # replicates on other seeds that are one run (a pinned seed): rebuilt from the ledger, so caught across a resume
+        self.independence = IndependenceCheck(self.profile.replicate_min_distance, self.state.finished.values())
         self._unproductive = 0  # proposals in a row, over all agents, that were rejected or failed
         self._last_unproductive = ""
         self._streak: dict[int, int] = {}  # agent index -> its own proposals in a row that came to nothing
@@ -342,7 +339,7 @@ class Farm:
         if outcome is None:  # the executor gave up on it (retries exhausted): the farm's fault, not the candidate's
             self.view.note(f"{eid}: lost after retries: {(event.lost.splitlines() or ['?'])[0][:200]}")
         else:
-            self._flag_pinned_seed(row, outcome.result.facts.weights_sha256)
+            self._flag_pinned_seed(row)
         if self.store.record(row):
             self.view.finished(work, row)
             self._watch_health(work, row)
@@ -360,16 +357,11 @@ class Farm:
             limits = limits.model_copy(update={"cpus": max(1.0, (os.cpu_count() or 1) / self.config.gpus_total())})
         return limits
 
-    def _flag_pinned_seed(self, row: LedgerRow, weights: str | None) -> None:
-        """A replicate on another seed that trained bit-identical weights is not an independent measurement (the
+    def _flag_pinned_seed(self, row: LedgerRow) -> None:
+        """A replicate on another seed that predicts what an earlier one did is not an independent measurement (the
         script pins its seed past the harness's offset): it is invalid, so lucky runs cannot be repeated as proof."""
-        if row.status != "ok" or not weights or not row.train_sha:
-            return
-        earlier = self._weights.setdefault((row.train_sha, weights), (row.experiment_id, row.seed or 0))
-        if earlier[0] != row.experiment_id and earlier[1] != (row.seed or 0):
-            row.status, row.val_bpb = "invalid", None
-            row.reason = (f"bit-identical weights to {earlier[0]} (seed {earlier[1]}) on seed {row.seed}: the script "
-                          "pins its seed, so its replicates are not independent measurements")
+        if reason := self.independence.same_run(row):
+            row.status, row.val_bpb, row.reason = "invalid", None, reason
 
     def _watch_health(self, work: Work, row: LedgerRow) -> None:
         """Stop a farm that cannot work: its own faults pile up, or main itself cannot run.

@@ -94,6 +94,7 @@ class LedgerRow(BaseModel):
     model: str | None = None  # the LLM behind a proposal (LLM agents): a mixed population told apart
     stage: str | None = None  # a candidate's ``staged`` verdict: the stage (experiment id) it was merged into
     weights_sha256: str | None = None  # the harness's digest of the trained weights: a pinned seed is caught on resume
+    fingerprint: str | None = None  # the evaluator's log-probabilities of fixed targets: replicates that are one run
 
     @classmethod
     def from_result(cls, experiment_id: str, result: ExperimentResult, **extra: object) -> LedgerRow:
@@ -111,7 +112,7 @@ class LedgerRow(BaseModel):
             peak_memory_mb=facts.peak_memory_mb if facts.peak_memory_mb is not None else summary.peak_vram_mb,
             mfu_percent=summary.mfu_percent, num_steps=summary.num_steps, num_params_M=summary.num_params_M,
             gpu_class=result.device, seed=result.seed, reason=result.reason or None,
-            weights_sha256=facts.weights_sha256,
+            weights_sha256=facts.weights_sha256, fingerprint=facts.fingerprint,
         )  # fmt: skip
         fields.update(extra)
         return cls(**fields)
@@ -129,7 +130,7 @@ SCHEMA = pa.schema(
         ("replicate_of", _STR), ("attempt", _I64), ("tokens_in", _I64), ("tokens_out", _I64), ("cost_usd", _F64),
         ("cache_read_tokens", _I64), ("cache_write_tokens", _I64), ("diff_sha", _STR), ("verdict", _STR),
         ("reason", _STR), ("finished_at", _F64), ("model", _STR), ("stage", _STR),
-        ("weights_sha256", _STR),
+        ("weights_sha256", _STR), ("fingerprint", _STR),
     ]
 )  # fmt: skip
 assert SCHEMA.names == list(LedgerRow.model_fields), "the Parquet schema and LedgerRow must list the same fields"

@@ -7,8 +7,11 @@ test are the driver's, and they see exactly what a real backend would return.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import random
+from array import array
 from pathlib import Path
 
 import pytest
@@ -41,7 +44,7 @@ class ScriptedSandbox:
     sequence: list[Status] = []
     runs: list[str] = []
     cpus: list[float | None] = []
-    pinned_seed = False  # every run of a file trains the same weights whatever its seed
+    pinned_seed = False  # every run of a file trains the same model whatever its seed, its weights nudged by one ulp
 
     def run(self, spec: ExperimentSpec, gpu: GpuAssignment) -> ExperimentResult:
         stage(spec)
@@ -54,14 +57,23 @@ class ScriptedSandbox:
             status = cls.main if sha(spec.train_py) == sha(SEED) else cls.others
         if status != Status.OK:
             return no_result(spec, 0.0, status, f"scripted {status.value} (the test's)")
-        weights = sha(spec.train_py + ("" if cls.pinned_seed else str(spec.seed)))
+        weights = sha(spec.train_py + str(spec.seed))  # a pinned script nudges one weight: another digest
+        predictions = fingerprint_of(spec.train_py, 0 if cls.pinned_seed else spec.seed, nudge=1e-6 * spec.seed)
         return ExperimentResult(status=Status.OK, val_bpb=measured_bpb(spec.train_py, spec.seed, 0.01),
                                 profile=spec.profile, seed=spec.seed, time_budget=20.0,
-                                facts=HarnessFacts(training_seconds=20.0, eval_calls=1, weights_sha256=weights),
+                                facts=HarnessFacts(training_seconds=20.0, eval_calls=1, weights_sha256=weights,
+                                                   fingerprint=predictions),
                                 exit_code=0)
 
     def cleanup_leftovers(self) -> int:
         return 0
+
+
+def fingerprint_of(train_py: str, seed: int, nudge: float = 0.0) -> str:
+    """What a model of ``train_py`` trained on ``seed`` predicts: log-probabilities about a nat apart per seed."""
+    rng = random.Random(f"{train_py}/{seed}")
+    values = array("f", [-2.0 + rng.gauss(0.0, 1.0) + nudge for _ in range(512)])
+    return base64.b64encode(values.tobytes()).decode()
 
 
 class SameEdit:
@@ -153,27 +165,36 @@ def test_main_that_cannot_run_stops_the_farm_before_anything_is_judged_against_i
     assert status["main_val_bpb"] is None and "scripted crash" in status["main_unmeasured"]
 
 
-def test_replicates_with_bit_identical_weights_on_other_seeds_are_not_independent(tmp_path: Path) -> None:
-    """A script that pins its seed past the harness's offset repeats one run: its replicates count for nothing."""
+def test_replicates_that_predict_the_same_on_other_seeds_are_not_independent(tmp_path: Path) -> None:
+    """A script that pins its seed past the harness's offset repeats one run, a one-ulp nudge giving each copy another
+    weights digest: its replicates predict the same, so they count for nothing, live and after a resume."""
     ScriptedSandbox.pinned_seed = True
     farm, code = run_farm(tmp_path)
     assert code == 1 and farm.failure.startswith("main cannot run")
     rows = [r for r in farm.ledger.read() if r.event == "finished"]
     main = [r for r in rows if r.kind == "baseline"]
     assert main[0].status == "ok"  # the first run stands; its copies on other seeds do not
-    assert all(r.status == "invalid" and "bit-identical weights" in r.reason and r.val_bpb is None for r in main[1:])
-    assert "bit-identical weights" in farm.failure and len(rows) < 12  # stopped: main can never be measured
+    # one digest per seed: identity alone would miss every copy
+    assert len({r.weights_sha256 for r in main}) == len({r.seed for r in main}) > 1
+    copies = [r for r in main if r.seed != main[0].seed]
+    assert copies and all(r.status == "invalid" and f"predicts what {main[0].experiment_id}" in r.reason
+                          and r.val_bpb is None for r in copies)
+    assert "predicts what" in farm.failure and len(rows) < 12  # stopped: main can never be measured
     assert farm.state.promotions == 0
-    # the digests are on the ledger: a farm resumed on this run dir still knows them
-    assert main[0].weights_sha256 == sha(SEED)
+    # the fingerprints are on the ledger: a farm resumed on this run dir still knows them
+    assert main[0].fingerprint == fingerprint_of(SEED, 0)
     resumed = Farm(farm.config, farm.run_dir, InProcessExecutor(SANDBOX))
     again = LedgerRow(experiment_id="e9999", event="finished", ts=0.0, status="ok", val_bpb=2.0, seed=41,
-                      train_sha=main[0].train_sha)
-    resumed._flag_pinned_seed(again, main[0].weights_sha256)
+                      train_sha=main[0].train_sha, fingerprint=fingerprint_of(SEED, 0, nudge=1e-3))
+    resumed._flag_pinned_seed(again)
     assert again.status == "invalid" and main[0].experiment_id in again.reason and again.val_bpb is None
+    copy = LedgerRow(experiment_id="e9997", event="finished", ts=0.0, status="ok", val_bpb=2.0, seed=43,
+                     train_sha=main[0].train_sha, weights_sha256=main[0].weights_sha256)
+    resumed._flag_pinned_seed(copy)  # no fingerprint (a row from before them): a bit-identical copy is still caught
+    assert copy.status == "invalid" and "bit-identical weights" in copy.reason
     fresh = LedgerRow(experiment_id="e9998", event="finished", ts=0.0, status="ok", val_bpb=2.0, seed=42,
-                      train_sha=main[0].train_sha)
-    resumed._flag_pinned_seed(fresh, sha("other weights"))
+                      train_sha=main[0].train_sha, fingerprint=fingerprint_of(SEED, 42))
+    resumed._flag_pinned_seed(fresh)
     assert fresh.status == "ok"
 
 

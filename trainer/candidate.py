@@ -57,9 +57,13 @@ def offset_seeds(seed: int) -> None:
 def main(argv: list[str]) -> None:
     train_py = os.path.abspath(argv[1])
     fd = int(os.environ.pop("FARM_EVENTS_FD"))
+    # What every script's start-up pays for whatever it does, done here before its set-up allowance starts:
+    # torch.optim's first optimizer imports torch._dynamo (about a second on a CPU).
+    import torch._dynamo  # noqa: F401
+
     import trainer.prepare as prepare
 
-    prepare._connect(fd)
+    prepare._connect(fd)  # the hello: from here train.py's own set-up is timed
     sys.modules["prepare"] = prepare
     offset_seeds(int(os.environ.get("FARM_SEED", "0")))
     sys.argv = [train_py]

@@ -34,6 +34,7 @@ class TrainingClock:
         stall_floor: float = 0.25,
         window: int = 63,
         compile_allowance: float = float("inf"),
+        setup_allowance: float = float("inf"),
     ) -> None:
         if clock not in ("wall", "robust"):
             raise ValueError(f"clock must be 'wall' or 'robust', not {clock!r}")
@@ -42,6 +43,10 @@ class TrainingClock:
         self.stall_factor = stall_factor
         self.stall_floor = stall_floor
         self.compile_allowance = compile_allowance
+        self.setup_allowance = setup_allowance
+        self.hello_at: float | None = None  # train.py started running (the harness is ready)
+        self.setup_overrun = 0.0  # charged before the first batch, past the set-up allowance
+        self.warmup_overrun = False  # charging began at the warm-up allowance's end, not at its last batch
         self.batches = 0
         self.started_at: float | None = None  # when charging began: the warm-up's end, or its allowance's
         self.charged = 0.0  # closed intervals only
@@ -51,37 +56,53 @@ class TrainingClock:
         self._recent: deque[float] = deque(maxlen=window)
         self._cap = float("inf")
 
+    def hello(self, now: float) -> None:
+        """train.py starts running at ``now``: from here its own set-up is free only for ``setup_allowance``."""
+        if self.hello_at is None and self.first_batch_at is None:
+            self.hello_at = now
+
     def tick(self, now: float) -> None:
         """A training batch was drawn at ``now`` (monotonic seconds)."""
         self.batches += 1
+        self._start_if_overran(now)
         if self.first_batch_at is None:
             self.first_batch_at = now
-        self._start_if_warmup_overran(now)
+            if self._last is not None:
+                self.setup_overrun = now - self._last
         if self._last is not None:
             self._close(now)
         if self.batches >= self.warmup_batches and self.started_at is None:
             self.started_at = self._last = now
 
-    def _start_if_warmup_overran(self, now: float) -> None:
-        """The warm-up (compilation) is free only up to ``compile_allowance`` seconds after the first batch: a
-        script that draws a batch and then trains on data of its own before drawing more is charged from there."""
-        if self.started_at is None and self.first_batch_at is not None:
-            deadline = self.first_batch_at + self.compile_allowance
-            if now > deadline:
-                self.started_at = self._last = deadline
+    def _start_if_overran(self, now: float) -> None:
+        """Two windows are free of charge, each only for its allowance: train.py's set-up (from the harness's hello
+        to its first batch) and the warm-up (compilation: from the first batch to the last warm-up batch). A
+        script that trains in either past its allowance is charged from the allowance's end."""
+        if self.started_at is not None:
+            return
+        if self.first_batch_at is None:
+            if self.hello_at is not None and now > self.hello_at + self.setup_allowance:
+                self.started_at = self._last = self.hello_at + self.setup_allowance
+            return
+        deadline = self.first_batch_at + self.compile_allowance
+        if now > deadline:
+            self.started_at = self._last = deadline
+            self.warmup_overrun = True
 
     def pause(self, now: float) -> None:
         """Evaluation started: the interval up to now is training, what follows is not."""
-        self._start_if_warmup_overran(now)
+        self._start_if_overran(now)
         if self._last is not None:
             self._close(now)
         self._last = None
 
     def seconds(self, now: float) -> float:
         """Charged seconds including the interval still open at ``now``."""
-        self._start_if_warmup_overran(now)
+        self._start_if_overran(now)
         if self._last is None:
             return self.charged
+        if self.first_batch_at is None:  # set-up past its allowance: all of it is charged, no stall is forgiven
+            return self.charged + now - self._last
         return self.charged + min(now - self._last, self._cap)
 
     @property

@@ -422,19 +422,28 @@ def data_ready(profile: Profile, cache: Path | None = None) -> list[str]:
     return [str(p.relative_to(cache)) for p in missing]
 
 
-def seal_validation(profile: Profile, cache: Path | None = None) -> None:
-    """Make the pinned validation shard readable by its owner only.
+def seal_data(profile: Profile, cache: Path | None = None) -> None:
+    """Make every shard of the profile's data set readable by its owner only: the validation shard and the
+    training shards alike.
 
-    Only the trusted runner and evaluator read it; a candidate runs as another user in every sandbox that
-    separates users, so with mode 0600 the file is out of its reach even though the cache is mounted. Best
-    effort on a cache the farm does not own (the owner's `farm prepare` seals it).
+    Only the trusted side reads them: the evaluator the validation shard, the runner's feeder (trainer/feeder.py)
+    the training shards, whose batches it hands out one at a time, each charged to the training clock. A candidate
+    runs as another user in every sandbox that separates users, so with mode 0600 no shard is within its reach
+    even though the cache is mounted: it cannot train on the training text before its first batch or between
+    batches, where no clock sees it. Best effort on a cache the farm does not own (the owner's `farm prepare`
+    seals it).
     """
-    val = (cache or cache_dir()) / profile.dataset / "data" / profile.val_filename
+    data = profile.data_dir(cache or cache_dir())
     try:
-        if val.stat().st_mode & 0o077:
-            val.chmod(0o600)
+        shards = [p for p in data.iterdir() if p.name.endswith((".parquet", ".parquet.part"))]
     except OSError:
-        pass
+        return
+    for shard in shards:
+        try:
+            if not shard.is_symlink() and shard.stat().st_mode & 0o077:
+                shard.chmod(0o600)
+        except OSError:
+            pass
 
 
 def prepare_profile(
@@ -471,5 +480,5 @@ def prepare_profile(
             build_byte_tokenizer(tok_dir)
         else:
             train_bpe_tokenizer(data_dir, tok_dir, profile.vocab_size, profile.val_filename, progress=progress)
-        seal_validation(profile, cache)
+        seal_data(profile, cache)
     progress(f"{profile.name}: data and tokenizer ready in {cache}")

@@ -18,6 +18,7 @@ that exhausts processes or memory cannot stop its own evaluation from starting.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import importlib
 import json
@@ -36,6 +37,22 @@ from trainer.textdata import Tokenizer, documents, packed_rows, split_files
 
 # How far the log-probabilities up to a cut may move when only later tokens change: float noise, never information.
 CAUSAL_TOLERANCE = {"cpu": 1e-3, "cuda": 2e-2}
+FINGERPRINT_TOKENS = 512  # scored positions whose log-probabilities stand for the model's predictions
+
+
+def fingerprint(scored: torch.Tensor, k: int = FINGERPRINT_TOKENS) -> str:
+    """The model's log-probabilities of ``k`` evenly spaced validation targets, as base64 of little-endian float32.
+
+    Two runs are the same run when they *predict* the same, whatever their weights look like: a digest of the
+    weights is fooled by a one-ulp nudge and a distance between weights by a permutation of hidden units, but
+    log-probabilities are what the score is made of. To look independent, a script would have to move its
+    predictions as far as an honest replicate on another seed does, and that costs it the score it is after.
+    The positions are fixed (every run of a profile scores the same rows), so fingerprints compare one to one.
+    """
+    flat = scored.reshape(-1).float()
+    at = torch.linspace(0, flat.numel() - 1, min(k, flat.numel())).round().long()
+    values = flat[at].nan_to_num(nan=0.0, posinf=0.0, neginf=-1e4).numpy().astype("<f4")
+    return base64.b64encode(values.tobytes()).decode()
 
 
 class EvaluationError(RuntimeError):
@@ -139,6 +156,7 @@ def score(blob: bytes, profile: Profile, cache: Path, batch: int, device: str, s
         seconds=time.monotonic() - started,
         device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         weights_sha256=hashlib.sha256(split_sections(blob)["state_dict"]).hexdigest(),
+        fingerprint=fingerprint(scored),
         peak_vram_mb=torch.cuda.max_memory_allocated() / 1024**2 if device == "cuda" else None,
     )
 

@@ -9,7 +9,8 @@ the exchange (an emptyDir). The runner listens on a Unix socket there; the launc
   may later send ``kill``; the launcher answers ``rc N`` when the candidate has ended;
 - ``events``: the candidate's harness events (its FARM_EVENTS_FD), timed by the runner on arrival;
 - ``reply``: the runner's answer to evaluate_bpb (its FARM_REPLY_FD);
-- ``output``: the candidate's stdout and stderr.
+- ``output``: the candidate's stdout and stderr;
+- ``data``: the training batches the runner serves (its FARM_DATA_FD; trainer/feeder.py).
 
 Nothing the launcher says is believed beyond what it is: its exit code only classifies a failure, an ``ok`` still
 needs a model that the trusted evaluator, in the runner's container, scored. The launcher itself is out of the
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 
 SOCKET = "runner.sock"
-CHANNELS = ("control", "events", "reply", "output")
+CHANNELS = ("control", "events", "reply", "output", "data")
 # The candidate's working dir in the exchange (where it hands its model over): made by the runner, open to the
 # candidate, inside a directory of the runner's that the candidate cannot write in.
 WORK = "farm/work"
@@ -69,9 +70,10 @@ class PodCandidate:
 
     def start(
         self, argv: list[str], env: dict[str, str], cwd: Path, nproc: int | None, timeout: float
-    ) -> tuple[int, int]:
-        """Wait for the launcher's connections, send it the candidate to start; (events fd, reply fd) for reading
-        events and writing the answer. Raises LauncherError if it does not connect within ``timeout`` seconds."""
+    ) -> tuple[int, int, int]:
+        """Wait for the launcher's connections, send it the candidate to start; (events fd, reply fd, data fd) for
+        reading events, writing the answer and writing the training batches. Raises LauncherError if it does not
+        connect within ``timeout`` seconds."""
         conns: dict[str, socket.socket] = {}
         deadline = time.monotonic() + timeout
         try:
@@ -112,9 +114,10 @@ class PodCandidate:
         self._control.sendall((json.dumps(order) + "\n").encode())
         conns["events"].shutdown(socket.SHUT_WR)
         conns["reply"].shutdown(socket.SHUT_RD)
+        conns["data"].shutdown(socket.SHUT_RD)
         self.stdout = conns["output"].makefile("rb")
         conns["output"].close()  # the file holds its own reference
-        return conns["events"].detach(), conns["reply"].detach()
+        return conns["events"].detach(), conns["reply"].detach(), conns["data"].detach()
 
     @property
     def separated(self) -> bool:
@@ -222,14 +225,15 @@ def launch(exchange: Path) -> int:
         return 2  # the runner went away before it said what to run
     cwd = Path(order["cwd"])
     events, reply, output = conns["events"].detach(), conns["reply"].detach(), conns["output"].detach()
-    env = dict(order["env"], FARM_EVENTS_FD=str(events), FARM_REPLY_FD=str(reply))
+    data = conns["data"].detach()
+    env = dict(order["env"], FARM_EVENTS_FD=str(events), FARM_REPLY_FD=str(reply), FARM_DATA_FD=str(data))
     nproc = order.get("nproc")
     proc = subprocess.Popen(
         order["argv"], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-        pass_fds=(events, reply), start_new_session=True,
+        pass_fds=(events, reply, data), start_new_session=True,
         preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))) if nproc else None,
     )
-    for fd in (events, reply, output):
+    for fd in (events, reply, output, data):
         os.close(fd)
     threading.Thread(target=_obey, args=(control, proc), daemon=True).start()
     rc = proc.wait()

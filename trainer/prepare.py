@@ -17,19 +17,21 @@ Data preparation itself lives in ``trainer.data`` (``farm prepare``).
 
 from __future__ import annotations
 
+import ctypes
+import io
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
 
 from trainer.clock import TrainingClock
 from trainer.data import BOS_TOKEN
+from trainer.feeder import FRAME as _FRAME
+from trainer.feeder import REFUSED as _REFUSED
 from trainer.handover import export_model
 from trainer.profiles import active_profile, cache_dir
 from trainer.textdata import Tokenizer as _TextTokenizer
-from trainer.textdata import documents, packed_rows, split_files
 
 PROFILE = active_profile()
 
@@ -55,7 +57,7 @@ if PROFILE.torch_threads:
 _events_fd: int | None = None
 _clock = TrainingClock(
     PROFILE.clock, PROFILE.warmup_batches, PROFILE.stall_factor, PROFILE.stall_floor,
-    compile_allowance=PROFILE.compile_allowance,
+    compile_allowance=PROFILE.compile_allowance, setup_allowance=PROFILE.setup_allowance,
 )
 
 
@@ -63,7 +65,9 @@ def _connect(fd: int) -> None:
     """Called by the candidate bootstrap before train.py runs; harness-private."""
     global _events_fd
     _events_fd = fd
-    _emit(e="hello", device=_device_name(), torch=torch.__version__)
+    device = _device_name()
+    _clock.hello(time.monotonic())
+    _emit(e="hello", device=device, torch=torch.__version__)
 
 
 def _emit(**event: object) -> None:
@@ -111,7 +115,10 @@ def get_token_bytes(device="cpu") -> torch.Tensor:
 def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = 1000):
     """Endless (inputs, targets, epoch) with (B, T) int64 tensors on the device.
 
-    Drawing a "train" batch is what the harness's training clock counts.
+    The batches come from the trusted runner (trainer/feeder.py), which packs the training shards with the
+    harness's tokenizer; this process cannot read the shards itself. Asking for a batch is what the harness's
+    training clock counts. ``tokenizer`` and ``buffer_size`` are upstream's arguments, kept so its train.py runs
+    unchanged; the packing is the harness's.
     """
     if split == "val":
         raise ValueError(
@@ -120,26 +127,76 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
         )
     if split != "train":
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-    docs = documents(split_files(PROFILE, Path(CACHE_DIR), split), files_read=[])
-    rows = packed_rows(tokenizer, T, docs, buffer_size)
+    B, T = int(B), int(T)
+    channel = _data_channel()
+    n = B * T
     on_cuda = DEVICE == "cuda"
-    gpu_buffer = torch.empty(2 * B * T, dtype=torch.long, device=DEVICE) if on_cuda else None
+    if on_cuda:  # two pinned staging buffers: one is read into while the other's copy to the device may still run
+        staging = [torch.empty(2 * n, dtype=torch.long).pin_memory() for _ in range(2)]
+        copied = [torch.cuda.Event(), torch.cuda.Event()]
+        gpu_buffer = torch.empty(2 * n, dtype=torch.long, device=DEVICE)
+    turn = 0
     while True:
-        if split == "train":
-            now = time.monotonic()
-            _clock.tick(now)
-            _emit(e="b", n=B * T, t=now)
-        batch, epoch = [], 1
-        for _ in range(B):
-            row, epoch = next(rows)
-            batch.append(row)
-        data = torch.tensor(batch, dtype=torch.long)
+        now = time.monotonic()
+        _clock.tick(now)
+        _emit(e="b", B=B, T=T)
+        epoch = _read_frame(channel, B, T)
         if on_cuda:
-            staged = torch.cat([data[:, :-1].reshape(-1), data[:, 1:].reshape(-1)]).pin_memory()
-            gpu_buffer.copy_(staged, non_blocking=True)
-            yield gpu_buffer[: B * T].view(B, T), gpu_buffer[B * T :].view(B, T), epoch
+            copied[turn].synchronize()
+            _read_into(channel, staging[turn])
+            gpu_buffer.copy_(staging[turn], non_blocking=True)
+            copied[turn].record()
+            turn ^= 1
+            yield gpu_buffer[:n].view(B, T), gpu_buffer[n:].view(B, T), epoch
         else:
-            yield data[:, :-1].contiguous(), data[:, 1:].contiguous(), epoch
+            data = torch.empty(2 * n, dtype=torch.long)
+            _read_into(channel, data)
+            yield data[:n].view(B, T), data[n:].view(B, T), epoch
+
+
+_channel: io.FileIO | None = None
+
+
+def _data_channel() -> io.FileIO:
+    """The runner's data channel (FARM_DATA_FD); without a runner there is no training data."""
+    global _channel
+    if _channel is None:
+        fd = os.environ.get("FARM_DATA_FD")
+        if fd is None or _events_fd is None:
+            raise RuntimeError(
+                "make_dataloader needs the farm's runner, which serves the training batches: run train.py with "
+                "`farm try` or trainer.runner"
+            )
+        _channel = io.FileIO(int(fd), "rb", closefd=False)
+    return _channel
+
+
+def _read_exact(channel: io.FileIO, view: memoryview) -> None:
+    while view:
+        got = channel.readinto(view)
+        if not got:
+            raise RuntimeError("the runner closed the data channel (the run is over)")
+        view = view[got:]
+
+
+def _read_frame(channel: io.FileIO, B: int, T: int) -> int:
+    """The next frame's header: the epoch of a batch of (B, T), or the runner's refusal raised as ValueError."""
+    header = bytearray(_FRAME.size)
+    _read_exact(channel, memoryview(header))
+    kind, b, t, epoch, size = _FRAME.unpack(header)
+    if kind == _REFUSED:
+        message = bytearray(min(size, 1 << 16))
+        _read_exact(channel, memoryview(message))
+        raise ValueError(f"make_dataloader: {message.decode(errors='replace')}")
+    if (b, t, size) != (B, T, 16 * B * T):
+        raise RuntimeError(f"make_dataloader: the runner sent a batch of {b} x {t}, not the {B} x {T} asked for")
+    return epoch
+
+
+def _read_into(channel: io.FileIO, tensor: torch.Tensor) -> None:
+    """The batch's payload straight into ``tensor``'s memory (a pinned buffer on a GPU): no copy on the way."""
+    memory = (ctypes.c_char * (tensor.numel() * tensor.element_size())).from_address(tensor.data_ptr())
+    _read_exact(channel, memoryview(memory).cast("B"))
 
 
 # ---------------------------------------------------------------------------

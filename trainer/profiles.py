@@ -40,6 +40,10 @@ class Profile(BaseModel):
     compile_allowance: float = Field(
         gt=0, description="seconds after the first batch at most that the warm-up batches are free of charge"
     )
+    setup_allowance: float = Field(
+        gt=0, description="seconds from the harness's hello (train.py starts) to the first batch that are free; "
+        "beyond them train.py's start-up is charged as training (measured for the seed: docs/bench/windows.md)"
+    )
     handover_allowance: float = Field(
         gt=0, description="seconds evaluate_bpb may take to export the model before the time counts as training"
     )
@@ -55,6 +59,10 @@ class Profile(BaseModel):
                                    "prior a farm's judge may start from before it measured its own")
     noise_shared: float | None = Field(None, ge=0, lt=1, description="documented share of that variance common to "
                                        "every file run on one seed (bench/pairing.py): the prior of paired judging")
+    replicate_min_distance: float = Field(
+        gt=0, description="replicates of one file on other seeds whose log-probabilities of the evaluator's fixed "
+        "targets are closer than this (RMS nats) are one run, not independent (cluster/independence.py); honest "
+        "replicates differ by far more (docs/bench/replicate-distance.md)")
     # How the seed train.py's constants block is set for this profile.
     seed_constants: dict[str, int | float | str] = Field(default_factory=dict)
 
@@ -109,12 +117,14 @@ _H100 = Profile(
     clock="wall",
     warmup_batches=20,
     compile_allowance=60,  # a cold torch.compile of the seed on an H100: 38 s (docs/gpu.md)
+    setup_allowance=30,  # not measured on a GPU since the trusted evaluator: FA3 from disk, the model on the device
     handover_allowance=60,
     stall_factor=3.0,
     budget_tolerance=0.03,
     max_wall_factor=1.5,
     startup_allowance=120,
     eval_allowance=30,
+    replicate_min_distance=0.05,
 )
 
 _CPU_TINY = Profile(
@@ -130,6 +140,7 @@ _CPU_TINY = Profile(
     clock="robust",
     warmup_batches=2,
     compile_allowance=2,  # two batches of the CPU seed take ~0.1 s; the rest of the allowance is for a loaded machine
+    setup_allowance=2,
     handover_allowance=4,  # exporting the CPU seed: ~1 s
     stall_factor=3.0,
     budget_tolerance=0.05,
@@ -139,6 +150,7 @@ _CPU_TINY = Profile(
     eval_allowance=30,
     noise_sd=0.05,  # docs/trainer.md: same seed 0.037, other seeds 0.04-0.07; the prior errs wide
     noise_shared=0.0,  # docs/bench/pairing-cpu-tiny.md: no part shared by a seed measured (at most ~0.2)
+    replicate_min_distance=0.05,
     seed_constants=_CPU_SEED,
 )
 

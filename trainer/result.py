@@ -6,6 +6,9 @@ summary ``train.py`` prints is kept only to cross-check them.
 
 from __future__ import annotations
 
+import base64
+import math
+from array import array
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
@@ -42,6 +45,10 @@ class HarnessFacts(BaseModel):
     """What the trusted side observed, in its own clock."""
 
     startup_seconds: float | None = Field(None, description="process start to first training batch")
+    setup_seconds: float | None = Field(
+        None, description="train.py's own start-up: the harness ready (its hello) to the first batch"
+    )
+    warmup_seconds: float | None = Field(None, description="first batch to the start of charging (the warm-up)")
     train_batches: int = 0
     train_tokens: int = 0
     training_seconds: float = Field(0.0, description="charged by the profile's clock")
@@ -59,6 +66,10 @@ class HarnessFacts(BaseModel):
         None, description="largest change of a log-probability at or before a cut when only later tokens changed"
     )
     weights_sha256: str | None = Field(None, description="of the handed-over weights: replicates on other seeds differ")
+    fingerprint: str | None = Field(
+        None, description="the evaluator's log-probabilities of fixed validation targets (base64 float32): how far "
+        "apart two runs' predictions are (prediction_distance)"
+    )
     candidate_uid: int | None = Field(
         None, description="the user the candidate ran as; None: the runner's own (no separation, not a trusted verdict)"
     )
@@ -85,3 +96,21 @@ class ExperimentResult(BaseModel):
     device: str = "cpu"
     started_at: float = 0.0
     finished_at: float = 0.0
+
+
+def prediction_distance(a: str, b: str) -> float:
+    """Root-mean-square difference, in nats, between two runs' log-probabilities of the same validation targets.
+
+    Honest replicates of a file on other seeds start from other weights and predict differently token by token
+    even when their val_bpb agree; a run that pins its seed predicts what its first run did. ``inf`` when the two
+    fingerprints cannot be compared (other profiles' positions, or a corrupt value), so nothing is flagged then.
+    """
+    try:
+        x, y = array("f"), array("f")
+        x.frombytes(base64.b64decode(a, validate=True))
+        y.frombytes(base64.b64decode(b, validate=True))
+    except (ValueError, TypeError):
+        return math.inf
+    if len(x) != len(y) or not x:
+        return math.inf
+    return math.sqrt(sum((p - q) ** 2 for p, q in zip(x, y, strict=True)) / len(x))

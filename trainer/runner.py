@@ -40,6 +40,7 @@ from pathlib import Path
 from trainer.clock import TrainingClock
 from trainer.data import data_ready
 from trainer.exchange import WORK, LauncherError, PodCandidate
+from trainer.feeder import Feeder, enlarge_pipe
 from trainer.profiles import Profile, cache_dir, get_profile
 from trainer.result import LOG_FILE, RESULT_FILE, ExperimentResult, HarnessFacts, Status, Summary
 
@@ -101,8 +102,9 @@ class Observer:
         self.spawned_at = spawned_at
         self.clock = TrainingClock(
             profile.clock, profile.warmup_batches, profile.stall_factor, profile.stall_floor,
-            compile_allowance=profile.compile_allowance,
+            compile_allowance=profile.compile_allowance, setup_allowance=profile.setup_allowance,
         )
+        self.feeder: Feeder | None = None  # serves the batches granted here
         self.facts = HarnessFacts()
         self.oom = False
         self.handover_started: float | None = None  # evaluate_bpb was entered: the clock stopped
@@ -130,13 +132,23 @@ class Observer:
         if kind == "b":
             if self.handover_started is not None:
                 self.late_batches += 1
+                if self.feeder is not None:
+                    self.feeder.refuse("no training batch after the model was handed over to evaluate_bpb")
                 return
+            B, T = event.get("B"), event.get("T")
+            if self.feeder is not None and self.feeder.grant(B, T) is not None:
+                return  # refused (the candidate is told why): no batch, nothing to charge
             if self.facts.startup_seconds is None:
                 self.facts.startup_seconds = now - self.spawned_at
+                if self.clock.hello_at is not None:
+                    self.facts.setup_seconds = now - self.clock.hello_at
             self.clock.tick(now)
             self.facts.train_batches += 1
-            n = event.get("n", 0)
-            self.facts.train_tokens += n if isinstance(n, int) and 0 <= n < 1 << 40 else 0
+            self.facts.train_tokens += B * T if isinstance(B, int) and isinstance(T, int) else 0
+            if self.facts.warmup_seconds is None and self.clock.started_at is not None:
+                self.facts.warmup_seconds = max(0.0, self.clock.started_at - self.clock.first_batch_at)
+        elif kind == "hello":
+            self.clock.hello(now)
         elif kind == "eval_start" and self.handover_started is None:
             self.clock.pause(now)
             self.handover_started = now
@@ -159,6 +171,20 @@ class Observer:
         end = self.handover_at if self.handover_at is not None else now
         return self.clock.charged + max(0.0, end - self.handover_started - self.profile.handover_allowance)
 
+    def _windows(self, now: float) -> str:
+        """Which free window the run trained in past its allowance, for the reason."""
+        c, p = self.clock, self.profile
+        if c.first_batch_at is None and c.started_at is not None:
+            return (f"; {now - c.started_at:.1f} s of it before the first batch, past the {p.setup_allowance:g} s "
+                    "set-up allowance (train.py's start-up is charged as training beyond it)")
+        if c.setup_overrun:
+            return (f"; {c.setup_overrun:.1f} s of it before the first batch, past the {p.setup_allowance:g} s "
+                    "set-up allowance (train.py's start-up is charged as training beyond it)")
+        if c.warmup_overrun:
+            return (f"; charged from {p.compile_allowance:g} s after the first batch, where the warm-up allowance "
+                    "ends (the warm-up batches are free of charge only that long)")
+        return ""
+
     def training_wall(self, now: float) -> float:
         start = self.clock.started_at
         if start is None:
@@ -175,7 +201,7 @@ class Observer:
             if charged > limit:
                 return (
                     f"trained past the budget: {charged:.1f} s charged, "
-                    f"limit {limit:.1f} s (budget {p.time_budget:g} s)"
+                    f"limit {limit:.1f} s (budget {p.time_budget:g} s){self._windows(now)}"
                 )
             wall = self.training_wall(now)
             if wall > p.time_budget * p.max_wall_factor:
@@ -220,7 +246,7 @@ def classify(
             else "training" if f.train_batches else "starting up"
         )
         return Status.TIMEOUT, f"killed at the wall limit of {obs.wall_limit:g} s while {phase}"
-    if killed_for == "evaluator":
+    if killed_for == "farm":  # the trusted side broke (its evaluator, its data): not the candidate's doing
         return Status.ERROR, obs.killed_reason
     oom_text = re.search(r"OutOfMemoryError|CUDA out of memory|MemoryError", log_tail)
     if verdict and "oom" in verdict:
@@ -231,6 +257,8 @@ def classify(
         )
     if verdict and "rejected" in verdict:
         return Status.INVALID, f"the evaluator refused the model: {verdict['rejected']}"
+    if obs.late_batches:  # before the exit code: the refused batch is what made the script fail
+        return Status.INVALID, f"train.py asked for {obs.late_batches} training batches after handing its model over"
     if rc != 0:
         if re.search(r"^FAIL\s*$", log_tail, re.M) or (f.val_bpb is not None and not math.isfinite(f.val_bpb)):
             return Status.NAN, "the loss became NaN or exploded (train.py printed FAIL)"
@@ -243,8 +271,6 @@ def classify(
         )
     if not math.isfinite(f.val_bpb):
         return Status.NAN, f"val_bpb is {f.val_bpb}"
-    if obs.late_batches:
-        return Status.INVALID, f"train.py drew {obs.late_batches} training batches after handing its model over"
     # Defence in depth: the evaluator is trusted code; these say it did what it must.
     if f.eval_split_files != [p.val_filename]:
         return Status.INVALID, f"evaluation read {f.eval_split_files}, not the pinned validation shard {p.val_filename}"
@@ -356,26 +382,28 @@ def run(
     if exchange is None:
         events_r, events_w = os.pipe()
         reply_r, reply_w = os.pipe()
-        candidate_env.update(FARM_EVENTS_FD=str(events_w), FARM_REPLY_FD=str(reply_r))
+        data_r, data_w = os.pipe()
+        enlarge_pipe(data_w)
+        candidate_env.update(FARM_EVENTS_FD=str(events_w), FARM_REPLY_FD=str(reply_r), FARM_DATA_FD=str(data_r))
         spawned = time.monotonic()
         proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            pass_fds=(events_w, reply_r),
+            pass_fds=(events_w, reply_r, data_r),
             start_new_session=True,
             cwd=work if candidate_uid is None else None,  # as another user it enters its work dir once it is that user
             env=candidate_env,
             preexec_fn=(lambda: _become(candidate_uid, work)) if candidate_uid is not None else _oom_first,
         )
-        os.close(events_w)
-        os.close(reply_r)
+        for fd in (events_w, reply_r, data_r):
+            os.close(fd)
         kill = lambda: _kill_candidate(proc, candidate_uid)  # noqa: E731
     else:
         proc = PodCandidate(exchange)
         try:
-            events_r, reply_w = proc.start(argv, candidate_env, work, pids, profile.startup_allowance)
+            events_r, reply_w, data_w = proc.start(argv, candidate_env, work, pids, profile.startup_allowance)
         except (LauncherError, OSError) as exc:
             proc.close()
             _kill_group(evaluator)
@@ -386,6 +414,8 @@ def run(
         kill = proc.kill
     obs = Observer(profile, spawned, limit)
     obs.facts.candidate_uid = candidate_uid
+    obs.feeder = feeder = Feeder(profile, cache_dir(), data_w)
+    feeder.start()
     log = BoundedLog(out / LOG_FILE)
     scorer = _Scorer(evaluator, obs, handover, trusted / HANDOVER_FILE, reply_w)
     threads = [
@@ -407,9 +437,9 @@ def run(
             if reason := obs.over_budget(now):
                 obs.killed_reason = reason
                 return "budget"
-            if scorer.failure:
-                obs.killed_reason = scorer.failure
-                return "evaluator"
+            if scorer.failure or feeder.failure:
+                obs.killed_reason = scorer.failure or feeder.failure
+                return "farm"
             time.sleep(0.1)
         return None
 
@@ -421,10 +451,14 @@ def run(
     if killed_for is None:  # a model handed over is scored, even if its script did not wait for the answer
         killed_for = watch(lambda: obs.handover_at is not None and not scorer.done.is_set())
     scorer.stop()
+    feeder.close()
     _kill_group(evaluator)
     evaluator.wait()
     for t in threads:
         t.join(timeout=5)
+    feeder.thread.join(timeout=5)  # its reader is gone: a blocked write has failed
+    if not feeder.thread.is_alive():
+        os.close(data_w)
     log_tail = log.close()
     summary = parse_summary(log_tail)
     status, reason = classify(obs, rc, killed_for, log_tail, summary, scorer.verdict)
@@ -495,6 +529,7 @@ class _Scorer:
                 f.val_bpb = float(reply["val_bpb"])
                 f.eval_tokens, f.eval_split_files = int(reply["tokens"]), list(reply["files"])
                 f.causal_max_change, f.weights_sha256 = reply["causal_max_change"], reply["weights_sha256"]
+                f.fingerprint = reply.get("fingerprint")
                 f.eval_seconds = time.monotonic() - started
                 if reply.get("peak_vram_mb") is not None:
                     f.peak_memory_mb = float(reply["peak_vram_mb"])

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from cluster.spec import ExperimentSpec, GpuAssignment
 from cluster.untrusted import read_bytes, read_text
-from trainer.data import seal_validation
+from trainer.data import seal_data
 from trainer.profiles import get_profile
 from trainer.result import RESULT_FILE, ExperimentResult, Status
 
@@ -89,7 +89,7 @@ def stage(spec: ExperimentSpec) -> tuple[Path, Path]:
     candidate.chmod(0o555)
     out.mkdir()
     out.chmod(0o777)  # the runner's user may not be the farm's (it takes the dir over and closes it to the candidate)
-    seal_validation(get_profile(spec.profile), spec.cache_dir)
+    seal_data(get_profile(spec.profile), spec.cache_dir)
     return candidate, out
 
 
