@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.ui                       # 10,000 experiments, every layout, markdown table
     .venv/bin/python -m bench.ui --experiments 2000 --layouts compacted
+    .venv/bin/python -m bench.ui --first-load 30 10000  # the overview's first load in a fresh headless Chromium
 
 The run is generated, not trained: a farm-like history (main measured 4x,
 candidates from main or a near-miss, confirmations, promotions, a few
@@ -263,6 +264,65 @@ def measure(run_dir: Path, ids: dict, repeat: int) -> list[dict]:
     return results
 
 
+# Set by Chromium before any page script (DevTools: not subject to the page's CSP): when the page's own script
+# marks that it drew the run once (body[data-version]), and what the page loaded.
+_DRAWN_PROBE = """
+new MutationObserver((_, obs) => {
+  if (document.body && document.body.dataset.version && !window.__drawnAt) { window.__drawnAt = performance.now();
+    obs.disconnect(); }
+}).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-version"] });
+"""
+
+
+def first_load(run_dir: Path, tries: int) -> dict:
+    """The overview's first load in a fresh headless Chromium (new profile: empty cache), against a server that has
+    read the ledger already (started beside the farm): ms from navigation start until the page drew the run (its
+    script set body[data-version] after the first /api/overview and /api/runs), then the same page reloaded with
+    the browser's cache; and the bytes that crossed the wire on the first load."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    from cluster.ui.server import serve_ui
+
+    handle = serve_ui(run_dir, "127.0.0.1", 0)
+    base = handle.url.rstrip("/")
+    urllib.request.urlopen(base + "/api/overview", timeout=600).read()  # the server's own cold read is not timed
+    first, cached, wire = [], [], []
+    try:
+        for _ in range(tries):
+            options = Options()
+            options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+            profile = tempfile.mkdtemp(prefix="bench-ui-chromium-")
+            for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+                        "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
+                        "--window-size=1400,1000", f"--user-data-dir={profile}"):
+                options.add_argument(arg)
+            driver = webdriver.Chrome(options=options, service=Service(
+                executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+            try:
+                driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _DRAWN_PROBE})
+                for target in (first, cached):
+                    driver.get(base + "/")
+                    deadline = time.monotonic() + 120
+                    while not driver.execute_script("return window.__drawnAt || 0") and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    target.append(driver.execute_script("return window.__drawnAt"))
+                    if target is first:
+                        wire.append(driver.execute_script(
+                            "return performance.getEntriesByType('resource').concat("
+                            "performance.getEntriesByType('navigation')).reduce((a, e) => a + e.transferSize, 0)"))
+            finally:
+                driver.quit()
+                shutil.rmtree(profile, ignore_errors=True)
+    finally:
+        handle.close()
+    return {"first_ms": statistics.median(first), "first_max_ms": max(first), "cached_ms": statistics.median(cached),
+            "wire_kb": statistics.median(wire) / 1024, "tries": tries}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiments", type=int, default=10_000)
@@ -270,7 +330,23 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["compacted", "per-experiment", "per-event"])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--first-load", type=int, nargs="+", metavar="N",
+                        help="instead: time the overview's first load in a fresh browser at N experiments (each N)")
+    parser.add_argument("--tries", type=int, default=5, help="fresh browsers per N for --first-load")
     args = parser.parse_args(argv)
+    if args.first_load:
+        print("| experiments | first load, fresh browser: median ms | max ms | reloaded (cached) ms | wire KB |\n"
+              "|---|---|---|---|---|", flush=True)
+        loads = {}
+        with tempfile.TemporaryDirectory(prefix="bench-ui-") as tmp:
+            for n in args.first_load:
+                generate(Path(tmp) / str(n), n, "compacted")
+                r = loads[n] = first_load(Path(tmp) / str(n), args.tries)
+                print(f"| {n:,} | {r['first_ms']:.0f} | {r['first_max_ms']:.0f} | {r['cached_ms']:.0f} | "
+                      f"{r['wire_kb']:,.0f} |", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(loads, indent=2))
+        return 0
     all_results = {}
     with tempfile.TemporaryDirectory(prefix="bench-ui-") as tmp:
         for layout in args.layouts:

@@ -289,6 +289,223 @@ def test_a_promotion_is_judged_against_main_before_it_and_counted_once(tmp_path:
     assert state.promoted == ["e0003"] and [e for _, e in state.main_line.promotions] == ["e0003"]
 
 
+def history_run(path: Path) -> dict:
+    """small_run, then a history the first version of the browser got wrong (issue 29), with the real repo and ledger:
+    main moves (e0006 promoted, after a confirmation e0008); e0007, proposed before that, is judged against its
+    former-main parent (``judge_against: parent``); e0011, proposed before that too, wins, finds main moved and is
+    merged as e0012, which is promoted; e0013 is still queued when the run stops (status.json says why)."""
+    info = small_run(path)
+    repo = ResearchRepo.open(path / "repo")
+    seed = info["main"]
+    c6 = repo.commit_experiment("e0006", seed, "A = 6\nB = 2\n", "A = 6")
+    c7 = repo.commit_experiment("e0007", seed, "A = 1\nB = 7\n", "B = 7")
+    c11 = repo.commit_experiment("e0011", seed, "A = 1\nB = 11\n", "B = 11")
+    assert repo.promote(c6, "A = 6", {"Farm-Experiment": "e0006"}).kind == "fast-forward"
+    main6 = repo.main_head()
+    c12 = repo.commit_experiment("e0012", main6, "A = 6\nB = 11\n", "merge e0011 into main",
+                                 {"Farm-Experiment": "e0012", "Farm-Merges": "e0011"})
+    assert repo.promote(c12, "merge of e0011", {"Farm-Experiment": "e0012"}).kind == "fast-forward"
+    main12 = repo.main_head()
+    c13 = repo.commit_experiment("e0013", main12, "A = 6\nB = 13\n", "B = 13")
+    beat = "2.5100 (n=2) vs main 2.7100 (n=2) on cpu: -0.2000 beats margin 0.0500 (2.0 sigma, sd 0.0141, df 1)"
+
+    def candidate(eid: str, commit: str, parent: str, sha: str, ts: float, val: float, seed_: int = 1) -> list:
+        return [LedgerRow(experiment_id=eid, event="queued", ts=ts, kind="candidate", commit=commit,
+                          parent_commit=parent, train_sha=sha, agent="mutate-0", description=f"change {eid}",
+                          status="queued", seed=seed_),
+                LedgerRow(experiment_id=eid, event="finished", ts=ts + 5, status="ok", val_bpb=val, kind="candidate",
+                          train_sha=sha, gpu_class="cpu", seed=seed_, peak_memory_mb=605.597656)]
+
+    def replicate(eid: str, kind: str, commit: str, sha: str, ts: float, val: float, seed_: int, of: str | None):
+        return [LedgerRow(experiment_id=eid, event="queued", ts=ts, kind=kind, commit=commit, parent_commit=commit,
+                          train_sha=sha, agent="farm", description=f"{kind} {of or 'main'}", status="queued",
+                          seed=seed_, replicate_of=of),
+                LedgerRow(experiment_id=eid, event="finished", ts=ts + 1, status="ok", val_bpb=val, kind=kind,
+                          train_sha=sha, gpu_class="cpu", seed=seed_, replicate_of=of)]
+
+    rows = [
+        *candidate("e0006", c6, seed, "c6", 150.0, 2.50),
+        *candidate("e0007", c7, seed, "c7", 151.0, 2.60),
+        *candidate("e0011", c11, seed, "c11", 152.0, 2.45),
+        *replicate("e0008", "confirm", c6, "c6", 158.0, 2.52, 2, "e0006"),
+        LedgerRow(experiment_id="e0006", event="verdict", ts=161.0, verdict="promote", reason=beat),
+        LedgerRow(experiment_id="e0006", event="verdict", ts=162.0, verdict="promote", commit=main6, train_sha="c6",
+                  reason=f"main <- {c6[:7]}: {beat}"),
+        *replicate("e0009", "baseline", main6, "c6", 165.0, 2.48, 3, None),
+        LedgerRow(experiment_id="e0007", event="verdict", ts=171.0, verdict="discard",
+                  reason="2.6000 (n=1) vs main 2.7100 (n=2) on cpu: -0.1100 does not beat margin 0.2000 (2.0 sigma)"),
+        LedgerRow(experiment_id="e0011", event="verdict", ts=180.0, verdict="promote",
+                  reason="2.4500 (n=1) vs main 2.5000 (n=2) on cpu: -0.0500 beats the fast track 0.0300 at once"),
+        LedgerRow(experiment_id="e0011", event="verdict", ts=181.0, verdict="merging",
+                  reason="main moved; measuring the merge as e0012"),
+        LedgerRow(experiment_id="e0012", event="queued", ts=181.0, kind="merge", commit=c12, parent_commit=main6,
+                  train_sha="m12", agent="mutate-0", description="merge of e0011: change e0011", status="queued"),
+        LedgerRow(experiment_id="e0012", event="finished", ts=190.0, status="ok", val_bpb=2.44, kind="merge",
+                  train_sha="m12", gpu_class="cpu"),
+        LedgerRow(experiment_id="e0012", event="verdict", ts=191.0, verdict="promote", commit=main12, train_sha="m12",
+                  reason="main <- abc: 2.4400 (n=1) vs main 2.5000 (n=2) on cpu: -0.0600 beats the fast track 0.0300"),
+        LedgerRow(experiment_id="e0013", event="queued", ts=195.0, kind="candidate", commit=c13, parent_commit=main12,
+                  train_sha="c13", agent="mutate-0", description="change e0013", status="queued"),
+    ]  # fmt: skip
+    with Ledger(path / "ledger") as ledger:
+        ledger.append(rows)
+    (path / "status.json").write_text('{"stopping": "reached --max-experiments 9", "gpus_busy": 0, "failure": ""}')
+    return info
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory):
+    run = tmp_path_factory.mktemp("ui-history") / "run"
+    history_run(run)
+    handle = serve_ui(run, "127.0.0.1", 0)
+    yield run, handle.url.rstrip("/")
+    handle.close()
+
+
+def api(url: str) -> dict:
+    import json
+
+    status, _, body = get(url)
+    assert status == 200, (url, status)
+    return json.loads(body)
+
+
+def test_replicates_are_the_references_runs_as_of_the_verdict(history) -> None:
+    """Issue 29, defect 1: the runs drawn are those the verdict weighed (main then, or the former-main parent the
+    reason's numbers name), never main as it is now."""
+    _, url = history
+    e7 = api(url + "/api/experiment/e0007")["decision"]  # judged against its parent, the seed (e0001, e0002)
+    assert e7["reference"] == "parent" and e7["main_mean"] == pytest.approx(2.71)
+    assert sorted(b["experiment_id"] for b in e7["baselines"]) == ["e0001", "e0002"]
+    e11 = api(url + "/api/experiment/e0011")["decision"]  # judged against main after e0006, before its own merge
+    assert e11["reference"] == "main" and sorted(b["experiment_id"] for b in e11["baselines"]) == ["e0008", "e0009"]
+    for d in (e7, e11):  # the points and the line agree
+        mean = sum(b["val_bpb"] for b in d["baselines"]) / len(d["baselines"])
+        assert mean == pytest.approx(d["main_mean"], abs=1e-4)
+
+
+def test_a_change_merged_into_main_is_on_main_and_links_its_merge(history) -> None:
+    """Defect 3 (and 5): a candidate main had moved on from reaches main through its merge; a promotion is one
+    verdict; a confirmation run points to the decision it fed."""
+    _, url = history
+    e11 = api(url + "/api/experiment/e0011")
+    assert e11["fate"] == {"on_main": True, "via": "e0012"}
+    page = get(url + "/experiment/e0011")[2].decode()
+    assert 'id="on-main"' in page and 'href="/experiment/e0012"' in page
+    nodes = {n["data"]["id"]: n["classes"].split() for n in api(url + "/api/lineage")["nodes"]}
+    assert "main-via" in nodes["e0011"] and "main" in nodes["e0012"]
+    assert [v["verdict"] for v in api(url + "/api/experiment/e0006")["verdicts"]] == ["promote"]
+    assert api(url + "/api/experiment/e0008")["fate"] == {"fed": "e0006", "fed_verdict": "promote"}
+
+
+def test_errors_are_the_sites_own_and_json_under_api(history) -> None:
+    """Defect 7: an unknown id gets the site's page naming it; the API answers JSON."""
+    import json
+
+    _, url = history
+    status, headers, body = get(url + "/experiment/e9999")
+    assert status == 404 and "e9999" in body.decode() and 'class="top"' in body.decode()
+    assert "Content-Security-Policy" in headers
+    for path in ("/api/experiment/e9999", "/api/nothing"):
+        status, headers, body = get(url + path)
+        assert status == 404 and headers["Content-Type"].startswith("application/json"), path
+        assert json.loads(body)["status"] == 404
+    assert "e9999" in json.loads(get(url + "/api/experiment/e9999")[2])["detail"]
+
+
+def test_compare_shows_labels_rounded_numbers_replicate_means_and_differences(history) -> None:
+    """Defect 6."""
+    import html
+    import re
+
+    _, url = history
+    page = get(url + "/compare?a=e0007&b=e0006")[2].decode()
+    rows = {html.unescape(m[0]): [html.unescape(c) for c in m[1:]] for m in re.findall(
+        r"<tr data-key=\"[^\"]+\"[^>]*><th>([^<]*)</th><td>([^<]*)</td><td>([^<]*)</td><td class=\"num\">([^<]*)</td>",
+        page)}
+    assert rows["val_bpb, mean of its runs"] == ["2.6000", "2.5100", "-0.0900"]  # e0006: its run and e0008's
+    assert rows["peak memory (MB)"] == ["606", "606", "+0"] and "605.597656" not in page
+    assert "<th>peak_memory_mb" not in page and "steps" not in rows  # no raw names; rows empty on both sides left out
+
+
+def test_static_files_are_versioned_gzipped_and_cached_for_good(history) -> None:
+    """Issue 29, fast first load: immutable, content-versioned URLs, gzip when asked; the small plotly bundle."""
+    import gzip
+    import re
+
+    _, url = history
+    page = get(url + "/")[2].decode()
+    scripts = re.findall(r'src="(/assets/[0-9a-f]{16}/[^"]+)"', page)
+    plotly = next(s for s in scripts if s.endswith("/vendor/plotly-basic.min.js"))
+    request = urllib.request.Request(url + plotly, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        body, headers = response.read(), response.headers
+    assert headers["Content-Encoding"] == "gzip" and "immutable" in headers["Cache-Control"]
+    assert "max-age=31536000" in headers["Cache-Control"] and headers["Vary"] == "Accept-Encoding"
+    assert len(body) < 500_000 and len(gzip.decompress(body)) > 1_000_000
+    status, headers, plain = get(url + plotly)  # no Accept-Encoding: the bytes as they are
+    assert status == 200 and "Content-Encoding" not in headers and plain == gzip.decompress(body)
+    assert get(url + plotly.replace(plotly.split("/")[2], "0" * 16))[0] == 404  # an old version is gone
+    request = urllib.request.Request(url + "/api/overview", headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        assert response.headers["Content-Encoding"] == "gzip" and response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_finished_run_says_so_and_why(history, browser) -> None:
+    """Defect 2: status.json's stop reason in the header; a queued experiment of a stopped run never ran."""
+    from selenium.webdriver.common.by import By
+
+    _, url = history
+    assert api(url + "/api/version")["run"]["state"] == "finished"
+    open_page(browser, url + "/experiment/e0013")
+    badge = wait_until(lambda: browser.find_element(By.ID, "live").text, "the header")
+    assert badge.startswith("finished") and "reached --max-experiments 9" in badge and "live" not in badge
+    wait_until(lambda: "never ran" in browser.find_element(By.ID, "exp-status").text, "the status")
+    verdicts = browser.find_element(By.ID, "verdicts").text
+    assert "the run stopped" in verdicts and "(yet)" not in verdicts
+    open_page(browser, url + "/experiment/e0008")
+    wait_until(lambda: "fed the decision on e0006" in browser.find_element(By.ID, "verdicts").text, "the fed decision")
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
+def test_charts_keep_their_labels_inside_and_apart_at_1000_px(history, browser) -> None:
+    """Defect 8: titles clear of the toolbar, axis titles inside at 1000 px, a legend entry per kind of point,
+    equal values side by side, the mean line where its points are; defect 4: the lineage has a labelled axis."""
+    from selenium.webdriver.common.by import By
+
+    _, url = history
+    size = browser.get_window_size()
+    browser.set_window_size(1000, 900)
+    try:
+        open_page(browser, url + "/experiment/e0006")
+        chart = "document.getElementById('chart-replicates')"
+        wait_until(lambda: browser.execute_script(f"return {chart}.data && {chart}.data.length"), "the chart")
+        names = browser.execute_script(f"return {chart}.data.map(t => t.name)")
+        assert any(n.startswith("its confirmation runs") for n in names) and any("first" in n for n in names)
+        main = browser.execute_script(f"return {chart}.data[0]")
+        assert len(set(main["x"])) == len(main["x"]) == 2 and main["name"].startswith("main")  # e0001, e0002
+        for page, div in (("/experiment/e0006", "chart-replicates"), ("/", "chart-progress")):
+            open_page(browser, url + page)
+            box, title = wait_until(lambda div=div: browser.execute_script(
+                f"const d = document.getElementById('{div}'), t = d.querySelector('.ytitle');"
+                "return t && [d.getBoundingClientRect().toJSON(), t.getBoundingClientRect().toJSON()]"), "the y title")
+            assert title["left"] >= box["left"] and title["right"] <= box["right"], (page, box, title)
+        assert browser.find_elements(By.CSS_SELECTOR, "#chart-status .gtitle") == []  # the caption is HTML
+        assert "experiments by status" in browser.find_element(By.CSS_SELECTOR, ".chart-box.narrow figcaption").text
+        open_page(browser, url + "/lineage")
+        ticks = wait_until(lambda: browser.execute_script(
+            "return window.farmLineage && window.farmLineage.nodes('.axis-left').map(n => n.data('label'))"),
+            "the axis")
+        assert len(ticks) >= 3 and all(t.replace(".", "").isdigit() for t in ticks)
+        graph = browser.execute_script("const b = window.farmLineage.elements().not('.axis').renderedBoundingBox();"
+                                       "return [b.h, document.getElementById('graph').clientHeight]")
+        assert graph[0] > 0.6 * graph[1], graph  # the graph fills its box, not a third of it
+        assert "lower is lower" not in browser.find_element(By.ID, "info").text
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
 def test_pages_work_without_the_repo(small) -> None:
     run, url, _ = small
     shutil.move(run / "repo", run / "repo.moved")
@@ -305,8 +522,9 @@ def test_package_data_ships_the_browser_files() -> None:
     patterns = config["package-data"]["cluster.ui"]
     package = REPO / "cluster" / "ui"
     shipped = {p for pattern in patterns for p in package.glob(pattern)}
-    for needed in ("templates/base.html", "static/common.js", "static/app.css", "static/vendor/cytoscape.min.js",
-                   "static/vendor/LICENSE-cytoscape.txt", "static/vendor/LICENSES.md"):
+    for needed in ("templates/base.html", "templates/error.html", "static/common.js", "static/app.css",
+                   "static/vendor/cytoscape.min.js", "static/vendor/LICENSE-cytoscape.txt", "static/vendor/LICENSES.md",
+                   "static/vendor/plotly-basic.min.js", "static/vendor/LICENSE-plotly.txt"):
         assert package / needed in shipped, needed
 
 
@@ -573,6 +791,23 @@ def test_farm_ui_command_serves_a_run_and_stops_on_sigint(tmp_path: Path) -> Non
     try:
         first = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}/" in first, first
+        assert get(f"http://127.0.0.1:{port}/api/version")[0] == 200
+    finally:
+        proc.send_signal(2)
+        assert proc.wait(timeout=WAIT) == 0
+
+
+def test_farm_ui_on_every_interface_warns_and_prints_the_address_it_bound(tmp_path: Path) -> None:
+    """Defect 7: ``--address 0.0.0.0`` serves anyone who can reach the port, without a login: it says so, and
+    prints the address it bound (not a loopback URL as if that were all)."""
+    small_run(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "ui", str(tmp_path / "run"), "--address", "0.0.0.0",
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        warning, first = proc.stderr.readline(), proc.stdout.readline()
+        assert "WARNING" in warning and "without authentication" in warning and "0.0.0.0" in warning, warning
+        port = int(first.split("http://0.0.0.0:", 1)[1].split("/", 1)[0])
+        assert f"from this machine: http://127.0.0.1:{port}/" in first, first
         assert get(f"http://127.0.0.1:{port}/api/version")[0] == 200
     finally:
         proc.send_signal(2)

@@ -12,14 +12,18 @@ through DNS rebinding).
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import re
+import threading
 from pathlib import Path
 
-from flask import Flask, Response, abort, render_template, request, send_file
+from flask import Flask, Response, abort, render_template, request
+from werkzeug.exceptions import HTTPException
 
 from cluster.ui import lineage
-from cluster.ui.model import FILTERABLE, RunModel, RunState, to_json
+from cluster.ui.assets import IMMUTABLE, Assets, accepts_gzip
+from cluster.ui.model import FILTERABLE, RunModel, RunState, run_status, to_json
 from cluster.ui.safe_files import UnsafeFile, read_tail
 
 # plotly.js and cytoscape.js each add a <style> element of their own (fixed text); those exact texts are allowed
@@ -36,13 +40,8 @@ CSP = ("default-src 'none'; script-src 'self'; "
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # the repo's rule for experiment ids
 PACKAGE = Path(__file__).resolve().parent
-
-
-def plotly_js() -> Path:
-    """plotly.min.js as the pinned ``plotly`` package ships it (no CDN: the farm runs offline)."""
-    import plotly
-
-    return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+COMPRESS_ABOVE = 1024  # bytes: smaller answers are not worth a gzip header
+_COMPRESSIBLE = ("application/json", "text/html")
 
 
 def diff_lines(diff: str) -> list[tuple[str, str]]:
@@ -93,12 +92,15 @@ def is_loopback(address: str) -> bool:
 
 def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: bool = True) -> Flask:
     """The app for one run directory; ``loopback_only``: refuse requests whose Host is not a loopback name."""
-    app = Flask("cluster.ui", root_path=str(PACKAGE), static_folder="static", template_folder="templates")
-    app.config.update(JSON_SORT_KEYS=False, SEND_FILE_MAX_AGE_DEFAULT=3600)
+    app = Flask("cluster.ui", root_path=str(PACKAGE), static_folder=None, template_folder="templates")
+    app.config.update(JSON_SORT_KEYS=False)
     model = RunModel(Path(run_dir))
     grafana = safe_url(grafana_url)
+    assets = Assets(PACKAGE / "static")
+    compressed = _GzipCache()
     app.extensions["farm_ui_model"] = model
     app.add_template_filter(show_value, "show")
+    app.add_template_global(assets.url, "asset")
 
     @app.before_request
     def guard() -> None:
@@ -119,6 +121,25 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
             response.headers["Cache-Control"] = "no-store"
         if response.status_code == 405:
             response.headers["Allow"] = "GET, HEAD"
+        if (response.mimetype in _COMPRESSIBLE and not response.direct_passthrough
+                and "Content-Encoding" not in response.headers):
+            response.vary.add("Accept-Encoding")
+            body = response.get_data()
+            if len(body) > COMPRESS_ABOVE and accepts_gzip(request.headers.get("Accept-Encoding", "")):
+                response.set_data(compressed.get(body))
+                response.headers["Content-Encoding"] = "gzip"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def error(exc: HTTPException) -> Response:
+        """The site's own error page (its header, the id asked for), and JSON for the API the scripts call."""
+        what = exc.description if exc.code == 404 and exc.description != _WERKZEUG_404 else None
+        if request.path.startswith("/api/"):
+            response = _json(to_json({"error": exc.name, "status": exc.code, "detail": what or exc.description}))
+        else:
+            response = Response(page("error.html", active="", code=exc.code, title=exc.name, detail=what,
+                                     path=request.path), mimetype="text/html")
+        response.status_code = exc.code or 500
         return response
 
     def page(template: str, **context: object) -> str:
@@ -126,7 +147,7 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
 
     def experiment_id(eid: str, state: RunState) -> str:
         if not _ID_RE.match(eid) or eid not in state.index:
-            abort(404)
+            abort(404, description=f"No experiment {eid[:80]!r} in this run ({state.latest.num_rows} experiments).")
         return eid
 
     @app.get("/")
@@ -145,8 +166,7 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
         diff, why = model.repo.diff(row["commit"]) if row["kind"] != "baseline" else ("", "a baseline runs main as is")
         return page("experiment.html", active="experiment", row=row, diff=diff_lines(diff), no_diff=why,
                     children=state.children_of(row["commit"]) if row["kind"] in lineage.NODE_KINDS else [],
-                    merged_from=state.merged_from(row), on_main=eid in state.promoted,
-                    parent_node=_parent_node(state, row))
+                    merged_from=state.merged_from(row), fate=state.fate(eid), parent_node=_parent_node(state, row))
 
     @app.get("/compare")
     def compare_page() -> str:
@@ -162,13 +182,14 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
             diff, why = model.repo.diff(rows["b"]["commit"], rows["a"]["commit"] or None)
             if not rows["a"]["commit"]:
                 diff, why = "", f"{a} has no commit recorded"
-        return page("compare.html", active="compare", a=a, b=b, rows=rows, diff=diff_lines(diff), no_diff=why,
-                    fields=COMPARE_FIELDS)
+        return page("compare.html", active="compare", a=a, b=b, diff=diff_lines(diff), no_diff=why,
+                    table=compare_rows(state, rows["a"], rows["b"]) if len(rows) == 2 else [])
 
     @app.get("/api/version")
     def api_version() -> Response:
         state = model.state()
-        return _json(to_json({"version": state.version, "experiments": state.latest.num_rows}))
+        return _json(to_json({"version": state.version, "experiments": state.latest.num_rows,
+                              "run": run_status(model.run_dir)}))
 
     @app.get("/api/overview")
     def api_overview() -> Response:
@@ -195,7 +216,7 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
         state = model.state()
         eid = experiment_id(eid, state)
         events = state.events_of(eid)
-        verdicts = [e for e in events if e["event"] == "verdict"]
+        verdicts = state.verdicts_of(eid)
         try:
             log, cut = read_tail(model.run_dir, ["experiments", eid, "out", "run.log"])
             log_note = "(the last 64 KB)" if cut else ""
@@ -203,18 +224,98 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
             log, log_note = "", f"no log shown: {exc}"
         return _json(to_json({"version": state.version, "row": state.row(eid), "events": events,
                               "verdicts": verdicts, "replicates": state.replicates_of(eid),
-                              "decision": state.decision(eid, verdicts), "log": log, "log_note": log_note}))
+                              "decision": state.decision(eid, verdicts), "fate": state.fate(eid),
+                              "run": run_status(model.run_dir), "log": log, "log_note": log_note}))
 
-    @app.get("/vendor/plotly.min.js")
-    def vendor_plotly() -> Response:
-        return send_file(plotly_js(), mimetype="text/javascript", max_age=86400)
+    @app.get("/assets/<digest>/<path:name>")
+    def asset(digest: str, name: str) -> Response:
+        found = assets.get(digest, name)
+        if found is None:
+            abort(404, description=f"No file {name[:80]!r} of version {digest[:20]!r}.")
+        response = Response(found.body, mimetype=found.mimetype)
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            response.set_data(assets.gzipped(name))
+            response.headers["Content-Encoding"] = "gzip"
+        response.vary.add("Accept-Encoding")
+        response.headers["Cache-Control"] = IMMUTABLE
+        response.headers["ETag"] = f'"{digest}"'
+        return response
 
     return app
 
 
-COMPARE_FIELDS = ("kind", "status", "val_bpb", "verdict", "reason", "agent", "description", "training_seconds",
-                  "total_seconds", "peak_memory_mb", "num_steps", "num_params_M", "mfu_percent", "gpu_class", "seed",
-                  "commit", "parent_commit")
+_WERKZEUG_404 = "The requested URL was not found on the server. If you entered the URL manually please check " \
+    "your spelling and try again."
+# (field, label, decimals: None for text) of the compare table, in reading order
+COMPARE_FIELDS: tuple[tuple[str, str, int | None], ...] = (
+    ("kind", "kind", None), ("status", "status", None), ("verdict", "verdict", None), ("agent", "agent", None),
+    ("description", "description", None), ("training_seconds", "training time (s)", 1),
+    ("total_seconds", "total time (s)", 1), ("peak_memory_mb", "peak memory (MB)", 0), ("num_steps", "steps", 0),
+    ("num_params_M", "parameters (M)", 2), ("mfu_percent", "MFU (%)", 1), ("gpu_class", "GPU class", None),
+    ("seed", "seed", None), ("cost_usd", "LLM cost (USD)", 4), ("commit", "commit", None),
+    ("parent_commit", "parent commit", None), ("reason", "reason", None),
+)
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "" if value is None or value != value else f"{value:,.{digits}f}"
+
+
+def compare_rows(state: RunState, a: dict, b: dict) -> list[dict]:
+    """The compare table, as a reader wants it: labels, rounded numbers, each experiment's replicate mean (the
+    number its verdict weighs, not its screening run) and the difference b - a where both are numbers."""
+    out = []
+    runs = {}
+    for name, row in (("a", a), ("b", b)):
+        values = [r["val_bpb"] for r in state.replicates_of(row["experiment_id"])
+                  if r and r["status"] == "ok" and r["val_bpb"] is not None]
+        runs[name] = values
+    means = {k: sum(v) / len(v) if v else None for k, v in runs.items()}
+    out.append({"label": "val_bpb, mean of its runs", "a": _fixed(means["a"], 4), "b": _fixed(means["b"], 4),
+                "delta": _signed(means["a"], means["b"], 4), "key": "mean"})
+    out.append({"label": "runs (ok)", "a": str(len(runs["a"])), "b": str(len(runs["b"])), "delta": "",
+                "key": "runs"})
+    out.append({"label": "val_bpb, its first run", "a": _fixed(a.get("val_bpb"), 4), "b": _fixed(b.get("val_bpb"), 4),
+                "delta": _signed(a.get("val_bpb"), b.get("val_bpb"), 4), "key": "val_bpb"})
+    for key, label, digits in COMPARE_FIELDS:
+        va, vb = a.get(key), b.get(key)
+        if digits is None:
+            out.append({"label": label, "a": show_value(va), "b": show_value(vb), "delta": "", "key": key})
+        else:
+            out.append({"label": label, "a": _fixed(va, digits), "b": _fixed(vb, digits),
+                        "delta": _signed(va, vb, digits), "key": key})
+    out = [r for r in out if r["a"] or r["b"]]  # a field neither experiment has says nothing
+    for r in out:
+        r["differs"] = r["a"] != r["b"]
+    return out
+
+
+def _signed(a: float | None, b: float | None, digits: int) -> str:
+    """b - a with its sign, or nothing when either is missing."""
+    if a is None or b is None or a != a or b != b:
+        return ""
+    return f"{b - a:+,.{digits}f}"
+
+
+class _GzipCache:
+    """Compressed answers by content: the overview and lineage JSON (up to MBs at 10,000 experiments) are the same
+    bytes until the ledger changes, so each is compressed once, not on every poll of every tab."""
+
+    def __init__(self, size: int = 32) -> None:
+        self._size, self._items, self._lock = size, {}, threading.Lock()
+
+    def get(self, body: bytes) -> bytes:
+        key = (len(body), hash(body))
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None:
+            return hit
+        packed = gzip.compress(body, compresslevel=6, mtime=0)
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = packed
+        return packed
 
 
 def _parent_node(state: RunState, row: dict) -> str | None:

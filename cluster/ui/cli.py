@@ -41,7 +41,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"farm ui: cannot listen on {args.address}:{args.port}: {exc.strerror or exc} "
               "(pick another with --port)", file=sys.stderr)
         return 2
-    print(f"farm ui: {run_dir.resolve()} at {handle.url} (read-only; Ctrl-C stops)", flush=True)
+    if handle.exposed:  # the chart's sidecar does this on purpose (behind a ClusterIP Service); a laptop rarely should
+        print(f"farm ui: WARNING: listening on {handle.bound} (every interface it names), without authentication: "
+              "anyone who can reach this port can read the whole run (read-only). Bind 127.0.0.1 (the default) "
+              "and use an SSH tunnel or kubectl port-forward unless this is what you want.", file=sys.stderr,
+              flush=True)
+    where = handle.bound if handle.bound == handle.url else f"{handle.bound} (from this machine: {handle.url})"
+    print(f"farm ui: {run_dir.resolve()} at {where} (read-only; Ctrl-C stops)", flush=True)
     # Ctrl-C and SIGTERM stop it, also where it was started with SIGINT ignored (a background job of a script,
     # where Python installs no KeyboardInterrupt handler) and in a pod being stopped
     for sig in (signal.SIGINT, signal.SIGTERM):

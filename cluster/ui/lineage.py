@@ -3,7 +3,8 @@
 Laid out here, not in the browser: a force or tree layout of thousands of
 nodes takes the browser seconds, and would move every node each time the
 live run adds one. x is the order in which experiments were proposed, y is
-val_bpb (lower is lower, like the overview chart), runs that are not ok or
+val_bpb (lower is better, and lower on the page,
+like the overview chart; a labelled axis is drawn in), runs that are not ok or
 not finished sit in a band above. Replicates (confirm runs) and main's
 baselines re-measure code that is already a node, so they are folded into
 it, not drawn. What is shown is bounded by the filters (the most recent N,
@@ -13,6 +14,7 @@ of every shown node are always kept, so each node is connected.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +117,8 @@ def build(state: RunState, query: LineageQuery) -> bytes:
             return -band
         return (hi - min(v, hi)) / (hi - lo) * height
 
-    nodes = [{"data": {"id": MAIN_NODE, "label": "main (seed)", "kind": "seed", "status": "ok",
+    nodes = _axis(lo, hi, height, band, len(nodes_i) * X_STEP)
+    nodes += [{"data": {"id": MAIN_NODE, "label": "main (seed)", "kind": "seed", "status": "ok",
                        "val": level[0]["mean"] if level else None, "desc": "the seed train.py"},
               "position": {"x": 0.0, "y": y_of(level[0]["mean"] if level else None, "ok")},
               "classes": "main seed"}]
@@ -126,11 +129,13 @@ def build(state: RunState, query: LineageQuery) -> bytes:
         classes = [kinds[i], _status_class(status), f"v-{verdict}" if verdict else "v-none"]
         if eid in on_main:
             classes.append("main")
+        elif verdict in ("merging", "staged") and state.fate(eid).get("on_main"):
+            classes.append("main-via")  # its change reached main through the merge (or stage) that carried it
         nodes.append({"data": {"id": eid, "label": eid, "kind": kinds[i], "status": status, "verdict": verdict,
                                "val": own, "mean": sum(reps) / len(reps) if reps else None, "runs": len(reps),
                                "agent": c["agent"][i], "desc": (c["description"][i] or "")[:200]},
                       "position": {"x": rank * X_STEP, "y": y_of(own, status)}, "classes": " ".join(classes)})
-    node_ids = {n["data"]["id"] for n in nodes}
+    node_ids = {n["data"]["id"] for n in nodes if "axis" not in n["classes"]}
     edges = []
     for i in nodes_i:
         p = parent_of(i)
@@ -142,9 +147,50 @@ def build(state: RunState, query: LineageQuery) -> bytes:
     line = [MAIN_NODE, *promoted]
     for a, b in zip(line, line[1:], strict=False):
         edges.append({"data": {"id": f"main:{b}", "source": a, "target": b}, "classes": "mainline"})
-    return to_json({"version": state.version, "nodes": nodes, "edges": edges, "shown": len(nodes) - 1,
+    edges += [{"data": {"id": f"grid:{n['data']['id']}", "source": n["data"]["id"], "target": n["data"]["pair"]},
+               "classes": "grid"} for n in nodes if "axis-left" in n["classes"]]
+    return to_json({"version": state.version, "nodes": nodes, "edges": edges,
+                    "shown": sum(1 for n in nodes if "axis" not in n["classes"]) - 1,
                     "matching": total, "experiments": len(order), "promotions": promoted,
                     "scale": {"lo": lo, "hi": hi, "height": height, "band": band}})
+
+
+def _axis(lo: float, hi: float, height: float, band: float, width: float) -> list[dict]:
+    """The y axis drawn into the graph (cytoscape has none): a labelled grid line at round val_bpb values, and the
+    two bands above for runs that have no value. Ids start with ``@axis``: no experiment id can."""
+    step = _nice_step((hi - lo) / 5)
+    ticks = _ticks(lo, hi, step)
+    while len(ticks) < 4 and step > 1e-6:  # a round step can leave two ticks in the range: take the next finer one
+        power = 10 ** math.floor(math.log10(step) + 1e-9)
+        step = {1: 0.5, 2: 1.0, 5: 2.0}.get(round(step / power), 0.5) * power
+        ticks = _ticks(lo, hi, step)
+    digits = max(0, -math.floor(math.log10(step))) if step > 0 else 3
+    left, right = -3 * X_STEP, width + X_STEP
+    out = []
+    for k, value in enumerate(ticks):
+        y = (hi - value) / (hi - lo) * height
+        label = f"{value:.{digits}f}"
+        out.append({"data": {"id": f"@axis{k}", "label": label, "pair": f"@axis{k}r"}, "position": {"x": left, "y": y},
+                    "classes": "axis axis-left"})
+        out.append({"data": {"id": f"@axis{k}r", "label": ""}, "position": {"x": right, "y": y},
+                    "classes": "axis axis-right"})
+    for k, (label, y) in enumerate((("not ok", -band), ("queued / running", -2 * band))):
+        out.append({"data": {"id": f"@band{k}", "label": label}, "position": {"x": left, "y": y},
+                    "classes": "axis axis-band"})
+    return out
+
+
+def _ticks(lo: float, hi: float, step: float) -> list[float]:
+    first = math.ceil(lo / step - 1e-9) * step
+    return [first + k * step for k in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _nice_step(raw: float) -> float:
+    """1, 2 or 5 times a power of ten, at least ``raw``: round tick values."""
+    if raw <= 0 or not math.isfinite(raw):
+        return 0.1
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
 
 
 def _passes(c: dict, i: int, query: LineageQuery) -> bool:

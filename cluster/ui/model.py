@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,21 +25,26 @@ import pyarrow.compute as pc
 
 from cluster.ui.ledger_view import LedgerView, Snapshot
 from cluster.ui.repo_view import RepoView
-from cluster.vocabulary import CHANGE_KINDS, SPEND_ONLY_EVENTS
+from cluster.ui.safe_files import UnsafeFile, read_tail
+from cluster.vocabulary import CHANGE_KINDS, KEEP_VERDICTS, SPEND_ONLY_EVENTS
 
 NOT_DONE = ("queued", "running")
+STATUS_FILE = "status.json"
+# The driver rewrites status.json at least every ~5 s while its loop runs (cluster/driver.py): one this old, with
+# a stop reason but work still in flight, is the last word of a driver that was stopped hard.
+STATUS_STALE_SECONDS = 60.0
 SORTABLE = ("experiment_id", "kind", "status", "agent", "verdict", "val_bpb", "queued_ts", "finished_at", "cost_usd")
 FILTERABLE = ("status", "kind", "agent", "verdict")
 MAX_PAGE = 500
 _MARGIN_RE = re.compile(r"margin (-?\d+(?:\.\d+)?)")
-_MAIN_RE = re.compile(r"vs main (-?\d+(?:\.\d+)?) \(n=(\d+)\)")
+_MAIN_RE = re.compile(r"vs main (-?\d+(?:\.\d+)?) \(n=(\d+)\)(?: on (\S+?):)?")
 _MERGE_OF_RE = re.compile(r"^merge of ([A-Za-z0-9][A-Za-z0-9_.-]{0,62}):")
 _ROW_FIELDS = (
     "experiment_id", "kind", "status", "agent", "description", "val_bpb", "verdict", "reason", "commit",
     "parent_commit", "branch", "train_sha", "gpu_class", "node", "seed", "replicate_of", "attempt",
     "training_seconds", "total_seconds", "startup_seconds", "eval_seconds", "peak_memory_mb", "mfu_percent",
     "num_steps", "num_params_M", "profile", "tokens_in", "tokens_out", "cost_usd", "queued_ts", "started_ts",
-    "finished_at", "events",
+    "finished_at", "events", "stage",
 )  # fmt: skip
 
 
@@ -272,7 +279,7 @@ class RunState:
     def events_of(self, eid: str) -> list[dict]:
         ev = self.snapshot.events
         mine = ev.filter(pc.equal(ev.column("experiment_id"), eid))
-        return mine.select(["event", "ts", "status", "verdict", "reason", "val_bpb"]).to_pylist()
+        return mine.select(["event", "ts", "status", "verdict", "reason", "val_bpb", "seq"]).to_pylist()
 
     def replicates_of(self, eid: str) -> list[dict]:
         """The candidate's own run first, then every confirmation run of it (replicate_of == eid)."""
@@ -286,34 +293,160 @@ class RunState:
                 out.append(self.row(c["experiment_id"][i]))
         return out
 
+    def verdicts_of(self, eid: str) -> list[dict]:
+        """The experiment's verdicts as a reader should see them: one promotion listed once.
+
+        The driver books a promotion twice: the tournament's ``promote`` decision (reason R), then the move of main
+        (``main <- abc1234: R``). The second says all the first does, so the first is left out.
+        """
+        verdicts = [e for e in self.events_of(eid) if e["event"] == "verdict"]
+        out = []
+        for i, v in enumerate(verdicts):
+            after = verdicts[i + 1] if i + 1 < len(verdicts) else None
+            if (after and after["verdict"] == v["verdict"] and v["reason"] and after["reason"]
+                    and after["reason"].endswith(v["reason"])):
+                continue
+            out.append(v)
+        return out
+
+    @cached_property
+    def _history(self) -> tuple[list[tuple[int, str]], list[tuple[int, str, str, str, float, float]]]:
+        """The ledger replayed as the driver applied it (FarmState.apply), in append order: (seq, main's new
+        train.py sha) at every promotion that moved main, and (seq, id, sha, gpu class, finish time, val_bpb) of
+        every ok run that is not a change's screening run (a baseline or a confirmation: what main's mean is of)."""
+        ev = self.snapshot.events
+        c = self.cols
+        sha_of = dict(zip(c["experiment_id"], c["train_sha"], strict=True))
+        kind_of = dict(zip(c["experiment_id"], c["kind"], strict=True))
+        is_promote = pc.fill_null(pc.and_(pc.equal(ev.column("event"), "verdict"),
+                                          pc.equal(ev.column("verdict"), "promote")), False)
+        promote = ev.filter(is_promote).select(["seq", "experiment_id", "commit", "train_sha"]).to_pylist()
+        if any(p["commit"] for p in promote):  # a ledger whose promotions carry main's new commit: only those moved
+            promote = [p for p in promote if p["commit"]]
+        moves, once = [], set()
+        for p in promote:
+            if p["experiment_id"] not in once:
+                once.add(p["experiment_id"])
+                moves.append((p["seq"], p["train_sha"] or sha_of.get(p["experiment_id"]) or ""))
+        done = pc.fill_null(pc.and_(pc.equal(ev.column("event"), "finished"), pc.equal(ev.column("status"), "ok")),
+                            False)
+        finished = ev.filter(done).select(["seq", "experiment_id", "gpu_class", "ts", "val_bpb"]).to_pylist()
+        runs = [(f["seq"], f["experiment_id"], sha_of.get(f["experiment_id"]) or "", f["gpu_class"] or "cpu",
+                 f["ts"], f["val_bpb"]) for f in finished
+                if f["val_bpb"] is not None and kind_of.get(f["experiment_id"]) not in CHANGE_KINDS]
+        return moves, runs
+
+    def _main_sha_before(self, seq: int) -> str | None:
+        """main's train.py sha as the driver held it just before ledger row ``seq``."""
+        sha = self.main_line.main_sha_at_start
+        for at, moved_to in self._history[0]:
+            if at >= seq:
+                break
+            sha = moved_to or sha
+        return sha
+
+    def _runs_of(self, sha: str | None, gpu: str, before: int) -> list[dict]:
+        """The non-screening ok runs of ``sha`` on ``gpu`` booked before ledger row ``before``."""
+        c = self.cols
+        return [{"experiment_id": e, "val_bpb": v, "t": t, "seed": c["seed"][self.index[e]],
+                 "kind": c["kind"][self.index[e]]}
+                for seq, e, s, g, t, v in self._history[1] if seq < before and s == sha and g == gpu]
+
     def decision(self, eid: str, verdicts: list[dict]) -> dict:
-        """What decided: main's baselines at the time, the margin and main's mean read from the verdict's reason."""
+        """What decided and against what: the runs the judgement compared this experiment with, as of it.
+
+        The reference's runs are found by replaying the ledger up to the deciding verdict (main then, not main
+        now); the reason's ``vs main M (n=N) on GPU`` names the count and class, which tells main from the
+        candidate's former-main parent (``judge_against: parent``). Its own runs are those booked before it.
+        """
         row = self.row(eid) or {}
-        decisive = next((v for v in reversed(verdicts) if v["reason"] and _MARGIN_RE.search(v["reason"])), None)
-        at = decisive["ts"] if decisive else (row.get("finished_at") or math.inf)
-        sha_of = dict(zip(self.cols["experiment_id"], self.cols["train_sha"], strict=True))
-        # judged against main as it was before this experiment's own promotion (which its later verdicts follow)
-        promoted_at = min((v["ts"] for v in verdicts if v["verdict"] == "promote"), default=math.inf)
-        main_sha = self.main_line.sha_at(min(at, promoted_at), sha_of)
-        if row.get("kind") == "baseline":
-            main_sha = row.get("train_sha")
-        gpu = row.get("gpu_class")
-        baselines = []
-        for t, v, e in self.main_line.values_by_sha.get(main_sha or "", []):
-            if t <= at and (gpu is None or self.cols["gpu_class"][self.index[e]] in (gpu, None)):
-                baselines.append({"experiment_id": e, "val_bpb": v, "t": t,
-                                  "kind": self.cols["kind"][self.index[e]]})
-        margin = main_mean = None
+        events = [e for e in self.events_of(eid) if e["event"] == "verdict"]
+        decisive = next((v for v in reversed(events) if v["reason"] and _MAIN_RE.search(v["reason"])), None)
+        decisive = decisive or next((v for v in reversed(events) if v["reason"] and _MARGIN_RE.search(v["reason"])),
+                                    None)
+        at = decisive["seq"] if decisive else self.snapshot.events.num_rows
+        gpu = row.get("gpu_class") or "cpu"
+        margin = main_mean = n_main = None
         if decisive:
             m = _MARGIN_RE.search(decisive["reason"])
             margin = float(m.group(1)) if m else None
             m = _MAIN_RE.search(decisive["reason"])
-            main_mean = float(m.group(1)) if m else None
+            if m:
+                main_mean, n_main, gpu = float(m.group(1)), int(m.group(2)), m.group(3) or gpu
+        main_sha = row.get("train_sha") if row.get("kind") == "baseline" else self._main_sha_before(at)
+        choices = [("main", main_sha, self._runs_of(main_sha, gpu, at))]
+        parent_sha = self._sha_of_commit(row.get("parent_commit")) if row.get("kind") in CHANGE_KINDS else None
+        if parent_sha and parent_sha != main_sha:
+            choices.append(("parent", parent_sha, self._runs_of(parent_sha, gpu, at)))
+
+        def fits(choice: tuple[str, str | None, list[dict]]) -> int:
+            """How well a reference's runs fit the reason: its count (2), its mean to the reason's 4 decimals (1);
+            a paired comparison's 'main' is implied by the pairs, so only the count can fit."""
+            runs = choice[2]
+            if n_main is None or not runs:
+                return 0
+            mean = sum(r["val_bpb"] for r in runs) / len(runs)
+            return 2 * (len(runs) == n_main) + (main_mean is not None and abs(mean - main_mean) < 6e-5)
+
+        reference, main_sha, baselines = max(choices, key=fits)  # the first (main) on a tie
         if main_mean is None and baselines:
             main_mean = sum(b["val_bpb"] for b in baselines) / len(baselines)
-        return {"main_sha": main_sha, "baselines": baselines, "margin": margin, "main_mean": main_mean,
+        return {"main_sha": main_sha, "reference": reference, "baselines": baselines, "margin": margin,
+                "main_mean": main_mean, "gpu_class": gpu,
                 "verdict": decisive["verdict"] if decisive else row.get("verdict"),
                 "reason": decisive["reason"] if decisive else None}
+
+    def _sha_of_commit(self, commit: str | None) -> str | None:
+        """The train.py sha of a commit some experiment ran (a candidate's, or main's through its baselines)."""
+        if not commit:
+            return None
+        c = self.cols
+        return next((s for k, s in zip(c["commit"], c["train_sha"], strict=True) if k == commit and s), None)
+
+    def fate(self, eid: str) -> dict:
+        """Where an experiment's change ended up, following merges: ``on_main`` (and ``via``, the merge or stage
+        that carried it there), or what it waits for; for a replicate, the decision it fed.
+
+        A candidate main had moved on from is merged as a new experiment (``merging``; the policy stack's
+        ``staged``): its change reaches main when that merge is promoted, which its own verdicts never say.
+        """
+        row = self.row(eid) or {}
+        if row.get("replicate_of"):
+            fed = self.row(row["replicate_of"]) or {}
+            return {"fed": row["replicate_of"], "fed_verdict": fed.get("verdict")}
+        promoted = set(self.promoted)
+        seen: set[str] = set()
+        current, via = eid, None
+        while current not in seen:
+            seen.add(current)
+            r = self.row(current) or {}
+            verdict = r.get("verdict")
+            if current in promoted or verdict in KEEP_VERDICTS:
+                return {"on_main": True, "via": via}
+            nxt = self._carried_by(current, r)
+            if nxt is None:
+                return {"on_main": False, "via": via, "waits": verdict in ("merging", "staged"),
+                        "last": verdict}
+            current = via = nxt
+        return {"on_main": False, "via": via}
+
+    def _carried_by(self, eid: str, row: dict) -> str | None:
+        """The merge (or the stack's stage) that carries ``eid``'s change towards main, if any."""
+        if row.get("verdict") == "staged" and row.get("stage") in self.index:
+            return row["stage"]
+        if row.get("verdict") != "merging":
+            return None
+        return self._merges.get(eid)
+
+    @cached_property
+    def _merges(self) -> dict[str, str]:
+        """candidate id -> its last merge experiment (from the farm-written ``merge of <id>:`` description)."""
+        c, out = self.cols, {}
+        for e, k, d in zip(c["experiment_id"], c["kind"], c["description"], strict=True):
+            m = _MERGE_OF_RE.match(d or "") if k == "merge" else None
+            if m:
+                out[m.group(1)] = e
+        return out
 
     def children_of(self, commit: str | None) -> list[str]:
         if not commit:
@@ -334,6 +467,29 @@ class RunState:
                     self._lineage.clear()
                 self._lineage[key] = build()
             return self._lineage[key]
+
+
+def run_status(run_dir: Path, now: float | None = None) -> dict:
+    """Whether the run is live, stopping or finished, from the driver's RUN/status.json (not the ledger, which
+    cannot say that no more rows will come): a stop reason with nothing in flight is a finished run."""
+    try:
+        text, cut = read_tail(run_dir, [STATUS_FILE])
+        status = json.loads(text) if not cut else {}
+        mtime = os.stat(run_dir / STATUS_FILE, follow_symlinks=False).st_mtime
+    except (UnsafeFile, OSError, ValueError):
+        return {"state": "live", "reason": "", "known": False}
+    if not isinstance(status, dict):
+        return {"state": "live", "reason": "", "known": False}
+    stopping = str(status.get("stopping") or "")
+    failure = str(status.get("failure") or "")
+    stale = (time.time() if now is None else now) - mtime > STATUS_STALE_SECONDS
+    if stopping and (not status.get("gpus_busy") or stale):
+        state = "finished"
+    elif stopping:
+        state = "stopping"
+    else:
+        state = "quiet" if stale else "live"
+    return {"state": state, "reason": stopping, "failure": failure, "known": True, "updated": mtime}
 
 
 def _configured_gpus(run_dir: Path) -> int | None:

@@ -25,9 +25,15 @@ class _QuietHandler(WSGIRequestHandler):
 class UiHandle:
     """A running run browser: its URL, and ``close()`` to stop it (idempotent)."""
 
-    url: str
+    url: str  # where to open it from this machine
     server: BaseWSGIServer
     thread: threading.Thread | None = None
+    bound: str = ""  # the address and port actually bound (0.0.0.0: every interface)
+
+    @property
+    def exposed(self) -> bool:
+        """Whether it listens beyond loopback: anyone who can reach the port can read the run (no login)."""
+        return not is_loopback(self.server.server_address[0])
 
     def close(self) -> None:
         if self.thread is not None and self.thread.is_alive():
@@ -51,10 +57,15 @@ def make_ui_server(run_dir: Path, address: str = DEFAULT_ADDRESS, port: int = DE
     # event (~1 ms each to open), so 10,000 experiments take ~10 s once; appends later are read incrementally.
     model = app.extensions["farm_ui_model"]
     threading.Thread(target=lambda: model.state().overview, name="farm-ui-warm", daemon=True).start()
-    host = f"[{address}]" if ":" in address else address
-    if address in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return UiHandle(url=f"http://{host}:{server.server_port}/", server=server)
+    bound_host = str(server.server_address[0])
+    bound = f"http://{_bracketed(bound_host)}:{server.server_port}/"
+    host = "127.0.0.1" if bound_host in ("0.0.0.0", "::") else bound_host
+    return UiHandle(url=f"http://{_bracketed(host)}:{server.server_port}/", server=server, bound=bound)
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address as a URL writes it."""
+    return f"[{host}]" if ":" in host else host
 
 
 def serve_ui(run_dir: Path, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,

@@ -55,25 +55,41 @@ window.farm = (function () {
     select.value = values.includes(keep) ? keep : first.value;
   }
 
-  // Follow the live run: poll the ledger's version; call back when it moves (and once at start).
+  // What the header says of the run: the driver's status.json tells a finished run (a stop reason, nothing in
+  // flight) from a live one; the ledger alone cannot.
+  function runBadge(run, experiments) {
+    const n = experiments + " experiments";
+    if (run.state === "finished") return "finished · " + n + " · " + run.reason + (run.failure ? " (failed: " + run.failure + ")" : "");
+    if (run.state === "stopping") return "stopping · " + n + " · " + run.reason;
+    if (run.state === "quiet") return "no word from the farm for a while (stopped?) · " + n;
+    return "live · " + n;
+  }
+
+  // Follow the live run: poll the ledger's version; call back when it or the run's state moves (and once at start).
   function watch(onChange) {
     let seen = null;
     const badge = document.getElementById("live");
     async function tick() {
+      let finished = false;
       try {
         const v = await get("/api/version");
-        badge.textContent = "live · " + v.experiments + " experiments";
-        badge.classList.remove("stale");
-        if (v.version !== seen) {
-          seen = v.version;
+        badge.textContent = runBadge(v.run, v.experiments);
+        badge.className = "live run-" + v.run.state;
+        badge.title = v.run.state === "finished" ? "the run has stopped: this page no longer changes" : "the page follows the ledger";
+        api.run = v.run;
+        const key = v.version + "/" + v.run.state;
+        if (key !== seen) {
+          seen = key;
           await onChange(v.version);
           document.body.dataset.version = String(v.version);
+          document.body.dataset.run = v.run.state;
         }
+        finished = v.run.state === "finished";
       } catch (err) {
         badge.textContent = "disconnected";
         badge.classList.add("stale");
       }
-      setTimeout(tick, POLL_MS);
+      setTimeout(tick, finished ? 5 * POLL_MS : POLL_MS);
     }
     tick();
   }
@@ -82,5 +98,6 @@ window.farm = (function () {
     return { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["sendDataToCloud", "lasso2d", "select2d"] };
   }
 
-  return { get, el, link, expUrl, num, time, clear, fillSelect, watch, plotConfig };
+  const api = { get, el, link, expUrl, num, time, clear, fillSelect, watch, plotConfig, run: { state: "live", reason: "" } };
+  return api;
 })();

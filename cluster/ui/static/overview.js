@@ -8,15 +8,6 @@
   const table = { sort: "queued_ts", order: "desc", offset: 0, limit: 100 };
   const form = document.getElementById("runs-filter");
 
-  // WebGL draws 10,000 points at once but is missing in some browsers (headless, VMs): SVG up to a few thousand.
-  const WEBGL = (function () {
-    try {
-      return !!document.createElement("canvas").getContext("webgl2");
-    } catch (err) {
-      return false;
-    }
-  })();
-
   function card(id, text) {
     document.getElementById(id).textContent = text;
   }
@@ -24,7 +15,7 @@
   function drawProgress(o) {
     const traces = [];
     const kinds = [...new Set(o.points.kind)];
-    const type = WEBGL && o.points.t.length > 3000 ? "scattergl" : "scatter";
+    const type = "scatter"; // the vendored plotly.js-basic bundle has no WebGL traces (a quarter of the size)
     for (const kind of kinds) {
       const idx = o.points.kind.map((k, i) => (k === kind ? i : -1)).filter((i) => i >= 0);
       traces.push({
@@ -51,8 +42,8 @@
       line: { shape: "hv", color: "#27ae60", width: 3 }, hovertemplate: "main %{y:.4f}<extra></extra>",
     });
     const layout = {
-      title: { text: "val_bpb over time (lower is better)" }, margin: { t: 40, r: 10, b: 40, l: 60 },
-      yaxis: { title: { text: "val_bpb" } }, legend: { orientation: "h", y: -0.15 }, uirevision: "keep",
+      margin: { t: 30, r: 10, b: 10, l: 10 }, yaxis: { title: { text: "val_bpb" }, automargin: true },
+      xaxis: { automargin: true }, legend: { orientation: "h", y: -0.12, yanchor: "top" }, uirevision: "keep",
     };
     const div = document.getElementById("chart-progress");
     Plotly.react(div, traces, layout, plotConfig());
@@ -65,11 +56,15 @@
     }
   }
 
+  // The title is the figure's caption (HTML), not plotly's: plotly's sits under its own toolbar.
   function drawStatus(o) {
+    const stopped = window.farm.run.state === "finished";
     const names = Object.keys(o.by_status);
+    const label = (s) => (stopped && (s === "queued" || s === "running") ? s + " (never ran)" : s);
     const colors = names.map((s) => ({ ok: "#27ae60", running: "#f1c40f", queued: "#bdc3c7" })[s] || "#c0392b");
-    Plotly.react("chart-status", [{ type: "bar", x: names, y: names.map((n) => o.by_status[n]), marker: { color: colors } }],
-      { title: { text: "experiments by status" }, margin: { t: 60, r: 10, b: 40, l: 40 }, uirevision: "keep" }, plotConfig());
+    Plotly.react("chart-status", [{ type: "bar", x: names.map(label), y: names.map((n) => o.by_status[n]), marker: { color: colors } }],
+      { margin: { t: 30, r: 10, b: 10, l: 10 }, xaxis: { automargin: true }, yaxis: { automargin: true }, uirevision: "keep" },
+      plotConfig());
   }
 
   async function loadOverview() {
