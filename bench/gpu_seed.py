@@ -288,11 +288,17 @@ from trainer.data import data_ready
 t0 = time.monotonic()
 tok = p.Tokenizer.from_directory()
 out = {"profile": p.PROFILE.name, "missing": data_ready(p.PROFILE, Path(p.CACHE_DIR)), "vocab": tok.get_vocab_size()}
-x, y, epoch = next(p.make_dataloader(tok, 2, p.MAX_SEQ_LEN, "train"))
+import torch
+from trainer.textdata import documents, packed_rows, split_files
+def batch(split):  # what the runner's feeder (train) and the evaluator (val) pack: the trusted side's reading
+    rows = packed_rows(tok, p.MAX_SEQ_LEN, documents(split_files(p.PROFILE, Path(p.CACHE_DIR), split), []))
+    data = torch.tensor([next(rows)[0] for _ in range(2)])
+    return data[:, :-1], data[:, 1:]
+x, y = batch("train")
 assert tuple(x.shape) == (2, p.MAX_SEQ_LEN) and bool((x[:, 1:] == y[:, :-1]).all()), "bad batch"
 assert int(x.max()) < p.VOCAB_SIZE and int(x[0, 0]) == tok.get_bos_token_id()
-xv, yv, _ = next(p.make_dataloader(tok, 2, p.MAX_SEQ_LEN, "val"))
-sample = p._split_files("val")[0]
+xv, yv = batch("val")
+sample = split_files(p.PROFILE, Path(p.CACHE_DIR), "val")[0]
 import pyarrow.parquet as pq
 texts = pq.read_table(sample, columns=["text"]).column("text").to_pylist()[:200]
 n_bytes = sum(len(t.encode()) for t in texts)

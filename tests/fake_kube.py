@@ -392,7 +392,7 @@ def farm_owned_copy(cache: Path, dest: Path) -> Path:
     return dest
 
 
-def run_in_docker_pod(train_py: str, tmp_path: Path, farm_cache: Path, profile: str = "cpu-smoke"):
+def run_in_docker_pod(train_py: str, tmp_path: Path, farm_cache: Path, profile: str = "cpu-smoke", seed: int = 0):
     """One experiment through the kubernetes sandbox, against a FakeKube whose pods run in the Docker Engine: the
     runner's and the candidate's containers of the trainer image, as the pod's users, sharing the pod's volumes.
     The data cache is a copy owned by the farm's uid, as the chart's head prepares it on the PVC (needs root)."""
@@ -406,7 +406,7 @@ def run_in_docker_pod(train_py: str, tmp_path: Path, farm_cache: Path, profile: 
         settings = KubernetesSettings(api_server=fake.url, token_file=token, namespace="farm", instance="docker-pod",
                                       cache_pvc="cache", poll_max_s=0.2)  # fmt: skip
         spec = ExperimentSpec(experiment_id=f"p-{uuid.uuid4().hex[:10]}", train_py=train_py, profile=profile,
-                              run_dir=tmp_path / "run", cache_dir=cache)  # fmt: skip
+                              seed=seed, run_dir=tmp_path / "run", cache_dir=cache)  # fmt: skip
         result = KubernetesSandbox(settings).run(spec, GpuAssignment())
         assert fake.names("pods") == [] and fake.names("configmaps") == []
     return result

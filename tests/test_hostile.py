@@ -19,13 +19,18 @@ from pathlib import Path
 
 import pytest
 
+from cluster.independence import IndependenceCheck
+from cluster.ledger import LedgerRow
 from cluster.spec import ExperimentSpec, GpuAssignment
+from cluster.state import sha
 from cluster.untrusted import read_text
 from tests.fake_kube import run_in_docker_pod
 from tests.needs import sandbox_or_skip
+from trainer.profiles import get_profile
 from trainer.result import ExperimentResult, Status
 
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.py"))
+RUNS: dict[tuple[str, str], ExperimentResult] = {}  # (backend, file) -> its seed-0 run, for the tests after
 HONEST_FLOOR = 3.0  # an honest cpu-smoke bigram scores 3.4-3.5; every attack aims far below this
 IS_ROOT = os.geteuid() == 0
 
@@ -45,11 +50,13 @@ CASES = [
 ]
 
 
-def run_backend(backend: str, train_py: Path, tmp_path: Path, farm_cache: Path) -> tuple[ExperimentResult, str]:
+def run_backend(
+    backend: str, train_py: Path, tmp_path: Path, farm_cache: Path, seed: int = 0
+) -> tuple[ExperimentResult, str]:
     if backend == "runner":
         out = tmp_path / "out"
         subprocess.run([sys.executable, "-m", "trainer.runner", str(train_py), "--out", str(out), "--profile",
-                        "cpu-smoke"], capture_output=True, timeout=300)
+                        "cpu-smoke", "--seed", str(seed)], capture_output=True, timeout=300)
         return ExperimentResult.model_validate_json((out / "result.json").read_text()), (out / "run.log").read_text()
     if backend in ("process", "kubernetes") and not IS_ROOT:
         pytest.skip(f"the {backend} sandbox's separation needs root here (CI runs as root)")
@@ -57,10 +64,10 @@ def run_backend(backend: str, train_py: Path, tmp_path: Path, farm_cache: Path) 
     sandbox = sandbox_or_skip("docker" if backend == "kubernetes" else backend)
     run_dir = tmp_path / "run"
     if backend == "kubernetes":
-        result = run_in_docker_pod(train_py.read_text(), tmp_path, farm_cache)  # its run dir is tmp_path / "run"
+        result = run_in_docker_pod(train_py.read_text(), tmp_path, farm_cache, seed=seed)  # run dir: tmp_path / "run"
         return result, read_text(run_dir / "out" / "run.log", 1 << 20) or ""
     spec = ExperimentSpec(experiment_id=f"h-{uuid.uuid4().hex[:10]}", train_py=train_py.read_text(),
-                          profile="cpu-smoke", run_dir=run_dir, cache_dir=farm_cache)
+                          profile="cpu-smoke", seed=seed, run_dir=run_dir, cache_dir=farm_cache)
     result = sandbox.run(spec, GpuAssignment())
     return result, read_text(run_dir / "out" / "run.log", 1 << 20)
 
@@ -69,6 +76,7 @@ def run_backend(backend: str, train_py: Path, tmp_path: Path, farm_cache: Path) 
 def test_a_hostile_candidate_earns_no_score_it_did_not_train_for(backend, path, tmp_path, farm_cache) -> None:
     status, reason, _ = expectation(path)
     result, log = run_backend(backend, path, tmp_path, farm_cache)
+    RUNS[(backend, path.name)] = result
     leaks = [line for line in log.splitlines() if line.startswith("LEAK")]
     assert not leaks, f"{path.name} got through: {leaks}"
     assert result.status == status, f"{result.status}: {result.reason}\n{result.log_tail}"
@@ -83,3 +91,21 @@ def test_a_hostile_candidate_earns_no_score_it_did_not_train_for(backend, path, 
         assert result.facts.candidate_uid is not None and result.facts.candidate_uid >= 200_000
     elif backend != "runner":
         assert result.facts.candidate_uid == 65534  # the verdict came from a runner the candidate could not touch
+
+
+@pytest.mark.parametrize("backend", ["runner", "process", "docker", "kubernetes"])
+def test_replicates_of_a_pinned_seed_are_one_run_not_independent_measurements(backend, tmp_path, farm_cache) -> None:
+    """pinned_replicates.py on two seeds: two ok runs with different weights digests (a one-ulp nudge), which the
+    farm's independence check (the driver's, live and on resume) finds to be one run by what they predict."""
+    path = Path(__file__).parent / "hostile" / "pinned_replicates.py"
+    first = RUNS.get((backend, path.name)) or run_backend(backend, path, tmp_path / "seed0", farm_cache)[0]
+    second, _ = run_backend(backend, path, tmp_path / "seed1", farm_cache, seed=1)
+    assert first.status == second.status == Status.OK, second.reason
+    assert (first.seed, second.seed) == (0, 1)
+    assert first.facts.weights_sha256 != second.facts.weights_sha256  # a digest alone would take them for two runs
+    train_sha = sha(path.read_text())
+    rows = [LedgerRow.from_result(eid, r, train_sha=train_sha) for eid, r in (("e0001", first), ("e0002", second))]
+    check = IndependenceCheck(get_profile("cpu-smoke").replicate_min_distance)
+    assert check.same_run(rows[0]) is None
+    reason = check.same_run(rows[1])
+    assert reason and "predicts what e0001 (seed 0)" in reason

@@ -170,3 +170,22 @@ def test_warmup_is_free_only_within_the_compile_allowance() -> None:
     assert clock.seconds(65.0) == pytest.approx(60.0)
     clock.pause(65.0)
     assert clock.charged == pytest.approx(60.0) and clock.started_at == 5.0
+
+
+@pytest.mark.parametrize("kind", ["wall", "robust"])
+def test_setup_is_free_only_within_the_setup_allowance(kind: str) -> None:
+    """train.py's start-up (hello to first batch) is free for setup_allowance; beyond it every second is charged,
+    stalls included, and the warm-up that follows is no longer free."""
+    clock = TrainingClock(kind, warmup_batches=2, stall_factor=3.0, compile_allowance=5.0, setup_allowance=2.0)
+    clock.hello(10.0)
+    assert clock.seconds(11.5) == 0.0
+    assert clock.seconds(22.0) == pytest.approx(10.0)  # charged from 12.0, while no batch is drawn
+    clock.tick(22.0)
+    assert clock.setup_overrun == pytest.approx(10.0) and clock.first_batch_at == 22.0
+    clock.tick(23.0)  # would have been warm-up: it is charged, the run already overran
+    assert clock.seconds(23.0) == pytest.approx(11.0)
+    honest = TrainingClock(kind, warmup_batches=2, stall_factor=3.0, compile_allowance=5.0, setup_allowance=2.0)
+    honest.hello(10.0)
+    for t in (11.0, 11.5, 12.0, 13.0):  # set-up and warm-up within their allowances
+        honest.tick(t)
+    assert honest.setup_overrun == 0.0 and honest.seconds(13.0) == pytest.approx(1.5)  # from the 2nd batch

@@ -1,5 +1,6 @@
 """Class 4, training that escapes the clock: draw one batch, then train on data packed from the training shards
-itself for four budgets, sending batch events with made-up timestamps; then hand over.
+itself (where it can read them; else on the batch it drew) for four budgets, sending batch events with made-up
+timestamps; then hand over.
 
 Expect: invalid | budget
 """
@@ -34,11 +35,14 @@ class Bigram(nn.Module):
 
 model = Bigram()
 opt = torch.optim.SGD(model.parameters(), lr=20.0)
-next(make_dataloader(tokenizer, 8, MAX_SEQ_LEN, "train"))  # the clock's only sight of training
+first, _, _ = next(make_dataloader(tokenizer, 8, MAX_SEQ_LEN, "train"))  # the clock's only sight of training
 texts = []
 for path in sorted(glob.glob(os.path.join(DATA_DIR, "shard_00000.parquet"))):
-    texts += pq.read_table(path).column("text").to_pylist()
-ids = torch.tensor([t for doc in tokenizer.encode(texts) for t in doc][: 200_000])
+    try:
+        texts += pq.read_table(path).column("text").to_pylist()
+    except OSError:
+        pass  # sealed: the runner's user alone reads the shards
+ids = torch.tensor([t for doc in tokenizer.encode(texts) for t in doc][: 200_000]) if texts else first.reshape(-1)
 end = time.monotonic() + 4 * TIME_BUDGET
 step = 0
 while time.monotonic() < end:

@@ -1,6 +1,6 @@
 """Class 5, validation data within reach: look for the validation text in the cache, through the loader, in
-Python's own pydoc_data (the CPU profiles' source), and anywhere else on the file system; then train honestly.
-Each success prints a LEAK line.
+Python's own pydoc_data (the CPU profiles' source), then train honestly, and once the model is handed over search
+the whole file system for it. Each success prints a LEAK line.
 
 Expect: ok
 Needs: separation
@@ -35,14 +35,6 @@ attempt("read the validation shard", lambda: open(os.path.join(DATA_DIR, VAL_FIL
 attempt("import pydoc_data.topics", lambda: __import__("pydoc_data.topics"))
 tokenizer = Tokenizer.from_directory()
 attempt("the val loader", lambda: next(make_dataloader(tokenizer, 1, MAX_SEQ_LEN, "val")))
-found = []
-for top in ("/tmp", "/run", "/cache", "/out", "/root", "/home", "/work", "/opt", "/srv", "/var", "/usr", "/mnt"):
-    for root, _dirs, files in os.walk(top):  # links are not followed
-        found += [os.path.join(root, n) for n in files if n == VAL_FILENAME
-                  or (n == "topics.py" and root.endswith("pydoc_data"))]
-for path in found[:50]:
-    attempt(f"read {path}", lambda p=path: open(p, "rb").read(16))
-
 torch.manual_seed(0)
 V = tokenizer.get_vocab_size()
 
@@ -69,5 +61,14 @@ while training_seconds() < TIME_BUDGET:
     loss.backward()
     opt.step()
 val_bpb = evaluate_bpb(model, tokenizer, 8)
+# The long search of the file system comes after the hand-over, where it is not charged (before the first batch
+# it would be: a set-up of seconds is training time past its allowance). What it finds is what it could have used.
+found = []
+for top in ("/tmp", "/run", "/cache", "/out", "/root", "/home", "/work", "/opt", "/srv", "/var", "/usr", "/mnt"):
+    for root, _dirs, files in os.walk(top):  # links are not followed
+        found += [os.path.join(root, n) for n in files if n == VAL_FILENAME
+                  or (n == "topics.py" and root.endswith("pydoc_data"))]
+for path in found[:50]:
+    attempt(f"read {path}", lambda p=path: open(p, "rb").read(16))
 print("---")
 print(f"val_bpb:          {val_bpb:.6f}")
