@@ -3,7 +3,7 @@
 "use strict";
 
 (function () {
-  const { get, el, link, expUrl, num, time, clear, fillSelect, watch, plotConfig } = window.farm;
+  const { get, first, el, link, expUrl, num, time, clear, fillSelect, watch, plotConfig } = window.farm;
   const KIND_COLORS = { baseline: "#7f8c8d", candidate: "#2f6fde", confirm: "#8e44ad", merge: "#e67e22" };
   const table = { sort: "queued_ts", order: "desc", offset: 0, limit: 100 };
   const form = document.getElementById("runs-filter");
@@ -12,12 +12,35 @@
     document.getElementById(id).textContent = text;
   }
 
+  // SVG markers cost ~0.1-0.3 ms each to draw (the basic bundle has no WebGL trace): past DRAWN markers the chart
+  // first shows a sample that keeps what a reader looks for (each kind's lowest half, and an even spread of the
+  // rest), and "draw every point" draws them all. Lines (main, best so far) always use every run.
+  const DRAWN = 800;
+  let everyPoint = false;
+
+  function sample(idx, budget, val) {
+    if (idx.length <= budget) return idx;
+    const low = idx.slice().sort((a, b) => val[a] - val[b]).slice(0, Math.floor(budget / 2));
+    const keep = new Set(low);
+    const rest = idx.filter((i) => !keep.has(i));
+    const stride = rest.length / (budget - low.length);
+    for (let k = 0; k < budget - low.length; k++) keep.add(rest[Math.floor(k * stride)]);
+    return idx.filter((i) => keep.has(i));
+  }
+
   function drawProgress(o) {
     const traces = [];
     const kinds = [...new Set(o.points.kind)];
     const type = "scatter"; // the vendored plotly.js-basic bundle has no WebGL traces (a quarter of the size)
+    const total = o.points.t.length;
+    const thin = !everyPoint && total > DRAWN;
+    const button = document.getElementById("all-points");
+    button.hidden = !thin;
+    button.textContent = "draw every point (" + total.toLocaleString() + ")";
+    document.getElementById("points-note").textContent = thin ? DRAWN.toLocaleString() + " of " + total.toLocaleString() + " runs drawn: each kind's best half and a spread of the rest" : "";
     for (const kind of kinds) {
-      const idx = o.points.kind.map((k, i) => (k === kind ? i : -1)).filter((i) => i >= 0);
+      let idx = o.points.kind.map((k, i) => (k === kind ? i : -1)).filter((i) => i >= 0);
+      if (thin) idx = sample(idx, Math.max(50, Math.round((DRAWN * idx.length) / total)), o.points.val_bpb);
       traces.push({
         type: type, mode: "markers", name: kind,
         x: idx.map((i) => new Date(o.points.t[i] * 1000)), y: idx.map((i) => o.points.val_bpb[i]),
@@ -67,8 +90,8 @@
       plotConfig());
   }
 
-  async function loadOverview() {
-    const o = await get("/api/overview");
+  async function loadOverview(version) {
+    const o = await first("/api/overview", version);
     card("c-experiments", o.experiments);
     card("c-main", num(o.main_val_bpb));
     card("c-noise", o.noise_sd === null ? "noise not measured yet" : "noise sd " + num(o.noise_sd));
@@ -90,7 +113,7 @@
     }
   }
 
-  async function loadRuns() {
+  async function loadRuns(version) {
     const params = new URLSearchParams();
     for (const name of ["status", "kind", "agent", "verdict", "q"]) {
       const v = form.elements[name].value;
@@ -100,7 +123,7 @@
     params.set("order", table.order);
     params.set("offset", table.offset);
     params.set("limit", table.limit);
-    const page = await get("/api/runs?" + params.toString());
+    const page = await first("/api/runs?" + params.toString(), version);
     const body = document.querySelector("#runs tbody");
     clear(body);
     for (const r of page.rows) {
@@ -130,6 +153,10 @@
     }
   }
 
+  document.getElementById("all-points").addEventListener("click", async () => {
+    everyPoint = true;
+    drawProgress(await get("/api/overview"));
+  });
   form.addEventListener("change", () => { table.offset = 0; loadRuns(); });
   form.addEventListener("input", (ev) => { if (ev.target.name === "q") { table.offset = 0; loadRuns(); } });
   form.addEventListener("submit", (ev) => ev.preventDefault());
@@ -145,5 +172,5 @@
   document.getElementById("runs-prev").addEventListener("click", () => { table.offset = Math.max(0, table.offset - table.limit); loadRuns(); });
   document.getElementById("runs-next").addEventListener("click", () => { table.offset += table.limit; loadRuns(); });
 
-  watch(async () => { await Promise.all([loadOverview(), loadRuns()]); });
+  watch(async (version) => { await Promise.all([loadOverview(version), loadRuns(version)]); });
 })();
