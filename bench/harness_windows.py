@@ -37,11 +37,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainer.data import prepare_profile  # noqa: E402
+from trainer.data import BOS_TOKEN, prepare_profile  # noqa: E402
 from trainer.feeder import FRAME, Feeder, enlarge_pipe  # noqa: E402
 from trainer.profiles import cache_dir, get_profile  # noqa: E402
 from trainer.result import prediction_distance  # noqa: E402
 from trainer.seed import seed_source  # noqa: E402
+from trainer.textdata import Tokenizer, documents, packed_rows, split_files  # noqa: E402
 
 PIN = "torch._C.default_generator.manual_seed(SEED)  # pinned past the harness's offset (the bench's attacker)"
 
@@ -58,8 +59,9 @@ def run_once(checkout: Path, train_py: Path, profile: str, seed: int, out: Path)
                 fingerprint=f.get("fingerprint"))
 
 
-def feeder_rate(profile_name: str, B: int, T: int, batches: int) -> float:
-    """Tokens per second the feeder serves to a reader that reads each batch straight into a tensor."""
+def feeder_rate(profile_name: str, B: int, T: int, batches: int) -> tuple[float, float]:
+    """(tokens per second the feeder serves, CPU milliseconds per batch of the reader): the reader reads each batch
+    straight into a tensor, as the candidate's make_dataloader does."""
     profile = get_profile(profile_name)
     r, w = os.pipe()
     enlarge_pipe(w)
@@ -76,15 +78,29 @@ def feeder_rate(profile_name: str, B: int, T: int, batches: int) -> float:
     feeder.grant(B, T)
     read_exact(memoryview(header))  # the first batch opens the shards: not timed
     read_exact(view)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     for _ in range(batches):
         feeder.grant(B, T)
         read_exact(memoryview(header))
         read_exact(view)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu
     feeder.close()
     os.close(r)
-    return batches * B * T / elapsed
+    return batches * B * T / elapsed, 1e3 * cpu / batches
+
+
+def in_process_cost(profile_name: str, B: int, T: int, batches: int) -> float:
+    """CPU milliseconds per batch of the loader as it was, in train.py's own process: pack the rows, build the
+    tensors (what the candidate paid before the feeder took the packing over)."""
+    profile = get_profile(profile_name)
+    tokenizer = Tokenizer.load(profile.tokenizer_dir(cache_dir()), BOS_TOKEN, profile.name)
+    rows = packed_rows(tokenizer, T, documents(split_files(profile, cache_dir(), "train"), []))
+    next(rows)
+    cpu = time.thread_time()
+    for _ in range(batches):
+        data = torch.tensor([next(rows)[0] for _ in range(B)], dtype=torch.long)
+        data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    return 1e3 * (time.thread_time() - cpu) / batches
 
 
 def summary(values: list[float]) -> str:
@@ -117,6 +133,7 @@ def main() -> int:
     pinned_py = work / "pinned.py"
     pinned_py.write_text(seed_source(profile).replace("torch.manual_seed(SEED)\n", PIN + "\n", 1))
     assert PIN in pinned_py.read_text(), "the seed no longer seeds with torch.manual_seed(SEED)"
+    load_before = os.getloadavg()
     records: dict[str, list[dict]] = {"honest": [], "pinned": [], "baseline": []}
     for seed in range(args.repeats):
         todo = [("honest", REPO, seed_py), ("pinned", REPO, pinned_py)]
@@ -127,12 +144,21 @@ def main() -> int:
             records[kind].append(rec)
             print(f"{kind} seed {seed}: {rec['status']} val_bpb {rec['val_bpb']} set-up {rec['setup']} warm-up "
                   f"{rec['warmup']} start-up {rec['startup']} tokens/s {rec['tokens_per_s']}", flush=True)
-    rate = feeder_rate(profile.name, 128, 2048, 40)
-    print(f"feeder: {rate / 1e6:.2f} M tokens/s at 128 x 2048", flush=True)
+    shapes = {"the seed's batch": (profile.seed_constants.get("DEVICE_BATCH_SIZE", 128), profile.max_seq_len),
+              "upstream's GPU batch": (128, 2048)}
+    loader = {}
+    for name, (B, T) in shapes.items():
+        n = max(20, 2_000_000 // (B * T))
+        rate, read_ms = feeder_rate(profile.name, B, T, n)
+        loader[name] = dict(B=B, T=T, feeder_tokens_per_s=rate, read_ms=read_ms,
+                            in_process_ms=in_process_cost(profile.name, B, T, n))
+        print(f"loader {name} {B} x {T}: {loader[name]}", flush=True)
+    rate = loader["upstream's GPU batch"]["feeder_tokens_per_s"]
     honest_d, pinned_d = distances(records["honest"]), distances(records["pinned"])
+    load = f"load average {load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(
-        dict(profile=profile.name, records=records, feeder_tokens_per_s=rate, honest_distances=honest_d,
+        dict(profile=profile.name, records=records, loader=loader, honest_distances=honest_d,
              pinned_distances=pinned_d), indent=1) + "\n")
     honest = records["honest"]
     lines = [
@@ -140,7 +166,7 @@ def main() -> int:
         "",
         f"`.venv/bin/python bench/harness_windows.py --profile {profile.name} --repeats {args.repeats}"
         + (" --baseline-checkout DIR" if args.baseline_checkout else "") + "` on the project's 2-core machine, one"
-        " run at a time, through the bare runner (records: the .json beside this file).",
+        f" run at a time, through the bare runner ({load}; records: the .json beside this file).",
         "",
         "| seconds | the seed (honest, seeds 0..n-1) | allowance |",
         "|---|---|---|",
@@ -165,7 +191,13 @@ def main() -> int:
     lines += [
         "",
         f"The feeder alone at upstream's GPU batch (128 x 2048 tokens), read into a tensor: "
-        f"**{rate / 1e6:.2f} M tokens/s** (upstream's H100 trains at ~1.7 M).",
+        f"**{rate / 1e6:.2f} M tokens/s** (upstream's H100 trains at ~1.7 M). What train.py's process pays per "
+        "batch (CPU time of the thread that draws it):",
+        "",
+        "| batch | the feeder's pipe, read into the tensor | packed in train.py's process (before) | feeder tokens/s |",
+        "|---|---|---|---|",
+        *[f"| {name}, {v['B']} x {v['T']} | {v['read_ms']:.3f} ms | {v['in_process_ms']:.3f} ms | "
+          f"{v['feeder_tokens_per_s'] / 1e6:.2f} M |" for name, v in loader.items()],
         "",
         "| RMS distance of log-probabilities (nats), pairs on different seeds | mean (sd, range) |",
         "|---|---|",

@@ -35,6 +35,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.clock import TrainingClock
@@ -311,34 +313,86 @@ def run(
     The candidate is this process's child (as ``candidate_uid`` when given), or, with ``exchange``, a process
     in another container that connects through that directory (trainer.exchange; ``pids`` caps its processes).
     Paths are made absolute first: the candidate and the evaluator run in other working directories, and a relative
-    ``out`` once made every run crash on a handover file it could not find.
+    ``out`` once made every run crash on a handover file it could not find. The steps, each its own function so that
+    each can be reviewed as the security code it is: prepare the directories, start the evaluator, launch the
+    candidate (here or in its pod container), watch it, and classify what the runner saw.
     """
     train_py, out = Path(train_py).absolute(), Path(out).absolute()
     exchange = Path(exchange).absolute() if exchange is not None else None
     scratch = Path(scratch).absolute() if scratch is not None else None
     compile_cache = Path(compile_cache).absolute() if compile_cache is not None else None
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     source = train_py.read_bytes() if train_py.is_file() else b""
-    base = dict(
-        profile=profile.name,
-        seed=seed,
-        time_budget=profile.time_budget,
-        started_at=started,
-        train_py_sha256=hashlib.sha256(source).hexdigest(),
-    )
-    missing = data_ready(profile, cache_dir())
-    if not train_py.is_file() or missing:
-        reason = (
-            f"no train.py at {train_py}"
-            if not train_py.is_file()
-            else (f"data not prepared ({', '.join(missing)}): run `farm prepare --profile {profile.name}`")
-        )
+    base = dict(profile=profile.name, seed=seed, time_budget=profile.time_budget, started_at=time.time(),
+                train_py_sha256=hashlib.sha256(source).hexdigest())
+
+    def farm_fault(reason: str) -> ExperimentResult:
         return _write(out, ExperimentResult(status=Status.ERROR, reason=reason, finished_at=time.time(), **base))
 
+    if reason := _cannot_start(train_py, profile):
+        return farm_fault(reason)
+    places = _prepare_dirs(out, scratch, exchange, compile_cache, candidate_uid)
+    env = _environment(profile)
+    evaluator = _start_evaluator(profile, out, places.trusted, env)
+    if evaluator is None:
+        return farm_fault("the trusted evaluator did not start (see eval.log in the run's out dir)")
+    handover = places.work / HANDOVER_FILE
+    candidate_env = dict(env, FARM_SEED=str(seed), FARM_HANDOVER=str(handover))
+    if compile_cache is not None:
+        candidate_env.update(TORCHINDUCTOR_CACHE_DIR=str(places.compiled / "inductor"),
+                             TRITON_CACHE_DIR=str(places.compiled / "triton"))
+    argv = [sys.executable, "-m", "trainer.candidate", str(train_py.resolve())]
+    try:
+        if exchange is None:
+            cand = _launch_here(argv, candidate_env, places.work, candidate_uid)
+        else:
+            cand = _launch_in_pod(exchange, argv, candidate_env, places.work, pids, profile.startup_allowance)
+    except (LauncherError, OSError) as exc:
+        _stop_evaluator(evaluator)
+        return farm_fault(str(exc))
+    watched = _watch(cand, profile, wall_limit or profile.wall_limit, evaluator, handover, places, out)
+    if publish_compile_cache and watched.status == Status.OK and compile_cache is not None:
+        _publish(places.compiled, out / PUBLISHED_CACHE)  # the host merges it into the shared cache (main's runs only)
+    if exchange is not None:
+        cand.proc.close()
+    elif cand.uid is not None:
+        _give_back(out, places.owner, places.work if scratch is None else None)
+    facts = watched.obs.facts
+    return _write(out, ExperimentResult(
+        status=watched.status, reason=watched.reason, val_bpb=facts.val_bpb if watched.status == Status.OK else None,
+        facts=facts, summary=watched.summary, exit_code=watched.rc, log_tail=watched.log_tail,
+        log_bytes=watched.log_bytes, device=watched.device, finished_at=time.time(), **base,
+    ))
+
+
+def _cannot_start(train_py: Path, profile: Profile) -> str:
+    """Why this run cannot start through no fault of the candidate (the farm's: status error), or ""."""
+    if not train_py.is_file():
+        return f"no train.py at {train_py}"
+    if missing := data_ready(profile, cache_dir()):
+        return f"data not prepared ({', '.join(missing)}): run `farm prepare --profile {profile.name}`"
+    return ""
+
+
+@dataclass(frozen=True)
+class _Places:
+    """Where one run's files live, made fresh for it."""
+
+    owner: os.stat_result  # the out dir's owner and mode, given back at the end
+    work: Path  # the candidate's working dir: the only place it may write (with its /tmp); its model lands here
+    trusted: Path  # the evaluator's: the copy of the model it scores
+    compiled: Path  # the candidate's private copy of the compile cache
+
+
+def _prepare_dirs(out: Path, scratch: Path | None, exchange: Path | None, compile_cache: Path | None,
+                  candidate_uid: int | None) -> _Places:
+    """The candidate's work dir and the evaluator's dir, each new, each open to its own side only.
+
+    The candidate's files and the copy of its model live on the sandbox's bounded scratch filesystem when there is
+    one (never on the host's disk), under a directory of the runner's that the candidate cannot rename; in a pod,
+    its work dir is in the exchange, inside a directory of the runner's it cannot write in.
+    """
     owner = out.stat()
-    # The candidate's files and the copy of its model live on the sandbox's bounded scratch filesystem when there
-    # is one (never on the host's disk), under a directory of the runner's that the candidate cannot rename.
     private = (scratch / "farm") if scratch is not None else out
     if scratch is not None:
         _remove(private)
@@ -348,7 +402,7 @@ def run(
     for path in (work, trusted) if exchange is None else (work.parent, trusted):
         _remove(path)
         path.mkdir(mode=0o700)
-    if exchange is not None:  # the candidate's work dir, in a directory of the runner's it cannot write in
+    if exchange is not None:
         work.parent.chmod(0o711)
         work.mkdir()
         work.chmod(0o777)
@@ -357,69 +411,116 @@ def run(
     if candidate_uid is not None and exchange is None:
         _chown_tree(work, candidate_uid, candidate_uid)
         out.chmod(0o711)  # the candidate may pass through to its work dir, never create anything here
-    limit = wall_limit or profile.wall_limit
+    return _Places(owner, work, trusted, compiled)
+
+
+def _environment(profile: Profile) -> dict[str, str]:
+    """What the evaluator and the candidate both run with: the profile, the cache, the thread count."""
     env = dict(os.environ, FARM_PROFILE=profile.name, FARM_CACHE=str(cache_dir()), PYTHONUNBUFFERED="1")
     if profile.torch_threads:
         env.update(OMP_NUM_THREADS=str(profile.torch_threads), MKL_NUM_THREADS=str(profile.torch_threads))
-    # The evaluator first: whatever the candidate later exhausts (processes, memory), its scorer already runs.
+    return env
+
+
+def _start_evaluator(profile: Profile, out: Path, trusted: Path, env: dict[str, str]) -> subprocess.Popen | None:
+    """The evaluator, started before the candidate and ready (torch imported): whatever the candidate later exhausts
+    (processes, memory), its scorer already runs. None if it did not get ready within the start-up allowance."""
     with open(out / "eval.log", "wb") as eval_log:
         evaluator = subprocess.Popen(
             [sys.executable, "-m", "trainer.evaluate", "--profile", profile.name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=eval_log, cwd=trusted, env=env,
             start_new_session=True,
         )
-    if not _ready(evaluator, profile.startup_allowance):
-        _kill_group(evaluator)
-        evaluator.wait()
-        reason = "the trusted evaluator did not start (see eval.log in the run's out dir)"
-        return _write(out, ExperimentResult(status=Status.ERROR, reason=reason, finished_at=time.time(), **base))
-    handover = work / HANDOVER_FILE
-    candidate_env = dict(env, FARM_SEED=str(seed), FARM_HANDOVER=str(handover))
-    if compile_cache is not None:
-        candidate_env.update(TORCHINDUCTOR_CACHE_DIR=str(compiled / "inductor"),
-                             TRITON_CACHE_DIR=str(compiled / "triton"))
-    argv = [sys.executable, "-m", "trainer.candidate", str(train_py.resolve())]
-    if exchange is None:
-        events_r, events_w = os.pipe()
-        reply_r, reply_w = os.pipe()
-        data_r, data_w = os.pipe()
-        enlarge_pipe(data_w)
-        candidate_env.update(FARM_EVENTS_FD=str(events_w), FARM_REPLY_FD=str(reply_r), FARM_DATA_FD=str(data_r))
-        spawned = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            pass_fds=(events_w, reply_r, data_r),
-            start_new_session=True,
-            cwd=work if candidate_uid is None else None,  # as another user it enters its work dir once it is that user
-            env=candidate_env,
-            preexec_fn=(lambda: _become(candidate_uid, work)) if candidate_uid is not None else _oom_first,
-        )
-        for fd in (events_w, reply_r, data_r):
-            os.close(fd)
-        kill = lambda: _kill_candidate(proc, candidate_uid)  # noqa: E731
-    else:
-        proc = PodCandidate(exchange)
-        try:
-            events_r, reply_w, data_w = proc.start(argv, candidate_env, work, pids, profile.startup_allowance)
-        except (LauncherError, OSError) as exc:
-            proc.close()
-            _kill_group(evaluator)
-            evaluator.wait()
-            return _write(out, ExperimentResult(status=Status.ERROR, reason=str(exc), finished_at=time.time(), **base))
-        spawned = time.monotonic()
-        candidate_uid = proc.peer_uid if proc.separated else None
-        kill = proc.kill
-    obs = Observer(profile, spawned, limit)
-    obs.facts.candidate_uid = candidate_uid
-    obs.feeder = feeder = Feeder(profile, cache_dir(), data_w)
+    if _ready(evaluator, profile.startup_allowance):
+        return evaluator
+    _stop_evaluator(evaluator)
+    return None
+
+
+def _stop_evaluator(evaluator: subprocess.Popen) -> None:
+    _kill_group(evaluator)
+    evaluator.wait()
+
+
+@dataclass
+class _Candidate:
+    """A started candidate: the runner's ends of its channels, and how to stop it."""
+
+    proc: subprocess.Popen | PodCandidate  # stdout, poll() and wait() alike
+    events_r: int  # its harness events, to read
+    reply_w: int  # evaluate_bpb's answer, to write
+    data_w: int  # its training batches, to write
+    spawned: float  # monotonic, when it started: the wall limit counts from here
+    kill: Callable[[], None]  # every process of the candidate
+    uid: int | None  # the user it runs as; None: the runner's own (not separated)
+
+
+def _launch_here(argv: list[str], env: dict[str, str], work: Path, uid: int | None) -> _Candidate:
+    """The candidate as this process's child: its own session, as ``uid`` when given (the sandboxes pass one and
+    start the runner as root), with a pipe per channel."""
+    events_r, events_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    data_r, data_w = os.pipe()
+    enlarge_pipe(data_w)
+    env = dict(env, FARM_EVENTS_FD=str(events_w), FARM_REPLY_FD=str(reply_r), FARM_DATA_FD=str(data_r))
+    spawned = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        pass_fds=(events_w, reply_r, data_r),
+        start_new_session=True,
+        cwd=work if uid is None else None,  # as another user it enters its work dir once it is that user
+        env=env,
+        preexec_fn=(lambda: _become(uid, work)) if uid is not None else _oom_first,
+    )
+    for fd in (events_w, reply_r, data_r):
+        os.close(fd)
+    return _Candidate(proc, events_r, reply_w, data_w, spawned, lambda: _kill_candidate(proc, uid), uid)
+
+
+def _launch_in_pod(exchange: Path, argv: list[str], env: dict[str, str], work: Path, pids: int | None,
+                   timeout: float) -> _Candidate:
+    """The candidate in its own container, started there by the launcher that connects through ``exchange``; its
+    user is what the kernel says of the launcher's connections. Raises LauncherError if it never connects."""
+    proc = PodCandidate(exchange)
+    try:
+        events_r, reply_w, data_w = proc.start(argv, env, work, pids, timeout)
+    except (LauncherError, OSError):
+        proc.close()
+        raise
+    uid = proc.peer_uid if proc.separated else None
+    return _Candidate(proc, events_r, reply_w, data_w, time.monotonic(), proc.kill, uid)
+
+
+@dataclass
+class _Watched:
+    """What the runner saw of one candidate, classified."""
+
+    obs: Observer
+    status: Status
+    reason: str
+    rc: int | None
+    summary: Summary
+    log_tail: str
+    log_bytes: int
+    device: str
+
+
+def _watch(cand: _Candidate, profile: Profile, limit: float, evaluator: subprocess.Popen, handover: Path,
+           places: _Places, out: Path) -> _Watched:
+    """Read the candidate's events, output and model while it runs; stop it at the first limit it hits; score a
+    model it handed over; then end every process and classify. The candidate is gone when this returns."""
+    obs = Observer(profile, cand.spawned, limit)
+    obs.facts.candidate_uid = cand.uid
+    obs.feeder = feeder = Feeder(profile, cache_dir(), cand.data_w)
     feeder.start()
     log = BoundedLog(out / LOG_FILE)
-    scorer = _Scorer(evaluator, obs, handover, trusted / HANDOVER_FILE, reply_w)
+    scorer = _Scorer(evaluator, obs, handover, places.trusted / HANDOVER_FILE, cand.reply_w)
+    proc = cand.proc
     threads = [
-        threading.Thread(target=obs.read, args=(events_r,), daemon=True),
+        threading.Thread(target=obs.read, args=(cand.events_r,), daemon=True),
         threading.Thread(
             target=lambda: [log.feed(c) for c in iter(lambda: proc.stdout.read1(65536), b"")], daemon=True
         ),
@@ -428,11 +529,11 @@ def run(
     for t in threads:
         t.start()
 
-    def watch(busy) -> str | None:
+    def until(busy: Callable[[], bool]) -> str | None:
         """Poll until ``busy()`` is false or a limit is hit; the limit's name."""
         while busy():
             now = time.monotonic()
-            if now - spawned > limit:
+            if now - cand.spawned > limit:
                 return "wall"
             if reason := obs.over_budget(now):
                 obs.killed_reason = reason
@@ -443,49 +544,29 @@ def run(
             time.sleep(0.1)
         return None
 
-    killed_for = watch(lambda: proc.poll() is None)
+    killed_for = until(lambda: proc.poll() is None)
     rc = proc.poll()
-    kill()  # anything it left behind, in its session or out of it
+    cand.kill()  # anything it left behind, in its session or out of it
     rc = proc.wait() if rc is None else rc
     threads[0].join(timeout=5)  # every event the candidate sent is read (its writers are gone)
     if killed_for is None:  # a model handed over is scored, even if its script did not wait for the answer
-        killed_for = watch(lambda: obs.handover_at is not None and not scorer.done.is_set())
+        killed_for = until(lambda: obs.handover_at is not None and not scorer.done.is_set())
     scorer.stop()
     feeder.close()
-    _kill_group(evaluator)
-    evaluator.wait()
+    _stop_evaluator(evaluator)
     for t in threads:
         t.join(timeout=5)
     feeder.thread.join(timeout=5)  # its reader is gone: a blocked write has failed
     if not feeder.thread.is_alive():
-        os.close(data_w)
+        os.close(cand.data_w)
     log_tail = log.close()
     summary = parse_summary(log_tail)
     status, reason = classify(obs, rc, killed_for, log_tail, summary, scorer.verdict)
     facts = obs.facts
-    facts.total_seconds = time.monotonic() - spawned
+    facts.total_seconds = time.monotonic() - cand.spawned
     if facts.peak_memory_mb is None:
         facts.peak_memory_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    if publish_compile_cache and status == Status.OK and compile_cache is not None:
-        _publish(compiled, out / PUBLISHED_CACHE)  # the host merges it into the shared cache (main's runs only)
-    if exchange is not None:
-        proc.close()
-    elif candidate_uid is not None:
-        _give_back(out, owner, work if scratch is None else None)
-    result = ExperimentResult(
-        status=status,
-        reason=reason,
-        val_bpb=facts.val_bpb if status == Status.OK else None,
-        facts=facts,
-        summary=summary,
-        exit_code=rc,
-        log_tail=log_tail,
-        log_bytes=log.total,
-        device=scorer.device,
-        finished_at=time.time(),
-        **base,
-    )
-    return _write(out, result)
+    return _Watched(obs, status, reason, rc, summary, log_tail, log.total, scorer.device)
 
 
 class _Scorer:
