@@ -345,7 +345,7 @@ def history_run(path: Path) -> dict:
         LedgerRow(experiment_id="e0012", event="verdict", ts=191.0, verdict="promote", commit=main12, train_sha="m12",
                   reason="main <- abc: 2.4400 (n=1) vs main 2.5000 (n=2) on cpu: -0.0600 beats the fast track 0.0300"),
         LedgerRow(experiment_id="e0013", event="queued", ts=195.0, kind="candidate", commit=c13, parent_commit=main12,
-                  train_sha="c13", agent="mutate-0", description="change e0013", status="queued"),
+                  train_sha="c13", agent="mutate-0", description='=HYPERLINK("http://x.example")', status="queued"),
     ]  # fmt: skip
     with Ledger(path / "ledger") as ledger:
         ledger.append(rows)
@@ -503,6 +503,43 @@ def test_charts_keep_their_labels_inside_and_apart_at_1000_px(history, browser) 
         assert "lower is lower" not in browser.find_element(By.ID, "info").text
     finally:
         browser.set_window_size(size["width"], size["height"])
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
+def test_runs_table_columns_filters_and_sort_live_in_the_url_and_export_as_csv(history, browser) -> None:
+    """Issue 29 part 3: columns to choose (replicate mean, difference from main as judged, seed), filters and sort
+    in a shareable URL, CSV of every matching row (agent text that a spreadsheet would run is defused), and
+    promotion markers on the progress chart."""
+    import csv
+    import io
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    _, url = history
+    open_page(browser, url + "/?status=ok&kind=candidate&sort=mean_val_bpb&order=asc&cols=mean_val_bpb,delta,seed")
+    heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#runs thead th")]
+    assert "mean of runs (n)" in heads and "Δ vs main (judged)" in heads and "seed" in heads
+    rows = lambda: [tr.get_attribute("data-id") for tr in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")]
+    wait_until(lambda: rows() == ["e0011", "e0006", "e0003", "e0007"], "ok candidates by replicate mean")
+    mean = heads.index("mean of runs (n)")
+    cells = [tr.find_elements(By.TAG_NAME, "td")[mean].text for tr in browser.find_elements(By.CSS_SELECTOR,
+                                                                                             "#runs tbody tr")]
+    assert cells[1] == "2.5100 (2)"  # e0006: its run and its confirmation
+    assert Select(browser.find_element(By.NAME, "status")).first_selected_option.get_attribute("value") == "ok"
+    Select(browser.find_element(By.NAME, "kind")).select_by_value("")
+    wait_until(lambda: "kind=" not in browser.current_url and "status=ok" in browser.current_url, "the URL to follow")
+    href = browser.find_element(By.ID, "runs-csv").get_attribute("href")
+    assert "status=ok" in href and "offset" not in href
+    status, headers, body = get(href)
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    table = list(csv.DictReader(io.StringIO(body.decode())))
+    assert {r["status"] for r in table} == {"ok"} and len(table) == 9
+    every = {r["experiment_id"]: r for r in csv.DictReader(io.StringIO(get(url + "/api/runs.csv")[2].decode()))}
+    assert every["e0013"]["description"] == "'=HYPERLINK(\"http://x.example\")" and every["e0006"]["n_runs"] == "2"
+    marks = browser.execute_script("return document.getElementById('chart-progress').data"
+                                   ".filter(t => (t.name || '').startsWith('promotion')).map(t => t.customdata)")
+    assert marks == [["e0006", "e0012"]]
     assert pwned(browser) is None and csp_reports(browser) == []
 
 

@@ -12,7 +12,9 @@ through DNS rebinding).
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import ipaddress
 import re
 import threading
@@ -23,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from cluster.ui import lineage
 from cluster.ui.assets import IMMUTABLE, Assets, accepts_gzip
-from cluster.ui.model import FILTERABLE, RunModel, RunState, run_status, to_json
+from cluster.ui.model import FILTERABLE, TABLE_FIELDS, RunModel, RunState, run_status, to_json
 from cluster.ui.safe_files import UnsafeFile, read_tail
 
 # plotly.js and cytoscape.js each add a <style> element of their own (fixed text); those exact texts are allowed
@@ -41,7 +43,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # the repo's rule for experiment ids
 PACKAGE = Path(__file__).resolve().parent
 COMPRESS_ABOVE = 1024  # bytes: smaller answers are not worth a gzip header
-_COMPRESSIBLE = ("application/json", "text/html")
+_COMPRESSIBLE = ("application/json", "text/html", "text/csv")
 
 
 def diff_lines(diff: str) -> list[tuple[str, str]]:
@@ -69,6 +71,14 @@ def show_value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.6g}" if abs(value) >= 1e4 or value != value else f"{value:.6f}".rstrip("0").rstrip(".")
     return str(value)
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run: agent-written text starting with ``= + - @`` (or a tab or CR)
+    would be read as a formula (CSV injection), so it gets a leading apostrophe. Numbers are left as they are."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
 
 
 def safe_url(url: str | None) -> str | None:
@@ -202,6 +212,21 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
         return _json(model.state().runs(filters, args.get("q", "")[:200], args.get("sort", "queued_ts"),
                                         args.get("order", "desc") == "desc", _int(args.get("offset"), 0),
                                         _int(args.get("limit"), 100)))
+
+    @app.get("/api/runs.csv")
+    def api_runs_csv() -> Response:
+        """Every row the table's filters and sort select (not one page), for a spreadsheet or pandas."""
+        args = request.args
+        table = model.state().select({name: args.get(name, "") for name in FILTERABLE}, args.get("q", "")[:200],
+                                     args.get("sort", "queued_ts"), args.get("order", "desc") == "desc")
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(TABLE_FIELDS)
+        for row in table.select(list(TABLE_FIELDS)).to_pylist():
+            writer.writerow([csv_cell(row[name]) for name in TABLE_FIELDS])
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", model.run_dir.resolve().name)[:80] or "run"
+        return Response(out.getvalue(), mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{name}-runs.csv"'})
 
     @app.get("/api/lineage")
     def api_lineage() -> Response:

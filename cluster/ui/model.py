@@ -33,7 +33,12 @@ STATUS_FILE = "status.json"
 # The driver rewrites status.json at least every ~5 s while its loop runs (cluster/driver.py): one this old, with
 # a stop reason but work still in flight, is the last word of a driver that was stopped hard.
 STATUS_STALE_SECONDS = 60.0
-SORTABLE = ("experiment_id", "kind", "status", "agent", "verdict", "val_bpb", "queued_ts", "finished_at", "cost_usd")
+SORTABLE = ("experiment_id", "kind", "status", "agent", "verdict", "val_bpb", "queued_ts", "finished_at", "cost_usd",
+            "mean_val_bpb", "n_runs", "delta", "seed", "gpu_class")
+# The runs table's columns (the page picks which to show; the CSV has them all), in order
+TABLE_FIELDS = ("experiment_id", "kind", "status", "agent", "description", "val_bpb", "mean_val_bpb", "n_runs",
+                "delta", "verdict", "seed", "gpu_class", "queued_ts", "finished_at", "cost_usd", "replicate_of")
+_DELTA_RE = re.compile(r"vs main -?\d+(?:\.\d+)? \(n=\d+\)(?: on \S+?)?: ([+-]\d+(?:\.\d+)?)")
 FILTERABLE = ("status", "kind", "agent", "verdict")
 MAX_PAGE = 500
 _MARGIN_RE = re.compile(r"margin (-?\d+(?:\.\d+)?)")
@@ -205,6 +210,7 @@ class RunState:
             "by_status": dict(sorted(counts.items())),
             "by_kind": dict(sorted(kinds.items())),
             "promotions": len(self.promoted),
+            "promoted": self.promotion_marks,
             "best_val_bpb": best_val,
             "main_val_bpb": main_level[-1]["mean"] if main_level else None,
             "noise_sd": main_level[-1]["sd"] if main_level else None,
@@ -212,6 +218,19 @@ class RunState:
             "spend": self.spend,
             "filters": self.filter_values,
         })  # fmt: skip
+
+    @cached_property
+    def promotion_marks(self) -> dict:
+        """Where main moved, for markers on the progress chart: each promotion's time, id and main's level just
+        after it (the mean the chart's main line steps to)."""
+        level = self.main_line.level
+        out: dict[str, list] = {"t": [], "id": [], "val_bpb": []}
+        for t, eid in self.main_line.promotions:
+            after = next((p["mean"] for p in level if p["t"] >= t), level[-1]["mean"] if level else None)
+            out["t"].append(t)
+            out["id"].append(eid)
+            out["val_bpb"].append(after)
+        return out
 
     @cached_property
     def gpu_duty(self) -> dict:
@@ -248,9 +267,28 @@ class RunState:
 
     # -- the runs table ----------------------------------------------------------------------
 
-    def runs(self, filters: dict[str, str], q: str, sort: str, descending: bool, offset: int, limit: int) -> bytes:
-        """One page of the runs table, filtered and sorted on the whole run (not only the page)."""
-        table = self.latest
+    @cached_property
+    def table(self) -> pa.Table:
+        """The latest table plus what a researcher sorts by: each change's replicate mean and run count (its own
+        run and its confirmations: what its verdict weighs) and the difference from main its verdict judged."""
+        c = self.cols
+        runs: dict[str, list[float]] = {}
+        for e, r, st, v in zip(c["experiment_id"], c["replicate_of"], c["status"], c["val_bpb"], strict=True):
+            if st == "ok" and v is not None:
+                runs.setdefault(r or e, []).append(v)
+        means = [sum(runs[e]) / len(runs[e]) if e in runs else None for e in c["experiment_id"]]
+        counts = [len(runs.get(e, ())) for e in c["experiment_id"]]
+        deltas = []
+        for reason, verdict in zip(c["reason"], c["verdict"], strict=True):
+            m = _DELTA_RE.search(reason or "") if verdict else None
+            deltas.append(float(m.group(1)) if m else None)
+        return (self.latest.append_column("mean_val_bpb", pa.array(means, pa.float64()))
+                .append_column("n_runs", pa.array(counts, pa.int64()))
+                .append_column("delta", pa.array(deltas, pa.float64())))
+
+    def select(self, filters: dict[str, str], q: str, sort: str, descending: bool) -> pa.Table:
+        """The runs table filtered (exact values, ``-`` for none; text in id or description) and sorted, whole."""
+        table = self.table
         mask = None
         for name, value in filters.items():
             if name in FILTERABLE and value:
@@ -264,12 +302,14 @@ class RunState:
             table = table.filter(pc.fill_null(mask, False))
         sort = sort if sort in SORTABLE else "queued_ts"
         order = "descending" if descending else "ascending"
-        table = table.sort_by([(sort, order), ("queued_ts", order)])  # nulls last either way
+        return table.sort_by([(sort, order), ("queued_ts", order)])  # nulls last either way
+
+    def runs(self, filters: dict[str, str], q: str, sort: str, descending: bool, offset: int, limit: int) -> bytes:
+        """One page of the runs table, filtered and sorted on the whole run (not only the page)."""
+        table = self.select(filters, q, sort, descending)
         limit = max(1, min(limit, MAX_PAGE))
         page = table.slice(max(0, offset), limit)
-        fields = ["experiment_id", "kind", "status", "agent", "description", "val_bpb", "verdict", "queued_ts",
-                  "finished_at", "cost_usd", "replicate_of"]
-        rows = page.select(fields).to_pylist()
+        rows = page.select(list(TABLE_FIELDS)).to_pylist()
         for r in rows:
             r["description"] = (r["description"] or "")[:300]
         return to_json({"version": self.version, "total": table.num_rows, "offset": offset, "rows": rows})

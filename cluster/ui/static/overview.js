@@ -64,6 +64,15 @@
       type: "scatter", mode: "lines", name: "main (mean of its runs)", x: mt, y: o.main.mean,
       line: { shape: "hv", color: "#27ae60", width: 3 }, hovertemplate: "main %{y:.4f}<extra></extra>",
     });
+    if (o.promoted && o.promoted.t.length) {
+      traces.push({
+        type: "scatter", mode: "markers+text", name: "promotion (main moved)", x: o.promoted.t.map((t) => new Date(t * 1000)),
+        y: o.promoted.val_bpb, text: o.promoted.id, customdata: o.promoted.id, textposition: "bottom center",
+        textfont: { size: 10, color: "#1e8449" }, cliponaxis: false,
+        marker: { symbol: "star", size: 13, color: "#27ae60", line: { color: "#145a32", width: 1 } },
+        hovertemplate: "%{customdata}: main → %{y:.4f}<extra>promotion</extra>",
+      });
+    }
     const layout = {
       margin: { t: 30, r: 10, b: 10, l: 10 }, yaxis: { title: { text: "val_bpb" }, automargin: true },
       xaxis: { automargin: true }, legend: { orientation: "h", y: -0.12, yanchor: "top" }, uirevision: "keep",
@@ -102,6 +111,7 @@
     card("c-spend", "$" + num(o.spend.cost_usd, 4));
     card("c-spend-s", o.spend.tokens_in + " tokens in, " + o.spend.tokens_out + " out");
     for (const name of ["status", "kind", "agent", "verdict"]) fillSelect(form.elements[name], o.filters[name]);
+    keepSelected();
     drawProgress(o);
     drawStatus(o);
     const body = document.querySelector("#spend tbody");
@@ -113,33 +123,128 @@
     }
   }
 
+  // The runs table's columns: a reader picks which (the choice, the filters and the sort live in the page's URL,
+  // so a view can be shared); the CSV link exports every row the filters select, with every column.
+  const signed = (v) => (v === null || v === undefined ? "" : (v > 0 ? "+" : "") + num(v));
+  const COLUMNS = [
+    { key: "experiment_id", label: "id", fixed: true, cell: (r) => link(expUrl(r.experiment_id), r.experiment_id) },
+    { key: "kind", label: "kind", cell: (r) => r.kind },
+    { key: "status", label: "status", cell: (r) => r.status },
+    { key: "val_bpb", label: "val_bpb", num: true, cell: (r) => num(r.val_bpb) },
+    { key: "mean_val_bpb", label: "mean of runs (n)", num: true, extra: true,
+      cell: (r) => (r.mean_val_bpb === null ? "" : num(r.mean_val_bpb) + " (" + r.n_runs + ")") },
+    { key: "delta", label: "Δ vs main (judged)", num: true, extra: true, cell: (r) => signed(r.delta) },
+    { key: "verdict", label: "verdict", cell: (r) => r.verdict },
+    { key: "agent", label: "agent", cell: (r) => r.agent },
+    { key: "description", label: "description", nosort: true, cls: "desc", cell: (r) => r.description },
+    { key: "seed", label: "seed", num: true, extra: true, cell: (r) => r.seed },
+    { key: "gpu_class", label: "GPU class", extra: true, cell: (r) => r.gpu_class },
+    { key: "queued_ts", label: "queued", extra: true, cell: (r) => time(r.queued_ts) },
+    { key: "finished_at", label: "finished", cell: (r) => time(r.finished_at) },
+    { key: "cost_usd", label: "cost", num: true, cell: (r) => (r.cost_usd ? "$" + num(r.cost_usd, 4) : "") },
+  ];
+  const DEFAULT_COLS = COLUMNS.filter((c) => !c.extra).map((c) => c.key);
+  const FILTERS = ["status", "kind", "agent", "verdict", "q"];
+  const state = (function () {
+    const url = new URLSearchParams(window.location.search);
+    const st = { sort: url.get("sort") || "queued_ts", order: url.get("order") === "asc" ? "asc" : "desc",
+      offset: Math.max(0, parseInt(url.get("offset") || "0", 10) || 0) };
+    for (const name of FILTERS) st[name] = url.get(name) || "";
+    const cols = (url.get("cols") || "").split(",").filter((k) => COLUMNS.some((c) => c.key === k));
+    st.cols = cols.length ? ["experiment_id", ...cols.filter((k) => k !== "experiment_id")] : DEFAULT_COLS.slice();
+    return st;
+  })();
+  table.sort = state.sort;
+  table.order = state.order;
+  table.offset = state.offset;
+  form.elements.q.value = state.q;
+
+  function keepInUrl() {
+    const url = new URLSearchParams();
+    for (const name of FILTERS) if (state[name]) url.set(name, state[name]);
+    if (table.sort !== "queued_ts") url.set("sort", table.sort);
+    if (table.order !== "desc") url.set("order", table.order);
+    if (table.offset) url.set("offset", table.offset);
+    if (state.cols.join(",") !== DEFAULT_COLS.join(",")) url.set("cols", state.cols.filter((k) => k !== "experiment_id").join(","));
+    const search = url.toString();
+    window.history.replaceState(null, "", window.location.pathname + (search ? "?" + search : ""));
+  }
+
+  // A filter value from the URL is kept even before the overview has listed the values it can take.
+  function keepSelected() {
+    for (const name of FILTERS.filter((n) => n !== "q")) {
+      const select = form.elements[name];
+      if (state[name] && select.value !== state[name]) {
+        if (![...select.options].some((o) => o.value === state[name])) {
+          const o = el("option", state[name]);
+          o.value = state[name];
+          select.appendChild(o);
+        }
+        select.value = state[name];
+      }
+    }
+  }
+
+  function drawHeader() {
+    const row = document.querySelector("#runs thead tr");
+    clear(row);
+    for (const c of COLUMNS.filter((c) => state.cols.includes(c.key))) {
+      const th = el("th", c.label);
+      if (!c.nosort) {
+        th.dataset.sort = c.key;
+        th.addEventListener("click", () => {
+          table.order = table.sort === c.key && table.order === "asc" ? "desc" :
+            (table.sort === c.key ? "asc" : (["val_bpb", "mean_val_bpb", "delta"].includes(c.key) ? "asc" : "desc"));
+          table.sort = c.key;
+          table.offset = 0;
+          loadRuns();
+        });
+      }
+      row.appendChild(th);
+    }
+    const chooser = document.getElementById("columns-list");
+    clear(chooser);
+    for (const c of COLUMNS.filter((c) => !c.fixed)) {
+      const label = el("label");
+      const box = el("input");
+      box.type = "checkbox";
+      box.value = c.key;
+      box.checked = state.cols.includes(c.key);
+      box.addEventListener("change", () => {
+        state.cols = COLUMNS.filter((k) => k.fixed || (k.key === c.key ? box.checked : state.cols.includes(k.key))).map((k) => k.key);
+        drawHeader();
+        loadRuns();
+      });
+      label.appendChild(box);
+      label.appendChild(document.createTextNode(" " + c.label));
+      chooser.appendChild(label);
+    }
+  }
+
   async function loadRuns(version) {
     const params = new URLSearchParams();
-    for (const name of ["status", "kind", "agent", "verdict", "q"]) {
-      const v = form.elements[name].value;
-      if (v) params.set(name, v);
-    }
+    for (const name of FILTERS) if (state[name]) params.set(name, state[name]);
     params.set("sort", table.sort);
     params.set("order", table.order);
+    const csv = "/api/runs.csv?" + params.toString();
     params.set("offset", table.offset);
     params.set("limit", table.limit);
+    keepInUrl();
+    document.getElementById("runs-csv").href = csv;
     const page = await first("/api/runs?" + params.toString(), version);
+    const shown = COLUMNS.filter((c) => state.cols.includes(c.key));
     const body = document.querySelector("#runs tbody");
     clear(body);
     for (const r of page.rows) {
       const tr = el("tr", null, "row-" + (r.status || "none"));
       tr.dataset.id = r.experiment_id;
-      const id = el("td");
-      id.appendChild(link(expUrl(r.experiment_id), r.experiment_id));
-      tr.appendChild(id);
-      tr.appendChild(el("td", r.kind));
-      tr.appendChild(el("td", r.status));
-      tr.appendChild(el("td", num(r.val_bpb), "num"));
-      tr.appendChild(el("td", r.verdict));
-      tr.appendChild(el("td", r.agent));
-      tr.appendChild(el("td", r.description, "desc"));
-      tr.appendChild(el("td", time(r.finished_at)));
-      tr.appendChild(el("td", r.cost_usd ? "$" + num(r.cost_usd, 4) : "", "num"));
+      for (const c of shown) {
+        const v = c.cell(r);
+        const td = el("td", null, c.num ? "num" : c.cls);
+        if (v instanceof Node) td.appendChild(v);
+        else if (v !== undefined && v !== null) td.textContent = String(v);
+        tr.appendChild(td);
+      }
       body.appendChild(tr);
     }
     const last = Math.min(page.total, table.offset + page.rows.length);
@@ -157,20 +262,13 @@
     everyPoint = true;
     drawProgress(await get("/api/overview"));
   });
-  form.addEventListener("change", () => { table.offset = 0; loadRuns(); });
-  form.addEventListener("input", (ev) => { if (ev.target.name === "q") { table.offset = 0; loadRuns(); } });
+  const readForm = () => { for (const name of FILTERS) state[name] = form.elements[name].value; };
+  form.addEventListener("change", () => { readForm(); table.offset = 0; loadRuns(); });
+  form.addEventListener("input", (ev) => { if (ev.target.name === "q") { readForm(); table.offset = 0; loadRuns(); } });
   form.addEventListener("submit", (ev) => ev.preventDefault());
-  for (const th of document.querySelectorAll("#runs th[data-sort]")) {
-    th.addEventListener("click", () => {
-      const key = th.dataset.sort;
-      table.order = table.sort === key && table.order === "asc" ? "desc" : (table.sort === key ? "asc" : (key === "val_bpb" ? "asc" : "desc"));
-      table.sort = key;
-      table.offset = 0;
-      loadRuns();
-    });
-  }
   document.getElementById("runs-prev").addEventListener("click", () => { table.offset = Math.max(0, table.offset - table.limit); loadRuns(); });
   document.getElementById("runs-next").addEventListener("click", () => { table.offset += table.limit; loadRuns(); });
+  drawHeader();
 
   watch(async (version) => { await Promise.all([loadOverview(version), loadRuns(version)]); });
 })();
