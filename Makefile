@@ -46,8 +46,8 @@ test-fast: install
 GPUS ?=
 HAS_GPU := $(filter h100,$(PROFILE))
 FARM_ARGS ?= $(if $(HAS_GPU),,--max-experiments 30)
-# The paired policy (cluster/tournament.py PAIRED_DEFAULTS): judging starts from cpu-tiny's documented noise, so
-# candidates run beside main's first two baselines and a short demo run gets to promote something
+# The paired policy (cluster/policies/tournament.py PAIRED_DEFAULTS): judging starts from cpu-tiny's documented
+# noise, so candidates run beside main's first two baselines and a short demo run gets to promote something
 FARM_ENV ?= $(if $(HAS_GPU),,FARM_TOURNAMENT__POLICY=paired)
 farm: prepare
 	$(FARM_ENV) $(BIN)/farm run --profile $(PROFILE) $(if $(GPUS),--gpus $(GPUS)) $(FARM_ARGS)

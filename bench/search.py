@@ -1,7 +1,7 @@
 """Search efficiency: does the farm find a better train.py per GPU-hour than one agent alone? (issue 7)
 
 Every strategy is the REAL farm: ``cluster.driver.Farm`` (its loop, dispatch queue with priorities, tournament
-via cluster.selection, research repo in git with three-way merges, Parquet ledger) with mutate agents, on the
+via cluster/policies/, research repo in git with three-way merges, Parquet ledger) with mutate agents, on the
 same experiment budget and the same seeds. Only two things are stood in:
 
 - the trainer: ``bench.surrogate:SurrogateSandbox`` (val_bpb = a fixed smooth function of train.py's constants
@@ -65,10 +65,11 @@ from bench import realistic, surrogate  # noqa: E402
 from cluster import driver as driver_module  # noqa: E402
 from cluster.config import FarmConfig  # noqa: E402
 from cluster.executor import InProcessExecutor, unit_duration  # noqa: E402
+from cluster.policies import PolicySettings  # noqa: E402
+from cluster.policy import Strategies  # noqa: E402
 from cluster.repo import ResearchRepo  # noqa: E402
 from cluster.sandbox import make_sandbox  # noqa: E402
 from cluster.spec import ExperimentSpec, GpuAssignment  # noqa: E402
-from cluster.tournament import TournamentSettings  # noqa: E402
 from cluster.vocabulary import KEEP_VERDICTS  # noqa: E402
 from trainer.profiles import get_profile  # noqa: E402
 from trainer.result import Status  # noqa: E402
@@ -92,8 +93,8 @@ CRASH_DURATION, JITTER = 0.25, 0.1
 PARTIAL = 0.9  # a second, easier target: this share of sequential's gain from the seed
 GREEDY = {"policy": "greedy", "parent_main_prob": 1.0}
 
-PAIRED = {"policy": "paired"}  # cluster/tournament.py PAIRED_DEFAULTS
-# name -> (label, tournament settings over TournamentSettings' defaults, what-ifs)
+PAIRED = {"policy": "paired"}  # cluster/policies/tournament.py PAIRED_DEFAULTS
+# name -> (label, policy settings over PolicySettings' defaults, what-ifs)
 TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "tournament": ("the farm's tournament, shipped defaults", {}, ()),
     "tournament-tuned": ("judged against a former-main parent, up to 4 replicates while promising",
@@ -116,21 +117,19 @@ TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
 }
 
 
-# ---- what-ifs: a proposed change outside the tournament, patched in for one run only --------------------------------
+# ---- what-ifs: a proposed change outside the tournament, passed in for one run only -------------------------------
 
 
-def _linewise_merge() -> Any:
-    """ResearchRepo's three-way merge of train.py, line by line when no line was added or removed: git merge-file
+def _linewise_merge(strategies: Strategies) -> Strategies:
+    """The farm's three-way merge of train.py, line by line when no line was added or removed: git merge-file
     calls edits of two ADJACENT lines a conflict, and the constants block is one constant per line (DEPTH and
     ASPECT_RATIO changed by two workers conflict). Where both sides changed the same line, git decides."""
-    from cluster import repo as r
+    original = strategies.merge
 
-    original = r.ResearchRepo._merge_train_py
-
-    def merge(self, base: str, ours: str, theirs: str):
+    def merge(base: str, ours: str, theirs: str, prefer_theirs: bool = False) -> tuple[str, str | None]:
         b, o, t = base.split("\n"), ours.split("\n"), theirs.split("\n")
         if not len(b) == len(o) == len(t):
-            return original(self, base, ours, theirs)
+            return original(base, ours, theirs, prefer_theirs)
         out = []
         for x, y, z in zip(b, o, t, strict=True):
             if y == z or z == x:
@@ -138,27 +137,23 @@ def _linewise_merge() -> Any:
             elif y == x:
                 out.append(z)
             else:
-                return original(self, base, ours, theirs)
+                return original(base, ours, theirs, prefer_theirs)
         return "\n".join(out), None
 
-    r.ResearchRepo._merge_train_py = merge
-    return lambda: setattr(r.ResearchRepo, "_merge_train_py", original)
+    return dataclasses.replace(strategies, merge=merge)
 
 
-def _change_per_parent() -> Any:
+def _change_per_parent(strategies: Strategies) -> Strategies:
     """The policy refuses a proposal that makes the same edit as any earlier experiment, from whatever parent
-    (TournamentPolicy.signature): with this, only the same edit of the same parent is refused, so an idea tried
-    on an older main may be tried again on the current one."""
-    from cluster.policy import TournamentPolicy
+    (Strategies.signature): with this, only the same edit of the same parent is refused, so an idea tried on an
+    older main may be tried again on the current one."""
+    original = strategies.signature
 
-    original = TournamentPolicy.signature
-
-    def signature(self, parent: str, child: str) -> str | None:
-        change = original(self, parent, child)
+    def signature(parent: str, child: str) -> str | None:
+        change = original(parent, child)
         return change and f"{change}:{hash(parent)}"
 
-    TournamentPolicy.signature = signature
-    return lambda: setattr(TournamentPolicy, "signature", original)
+    return dataclasses.replace(strategies, signature=signature)
 
 
 WHAT_IFS = {"linewise-merge": _linewise_merge, "change-per-parent": _change_per_parent}
@@ -230,28 +225,26 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     os.environ["FARM_SURROGATE_NOISE_SEED"] = str(seed)
     run_dir = root / f"{strategy.key}-s{seed}"
     settings = dict(strategy.settings)
-    if TournamentSettings(**settings).pairing == "auto" and sandbox in SHARED_NOISE:  # the landscape's documented
+    if PolicySettings(**settings).pairing == "auto" and sandbox in SHARED_NOISE:  # the landscape's documented
         settings.setdefault("noise_prior_shared", SHARED_NOISE[sandbox])  # noise, as a profile documents its own
     config = FarmConfig(
         gpus=strategy.n, profile=profile, sandbox="process", metrics_port=None, run_dir=run_dir,
         agents={"count": strategy.n, "kind": strategy.agent}, queue_ahead=1, max_experiments=budget, seed=seed,
-        tournament=TournamentSettings(**settings),
+        tournament=PolicySettings(**settings),
     )  # fmt: skip
     train_py = seed_source(get_profile(profile))
     run_dir.mkdir(parents=True)
     ResearchRepo.create(run_dir / "repo", train_py, (ROOT / "program.md").read_text())
     wall = time.monotonic()
-    undo = [WHAT_IFS[name]() for name in strategy.what_ifs]
-    try:
-        experiments = InProcessExecutor(sandbox, unit_duration(seed, JITTER, CRASH_DURATION))
-        with open(run_dir / "farm.log", "w") as log, contextlib.redirect_stdout(log):
-            farm = BenchFarm(config, run_dir, experiments)
-            farm.prefetch = prefetch
-            farm.events, farm.mains = [], [(0.0, 0, farm.state.main_commit)]
-            farm.run()
-    finally:
-        for restore in reversed(undo):
-            restore()
+    passed_in = Strategies()
+    for name in strategy.what_ifs:
+        passed_in = WHAT_IFS[name](passed_in)
+    experiments = InProcessExecutor(sandbox, unit_duration(seed, JITTER, CRASH_DURATION))
+    with open(run_dir / "farm.log", "w") as log, contextlib.redirect_stdout(log):
+        farm = BenchFarm(config, run_dir, experiments, strategies=passed_in)
+        farm.prefetch = prefetch
+        farm.events, farm.mains = [], [(0.0, 0, farm.state.main_commit)]
+        farm.run()
     st = farm.state
     runs = []
     for eid, row in st.finished.items():

@@ -30,8 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.cost import DEFAULT_MODEL, DEFAULT_OPENAI_MODEL, Price, openai_price, price_for
+from cluster.policies import PolicySettings
 from cluster.spec import TRAINER_IMAGE, KubernetesSettings, Limits
-from cluster.tournament import TournamentSettings
 from trainer.profiles import cache_dir, get_profile
 
 REASONS = {  # pydantic's error types, said shortly
@@ -167,7 +167,8 @@ class FarmConfig(BaseModel):
     run_dir: Path | None = Field(None, description="the run's directory; default: a new one under runs/")
     cache_dir: Path = Field(default_factory=cache_dir, description="prepared data and tokenizers")
     ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local one")
-    tournament: TournamentSettings = Field(default_factory=TournamentSettings)
+    tournament: PolicySettings = Field(default_factory=PolicySettings, description="the policy and its knobs "
+                                       "(cluster/policies/; FARM_TOURNAMENT__*)")
     metrics_port: int | None = Field(9464, ge=1, le=65535, description="Prometheus exporter port; None: off")
     metrics_address: str = Field("127.0.0.1", min_length=1,
                                  description="address the exporter binds (0.0.0.0: every interface, e.g. in a pod)")

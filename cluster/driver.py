@@ -27,12 +27,13 @@ from cluster.independence import IndependenceCheck
 from cluster.ledger import LedgerRow, write_results_tsv
 from cluster.live import LiveView, snapshot
 from cluster.metrics import FarmMetrics
-from cluster.policy import Action, Decide, FarmView, Measure, Promote, Revert, Stage, make_policy
-from cluster.selection import noise_for
+from cluster.policies import make_policy
+from cluster.policy import Action, Decide, Measure, Promote, Revert, Stage, Strategies
 from cluster.spec import ExperimentSpec, Limits, owner_of
 from cluster.state import Work
 from cluster.store import FarmStore
 from cluster.untrusted import log_tail
+from cluster.view import FarmView
 from trainer.profiles import get_profile
 
 PROPOSAL_DRAIN_SECONDS = 120  # on a stop: how long proposals already paid for may still arrive
@@ -48,16 +49,20 @@ STUCK_PER_AGENT = 4
 class Farm:
     """One farm run in one run directory."""
 
-    def __init__(self, config: FarmConfig, run_dir: Path, executor: Executor, proposer_factory=None) -> None:
-        """``executor`` runs the experiments and asks the agents (cluster/executor.py: Ray's, or in-process)."""
+    def __init__(self, config: FarmConfig, run_dir: Path, executor: Executor, proposer_factory=None,
+                 strategies: Strategies | None = None) -> None:
+        """``executor`` runs the experiments and asks the agents (cluster/executor.py: Ray's, or in-process);
+        ``strategies``: the merge and the change signature (cluster/policy.py), passed in, never patched."""
         self.config, self.run_dir, self.executor = config, absolute(run_dir), executor
+        strategies = strategies or Strategies()
         self.profile = get_profile(config.profile)
-        self.store = FarmStore(self.run_dir)  # repo + ledger + the state rebuilt from them: the only writer
+        self.store = FarmStore(self.run_dir, strategies.merge)  # repo + ledger + the state rebuilt: the only writer
         self.repo, self.ledger, self.state = self.store.repo, self.store.ledger, self.store.state  # for reading
         self.rng = random.Random(config.seed)
         # the policy decides; this driver carries out what it returns
-        self.policy = make_policy(config.tournament, self.profile)
-        self.view_of_state = FarmView(self.state, self.repo)  # what the policy reads
+        self.policy = make_policy(config.tournament, strategies)
+        # what the policy reads; its noise (with the prior) is also what agents are shown
+        self.view_of_state = FarmView(self.state, self.repo, config.tournament.noise_prior(self.profile))
         self.proposer_factory = proposer_factory
         self.inflight: set[str] = set()  # experiments submitted and not back
         self.asking: set[int] = set()  # agents asked for a proposal that has not come back
@@ -187,7 +192,7 @@ class Farm:
             parent_commit=parent,
             parent_train_py=self.store.train_py(parent),
             main_val_bpb=self.state.main_mean(self.main_class()),
-            noise_sd=noise_for(self.state, self.main_class()).sd,
+            noise_sd=self.view_of_state.noise(self.main_class()).sd,  # the judge's noise, prior included
             leaderboard=leaderboard,
             recent=recent,
             own_recent=own,

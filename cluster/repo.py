@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 import git
 from pydantic import BaseModel
@@ -109,8 +109,11 @@ def _check_id(experiment_id: str) -> None:
 class ResearchRepo:
     """One farm run's git repository; build it with :meth:`create` or :meth:`open`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, merge: Merge | None = None) -> None:
+        """``merge``: the three-way merge of train.py (promotions, the policies' stages); None: ``git_merge``. A
+        benchmark passes another one in (bench/search.py's what-ifs), so no caller patches this class."""
         self.path = Path(path).resolve()
+        self._merge = merge or git_merge
         self._git = _runner(self.path)
         self._lock = threading.RLock()  # one writer, but the driver may call from several threads
         self._blobs: dict[tuple[str, str], str] = {}  # (commit sha, file) -> text
@@ -143,7 +146,7 @@ class ResearchRepo:
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> ResearchRepo:
+    def open(cls, path: str | os.PathLike, merge: Merge | None = None) -> ResearchRepo:
         """An existing farm repo; removes ref locks a crashed writer left behind."""
         path = Path(path)
         if not (path / "HEAD").is_file() or not (path / "objects").is_dir():
@@ -151,7 +154,7 @@ class ResearchRepo:
                 f"{path} is not a farm research repo (no bare git repository there): "
                 "create one with ResearchRepo.create, or point at RUN_DIR/repo"
             )
-        repo = cls(path)
+        repo = cls(path, merge)
         if repo._run(["config", "--get", "farm.version"], check=False)[0] != 0:
             raise RepoError(
                 f"{path} is a git repository but not a farm research repo (no farm.version in its config): "
@@ -269,7 +272,7 @@ class ResearchRepo:
             base = base.strip()
             out["merge_base"] = base
             ours, theirs = self.train_py_at(main), self.train_py_at(cand)
-            merged, conflicts = self._merge_train_py(self.train_py_at(base), ours, theirs)
+            merged, conflicts = self.merge_train_py(self.train_py_at(base), ours, theirs)
             if conflicts:
                 return PromoteOutcome(kind="conflict", conflict=conflicts, reason="both changed the same lines", **out)
             if merged == ours:
@@ -357,19 +360,33 @@ class ResearchRepo:
                 "only one farm driver may write a run's repo"
             )
 
-    def _merge_train_py(self, base: str, ours: str, theirs: str, prefer_theirs: bool = False) -> tuple[str, str | None]:
-        """``git merge-file -p`` of train.py: (merged text, None) or (text with markers, summary of conflicts).
-        ``prefer_theirs``: conflicting lines take the candidate's side (a stage, certified as a whole, may)."""
-        with tempfile.TemporaryDirectory(prefix="farm-merge-") as tmp:
-            labels = {"main": ours, "base": base, "candidate": theirs}
-            for name, text in labels.items():
-                (Path(tmp) / name).write_bytes(text.encode())
-            args = ["merge-file", "-p", "--theirs" if prefer_theirs else "--diff3",
-                    *[a for n in labels for a in ("-L", n)]]
-            status, merged, err = self._run([*args, *(str(Path(tmp) / n) for n in labels)], check=False)
-        if status < 0 or status > 127:
-            raise RepoError(f"git merge-file failed (exit {status}): {err.strip()}")
-        return merged, (_summarise_conflicts(merged) if status else None)
+    def merge_train_py(self, base: str, ours: str, theirs: str, prefer_theirs: bool = False) -> tuple[str, str | None]:
+        """The run's three-way merge of train.py (the one passed in, else ``git_merge``): (merged text, None) or
+        (text with markers, summary of conflicts). Promotions and the policies' stages all merge through here."""
+        return self._merge(base, ours, theirs, prefer_theirs)
+
+
+class Merge(Protocol):
+    """A three-way merge of train.py: (merged text, None) or (text with markers, a summary of the conflicts).
+    ``prefer_theirs``: conflicting lines take the candidate's side (a stage, certified as a whole, may)."""
+
+    def __call__(self, base: str, ours: str, theirs: str, prefer_theirs: bool = False) -> tuple[str, str | None]: ...
+
+
+def git_merge(base: str, ours: str, theirs: str, prefer_theirs: bool = False) -> tuple[str, str | None]:
+    """``git merge-file -p`` of train.py (the farm's merge): it needs no repository, only the three texts."""
+    with tempfile.TemporaryDirectory(prefix="farm-merge-") as tmp:
+        labels = {"main": ours, "base": base, "candidate": theirs}
+        for name, text in labels.items():
+            (Path(tmp) / name).write_bytes(text.encode())
+        args = ["merge-file", "-p", "--theirs" if prefer_theirs else "--diff3",
+                *[a for n in labels for a in ("-L", n)]]
+        status, merged, err = _runner(Path(tmp)).execute(
+            ["git", *args, *(str(Path(tmp) / n) for n in labels)], with_extended_output=True,
+            with_exceptions=False, strip_newline_in_stdout=False)
+    if status < 0 or status > 127:
+        raise RepoError(f"git merge-file failed (exit {status}): {err.strip()}")
+    return merged, (_summarise_conflicts(merged) if status else None)
 
 
 def _summarise_conflicts(merged: str, max_lines: int = 6) -> str:

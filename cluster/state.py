@@ -52,9 +52,10 @@ def spend_summary(spend: dict[str, AgentSpend], cost_cap_usd: float | None) -> d
             "agents": {name: a.model_dump() for name, a in sorted(spend.items())}}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Work:
-    """One experiment to run: what, from where, and why."""
+    """One experiment to run: what, from where, and why. Frozen: a booked experiment never changes (the ledger
+    has it), and the policies read these records through the view (cluster/view.py)."""
 
     experiment_id: str
     kind: WorkKind

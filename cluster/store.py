@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agent.protocol import Proposal, Spend
 from cluster.ledger import Ledger, LedgerRow
-from cluster.repo import PromoteOutcome, ResearchRepo
+from cluster.repo import Merge, PromoteOutcome, ResearchRepo
 from cluster.state import FarmState, Work, sha
 from cluster.task import TaskOutcome
 from cluster.vocabulary import VerdictValue
@@ -24,8 +24,9 @@ COMPACT_AFTER_PARTS = 256  # ledger files before they are merged (atomically; re
 class FarmStore:
     """One run dir's repo, ledger and state. One writer: the driver that holds it."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.repo = ResearchRepo.open(run_dir / "repo")
+    def __init__(self, run_dir: Path, merge: Merge | None = None) -> None:
+        """``merge``: the run's three-way merge of train.py (None: git's; cluster/repo.py)."""
+        self.repo = ResearchRepo.open(run_dir / "repo", merge)
         self.ledger = Ledger(run_dir / "ledger")
         self.ledger.compact()  # one file to read instead of one per event, after a resume
         main = self.repo.main_head()

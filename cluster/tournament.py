@@ -8,7 +8,8 @@ two means and hold up on a replicate with another seed, and GPU classes are neve
 The driver's loop: measure main as ``baseline_request`` asks; ``judge`` each result (a candidate's first run is
 a ``screening`` Measurement); on "confirm"/"wait" run ``verdict.measure`` (seeds from ``next_seeds``) and judge
 again with all values; on "promote"/"simpler" merge, start a fresh ``Incumbent`` and measure it; record every
-``verdict.reason``; offer near-misses to ``select_parent`` as ``PoolEntry``.
+``verdict.reason``; offer near-misses to ``select_parent`` as ``PoolEntry``. The policies that run this loop over
+the farm's state are cluster/policies/; this module is only the statistics they call.
 """
 
 from __future__ import annotations
@@ -17,125 +18,36 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Literal
+from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.vocabulary import Decision
 
 
-class TournamentSettings(BaseModel):
-    """Knobs of promotion and parent selection; defaults are sized by tests/test_tournament.py's simulation."""
+class JudgeKnobs(Protocol):
+    """The settings judging reads (cluster/policies/tournament.py's TournamentSettings has them): margins in standard
+    errors, the runs a decision needs. Defaults are sized by tests/test_tournament.py's simulation."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    baseline_replicates: int = Field(4, ge=2, description="times main is measured (at start, after a promotion, "
-                                     "on a new GPU class) so its noise is known before anything is promoted")
-    margin_sigmas: float = Field(2.3, gt=0, description="a (fully measured) candidate must beat main's mean by "
-                                 "this many standard errors of the difference of the two means")
-    promising_sigmas: float = Field(1.5, ge=0, description="a first measurement that beats main by this many "
-                                    "standard errors is promising and earns confirmation replicates; lower than "
-                                    "margin_sigmas so real gains are rarely lost before they are confirmed")
-    min_margin: float = Field(0.0, ge=0, description="absolute floor of the margin, in val_bpb")
-    confirm_replicates: int = Field(1, ge=0, description="replicates on other seeds before a promotion "
-                                    "(0 promotes on one measurement: only for ablations)")
-    small_sample_correction: bool = Field(True, description="use Student's t quantile for the noise's degrees of "
-                                          "freedom: an sd estimated from 2 replicates is itself very uncertain")
-    simplicity_tolerance: float = Field(0.5, ge=0, le=1, description="a candidate with fewer lines whose mean is "
-                                        "within this fraction of the margin of main's counts as equal and wins")
-    parent_main_prob: float = Field(0.7, ge=0, le=1, description="share of proposals whose parent is main's head")
-    tournament_size: int = Field(3, ge=1, description="branches drawn at random; the best of them is the parent")
-    near_miss_margins: float = Field(1.0, ge=0, description="a discarded result at most this many margins worse "
-                                     "than main is a near-miss: a candidate parent")
-    pool_recent: int = Field(32, ge=1, description="only this many most recent near-misses may be parents")
-    policy: Literal["tournament", "paired", "stack", "greedy"] = Field(
-        "tournament", description="paired: the tournament with PAIRED_DEFAULTS for every field not set (pairing, a "
-        "noise prior for a fast start, judged against a former-main parent, replicates while promising at a wider "
-        "margin, a second chance; docs/bench/search-paired.md); stack: paired, but a candidate whose first run beats "
-        "the screen is stacked with the round's other winners into one stage, and the stage is certified against "
-        "main at the margin and lands on main as one promotion (STACK_DEFAULTS; docs/bench/stack.md); greedy: "
-        "autoresearch's own loop, for benchmarks "
-        "(bench/search.py): main and each candidate run once, keep if lower; no replicates, margin or confirmation")
-    judge_against: Literal["main", "parent"] = Field("main", description="parent: a candidate whose parent is a "
-                                                     "former main (measured >= baseline_replicates times) is judged "
-                                                     "against that parent, so a gain proposed before main moved is "
-                                                     "not lost; the driver then merges it into main and the merge is "
-                                                     "judged against main like any candidate")
-    max_replicates: int = Field(0, ge=0, description="a candidate still promising after its confirmations (its "
-                                "mean beats the screen for its count of runs, not yet the margin) gets one more "
-                                "replicate at a time up to this many runs in all; 0: off (decide after the first "
-                                "confirmation)")
-    pairing: Literal["unpaired", "auto"] = Field(
-        "unpaired", description="auto: main and the candidates judged against it run on the same seeds, and the "
-        "judge weighs each candidate's runs against main's on the same seeds as far as the farm's own measurements "
-        "show that a seed's noise is shared by every file (SeedNoise); where it is not, the comparison is unpaired")
-    noise_prior_sd: float | None = Field(None, gt=0, description="the noise sd judging starts from before the "
-                                         "farm measured its own (None: the profile's documented figure, "
-                                         "Profile.noise_sd); used only with noise_prior_df > 0")
-    noise_prior_shared: float | None = Field(None, ge=0, lt=1, description="the share of the noise's variance that "
-                                             "is common to every file run on one seed, before the farm measured "
-                                             "it (None: the profile's documented figure, Profile.noise_shared, "
-                                             "else 0: nothing shared, no pairing until the runs show it); weighs "
-                                             "noise_prior_df like the sd")
-    noise_prior_df: int = Field(0, ge=0, description="how many degrees of freedom the prior sd counts as: "
-                                "candidates are judged from the start instead of after min_noise_df of main's "
-                                "replicates, and the farm's own measurements outweigh the prior as they come; "
-                                "0: no prior (main is measured until its noise is known)")
-    second_chances: int = Field(0, ge=0, description="an edit discarded after a single run may be proposed and run "
-                                "again this many times (on another seed; its runs pool), so that one unlucky run "
-                                "does not lose a real small gain for good")
-    fast_track_sigmas: float = Field(0.0, ge=0, description="a candidate whose first run beats main by this many "
-                                     "standard errors of the difference is promoted at once, without confirmation "
-                                     "(issue 15's fast track for big gains; it must exceed margin_sigmas); 0: off")
-    stage_runs: int = Field(4, ge=2, description="policy stack: runs of a stage queued at once, on main's seeds "
-                            "(then one more at a time while it stays promising, up to max_replicates)")
-    stack_retries: int = Field(2, ge=0, description="policy stack: a stage that beat main but not by the margin "
-                               "sends its parts back to wait for the next stage, with the winners found meanwhile "
-                               "(a bigger effect, easier to certify), at most this many times per part")
-    ablate: bool = Field(False, description="policy stack: after a stage of several parts is promoted, each part but "
-                         "the strongest is reverted from main as a candidate of its own (agent farm), judged like any "
-                         "candidate: a rider that hurts is taken out again by a later stage (issue 15's ablation)")
-    min_noise_df: int = Field(7, ge=1, description="main is measured beyond baseline_replicates until the noise on "
-                              "a class has this many degrees of freedom: with 3 df the t margin is ~2x wider and "
-                              "a 3-sd gain is promoted 39 % of the time instead of 75 %")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _paired_defaults(cls, data: object) -> object:
-        """``policy: paired`` fills PAIRED_DEFAULTS into every field the settings do not name themselves; ``policy:
-        stack`` fills those and STACK_DEFAULTS."""
-        if isinstance(data, dict) and data.get("policy") == "paired":
-            return {**PAIRED_DEFAULTS, **data}
-        if isinstance(data, dict) and data.get("policy") == "stack":
-            return {**PAIRED_DEFAULTS, **STACK_DEFAULTS, **data}
-        return data
-
-    @model_validator(mode="after")
-    def _screen_below_margin(self) -> TournamentSettings:
-        if self.promising_sigmas > self.margin_sigmas:
-            raise ValueError(f"promising_sigmas ({self.promising_sigmas}) must not exceed margin_sigmas "
-                             f"({self.margin_sigmas}): the screen for confirmation cannot be stricter than promotion")
-        if self.fast_track_sigmas and self.fast_track_sigmas <= self.margin_sigmas:
-            raise ValueError(f"fast_track_sigmas ({self.fast_track_sigmas}) must exceed margin_sigmas "
-                             f"({self.margin_sigmas}): a single run promoted at once needs a stricter bar; 0 turns "
-                             "the fast track off")
-        return self
+    baseline_replicates: int
+    margin_sigmas: float
+    promising_sigmas: float
+    min_margin: float
+    confirm_replicates: int
+    small_sample_correction: bool
+    simplicity_tolerance: float
+    near_miss_margins: float
+    max_replicates: int
+    fast_track_sigmas: float
+    min_noise_df: int
 
 
-# The paired policy (issue 15; docs/bench/search-paired.md). Every choice is measured there or in
-# tests/test_pairing.py: pairing and the prior start judging at once; several looks at a promising candidate (up to
-# max_replicates runs) would promote ~1.8 % of useless changes at the tournament's 2.3 sigma, so the margin is 2.6,
-# which brings it back to the tournament's ~0.7-0.9 % (tests/test_tournament.py's simulation).
-PAIRED_DEFAULTS: dict[str, object] = {
-    "pairing": "auto", "noise_prior_df": 4, "baseline_replicates": 2, "min_noise_df": 4, "judge_against": "parent",
-    "max_replicates": 4, "second_chances": 1, "promising_sigmas": 1.0, "margin_sigmas": 2.6,
-}
+class ParentKnobs(Protocol):
+    """The settings parent selection reads (cluster/policies/core.py's CoreSettings has them)."""
 
-
-# The stack policy (issue 15; docs/bench/stack.md): the paired policy's judge, but one run of a candidate decides
-# whether it joins the next stage, and the stage (the sum of a round's winners, so a larger effect than any of them)
-# carries the margin. max_replicates bounds a promising stage's runs.
-STACK_DEFAULTS: dict[str, object] = {"promising_sigmas": 0.5, "max_replicates": 6}
+    parent_main_prob: float
+    tournament_size: int
+    pool_recent: int
 
 
 @lru_cache(maxsize=4096)
@@ -211,11 +123,11 @@ class NoiseModel(BaseModel):
     def sd(self) -> float | None:
         return math.sqrt(self.ss / self.df) if self.df else None
 
-    def sigmas(self, sigmas: float, settings: TournamentSettings) -> float:
+    def sigmas(self, sigmas: float, settings: JudgeKnobs) -> float:
         """The multiplier of the standard error: ``sigmas`` itself or its t quantile for ``df``."""
         return t_quantile(sigmas, self.df) if settings.small_sample_correction and self.known else sigmas
 
-    def margin(self, n_candidate: int, n_incumbent: int, settings: TournamentSettings,
+    def margin(self, n_candidate: int, n_incumbent: int, settings: JudgeKnobs,
                sigmas: float | None = None) -> float:
         """How much lower a mean of ``n_candidate`` must be than a mean of ``n_incumbent`` to count."""
         if not self.known:
@@ -403,7 +315,7 @@ class MeasureRequest(BaseModel):
     why: str
 
 
-def baseline_request(incumbent: Incumbent, gpu_class: str, settings: TournamentSettings,
+def baseline_request(incumbent: Incumbent, gpu_class: str, settings: JudgeKnobs,
                      noise: NoiseModel | None = None) -> MeasureRequest | None:
     """Main's missing replicates on ``gpu_class`` (baseline, then up to ``min_noise_df``), or None."""
     have = len(incumbent.values(gpu_class))
@@ -444,21 +356,9 @@ class Verdict(BaseModel):
         """Confirmation runs of the candidate to schedule now (0 unless the decision is confirm)."""
         return self.measure.replicates if self.decision == "confirm" and self.measure else 0
 
-    @property
-    def measure_main(self) -> bool:
-        """A wait: main must be measured (more) on this GPU class before the candidate can be judged."""
-        return self.decision == "wait"
-
-    @property
-    def strength(self) -> float:
-        """How many margins the candidate beats main by: order pending confirmations by it."""
-        if self.delta is None or not self.margin or math.isinf(self.margin):
-            return 0.0
-        return -self.delta / self.margin
-
 
 def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent, noise: NoiseModel,
-          settings: TournamentSettings, gpu_class: str, commit: str = "",
+          settings: JudgeKnobs, gpu_class: str, commit: str = "",
           comparison: Comparison | None = None) -> Verdict:
     """Decide on a candidate from its ok val_bpb on ``gpu_class`` (all its measurements, first one first).
 
@@ -568,7 +468,7 @@ class PoolEntry(BaseModel):
 
 
 def select_parent(main_commit: str, pool: Sequence[PoolEntry], rng: random.Random,
-                  settings: TournamentSettings) -> tuple[str, str]:
+                  settings: ParentKnobs) -> tuple[str, str]:
     """Main's head with probability ``parent_main_prob``, else the best of a random draw of recent near-misses.
 
     Mostly main, because that is where gains compound; sometimes a near-miss, because two near-misses can
@@ -584,32 +484,6 @@ def select_parent(main_commit: str, pool: Sequence[PoolEntry], rng: random.Rando
     best = min(drawn, key=lambda e: e.delta)
     return best.commit, f"best of {len(drawn)} near-misses drawn from {len(eligible)}: {best.val_bpb:.4f} " \
                         f"({best.delta:+.4f} vs main)"
-
-
-class Standing(BaseModel):
-    """One commit's row on the leaderboard."""
-
-    commit: str
-    gpu_class: str
-    mean: float
-    best: float
-    n: int
-
-
-def leaderboard(measurements: Iterable[Measurement], gpu_class: str | None = None) -> list[Standing]:
-    """Mean ok val_bpb per (commit, GPU class), best first; means, not luckiest single runs."""
-    groups: dict[tuple[str, str], list[float]] = {}
-    for m in measurements:
-        if m.ok and m.val_bpb is not None and math.isfinite(m.val_bpb) and gpu_class in (None, m.gpu_class):
-            groups.setdefault((m.commit, m.gpu_class), []).append(m.val_bpb)
-    rows = [Standing(commit=c, gpu_class=g, mean=sum(v) / len(v), best=min(v), n=len(v))
-            for (c, g), v in groups.items()]
-    return sorted(rows, key=lambda s: (s.mean, s.commit))
-
-
-def count_lines(train_py: str) -> int:
-    """Lines of code for the simplicity rule: blank and comment-only lines do not count."""
-    return sum(1 for line in train_py.splitlines() if line.strip() and not line.lstrip().startswith("#"))
 
 
 def _ok(values: Sequence[float]) -> list[float]:

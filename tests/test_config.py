@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 import cluster.config as config
 from cluster.config import ConfigError, FarmConfig, add_config_arguments, load_config, overrides_from_args
+from cluster.policies import PolicySettings
 from cluster.spec import TRAINER_IMAGE, Limits
-from cluster.tournament import TournamentSettings
 from trainer.profiles import cache_dir
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "farm.example.yaml"
@@ -48,7 +48,7 @@ def test_defaults() -> None:
     assert c.run_dir is None and c.cache_dir == cache_dir()
     assert c.ray_address is None and c.metrics_port == 9464
     assert c.cost_cap_usd == 10.0 and c.max_experiments is None and c.hours is None
-    assert c.limits == Limits() and c.tournament == TournamentSettings()
+    assert c.limits == Limits() and c.tournament == PolicySettings()
     assert c.queue_ahead == 2 and c.seed == 0 and c.finish_queue_on_stop is False
 
 
@@ -247,3 +247,22 @@ def test_a_mixed_population_names_each_agent_by_its_own_kind() -> None:
     config = FarmConfig(gpus=1, agents={"count": 3, "kind": "claude", "options": [
         {"kind": "openai", "model": "llama3", "base_url": "http://127.0.0.1:8000/v1"}, {}]})
     assert [config.agent_name(i) for i in range(3)] == ["openai-0", "claude-1", "openai-2"]
+
+
+def test_each_policy_is_built_from_its_own_settings_model_and_farm_yaml_sets_them_all() -> None:
+    """cluster/policies/: a policy module names its class (POLICIES); its settings model's fields are
+    farm.yaml's ``tournament:`` keys, and the factory hands it only its own."""
+    from cluster.policies import REGISTRY, make_policy
+    from cluster.policies.greedy import GreedyPolicy, GreedySettings
+    from cluster.policies.stack import StackSettings
+
+    assert set(REGISTRY) == {"tournament", "paired", "stack", "greedy"}
+    for name, cls in REGISTRY.items():
+        assert set(cls.settings_model.model_fields) <= set(PolicySettings.model_fields)
+        policy = make_policy(PolicySettings(policy=name))
+        assert isinstance(policy, cls) and type(policy.settings) is cls.settings_model
+    greedy = make_policy(PolicySettings(policy="greedy", parent_main_prob=1.0, margin_sigmas=3.0))
+    assert isinstance(greedy, GreedyPolicy) and greedy.settings == GreedySettings(parent_main_prob=1.0)
+    assert make_policy(PolicySettings(policy="stack")).settings == StackSettings(policy="stack")
+    with pytest.raises(ValidationError, match="unknown policy 'nope'"):
+        PolicySettings(policy="nope")

@@ -186,3 +186,11 @@ def test_an_agent_is_rebuilt_after_repeated_faults_but_never_after_a_fatal_one()
     assert len(built) == 2  # rebuilt once, after the third fault
     Bad.fatal = True
     assert all(actor.propose(None).failure.fatal for _ in range(RESTART_AFTER_FAILURES)) and len(built) == 2
+
+
+def test_agents_are_shown_the_noise_the_judge_weighs(tmp_path: Path) -> None:
+    """One function gives both (cluster/view.py noise): before any run, the paired policy's prior (cpu-tiny's
+    documented sd), which an agent was once shown as unknown while its candidate was judged with it."""
+    farm = make_farm(tmp_path, tournament={"policy": "paired"})
+    judged = farm.view_of_state.noise(farm.main_class())
+    assert farm._context(0).noise_sd == judged.sd == pytest.approx(get_profile("cpu-tiny").noise_sd)

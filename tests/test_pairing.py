@@ -20,15 +20,16 @@ from cluster.config import FarmConfig
 from cluster.driver import Farm
 from cluster.executor import InProcessExecutor, unit_duration
 from cluster.ledger import Ledger
+from cluster.policies.tournament import TournamentSettings
 from cluster.repo import ResearchRepo
-from cluster.tournament import Measurement, NoiseModel, SeedNoise, TournamentSettings, compare, judge, seed_noise
+from cluster.tournament import Measurement, NoiseModel, SeedNoise, compare, judge, seed_noise
 from tests.test_driver import comparable, rebuilt
 from trainer.profiles import get_profile
 from trainer.seed import seed_source, set_constants
 
 SEED = seed_source(get_profile("cpu-tiny"))
 SD = 0.04
-PAIRED = {"policy": "paired"}  # cluster/tournament.py PAIRED_DEFAULTS
+PAIRED = {"policy": "paired"}  # cluster/policies/tournament.py PAIRED_DEFAULTS
 
 
 def runs(files: int, seeds: int, shared: float, rng: random.Random) -> list[Measurement]:

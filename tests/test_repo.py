@@ -232,6 +232,6 @@ def test_a_merge_may_prefer_the_candidates_lines_where_both_changed_them(repo: R
     """Policy stack: a stage (certified against main as a whole) takes a winner's value of a constant that main
     changed too; a plain merge calls it a conflict."""
     base, ours, theirs = "A = 1\nB = 2\n", "A = 5\nB = 2\n", "A = 7\nB = 3\n"
-    text, conflict = repo._merge_train_py(base, ours, theirs)
+    text, conflict = repo.merge_train_py(base, ours, theirs)
     assert conflict and "<<<<<<<" in text
-    assert repo._merge_train_py(base, ours, theirs, prefer_theirs=True) == ("A = 7\nB = 3\n", None)
+    assert repo.merge_train_py(base, ours, theirs, prefer_theirs=True) == ("A = 7\nB = 3\n", None)

@@ -97,10 +97,10 @@ def test_goals_report_each_of_issue_15s_goals_met_or_not_for_each_farm_policy() 
 
 
 def test_benchmark_settings_of_the_tournament() -> None:
+    from cluster.policies.tournament import TournamentSettings
     from cluster.tournament import (
         Incumbent,
         NoiseModel,
-        TournamentSettings,
         greedy_baseline_request,
         judge,
         judge_greedy,

@@ -1,4 +1,4 @@
-"""Stack, then certify (issue 15; cluster/policy.py StackPolicy): a round's winners are merged into one stage off
+"""Stack, then certify (issue 15; cluster/policies/stack.py): a round's winners are merged into one stage off
 main, the stage is measured on main's seeds and certified against main as one promotion.
 
 On the real driver with the in-process executor (no Ray), real git merges and the Parquet ledger, on the surrogate
@@ -15,7 +15,7 @@ from agent.mutate import parse_constants
 from agent.protocol import Context, Proposal
 from bench import realistic
 from cluster.ledger import Ledger
-from cluster.tournament import TournamentSettings
+from cluster.policies.stack import StackSettings
 from tests.test_driver import comparable, rebuilt
 from tests.test_pairing import farm
 
@@ -29,10 +29,10 @@ def surrogate_noise(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_stack_policy_is_the_paired_policy_with_its_own_defaults() -> None:
-    stack = TournamentSettings(policy="stack")
+    stack = StackSettings(policy="stack")
     assert stack.pairing == "auto" and stack.promising_sigmas == 0.5 and stack.max_replicates == 6
     assert stack.margin_sigmas == 2.6  # certification is as strict as the paired policy's promotion
-    assert TournamentSettings(policy="stack", promising_sigmas=1.0).promising_sigmas == 1.0
+    assert StackSettings(policy="stack", promising_sigmas=1.0).promising_sigmas == 1.0
 
 
 def test_winners_are_stacked_into_stages_certified_against_main_as_one(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_winners_are_stacked_into_stages_certified_against_main_as_one(tmp_path:
     for stage_id, parts in state.stages.items():
         stage = state.work[stage_id]
         runs = [w for w in state.work.values() if w.train_sha == stage.train_sha and w.kind in ("merge", "confirm")]
-        assert len(runs) >= TournamentSettings(**STACK).stage_runs  # all at once
+        assert len(runs) >= StackSettings(**STACK).stage_runs  # all at once
         main_seeds = {w.seed for w in state.work.values() if w.kind == "baseline" and w.commit == stage.parent_commit}
         assert {w.seed for w in runs} <= main_seeds | {w.seed for w in state.work.values()
                                                        if w.train_sha == stage.train_sha}
@@ -62,7 +62,7 @@ def test_winners_are_stacked_into_stages_certified_against_main_as_one(tmp_path:
             changed = {k for k in after if after[k].value != before[k].value}
             assert changed and all(parse_constants(stage_py)[k].value == after[k].value for k in changed)
             staged = [r for r in rows if r.experiment_id == part and r.event == "verdict" and r.verdict == "staged"]
-            assert 1 <= len(staged) <= 1 + TournamentSettings(**STACK).stack_retries
+            assert 1 <= len(staged) <= 1 + StackSettings(**STACK).stack_retries
         if state.verdicts.get(stage_id) == "promote":  # every part lands with its stage
             assert all(state.verdicts[p] == "promote" for p in parts)
     landed = [e for e, v in state.verdicts.items() if v == "promote" and state.work[e].kind == "candidate"]

@@ -8,18 +8,18 @@ import random
 import statistics
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from cluster.policies.tournament import TournamentSettings
+from cluster.repo import count_code_lines
 from cluster.tournament import (
     Incumbent,
     Measurement,
     NoiseModel,
     PoolEntry,
-    TournamentSettings,
+    Verdict,
     baseline_request,
-    count_lines,
     judge,
-    leaderboard,
     next_seeds,
     noise_models,
     select_parent,
@@ -172,7 +172,7 @@ def test_no_ok_measurement_is_discarded() -> None:
 def test_gpu_classes_are_never_compared() -> None:
     inc = incumbent(gpu=H100)  # main measured on H100 only; an H200 scores ~0.005 lower on identical code
     v = judge([2.7400], 300, inc, NoiseModel(gpu_class=H200), S, H200)
-    assert v.decision == "wait" and v.measure_main and "main not measured on H200" in v.reason
+    assert v.decision == "wait" and "main not measured on H200" in v.reason
     assert v.measure and (v.measure.commit, v.measure.gpu_class) == (inc.commit, H200)
     assert v.measure.replicates == S.min_noise_df + 1  # a new class: its own noise must be measured too
     with pytest.raises(ValueError, match="noise model is for H100"):
@@ -195,10 +195,17 @@ def test_baseline_request_and_new_seeds() -> None:
     assert next_seeds([0, 2], 3) == [1, 3, 4]
 
 
+def strength(verdict: Verdict) -> float:
+    """How many margins the candidate beats main by (a way to order pending confirmations)."""
+    if verdict.delta is None or not verdict.margin or math.isinf(verdict.margin):
+        return 0.0
+    return -verdict.delta / verdict.margin
+
+
 def test_confirmations_are_ordered_by_strength() -> None:
     strong = judge([2.70], 300, incumbent(), noise(), S, H100)
     weak = judge([2.76], 300, incumbent(), noise(), S, H100)
-    assert strong.strength > weak.strength > 0
+    assert strength(strong) > strength(weak) > 0
 
 
 # -- parent selection ------------------------------------------------------------------------------------------------
@@ -240,6 +247,27 @@ def test_parent_tournament_skips_ineligible_and_falls_back_to_main() -> None:
 # -- leaderboard -----------------------------------------------------------------------------------------------------
 
 
+class Standing(BaseModel):
+    """One commit's row on the leaderboard."""
+
+    commit: str
+    gpu_class: str
+    mean: float
+    best: float
+    n: int
+
+
+def leaderboard(measurements: list[Measurement], gpu_class: str | None = None) -> list[Standing]:
+    """Mean ok val_bpb per (commit, GPU class), best first; means, not luckiest single runs."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for m in measurements:
+        if m.ok and m.val_bpb is not None and math.isfinite(m.val_bpb) and gpu_class in (None, m.gpu_class):
+            groups.setdefault((m.commit, m.gpu_class), []).append(m.val_bpb)
+    rows = [Standing(commit=c, gpu_class=g, mean=sum(v) / len(v), best=min(v), n=len(v))
+            for (c, g), v in groups.items()]
+    return sorted(rows, key=lambda s: (s.mean, s.commit))
+
+
 def test_leaderboard_is_best_mean_per_commit_and_class() -> None:
     ms = [Measurement(commit="a", gpu_class=H100, val_bpb=v) for v in (2.0, 2.2)]
     ms += [Measurement(commit="b", gpu_class=H100, val_bpb=2.05), Measurement(commit="c", gpu_class=H100, ok=False)]
@@ -251,7 +279,7 @@ def test_leaderboard_is_best_mean_per_commit_and_class() -> None:
 
 
 def test_count_lines_ignores_blanks_and_comments() -> None:
-    assert count_lines("import os\n\n# note\n  # more\nx = 1  # set\n") == 2
+    assert count_code_lines("import os\n\n# note\n  # more\nx = 1  # set\n") == 2
 
 
 # -- the property: false and true promotions ------------------------------------------------------------------------
