@@ -238,6 +238,7 @@ def measure(run_dir: Path, ids: dict, repeat: int) -> list[dict]:
         ("/api/runs?sort=val_bpb&order=asc&limit=100", "runs table, sorted by val_bpb"),
         ("/api/runs?status=ok&kind=candidate&agent=claude-3&q=depth&sort=finished_at", "runs table, 4 filters"),
         ("/api/lineage", "lineage (last 1500)"), ("/api/lineage?last=0", "lineage (all)"),
+        ("/api/constants", "constants of every change (slice, table)"),
         (f"/api/experiment/{e}", "experiment data"), ("/", "overview page"), ("/lineage", "lineage page"),
         (f"/experiment/{e}", "experiment page (diff)"), (f"/compare?a={o}&b={e}", "compare page (diff)"),
     ]

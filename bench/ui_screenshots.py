@@ -1,6 +1,6 @@
 """Screenshots of the run browser for docs/ (docs/ui-*.png) on a generated farm-like history.
 
-    .venv/bin/python -m bench.ui_screenshots   # 300 experiments: docs/ui-{overview,lineage,experiment,compare}.png
+    .venv/bin/python -m bench.ui_screenshots   # 300 experiments: docs/ui-{overview,lineage,experiment,...}.png
 
 The history is bench/ui.py's (a real ledger and research repo, no training), big enough to show what a run
 looks like after a few hours; the browser is Debian's headless Chromium through its chromedriver, as in
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(tmp) / "run"
         ids = generate(run, args.experiments, "compacted")
         pages = {"overview": "/", "lineage": "/lineage", "experiment": f"/experiment/{ids['experiment']}",
-                 "compare": f"/compare?a={ids['other']}&b={ids['experiment']}"}
+                 "compare": f"/compare?a={ids['other']}&b={ids['experiment']}", "constants": "/constants"}
         shoot(run, pages, args.out)
     return 0
 

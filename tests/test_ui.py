@@ -543,6 +543,32 @@ def test_runs_table_columns_filters_and_sort_live_in_the_url_and_export_as_csv(h
     assert pwned(browser) is None and csp_reports(browser) == []
 
 
+def test_constants_as_columns_and_a_per_constant_slice(history, browser) -> None:
+    """Issue 29 part 3, constants as data: each change's train.py constants read from the repo (parsed, never
+    run), the ones experiments set differently as columns, and a slice of one constant against the mean of runs."""
+    from selenium.webdriver.common.by import By
+
+    from cluster.ui.model import constants_of
+
+    assert constants_of("DEPTH = 8\nLR: float = 6e-4  # x\nN = 2**19\nF = f()\n  I = 1\nBIG = 10**999\n") == \
+        {"DEPTH": 8.0, "LR": 6e-4, "N": 524288.0}
+    _, url = history
+    c = api(url + "/api/constants")
+    assert c["names"] == ["B", "A"] and c["changed"] == {"A": 1, "B": 5}  # e0003/7/11/12/13 changed B, e0006 A
+    rows = {r["id"]: r for r in c["rows"]}
+    assert rows["e0006"]["values"] == {"A": 6.0, "B": 2.0} and rows["e0006"]["changed"] == ["A"]
+    assert rows["e0006"]["mean"] == pytest.approx(2.51) and rows["e0006"]["n"] == 2
+    assert rows["e0006"]["sd"] == pytest.approx(0.0141421, rel=1e-4)
+    open_page(browser, url + "/constants?name=B&changed=1")
+    chart = "document.getElementById('chart-slice')"
+    xs = wait_until(lambda: browser.execute_script(f"return {chart}.data && {chart}.data[0].x"), "the slice")
+    assert sorted(xs) == [3.0, 7.0, 11.0, 11.0]  # e0003, e0007, e0011 and its merge e0012 (e0004 crashed)
+    heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#constants thead th")]
+    assert heads[-2:] == ["B", "A"]
+    assert "name=B" in browser.current_url and "changed=1" in browser.current_url
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
 def test_pages_work_without_the_repo(small) -> None:
     run, url, _ = small
     shutil.move(run / "repo", run / "repo.moved")
@@ -561,7 +587,8 @@ def test_package_data_ships_the_browser_files() -> None:
     shipped = {p for pattern in patterns for p in package.glob(pattern)}
     for needed in ("templates/base.html", "templates/error.html", "static/common.js", "static/app.css",
                    "static/vendor/cytoscape.min.js", "static/vendor/LICENSE-cytoscape.txt", "static/vendor/LICENSES.md",
-                   "static/vendor/plotly-basic.min.js", "static/vendor/LICENSE-plotly.txt"):
+                   "static/vendor/plotly-basic.min.js", "static/vendor/LICENSE-plotly.txt", "static/constants.js",
+                   "templates/constants.html"):
         assert package / needed in shipped, needed
 
 

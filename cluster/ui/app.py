@@ -178,6 +178,14 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
                     children=state.children_of(row["commit"]) if row["kind"] in lineage.NODE_KINDS else [],
                     merged_from=state.merged_from(row), fate=state.fate(eid), parent_node=_parent_node(state, row))
 
+    @app.get("/constants")
+    def constants_page() -> str:
+        return page("constants.html", active="constants")
+
+    @app.get("/api/constants")
+    def api_constants() -> Response:
+        return _json(model.state().constants)
+
     @app.get("/compare")
     def compare_page() -> str:
         state = model.state()

@@ -9,8 +9,10 @@ proposals and failed requests were charged. Nothing here writes.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import operator
 import os
 import re
 import threading
@@ -38,6 +40,11 @@ SORTABLE = ("experiment_id", "kind", "status", "agent", "verdict", "val_bpb", "q
 # The runs table's columns (the page picks which to show; the CSV has them all), in order
 TABLE_FIELDS = ("experiment_id", "kind", "status", "agent", "description", "val_bpb", "mean_val_bpb", "n_runs",
                 "delta", "verdict", "seed", "gpu_class", "queued_ts", "finished_at", "cost_usd", "replicate_of")
+# A top-level constant of train.py: NAME = a number, or simple arithmetic of numbers (2**19, 6e-4 * 2)
+_CONSTANT_RE = re.compile(r"^([A-Z][A-Z0-9_]*)[ \t]*(?::[ \t]*(?:int|float)[ \t]*)?="
+                          r"[ \t]*([0-9.eE+\-*/() \t_]+?)[ \t]*(?:#.*)?$", re.M)
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+               ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
 _DELTA_RE = re.compile(r"vs main -?\d+(?:\.\d+)? \(n=\d+\)(?: on \S+?)?: ([+-]\d+(?:\.\d+)?)")
 FILTERABLE = ("status", "kind", "agent", "verdict")
 MAX_PAGE = 500
@@ -314,6 +321,50 @@ class RunState:
             r["description"] = (r["description"] or "")[:300]
         return to_json({"version": self.version, "total": table.num_rows, "offset": offset, "rows": rows})
 
+    # -- constants as data ------------------------------------------------------------------
+
+    @cached_property
+    def constants(self) -> bytes:
+        """Each change's numeric train.py constants, for a per-constant slice (value against the mean of its runs,
+        with its runs' sd) and a table with one column per constant: Optuna Dashboard's view of a search.
+
+        A constant is listed when experiments set it to more than one value; ``changed`` names those a change
+        set differently from the file it was proposed from. Read from the repo with one batched git call (only
+        commits not read before), parsed with a regex and a literal-only arithmetic evaluator: nothing is run.
+        """
+        c, table = self.cols, self.table
+        mean, count = column(table, "mean_val_bpb"), column(table, "n_runs")
+        rows = [i for i, k in enumerate(c["kind"]) if k in CHANGE_KINDS and c["commit"][i]]
+        commits = [c["commit"][i] for i in rows] + [c["parent_commit"][i] for i in rows if c["parent_commit"][i]]
+        parsed = self.repo.parse_train_files(commits, constants_of)
+        seen: dict[str, set[float]] = {}
+        for commit in {c["commit"][i] for i in rows}:
+            for name, v in parsed.get(commit, {}).items():
+                seen.setdefault(name, set()).add(v)
+        runs: dict[str, list[float]] = {}
+        for e, r, st, v in zip(c["experiment_id"], c["replicate_of"], c["status"], c["val_bpb"], strict=True):
+            if st == "ok" and v is not None:
+                runs.setdefault(r or e, []).append(v)
+        names = [n for n, values in seen.items() if len(values) > 1]
+        changed_count = dict.fromkeys(names, 0)
+        out = []
+        for i in rows:
+            eid = c["experiment_id"][i]
+            mine, parent = parsed.get(c["commit"][i], {}), parsed.get(c["parent_commit"][i] or "", {})
+            changed = [n for n in names if n in mine and parent and mine.get(n) != parent.get(n)]
+            for n in changed:
+                changed_count[n] += 1
+            values = runs.get(eid, [])
+            out.append({"id": eid, "kind": c["kind"][i], "verdict": c["verdict"][i], "status": c["status"][i],
+                        "mean": mean[i], "n": count[i],
+                        "sd": float(np.std(values, ddof=1)) if len(values) >= 2 else None,
+                        "values": {n: mine[n] for n in names if n in mine}, "changed": changed})
+        names.sort(key=lambda n: (-changed_count[n], n))
+        level = self.main_line.level
+        return to_json({"version": self.version, "names": names, "changed": changed_count, "rows": out,
+                        "noise_sd": level[-1]["sd"] if level else None, "promoted": self.promoted,
+                        "repo": self.repo.available})
+
     # -- one experiment --------------------------------------------------------------------
 
     def events_of(self, eid: str) -> list[dict]:
@@ -350,8 +401,8 @@ class RunState:
         return out
 
     @cached_property
-    def _history(self) -> tuple[list[tuple[int, str]], list[tuple[int, str, str, str, float, float]]]:
-        """The ledger replayed as the driver applied it (FarmState.apply), in append order: (seq, main's new
+    def _history(self) -> tuple[list[tuple[int, float, str]], list[tuple[int, str, str, str, float, float]]]:
+        """The ledger replayed as the driver applied it (FarmState.apply), in append order: (seq, time, main's new
         train.py sha) at every promotion that moved main, and (seq, id, sha, gpu class, finish time, val_bpb) of
         every ok run that is not a change's screening run (a baseline or a confirmation: what main's mean is of)."""
         ev = self.snapshot.events
@@ -360,14 +411,14 @@ class RunState:
         kind_of = dict(zip(c["experiment_id"], c["kind"], strict=True))
         is_promote = pc.fill_null(pc.and_(pc.equal(ev.column("event"), "verdict"),
                                           pc.equal(ev.column("verdict"), "promote")), False)
-        promote = ev.filter(is_promote).select(["seq", "experiment_id", "commit", "train_sha"]).to_pylist()
+        promote = ev.filter(is_promote).select(["seq", "ts", "experiment_id", "commit", "train_sha"]).to_pylist()
         if any(p["commit"] for p in promote):  # a ledger whose promotions carry main's new commit: only those moved
             promote = [p for p in promote if p["commit"]]
         moves, once = [], set()
         for p in promote:
             if p["experiment_id"] not in once:
                 once.add(p["experiment_id"])
-                moves.append((p["seq"], p["train_sha"] or sha_of.get(p["experiment_id"]) or ""))
+                moves.append((p["seq"], p["ts"], p["train_sha"] or sha_of.get(p["experiment_id"]) or ""))
         done = pc.fill_null(pc.and_(pc.equal(ev.column("event"), "finished"), pc.equal(ev.column("status"), "ok")),
                             False)
         finished = ev.filter(done).select(["seq", "experiment_id", "gpu_class", "ts", "val_bpb"]).to_pylist()
@@ -376,21 +427,22 @@ class RunState:
                 if f["val_bpb"] is not None and kind_of.get(f["experiment_id"]) not in CHANGE_KINDS]
         return moves, runs
 
-    def _main_sha_before(self, seq: int) -> str | None:
-        """main's train.py sha as the driver held it just before ledger row ``seq``."""
+    def _main_sha_before(self, seq: int, ts: float) -> str | None:
+        """main's train.py sha as the driver held it just before ledger row ``seq`` (written at ``ts``)."""
         sha = self.main_line.main_sha_at_start
-        for at, moved_to in self._history[0]:
-            if at >= seq:
-                break
-            sha = moved_to or sha
+        for at, when, moved_to in self._history[0]:
+            if at < seq and when <= ts:
+                sha = moved_to or sha
         return sha
 
-    def _runs_of(self, sha: str | None, gpu: str, before: int) -> list[dict]:
-        """The non-screening ok runs of ``sha`` on ``gpu`` booked before ledger row ``before``."""
+    def _runs_of(self, sha: str | None, gpu: str, before: int, ts: float) -> list[dict]:
+        """The non-screening ok runs of ``sha`` on ``gpu`` booked before ledger row ``before`` and time ``ts`` (the
+        driver appends as things happen, so both hold; a ledger written out of order, like the bench's, is
+        still read right)."""
         c = self.cols
         return [{"experiment_id": e, "val_bpb": v, "t": t, "seed": c["seed"][self.index[e]],
                  "kind": c["kind"][self.index[e]]}
-                for seq, e, s, g, t, v in self._history[1] if seq < before and s == sha and g == gpu]
+                for seq, e, s, g, t, v in self._history[1] if seq < before and t <= ts and s == sha and g == gpu]
 
     def decision(self, eid: str, verdicts: list[dict]) -> dict:
         """What decided and against what: the runs the judgement compared this experiment with, as of it.
@@ -405,6 +457,7 @@ class RunState:
         decisive = decisive or next((v for v in reversed(events) if v["reason"] and _MARGIN_RE.search(v["reason"])),
                                     None)
         at = decisive["seq"] if decisive else self.snapshot.events.num_rows
+        at_ts = decisive["ts"] if decisive else math.inf
         gpu = row.get("gpu_class") or "cpu"
         margin = main_mean = n_main = None
         if decisive:
@@ -413,11 +466,11 @@ class RunState:
             m = _MAIN_RE.search(decisive["reason"])
             if m:
                 main_mean, n_main, gpu = float(m.group(1)), int(m.group(2)), m.group(3) or gpu
-        main_sha = row.get("train_sha") if row.get("kind") == "baseline" else self._main_sha_before(at)
-        choices = [("main", main_sha, self._runs_of(main_sha, gpu, at))]
+        main_sha = row.get("train_sha") if row.get("kind") == "baseline" else self._main_sha_before(at, at_ts)
+        choices = [("main", main_sha, self._runs_of(main_sha, gpu, at, at_ts))]
         parent_sha = self._sha_of_commit(row.get("parent_commit")) if row.get("kind") in CHANGE_KINDS else None
         if parent_sha and parent_sha != main_sha:
-            choices.append(("parent", parent_sha, self._runs_of(parent_sha, gpu, at)))
+            choices.append(("parent", parent_sha, self._runs_of(parent_sha, gpu, at, at_ts)))
 
         def fits(choice: tuple[str, str | None, list[dict]]) -> int:
             """How well a reference's runs fit the reason: its count (2), its mean to the reason's 4 decimals (1);
@@ -530,6 +583,41 @@ def run_status(run_dir: Path, now: float | None = None) -> dict:
     else:
         state = "quiet" if stale else "live"
     return {"state": state, "reason": stopping, "failure": failure, "known": True, "updated": mtime}
+
+
+def _number(text: str) -> float | None:
+    """The value of a numeric literal or simple arithmetic of literals (no names, no calls: agent-written code is
+    parsed, never run); None otherwise or when it is huge."""
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+            return float(node.value)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _ARITHMETIC:
+            return _ARITHMETIC[type(node.op)](value(node.operand))
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
+                raise ValueError("too large")
+            return _ARITHMETIC[type(node.op)](left, right)
+        raise ValueError("not arithmetic of numbers")
+
+    if len(text) > 60:
+        return None
+    try:
+        result = value(ast.parse(text.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError, RecursionError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+def constants_of(source: str) -> dict[str, float]:
+    """The numeric top-level constants of a train.py (``DEPTH = 8``, ``LR: float = 6e-4``), the last assignment
+    of a name winning, as Python would leave it."""
+    out = {}
+    for name, text in _CONSTANT_RE.findall(source):
+        number = _number(text)
+        if number is not None:
+            out[name] = number
+    return out
 
 
 def _steps(ts: list[float], best: list[float]) -> dict:

@@ -119,7 +119,7 @@
     Plotly.react(div, traces, {
       margin: { t: 10, r: 10, b: 10, l: 10 }, yaxis: { title: { text: "val_bpb (lower is better)" }, automargin: true },
       xaxis: { tickvals: [0, 1], ticktext: [ref, isBaseline ? "this run" : "this experiment"], range: [-0.5, 1.5],
-        automargin: true },
+        automargin: true, zeroline: false },
       legend: { orientation: "h", y: -0.12, yanchor: "top" }, uirevision: "keep", hovermode: "closest",
     }, plotConfig());
     if (!div.dataset.bound) {

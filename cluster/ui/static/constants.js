@@ -1,0 +1,93 @@
+// Constants as data (as in Optuna Dashboard): each change's numeric train.py constants, a per-constant slice
+// (value against the mean of its runs, with the sd of its runs) and a table with a column per constant.
+// The chosen constant lives in the URL (?name=DEPTH). Everything shown from the run is set as text.
+"use strict";
+
+(function () {
+  const { get, el, link, expUrl, num, clear, watch, plotConfig } = window.farm;
+  const form = document.getElementById("constants-filter");
+  const url = new URLSearchParams(window.location.search);
+  let data = null;
+
+  function value(v) {
+    return Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : String(Number(v.toPrecision(6)));
+  }
+
+  function colour(r) {
+    if (data.promoted.includes(r.id)) return "#27ae60";
+    if (r.verdict === "discard" || r.verdict === "conflict") return "#95a5a6";
+    return "#2f6fde";
+  }
+
+  function drawSlice() {
+    const name = form.elements.name.value;
+    const onlyChanged = form.elements.changed.checked;
+    const rows = data.rows.filter((r) => r.mean !== null && name in r.values && (!onlyChanged || r.changed.includes(name)));
+    document.getElementById("constants-count").textContent = rows.length + " change(s) with a value of " + name +
+      " and an ok run; " + (data.changed[name] || 0) + " changed it";
+    const sd = rows.map((r) => (r.sd !== null ? r.sd : data.noise_sd || 0));
+    Plotly.react("chart-slice", [{
+      type: "scatter", mode: "markers", x: rows.map((r) => r.values[name]), y: rows.map((r) => r.mean),
+      customdata: rows.map((r) => r.id), text: rows.map((r) => r.id + " · " + name + " = " + value(r.values[name]) + " · mean " + num(r.mean) + " (n=" + r.n + ")"),
+      hovertemplate: "%{text}<extra></extra>", error_y: { type: "data", array: sd, visible: true, thickness: 1, color: "#aab7b8" },
+      marker: { size: 9, color: rows.map(colour), opacity: 0.85 },
+    }], {
+      margin: { t: 10, r: 10, b: 10, l: 10 }, xaxis: { title: { text: name }, automargin: true },
+      yaxis: { title: { text: "val_bpb, mean of its runs" }, automargin: true }, showlegend: false, hovermode: "closest",
+    }, plotConfig());
+    const div = document.getElementById("chart-slice");
+    if (!div.dataset.bound) {
+      div.dataset.bound = "1";
+      div.on("plotly_click", (ev) => {
+        const id = ev.points && ev.points[0] && ev.points[0].customdata;
+        if (id) window.location.href = expUrl(id);
+      });
+    }
+    const search = new URLSearchParams({ name: name });
+    if (onlyChanged) search.set("changed", "1");
+    window.history.replaceState(null, "", window.location.pathname + "?" + search.toString());
+  }
+
+  function drawTable() {
+    const head = document.querySelector("#constants thead tr");
+    clear(head);
+    for (const h of ["id", "verdict", "mean (n)", ...data.names]) head.appendChild(el("th", h));
+    const body = document.querySelector("#constants tbody");
+    clear(body);
+    const rows = data.rows.filter((r) => r.mean !== null).sort((a, b) => a.mean - b.mean).slice(0, 300);
+    for (const r of rows) {
+      const tr = el("tr");
+      tr.dataset.id = r.id;
+      const id = el("td");
+      id.appendChild(link(expUrl(r.id), r.id));
+      tr.appendChild(id);
+      tr.appendChild(el("td", r.verdict));
+      tr.appendChild(el("td", num(r.mean) + " (" + r.n + ")", "num"));
+      for (const n of data.names) tr.appendChild(el("td", n in r.values ? value(r.values[n]) : "", r.changed.includes(n) ? "num changed" : "num"));
+      body.appendChild(tr);
+    }
+  }
+
+  async function load() {
+    data = await get("/api/constants");
+    const select = form.elements.name;
+    const keep = select.value || url.get("name");
+    clear(select);
+    for (const n of data.names) {
+      const o = el("option", n + " (changed " + (data.changed[n] || 0) + "x)");
+      o.value = n;
+      select.appendChild(o);
+    }
+    if (keep && data.names.includes(keep)) select.value = keep;
+    if (url.get("changed") === "1") form.elements.changed.checked = true;
+    if (!data.names.length) {
+      document.getElementById("constants-count").textContent = data.repo ? "no numeric constant differs between the changes (yet)" : "no research repo: constants are read from it";
+      return;
+    }
+    drawSlice();
+    drawTable();
+  }
+
+  form.addEventListener("change", () => data && data.names.length && drawSlice());
+  watch(load);
+})();
