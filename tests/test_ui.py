@@ -540,6 +540,11 @@ def test_runs_table_columns_filters_and_sort_live_in_the_url_and_export_as_csv(h
     marks = browser.execute_script("return document.getElementById('chart-progress').data"
                                    ".filter(t => (t.name || '').startsWith('promotion')).map(t => t.customdata)")
     assert marks == [["e0006", "e0012"]]
+    open_page(browser, url + "/?x=n&status=ok")  # the n-th result on x instead of the clock, kept in the URL
+    xs = wait_until(lambda: browser.execute_script("return document.getElementById('chart-progress').data"
+                                                   ".filter(t => t.mode === 'markers').flatMap(t => t.x)"), "points")
+    assert sorted(xs) == list(range(1, 10)) and "x=n" in browser.current_url  # the 9 ok runs
+    assert browser.find_element(By.ID, "x-axis").get_attribute("value") == "n"
     assert pwned(browser) is None and csp_reports(browser) == []
 
 

@@ -28,8 +28,25 @@
     return idx.filter((i) => keep.has(i));
   }
 
+  // The x axis: the clock, or the n-th result (ok runs in the order they finished: the chart of a run that
+  // paused for a night is not mostly empty). Kept in the URL (?x=n).
+  let byResult = new URLSearchParams(window.location.search).get("x") === "n";
+
   function drawProgress(o) {
     const traces = [];
+    // a time on the chosen axis: the clock, or how many ok runs had finished by then
+    const at = (t) => {
+      if (!byResult) return new Date(t * 1000);
+      let lo = 0;
+      let hi = o.points.t.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (o.points.t[mid] <= t) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo;
+    };
+    document.getElementById("x-axis").value = byResult ? "n" : "t";
     const kinds = [...new Set(o.points.kind)];
     const type = "scatter"; // the vendored plotly.js-basic bundle has no WebGL traces (a quarter of the size)
     const total = o.points.t.length;
@@ -43,16 +60,16 @@
       if (thin) idx = sample(idx, Math.max(50, Math.round((DRAWN * idx.length) / total)), o.points.val_bpb);
       traces.push({
         type: type, mode: "markers", name: kind,
-        x: idx.map((i) => new Date(o.points.t[i] * 1000)), y: idx.map((i) => o.points.val_bpb[i]),
+        x: idx.map((i) => (byResult ? i + 1 : new Date(o.points.t[i] * 1000))), y: idx.map((i) => o.points.val_bpb[i]),
         customdata: idx.map((i) => o.points.id[i]), hovertemplate: "%{customdata}: %{y:.4f}<extra>" + kind + "</extra>",
         marker: { size: 6, color: KIND_COLORS[kind] || "#555", opacity: 0.75 },
       });
     }
     traces.push({
       type: "scatter", mode: "lines", name: "best so far (one run)", line: { shape: "hv", color: "#2f6fde", dash: "dot" },
-      x: o.best.t.map((t) => new Date(t * 1000)), y: o.best.val_bpb, hoverinfo: "skip",
+      x: o.best.t.map(at), y: o.best.val_bpb, hoverinfo: "skip",
     });
-    const mt = o.main.t.map((t) => new Date(t * 1000));
+    const mt = o.main.t.map(at);
     const upper = o.main.mean.map((m, i) => (o.main.sd[i] === null ? m : m + o.main.sd[i]));
     const lower = o.main.mean.map((m, i) => (o.main.sd[i] === null ? m : m - o.main.sd[i]));
     traces.push({ type: "scatter", mode: "lines", x: mt, y: upper, line: { shape: "hv", width: 0 }, showlegend: false, hoverinfo: "skip" });
@@ -66,7 +83,7 @@
     });
     if (o.promoted && o.promoted.t.length) {
       traces.push({
-        type: "scatter", mode: "markers+text", name: "promotion (main moved)", x: o.promoted.t.map((t) => new Date(t * 1000)),
+        type: "scatter", mode: "markers+text", name: "promotion (main moved)", x: o.promoted.t.map(at),
         y: o.promoted.val_bpb, text: o.promoted.id, customdata: o.promoted.id, textposition: "bottom center",
         textfont: { size: 10, color: "#1e8449" }, cliponaxis: false,
         marker: { symbol: "star", size: 13, color: "#27ae60", line: { color: "#145a32", width: 1 } },
@@ -75,7 +92,8 @@
     }
     const layout = {
       margin: { t: 30, r: 10, b: 10, l: 10 }, yaxis: { title: { text: "val_bpb" }, automargin: true },
-      xaxis: { automargin: true }, legend: { orientation: "h", y: -0.12, yanchor: "top" }, uirevision: "keep",
+      xaxis: { automargin: true, title: { text: byResult ? "results in the order they came (n-th ok run)" : "" } },
+      legend: { orientation: "h", y: -0.12, yanchor: "top" }, uirevision: byResult ? "n" : "t",
     };
     const div = document.getElementById("chart-progress");
     Plotly.react(div, traces, layout, plotConfig());
@@ -166,6 +184,7 @@
     if (table.order !== "desc") url.set("order", table.order);
     if (table.offset) url.set("offset", table.offset);
     if (state.cols.join(",") !== DEFAULT_COLS.join(",")) url.set("cols", state.cols.filter((k) => k !== "experiment_id").join(","));
+    if (byResult) url.set("x", "n");
     const search = url.toString();
     window.history.replaceState(null, "", window.location.pathname + (search ? "?" + search : ""));
   }
@@ -258,6 +277,15 @@
     }
   }
 
+  document.getElementById("x-axis").addEventListener("change", async (ev) => {
+    byResult = ev.target.value === "n";
+    const url = new URLSearchParams(window.location.search);
+    if (byResult) url.set("x", "n");
+    else url.delete("x");
+    const search = url.toString();
+    window.history.replaceState(null, "", window.location.pathname + (search ? "?" + search : ""));
+    drawProgress(await get("/api/overview"));
+  });
   document.getElementById("all-points").addEventListener("click", async () => {
     everyPoint = true;
     drawProgress(await get("/api/overview"));
