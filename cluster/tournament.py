@@ -99,7 +99,7 @@ class NoiseModel(BaseModel):
 
     def with_group(self, values: Sequence[float]) -> NoiseModel:
         """This model plus one more commit's measurements (cheap: the driver can add as results arrive)."""
-        values = _ok(values)
+        values = ok_values(values)
         if len(values) < 2:
             return self
         mean = sum(values) / len(values)
@@ -299,11 +299,7 @@ class Incumbent(BaseModel):
                                               "(biased low): only the greedy policy compares against them")
 
     def values(self, gpu_class: str) -> list[float]:
-        return _ok(self.measurements.get(gpu_class, []))
-
-    def greedy_values(self, gpu_class: str) -> list[float]:
-        """What "keep if lower" compares with: every ok run of main's train.py, the one that got it kept included."""
-        return _ok(self.screening.get(gpu_class, [])) + self.values(gpu_class)
+        return ok_values(self.measurements.get(gpu_class, []))
 
 
 class MeasureRequest(BaseModel):
@@ -368,7 +364,7 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
     """
     if noise.gpu_class != gpu_class:
         raise ValueError(f"noise model is for {noise.gpu_class}, candidate was measured on {gpu_class}")
-    cand, inc = _ok(candidate), incumbent.values(gpu_class)
+    cand, inc = ok_values(candidate), incumbent.values(gpu_class)
     base = {"gpu_class": gpu_class, "n_candidate": len(cand), "n_incumbent": len(inc)}
     if not cand:
         return Verdict(decision="discard", reason="no ok measurement", **base)
@@ -428,33 +424,6 @@ def judge(candidate: Sequence[float], candidate_lines: int, incumbent: Incumbent
     return Verdict(decision="discard", reason=why + (f"; equal but not simpler ({lines})" if equal else ""), **base)
 
 
-def greedy_baseline_request(incumbent: Incumbent, gpu_class: str) -> MeasureRequest | None:
-    """Autoresearch's loop measures main once, then never again (a kept candidate's run stands for it)."""
-    if incumbent.greedy_values(gpu_class):
-        return None
-    return MeasureRequest(commit=incumbent.commit, gpu_class=gpu_class, replicates=1, why="greedy: main once")
-
-
-def judge_greedy(candidate: Sequence[float], incumbent: Incumbent, gpu_class: str) -> Verdict:
-    """Autoresearch's loop: the candidate's one run against main's run, keep if lower (the benchmark's noise-blind
-    reference; no replicates, no margin, no confirmation)."""
-    cand = _ok(candidate)
-    base = {"gpu_class": gpu_class, "n_candidate": len(cand), "n_incumbent": len(incumbent.values(gpu_class))}
-    if not cand:
-        return Verdict(decision="discard", reason="no ok measurement", **base)
-    value, ref = cand[0], incumbent.greedy_values(gpu_class)
-    if not ref:
-        request = greedy_baseline_request(incumbent, gpu_class)
-        return Verdict(decision="wait", reason=f"greedy: main not measured on {gpu_class}", measure=request, **base)
-    main = sum(ref) / len(ref)
-    delta = value - main
-    base |= {"candidate_mean": value, "incumbent_mean": main, "delta": delta, "margin": 0.0, "near_miss": True}
-    numbers = f"{value:.4f} vs main {main:.4f} on {gpu_class}: {delta:+.4f}"
-    if delta < 0:
-        return Verdict(decision="promote", reason=f"greedy: {numbers} is lower", **base)
-    return Verdict(decision="discard", reason=f"greedy: {numbers} is not lower", **base)
-
-
 class PoolEntry(BaseModel):
     """A finished, not promoted experiment the driver offers as a possible parent (oldest first in the pool)."""
 
@@ -486,5 +455,6 @@ def select_parent(main_commit: str, pool: Sequence[PoolEntry], rng: random.Rando
                         f"({best.delta:+.4f} vs main)"
 
 
-def _ok(values: Sequence[float]) -> list[float]:
+def ok_values(values: Sequence[float]) -> list[float]:
+    """The values a judgement may use: measured and finite."""
     return [v for v in values if v is not None and math.isfinite(v)]

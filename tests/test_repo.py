@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import cluster.repo as repo_mod
-from cluster.repo import FARM_EMAIL, FARM_NAME, RepoError, ResearchRepo, count_code_lines
+from cluster.repo import FARM_EMAIL, FARM_NAME, RepoError, ResearchRepo, count_code_lines, git_merge
 
 SEED = "".join(f"X{i} = {i}\n" for i in range(1, 21))  # 20 independent lines: edits far apart merge cleanly
 PROGRAM = "# program\nMake val_bpb fall.\n"
@@ -235,3 +235,21 @@ def test_a_merge_may_prefer_the_candidates_lines_where_both_changed_them(repo: R
     text, conflict = repo.merge_train_py(base, ours, theirs)
     assert conflict and "<<<<<<<" in text
     assert repo.merge_train_py(base, ours, theirs, prefer_theirs=True) == ("A = 7\nB = 3\n", None)
+
+
+def test_a_merge_passed_in_is_the_one_promotions_use(repo: ResearchRepo) -> None:
+    """Strategies are passed in, never patched (bench/search.py's what-ifs): the repo merges with what it was given,
+    and git's merge-file is only the default."""
+    calls = []
+
+    def merge(base: str, ours: str, theirs: str, prefer_theirs: bool = False) -> tuple[str, str | None]:
+        calls.append(prefer_theirs)
+        return git_merge(base, ours, theirs, prefer_theirs)
+
+    seed = repo.main_head()
+    a = repo.commit_experiment("a", seed, edit(SEED, 2, "X2 = 22"), "X2")
+    b = repo.commit_experiment("b", seed, edit(SEED, 18, "X18 = 188"), "X18")
+    repo.promote(a, "promote a", {})
+    mine = ResearchRepo.open(repo.path, merge)
+    assert mine.promote(b, "promote b", {}).kind == "merge" and calls == [False]
+    assert repo.merge_train_py("A = 1\n", "A = 2\n", "A = 1\n") == ("A = 2\n", None) and calls == [False]

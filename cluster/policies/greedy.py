@@ -8,7 +8,7 @@ registered by ``POLICIES`` below; cluster/policies/__init__.py finds it, and ``p
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -19,8 +19,40 @@ from cluster.policies.core import CoreSettings
 from cluster.policies.judging import Judging
 from cluster.policy import Action, Decide, Screening, Strategies
 from cluster.state import Work
-from cluster.tournament import greedy_baseline_request, judge_greedy
+from cluster.tournament import Incumbent, MeasureRequest, Verdict, ok_values
 from cluster.view import FarmView
+
+
+def kept_values(incumbent: Incumbent, gpu_class: str) -> list[float]:
+    """What "keep if lower" compares with: every ok run of main's train.py, the one that got it kept included."""
+    return ok_values(incumbent.screening.get(gpu_class, [])) + incumbent.values(gpu_class)
+
+
+def greedy_baseline_request(incumbent: Incumbent, gpu_class: str) -> MeasureRequest | None:
+    """Autoresearch's loop measures main once, then never again (a kept candidate's run stands for it)."""
+    if kept_values(incumbent, gpu_class):
+        return None
+    return MeasureRequest(commit=incumbent.commit, gpu_class=gpu_class, replicates=1, why="greedy: main once")
+
+
+def judge_greedy(candidate: Sequence[float], incumbent: Incumbent, gpu_class: str) -> Verdict:
+    """Autoresearch's loop: the candidate's one run against main's run, keep if lower (the benchmark's noise-blind
+    reference; no replicates, no margin, no confirmation)."""
+    cand = ok_values(candidate)
+    base = {"gpu_class": gpu_class, "n_candidate": len(cand), "n_incumbent": len(incumbent.values(gpu_class))}
+    if not cand:
+        return Verdict(decision="discard", reason="no ok measurement", **base)
+    value, ref = cand[0], kept_values(incumbent, gpu_class)
+    if not ref:
+        request = greedy_baseline_request(incumbent, gpu_class)
+        return Verdict(decision="wait", reason=f"greedy: main not measured on {gpu_class}", measure=request, **base)
+    main = sum(ref) / len(ref)
+    delta = value - main
+    base |= {"candidate_mean": value, "incumbent_mean": main, "delta": delta, "margin": 0.0, "near_miss": True}
+    numbers = f"{value:.4f} vs main {main:.4f} on {gpu_class}: {delta:+.4f}"
+    if delta < 0:
+        return Verdict(decision="promote", reason=f"greedy: {numbers} is lower", **base)
+    return Verdict(decision="discard", reason=f"greedy: {numbers} is not lower", **base)
 
 
 class GreedySettings(CoreSettings):
