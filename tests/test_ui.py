@@ -424,6 +424,8 @@ def test_compare_shows_labels_rounded_numbers_replicate_means_and_differences(hi
         r"<tr data-key=\"[^\"]+\"[^>]*><th>([^<]*)</th><td>([^<]*)</td><td>([^<]*)</td><td class=\"num\">([^<]*)</td>",
         page)}
     assert rows["val_bpb, mean of its runs"] == ["2.6000", "2.5100", "-0.0900"]  # e0006: its run and e0008's
+    # the judge's standard error: sd pooled over files run twice (main: e0001/e0002, e0006's file: e0008/e0009)
+    assert rows["difference in standard errors"][2] == "-3.3 se (se 0.0274: noise sd 0.0224, df 2, pooled on cpu)"
     assert rows["peak memory (MB)"] == ["606", "606", "+0"] and "605.597656" not in page
     assert "<th>peak_memory_mb" not in page and "steps" not in rows  # no raw names; rows empty on both sides left out
 

@@ -16,6 +16,7 @@ import csv
 import gzip
 import io
 import ipaddress
+import math
 import re
 import threading
 from pathlib import Path
@@ -308,6 +309,17 @@ def compare_rows(state: RunState, a: dict, b: dict) -> list[dict]:
                 "delta": _signed(means["a"], means["b"], 4), "key": "mean"})
     out.append({"label": "runs (ok)", "a": str(len(runs["a"])), "b": str(len(runs["b"])), "delta": "",
                 "key": "runs"})
+    gpu_a, gpu_b = a.get("gpu_class") or "cpu", b.get("gpu_class") or "cpu"
+    noise = state.noise.get(gpu_a) if gpu_a == gpu_b else None
+    if noise and runs["a"] and runs["b"] and means["a"] is not None and means["b"] is not None:
+        sd, df = noise  # the judge's standard error of a difference of two means: sd * sqrt(1/n_a + 1/n_b)
+        se = sd * math.sqrt(1 / len(runs["a"]) + 1 / len(runs["b"]))
+        out.append({"label": "difference in standard errors", "a": "", "b": "", "key": "z",
+                    "delta": f"{(means['b'] - means['a']) / se:+.1f} se (se {se:.4f}: noise sd {sd:.4f}, df {df}, "
+                             f"pooled on {gpu_a})" if se > 0 else ""})
+    elif gpu_a != gpu_b:
+        out.append({"label": "difference in standard errors", "a": "", "b": "", "key": "z",
+                    "delta": f"not compared: measured on {gpu_a} and {gpu_b}"})
     out.append({"label": "val_bpb, its first run", "a": _fixed(a.get("val_bpb"), 4), "b": _fixed(b.get("val_bpb"), 4),
                 "delta": _signed(a.get("val_bpb"), b.get("val_bpb"), 4), "key": "val_bpb"})
     for key, label, digits in COMPARE_FIELDS:
@@ -317,7 +329,7 @@ def compare_rows(state: RunState, a: dict, b: dict) -> list[dict]:
         else:
             out.append({"label": label, "a": _fixed(va, digits), "b": _fixed(vb, digits),
                         "delta": _signed(va, vb, digits), "key": key})
-    out = [r for r in out if r["a"] or r["b"]]  # a field neither experiment has says nothing
+    out = [r for r in out if r["a"] or r["b"] or r["delta"]]  # a field neither experiment has says nothing
     for r in out:
         r["differs"] = r["a"] != r["b"]
     return out

@@ -427,6 +427,22 @@ class RunState:
                 if f["val_bpb"] is not None and kind_of.get(f["experiment_id"]) not in CHANGE_KINDS]
         return moves, runs
 
+    @cached_property
+    def noise(self) -> dict[str, tuple[float, int]]:
+        """GPU class -> (pooled sd, degrees of freedom) of repeated runs of one file, the judge's noise model
+        (cluster/tournament.py noise_models): the non-screening ok runs grouped by train.py, each group's
+        squared deviations from its mean pooled; a class with no file run twice is absent."""
+        groups: dict[tuple[str, str], list[float]] = {}
+        for _, _, sha, gpu, _, v in self._history[1]:
+            groups.setdefault((gpu, sha), []).append(v)
+        pooled: dict[str, list[float]] = {}
+        for (gpu, _), values in groups.items():
+            if len(values) >= 2:
+                mean = sum(values) / len(values)
+                ss, df = pooled.setdefault(gpu, [0.0, 0])
+                pooled[gpu] = [ss + sum((v - mean) ** 2 for v in values), df + len(values) - 1]
+        return {gpu: (math.sqrt(ss / df), int(df)) for gpu, (ss, df) in pooled.items() if df > 0}
+
     def _main_sha_before(self, seq: int, ts: float) -> str | None:
         """main's train.py sha as the driver held it just before ledger row ``seq`` (written at ``ts``)."""
         sha = self.main_line.main_sha_at_start
