@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## The whole test suite (CPU only; a few minutes).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 ## Skip the slow tests (real training runs).
 test-fast: install

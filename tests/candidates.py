@@ -96,9 +96,12 @@ VARIANTS: dict[str, dict[str, str]] = {
         "torch.export.export = lambda *a, **k: (time.sleep(3600), _export(*a, **k))[1]"
     },
     # Hostile code for the sandboxes: each does its damage before training normally.
-    "infinite_loop": {"prelude": "while True:\n    pass"},
+    # The two runaways run after the hand-over, where only the wall limit stops them: before the first batch
+    # their time is set-up past its allowance, charged as training, and the budget stops them first.
+    "infinite_loop": {"after_eval": "while True:\n    pass"},
     "fork_bomb": {
-        "prelude": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.05)"
+        "after_eval": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
+        "        time.sleep(0.05)"
     },
     "memory_bomb": {"prelude": "hoard = []\nwhile True:\n    hoard.append(bytearray(50_000_000))"},
     # Exhausting its own resources, then failing: the candidate's fault (crash/oom), never the farm's (error).
@@ -131,8 +134,8 @@ VARIANTS: dict[str, dict[str, str]] = {
         "plant('fifo result.json.tmp', lambda: os.mkfifo(os.path.join(out, 'result.json.tmp')))"
     },
     # Steals compute: 8 busy processes for 6 s, then trains as usual (its neighbours must not feel it).
-    "cpu_hog": {
-        "prelude": "import multiprocessing, os\ndef _spin(end):\n    while time.time() < end:\n        pass\n"
+    "cpu_hog": {  # after the hand-over: six seconds of spinning before the first batch would be charged as training
+        "after_eval": "import multiprocessing, os\ndef _spin(end):\n    while time.time() < end:\n        pass\n"
         "_t0, _cpu0 = time.time(), os.times()\n"
         "_procs = [multiprocessing.Process(target=_spin, args=(time.time() + 6,)) for _ in range(8)]\n"
         "[p.start() for p in _procs]\n[p.join() for p in _procs]\n_cpu = os.times()\n"
