@@ -18,11 +18,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent.llm import ApiKeyMissing, read_api_key
-from agent.mutate import parse_constants
-from agent.protocol import Context, ExperimentSummary, Measured, Proposal, ProposalFailure
+from agent.protocol import Context, Proposal, ProposalFailure
 from agent.transcript import write_transcript
 from cluster.config import FarmConfig, absolute
+from cluster.context import ContextBuilder
 from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
+from cluster.health import HealthWatch
 from cluster.independence import IndependenceCheck
 from cluster.ledger import LedgerRow, write_results_tsv
 from cluster.live import LiveView, snapshot
@@ -32,7 +33,6 @@ from cluster.policy import Action, Decide, Measure, Promote, Revert, Stage, Stra
 from cluster.spec import ExperimentSpec, Limits, owner_of
 from cluster.state import Work
 from cluster.store import FarmStore
-from cluster.untrusted import log_tail
 from cluster.view import FarmView
 from trainer.profiles import get_profile
 
@@ -70,7 +70,8 @@ class Farm:
         self.started = time.time()
         self.stopping = ""
         self.failure = ""  # why the farm could not do its job (set with stopping): the run exits non-zero
-        self._errors_in_row: list[tuple[str, str]] = []  # farm faults (status error) since the last ok result
+        self.health = HealthWatch(self.state, self.run_dir, config.max_consecutive_errors,
+                                  config.tournament.baseline_replicates)
         # replicates on other seeds that are one run (a pinned seed): rebuilt from the ledger, so caught across a resume
         self.independence = IndependenceCheck(self.profile.replicate_min_distance, self.state.finished.values())
         self._unproductive = 0  # proposals in a row, over all agents, that were rejected or failed
@@ -79,9 +80,9 @@ class Farm:
         self.parked: list[int] = []  # agents waiting for the next finished experiment (PARK_AFTER)
         self._stopped_at: float | None = None  # when the loop first saw self.stopping
         self._status_written = 0.0
-        self._measured_cache: dict[str, Measured] = {}  # finished experiment -> what optimiser agents see
-        self._constants: dict[str, dict[str, float]] = {}  # train.py sha -> its constants block
-        self._details: dict[str, tuple[str, str]] = {}  # finished experiment -> (diff, log tail) shown to agents
+        # what each agent is shown (its noise is the view's, the judge's own)
+        self.contexts = ContextBuilder(self.store, self.view_of_state, self.policy, self.profile.name, self.run_dir,
+                                       self.rng)
         self.snapshot = snapshot(self)  # what the observers read (live view, status.json, metrics' scrape)
         self.view = LiveView(self)
         self.metrics = FarmMetrics.for_farm(self)  # served by run_cli (metrics_port)
@@ -178,69 +179,8 @@ class Farm:
         self.asking.add(index)
 
     def _context(self, index: int) -> Context:
-        finished = [self._summary(eid) for eid in self.state.finished]
-        ok = sorted((s for s in finished if s.val_bpb is not None), key=lambda s: s.val_bpb)
-        name = self.config.agent_name(index)
-        parent, _why = self.policy.parent(self.view_of_state, self.rng)
-        leaderboard, recent = ok[:10], finished[-10:]
-        own = [s for s in finished if s.agent == name][-5:]
-        for summary in {id(s): s for s in (*leaderboard, *recent, *own)}.values():  # what agents look up
-            summary.diff, summary.log_tail = self._detail(summary)
-        return Context(
-            program=self.store.program_md(self.state.main_commit),
-            profile=self.profile.name,
-            parent_commit=parent,
-            parent_train_py=self.store.train_py(parent),
-            main_val_bpb=self.state.main_mean(self.main_class()),
-            noise_sd=self.view_of_state.noise(self.main_class()).sd,  # the judge's noise, prior included
-            leaderboard=leaderboard,
-            recent=recent,
-            own_recent=own,
-            own_rejected=[why for agent, why in self.state.rejections if agent == name][-5:],
-            in_flight=self._in_flight(),
-            notes=self._notes(),
-            seed=self.rng.randrange(2**31),
-            measured=self._measured() if self.config.agent_kind_of(index) == "optuna" else [],
-        )
-
-    def _in_flight(self, limit: int = 32) -> list[ExperimentSummary]:
-        """Candidates queued or running, newest last: N agents proposing from one main at once would otherwise spend
-        proposals (an LLM's tokens) on an idea already being tried, which screening then refuses."""
-        state = self.state
-        out = [ExperimentSummary(experiment_id=eid, parent_commit=w.parent_commit, commit=w.commit, agent=w.agent,
-                                 description=w.description, status="running" if eid in self.inflight else "queued")
-               for eid, w in state.work.items() if w.kind == "candidate" and eid not in state.finished]
-        return out[-limit:]
-
-    def _detail(self, summary: ExperimentSummary) -> tuple[str, str]:
-        """(diff vs parent for candidates and merges, log tail for failures) of a finished experiment, cached."""
-        if summary.experiment_id not in self._details:
-            work = self.state.work.get(summary.experiment_id)
-            diff = self.store.diff(work.commit) if work and work.kind in ("candidate", "merge") else ""
-            log = self.run_dir / "experiments" / summary.experiment_id / "out" / "run.log"
-            tail = log_tail(log, 15) if summary.status != "ok" else ""  # written by the candidate: no links
-            self._details[summary.experiment_id] = (diff[:6000], tail[-2000:])
-        return self._details[summary.experiment_id]
-
-    def _measured(self) -> list[Measured]:
-        """Every finished experiment with its file's constants (what an optimiser agent learns from), cached."""
-        for eid, row in self.state.finished.items():
-            work = self.state.work.get(eid)
-            if eid in self._measured_cache or work is None:
-                continue
-            if work.train_sha not in self._constants:
-                try:
-                    parsed = parse_constants(self.store.train_py(work.commit))
-                    self._constants[work.train_sha] = {n: float(c.value) for n, c in parsed.items()}
-                except ValueError:  # no constants block (an LLM rewrote the file): nothing to learn from
-                    self._constants[work.train_sha] = {}
-            self._measured_cache[eid] = Measured(experiment_id=eid, constants=self._constants[work.train_sha],
-                                                 val_bpb=row.val_bpb if row.status == "ok" else None)
-        return list(self._measured_cache.values())
-
-    def _notes(self) -> list[str]:
-        path = self.run_dir / "notes.md"
-        return path.read_text().splitlines()[-50:] if path.exists() else []
+        return self.contexts.build(self.config.agent_name(index), self.inflight,
+                                   optimiser=self.config.agent_kind_of(index) == "optuna")
 
     def _on_proposal(self, event: ProposalDone) -> None:
         index, outcome = event.agent, event.outcome
@@ -289,7 +229,7 @@ class Farm:
             self.idle_agents.append(index)
 
     def _append_notes(self, agent: str, notes: list[str]) -> None:
-        """An agent's one-line insights onto the shared notes file every agent is shown (driver._notes)."""
+        """An agent's one-line insights onto the shared notes file every agent is shown (ContextBuilder.notes)."""
         lines = [f"- {agent}: {' '.join(n.split())[:300]}" for n in notes if n.strip()]
         if lines:
             with open(self.run_dir / "notes.md", "a") as f:
@@ -369,35 +309,9 @@ class Farm:
             row.status, row.val_bpb, row.reason = "invalid", None, reason
 
     def _watch_health(self, work: Work, row: LedgerRow) -> None:
-        """Stop a farm that cannot work: its own faults pile up, or main itself cannot run.
-
-        Only status ``error`` (the farm's fault: no result, a lost task, a sandbox that cannot start, data
-        missing) counts toward the first rule, so no candidate can stop the farm by failing.
-        """
-        if row.status == "ok":
-            self._errors_in_row = []
-        elif row.status == "error":
-            self._errors_in_row.append((work.experiment_id, row.reason or "no reason given"))
-            limit = self.config.max_consecutive_errors
-            if limit and len(self._errors_in_row) >= limit:
-                eid, reason = self._errors_in_row[0]
-                self.fail(f"{len(self._errors_in_row)} experiments in a row failed through the farm's own fault "
-                          f"(status error), none ok in between; the first, {eid}: {reason[:300]} (full log: "
-                          f"{self.run_dir / 'experiments' / eid / 'out'}/)")
-        if work.kind == "baseline" and work.train_sha == self.state.main_sha and row.status != "ok":
-            runs = [self.state.finished[eid] for eid, w in self.state.work.items()
-                    if w.train_sha == self.state.main_sha and eid in self.state.finished]
-            own = [r for r in runs if r.status != "error"]  # the farm's own faults: the rule above
-            failed = [r for r in own if r.status != "ok"]
-            pending = self.state.pending_replicates(self.state.main_sha)
-            # None ok, or so many failed (replicates on other seeds refused, say) that main can never be measured.
-            hopeless = len(failed) >= 2 * max(1, self.config.tournament.baseline_replicates)
-            if failed and (hopeless or (not any(r.status == "ok" for r in runs) and not pending)):
-                first = failed[0]
-                self.fail(f"main cannot run: {len(failed)} of its {len(runs)} baseline run(s) failed, so nothing "
-                          f"can be judged against it; {first.experiment_id}: {first.status}: "
-                          f"{(first.reason or '')[:300]} "
-                          f"(log: {self.run_dir / 'experiments' / first.experiment_id / 'out' / 'run.log'})")
+        """Stop a farm that cannot work (cluster/health.py): its own faults pile up, or main itself cannot run."""
+        if reason := self.health.check(work, row):
+            self.fail(reason)
 
     # ---- carrying out the policy's actions ------------------------------------------------
 
@@ -432,15 +346,6 @@ class Farm:
     def main_class(self) -> str:
         """The GPU class main is judged on (the live view and the metrics show main's value on it)."""
         return self.view_of_state.main_class()
-
-    def _summary(self, eid: str) -> ExperimentSummary:
-        row, work = self.state.finished[eid], self.state.work.get(eid)
-        return ExperimentSummary(
-            experiment_id=eid, parent_commit=work.parent_commit if work else "", commit=work.commit if work else "",
-            agent=work.agent if work else "", description=work.description if work else "",
-            status=row.status or "", val_bpb=row.val_bpb, verdict=self.state.verdicts.get(eid, ""),
-            reason=row.reason or "",
-        )
 
     def _write_summaries(self) -> None:
         write_results_tsv(self.ledger.latest(), self.run_dir / "results.tsv")

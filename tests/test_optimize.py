@@ -110,4 +110,4 @@ def test_a_hybrid_population_runs_in_the_real_driver(tmp_path: Path, monkeypatch
     assert farm.run() == 0
     agents = {w.agent for w in farm.state.work.values() if w.kind == "candidate"}
     assert agents == {"mutate-0", "optuna-1"}
-    assert len(farm._measured()) == len(farm.state.finished) == 24
+    assert len(farm.contexts.measured()) == len(farm.state.finished) == 24

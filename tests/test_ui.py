@@ -29,8 +29,8 @@ import pytest
 from cluster.ledger import Ledger, LedgerRow
 from cluster.repo import ResearchRepo
 from cluster.ui.ledger_view import LedgerView
-from cluster.ui.safe_files import LOG_TAIL_BYTES, UnsafeFile, read_tail
 from cluster.ui.server import serve_ui
+from cluster.untrusted import LOG_TAIL_BYTES, UnsafeFile, read_beneath
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -174,25 +174,25 @@ def test_log_tail_follows_no_link_blocks_on_no_fifo_and_reads_at_most_64_kb(tmp_
     secret = tmp_path / "secret"
     secret.write_text("host secret")
     (out / "run.log").write_text("x" * 10 + "\n" + "line\n" * 40000)
-    text, cut = read_tail(tmp_path, ["experiments", "e1", "out", "run.log"])
+    text, cut = read_beneath(tmp_path, ["experiments", "e1", "out", "run.log"])
     assert cut and len(text.encode()) <= LOG_TAIL_BYTES and text.endswith("line\n")
     (out / "run.log").unlink()
     (out / "run.log").symlink_to(secret)
     with pytest.raises(UnsafeFile):
-        read_tail(tmp_path, ["experiments", "e1", "out", "run.log"])
+        read_beneath(tmp_path, ["experiments", "e1", "out", "run.log"])
     (out / "run.log").unlink()
     os.mkfifo(out / "run.log")
     with pytest.raises(UnsafeFile, match="regular"):
-        read_tail(tmp_path, ["experiments", "e1", "out", "run.log"])  # returns at once: opened non-blocking
+        read_beneath(tmp_path, ["experiments", "e1", "out", "run.log"])  # returns at once: opened non-blocking
     shutil.rmtree(tmp_path / "experiments" / "e1")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "run.log").write_text("host secret")
     (tmp_path / "experiments" / "e1").mkdir()
     (tmp_path / "experiments" / "e1" / "out").symlink_to(tmp_path / "elsewhere")  # a linked directory on the way
     with pytest.raises(UnsafeFile):
-        read_tail(tmp_path, ["experiments", "e1", "out", "run.log"])
+        read_beneath(tmp_path, ["experiments", "e1", "out", "run.log"])
     with pytest.raises(UnsafeFile):
-        read_tail(tmp_path, ["..", "secret"])
+        read_beneath(tmp_path, ["..", "secret"])
 
 
 # ---- the server: read-only, loopback, escaped ---------------------------------------------------------------------

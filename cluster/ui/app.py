@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from cluster.ui import lineage
 from cluster.ui.assets import IMMUTABLE, Assets, accepts_gzip
 from cluster.ui.model import FILTERABLE, TABLE_FIELDS, RunModel, RunState, run_status, to_json
-from cluster.ui.safe_files import UnsafeFile, read_tail
+from cluster.untrusted import UnsafeFile, read_beneath
 
 # plotly.js and cytoscape.js each add a <style> element of their own (fixed text); those exact texts are allowed
 # by hash, nothing else inline. A new version of either changes them: tests/test_ui.py fails on any CSP report.
@@ -252,7 +252,7 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
         events = state.events_of(eid)
         verdicts = state.verdicts_of(eid)
         try:
-            log, cut = read_tail(model.run_dir, ["experiments", eid, "out", "run.log"])
+            log, cut = read_beneath(model.run_dir, ["experiments", eid, "out", "run.log"])
             log_note = "(the last 64 KB)" if cut else ""
         except UnsafeFile as exc:
             log, log_note = "", f"no log shown: {exc}"

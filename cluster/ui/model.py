@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from cluster.ui.ledger_view import LedgerView, Snapshot
 from cluster.ui.repo_view import RepoView
-from cluster.ui.safe_files import UnsafeFile, read_tail
+from cluster.untrusted import UnsafeFile, read_beneath
 from cluster.vocabulary import CHANGE_KINDS, KEEP_VERDICTS, SPEND_ONLY_EVENTS
 
 NOT_DONE = ("queued", "running")
@@ -582,7 +582,7 @@ def run_status(run_dir: Path, now: float | None = None) -> dict:
     """Whether the run is live, stopping or finished, from the driver's RUN/status.json (not the ledger, which
     cannot say that no more rows will come): a stop reason with nothing in flight is a finished run."""
     try:
-        text, cut = read_tail(run_dir, [STATUS_FILE])
+        text, cut = read_beneath(run_dir, [STATUS_FILE])
         status = json.loads(text) if not cut else {}
         mtime = os.stat(run_dir / STATUS_FILE, follow_symlinks=False).st_mtime
     except (UnsafeFile, OSError, ValueError):
