@@ -45,7 +45,6 @@ class TrainingClock:
         self.compile_allowance = compile_allowance
         self.setup_allowance = setup_allowance
         self.hello_at: float | None = None  # train.py started running (the harness is ready)
-        self.setup_overrun = 0.0  # charged before the first batch, past the set-up allowance
         self.warmup_overrun = False  # charging began at the warm-up allowance's end, not at its last batch
         self.batches = 0
         self.started_at: float | None = None  # when charging began: the warm-up's end, or its allowance's
@@ -67,12 +66,17 @@ class TrainingClock:
         self._start_if_overran(now)
         if self.first_batch_at is None:
             self.first_batch_at = now
-            if self._last is not None:
-                self.setup_overrun = now - self._last
         if self._last is not None:
             self._close(now)
         if self.batches >= self.warmup_batches and self.started_at is None:
             self.started_at = self._last = now
+
+    @property
+    def setup_overrun(self) -> float:
+        """Seconds charged before the first batch: train.py's set-up past its allowance (0 until the first batch)."""
+        if self.first_batch_at is None or self.started_at is None:
+            return 0.0
+        return max(0.0, self.first_batch_at - self.started_at)
 
     def _start_if_overran(self, now: float) -> None:
         """Two windows are free of charge, each only for its allowance: train.py's set-up (from the harness's hello

@@ -15,6 +15,7 @@ on the last, so what the candidate waits for is a pipe write, not tokenization.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import struct
@@ -41,10 +42,8 @@ PIPE_BYTES = 1 << 20  # the data pipe's kernel buffer: a GPU batch (a few MB) in
 def enlarge_pipe(fd: int) -> None:
     """Best effort: a bigger kernel buffer on a pipe means fewer wake-ups per batch."""
     try:
-        import fcntl
-
         fcntl.fcntl(fd, 1031, PIPE_BYTES)  # F_SETPIPE_SZ
-    except (OSError, AttributeError):
+    except OSError:
         pass
 
 
@@ -53,7 +52,6 @@ class Feeder:
 
     def __init__(self, profile: Profile, cache: Path, fd: int) -> None:
         self.profile, self.cache, self.fd = profile, cache, fd
-        self.tokens = 0  # sent so far
         self._tokenizer: Tokenizer | None = None
         self._lengths: set[int] = set()  # the T granted so far (the events thread's)
         self._streams: dict[int, Iterator[tuple[list[int], int]]] = {}
@@ -71,19 +69,22 @@ class Feeder:
         """A batch the candidate asked for (its ``b`` event, already charged): queued for writing. Returns why it
         is refused instead (the candidate is sent the reason and raises it), or None."""
         why = self._refusal(B, T)
-        with self._cond:
-            if len(self._grants) >= MAX_PENDING:
-                return why or "too many batches asked for and not read"
-            self._grants.append(why or (B, T))  # type: ignore[arg-type]
-            self._cond.notify()
+        if not self._queue(why or (B, T)):  # type: ignore[arg-type]
+            return why or "too many batches asked for and not read"
         return why
 
     def refuse(self, why: str) -> None:
         """Answer one request with a refusal (a batch asked for after the model was handed over)."""
+        self._queue(why)
+
+    def _queue(self, item: tuple[int, int] | str) -> bool:
+        """Hand ``item`` to the writer thread; False when a candidate flooding the runner filled the queue."""
         with self._cond:
-            if len(self._grants) < MAX_PENDING:
-                self._grants.append(why)
-                self._cond.notify()
+            if len(self._grants) >= MAX_PENDING:
+                return False
+            self._grants.append(item)
+            self._cond.notify()
+        return True
 
     def _refusal(self, B: object, T: object) -> str | None:
         if type(B) is not int or type(T) is not int or B < 1 or T < 1:
@@ -148,7 +149,6 @@ class Feeder:
                     payload.byteswap()
                 self._write(FRAME.pack(BATCH, B, T, epoch, len(payload) * 8))
                 self._write(memoryview(payload).cast("B"))
-                self.tokens += B * T
                 self._top_up(B, T)
         except _Gone:
             return  # the candidate is gone (EPIPE) or the channel closed: nothing left to feed

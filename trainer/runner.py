@@ -176,11 +176,9 @@ class Observer:
     def _windows(self, now: float) -> str:
         """Which free window the run trained in past its allowance, for the reason."""
         c, p = self.clock, self.profile
-        if c.first_batch_at is None and c.started_at is not None:
-            return (f"; {now - c.started_at:.1f} s of it before the first batch, past the {p.setup_allowance:g} s "
-                    "set-up allowance (train.py's start-up is charged as training beyond it)")
-        if c.setup_overrun:
-            return (f"; {c.setup_overrun:.1f} s of it before the first batch, past the {p.setup_allowance:g} s "
+        before = now - c.started_at if c.first_batch_at is None and c.started_at is not None else c.setup_overrun
+        if before:
+            return (f"; {before:.1f} s of it before the first batch, past the {p.setup_allowance:g} s "
                     "set-up allowance (train.py's start-up is charged as training beyond it)")
         if c.warmup_overrun:
             return (f"; charged from {p.compile_allowance:g} s after the first batch, where the warm-up allowance "
