@@ -26,6 +26,16 @@ from typing import Any
 
 import torch
 
+from trainer.kernels import (
+    HOW_TO_ADD,
+    REFERENCE_TARGET,
+    KernelRefused,
+    inline_references,
+    known_entry,
+    register_reference,
+    rewrite_node,
+)
+
 MAGIC = b"FARM-HANDOVER-1\n"
 SECTIONS = ("program", "state_dict", "constants", "example_inputs")
 MAX_PROGRAM_JSON = 64 << 20  # the graph's JSON; weights are the big sections
@@ -41,13 +51,17 @@ _DENIED = re.compile(
 )
 
 
+class HandoverError(RuntimeError):
+    """The model could not be exported, or the file is not a model the evaluator will run; says which and why."""
+
+
 def _runs(target: str) -> bool:
     """Whether the evaluator runs a graph node calling ``target`` (its serialized name)."""
     return bool(_TARGET.match(target)) and not _DENIED.match(target)
 
 
-class HandoverError(RuntimeError):
-    """The model could not be exported, or the file is not a model the evaluator will run; says which and why."""
+def _refused(target: str) -> HandoverError:
+    return HandoverError(f"the exported program calls {target[:120]!r}, which the evaluator does not run: {HOW_TO_ADD}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,9 +115,22 @@ def split_sections(blob: bytes) -> dict[str, bytes]:
 
 
 def check_program_json(doc: Any) -> None:
-    """Refuse anything in the graph's JSON that would make torch run more than ATen operators on tensors."""
+    """Refuse anything in the graph's JSON that would make torch run more than ATen operators on tensors.
+
+    A call of a registered kernel the evaluator knows (trainer/kernels.py) is checked argument by argument and
+    rewritten, in ``doc``, to the farm's reference operator; any other operator that is not plain ATen is refused.
+    """
     if not isinstance(doc, dict) or "graph_module" not in doc:
         raise HandoverError("the exported program has no graph")
+    for node in _nodes(doc):
+        target = node.get("target")
+        if isinstance(target, str) and not _runs(target):
+            if known_entry(target) is None:
+                raise _refused(target)  # the farm's reference too: only the evaluator writes it
+            try:
+                rewrite_node(node)
+            except KernelRefused as exc:
+                raise HandoverError(f"the evaluator refused an attention kernel: {exc}") from exc
     if doc.get("guards_code"):
         raise HandoverError("the exported program carries guard code (the evaluator runs static shapes only)")
     if doc.get("range_constraints"):
@@ -111,8 +138,15 @@ def check_program_json(doc: Any) -> None:
     for key, value in _walk(doc):
         if key in ("as_expr", "expr_str", "as_graph", "as_custom_obj", "as_custom_objs"):
             raise HandoverError(f"the exported program uses {key} (symbolic shapes, subgraphs or custom objects)")
-        if key == "target" and isinstance(value, str) and not _runs(value):
-            raise HandoverError(f"the exported program calls {value[:120]!r}, which the evaluator does not run")
+        if key == "target" and isinstance(value, str) and not _runs(value) and value != REFERENCE_TARGET:
+            raise _refused(value)
+
+
+def _nodes(doc: dict) -> list[dict]:
+    """The top-level graph's nodes as the JSON has them (anything malformed is left to the deserializer)."""
+    graph = doc["graph_module"].get("graph") if isinstance(doc["graph_module"], dict) else None
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    return [n for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else []
 
 
 def _walk(node: Any, key: str = ""):
@@ -145,14 +179,15 @@ def load_program(blob: bytes, device: str) -> torch.nn.Module:
         doc = json.loads(sections["program"])
     except ValueError as exc:
         raise HandoverError("the exported graph is not JSON") from exc
-    check_program_json(doc)
+    check_program_json(doc)  # rewrites known kernels' calls to the reference
+    register_reference()
     state = _tensors(sections["state_dict"], "weights")
     constants = _tensors(sections["constants"], "constants")
     examples = _tensors(sections["example_inputs"], "example inputs") or ((), {})
     if not isinstance(state, dict) or not isinstance(constants, dict):
         raise HandoverError("the handover file's weights are not a name -> tensor mapping")
     try:
-        program = deserialize(SerializedArtifact(sections["program"], state, constants, examples))
+        program = deserialize(SerializedArtifact(json.dumps(doc).encode(), state, constants, examples))
     except HandoverError:
         raise
     except Exception as exc:
@@ -162,14 +197,25 @@ def load_program(blob: bytes, device: str) -> torch.nn.Module:
         raise HandoverError("the model's forward pass mutates its state or its input; the evaluator runs pure models")
     if len(sig.user_inputs) != 1 or len(sig.user_outputs) != 1:
         raise HandoverError("the exported model must take one input (the token ids) and return one tensor (logits)")
-    for node in program.graph.nodes:  # the JSON check again, on what torch actually built
+    # The JSON check again, on what torch actually built; known kernels' calls become ATen, then nothing else runs
+    _check_graph(program.graph, allow=(REFERENCE_TARGET,))
+    try:
+        inline_references(program.graph_module)
+    except KernelRefused as exc:
+        raise HandoverError(f"the evaluator refused an attention kernel: {exc}") from exc
+    _check_graph(program.graph, allow=())
+    return program.module().to(device)
+
+
+def _check_graph(graph: torch.fx.Graph, allow: tuple[str, ...]) -> None:
+    """Every node of a loaded graph is an input, an output, a weight or a call of an operator the evaluator runs."""
+    for node in graph.nodes:
         if node.op == "call_function":
             if isinstance(node.target, torch._ops.OpOverload):
                 name = f"torch.ops.{node.target}"
             else:
                 name = "_operator.getitem" if node.target is operator.getitem else repr(node.target)
-            if not _runs(name):
-                raise HandoverError(f"the exported program calls {name[:120]}, which the evaluator does not run")
+            if not _runs(name) and name not in allow:
+                raise _refused(name)
         elif node.op not in ("placeholder", "output"):
             raise HandoverError(f"the exported program has a {node.op} node; the evaluator runs plain ATen graphs")
-    return program.module().to(device)
