@@ -350,7 +350,20 @@ def history_run(path: Path) -> dict:
     with Ledger(path / "ledger") as ledger:
         ledger.append(rows)
     (path / "status.json").write_text('{"stopping": "reached --max-experiments 9", "gpus_busy": 0, "failure": ""}')
+    write_log(path, "e0006", "".join(f"step {s:05d} | loss {4.0 - s / 1000:.4f} | lrm 1.00 | dt 100ms | tok/s {10000 + s:,} "
+                                     f"| epoch 1 | {s / 10:.1f}%\n" for s in range(1000)))  # the seed's format
+    write_log(path, "e0008", "".join(f"\rstep {s:05d} ({s:.1f}%) | loss: {3.9 - s / 100:.6f} | lrm: 1.00 | dt: 90ms | "
+                                     f"tok/sec: {11000 + s:,} | mfu: 1.0% | epoch: 1 | remaining: 9s    "
+                                     for s in range(0, 100, 10)))  # upstream's (\r, no newline)
+    write_log(path, "e0007", f"step 00001 | loss nan | tok/s inf\nstep 00002 | loss 1e999\nstep 00003 | loss: {HOSTILE}\n"
+                             "step 00004 | loss 3.5 | tok/s 100\nstep 00005 | loss 9e9 | tok/s -1\n")  # claims checked
     return info
+
+
+def write_log(run: Path, eid: str, text: str) -> None:
+    out = run / "experiments" / eid / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.log").write_text(text)
 
 
 @pytest.fixture(scope="module")
@@ -573,6 +586,64 @@ def test_constants_as_columns_and_a_per_constant_slice(history, browser) -> None
     heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#constants thead th")]
     assert heads[-2:] == ["B", "A"]
     assert "name=B" in browser.current_url and "changed=1" in browser.current_url
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
+def test_training_curves_are_the_logs_step_lines_checked_and_thinned(history) -> None:
+    """Issue 29 part 3, training curves: the step lines of upstream's and the seed's format, read from the bounded
+    run.log through read_beneath (a linked log is refused), every number finite and plausible, at most MAX_POINTS."""
+    from cluster.ui.curves import MAX_POINTS
+
+    run, url = history
+    (run / "experiments" / "e0012" / "out").mkdir(parents=True, exist_ok=True)
+    (run / "experiments" / "e0012" / "out" / "run.log").symlink_to(run / "experiments" / "e0006" / "out" / "run.log")
+    answer = api(url + "/api/curves?ids=e0006,e0008,e0007,e0011,e0012")
+    assert "not a verdict" in answer["claim"]
+    c = {x["experiment_id"]: x for x in answer["curves"]}
+    assert c["e0006"]["lines"] == 1000 and len(c["e0006"]["step"]) == MAX_POINTS  # thinned, first and last kept
+    assert c["e0006"]["step"][0] == 0 and c["e0006"]["step"][-1] == 999 and c["e0006"]["tok_per_s"][-1] == 10999
+    assert c["e0006"]["loss"][0] == pytest.approx(4.0)
+    assert c["e0008"]["step"] == list(range(0, 100, 10)) and c["e0008"]["loss"][1] == pytest.approx(3.8)
+    assert c["e0008"]["tok_per_s"][0] == 11000
+    assert c["e0007"]["step"] == [4] and c["e0007"]["loss"] == [3.5]  # nan, inf, 1e999, 9e9, -1 and HTML dropped
+    assert c["e0011"]["step"] == [] and "no such file" in c["e0011"]["note"]
+    assert c["e0012"]["step"] == [] and "refused" in c["e0012"]["note"]  # a link, not followed
+    assert get(url + "/api/curves?ids=e9999")[0] == 404
+
+
+def test_curves_and_a_compare_of_three_picked_from_the_table(history, browser) -> None:
+    """Issue 29 part 3: an experiment's curve with its confirmation's overlaid; three experiments picked in the
+    runs table compared: their means, every pair's difference in the judge's standard errors, each one's diff
+    against their common ancestor, their curves side by side."""
+    from selenium.webdriver.common.by import By
+
+    _, url = history
+    open_page(browser, url + "/experiment/e0006")
+    loss = lambda: browser.find_element(By.ID, "chart-loss").get_attribute("data-curves")
+    wait_until(lambda: loss() == "e0006 e0008", "its curve and its confirmation's")
+    assert "not a verdict" in browser.find_element(By.ID, "curves-note").text
+    assert browser.execute_script("return document.getElementById('chart-speed').data.length") == 2
+    open_page(browser, url + "/?kind=candidate&status=ok")
+    for eid in ("e0007", "e0006", "e0011"):
+        box = wait_until(lambda eid=eid: browser.find_element(By.CSS_SELECTOR, f"#runs tr[data-id='{eid}'] input.pick"),
+                         f"{eid}'s box")
+        box.click()
+    picked = browser.find_element(By.ID, "compare-picked")
+    assert picked.text.startswith("compare picked (3)")
+    picked.click()
+    wait_until(lambda: "/compare?ids=e0007%2Ce0006%2Ce0011" in browser.current_url, "the compare page")
+    heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#compare thead th")]
+    assert heads == ["", "e0007", "e0006", "e0011"]
+    rows = browser.find_elements(By.CSS_SELECTOR, "#pairwise tbody tr")
+    cells = [[td.get_attribute("data-z") for td in tr.find_elements(By.TAG_NAME, "td")] for tr in rows]
+    assert len(cells) == 3 and cells[0][0] is None  # the diagonal
+    assert float(cells[0][1]) == pytest.approx(-3.286, abs=0.01)  # e0006 - e0007: as the compare of two says
+    assert float(cells[1][0]) == pytest.approx(3.286, abs=0.01)
+    assert "-0.0900" in rows[0].find_elements(By.TAG_NAME, "td")[1].text
+    diffs = browser.find_elements(By.CSS_SELECTOR, "#ancestor-diffs details")
+    assert [d.get_attribute("data-id") for d in diffs] == ["e0007", "e0006", "e0011"]
+    assert all(d.find_elements(By.CSS_SELECTOR, ".d-add") for d in diffs)  # each against the seed, not each other
+    wait_until(lambda: loss() == "e0007 e0006", "the curves of those that printed any")
     assert pwned(browser) is None and csp_reports(browser) == []
 
 

@@ -19,14 +19,15 @@ import ipaddress
 import math
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from flask import Flask, Response, abort, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from cluster.ui import lineage
+from cluster.ui import compare, curves, lineage
 from cluster.ui.assets import IMMUTABLE, Assets, accepts_gzip
-from cluster.ui.model import FILTERABLE, TABLE_FIELDS, RunModel, RunState, run_status, to_json
+from cluster.ui.model import FILTERABLE, NOT_DONE, TABLE_FIELDS, RunModel, RunState, run_status, show_value, to_json
 from cluster.untrusted import UnsafeFile, read_beneath
 
 # plotly.js and cytoscape.js each add a <style> element of their own (fixed text); those exact texts are allowed
@@ -65,15 +66,6 @@ def diff_lines(diff: str) -> list[tuple[str, str]]:
     return out
 
 
-def show_value(value: object) -> str:
-    """A ledger value as a cell shows it: floats to 6 digits, nothing for null (the template escapes the text)."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}" if abs(value) >= 1e4 or value != value else f"{value:.6f}".rstrip("0").rstrip(".")
-    return str(value)
-
-
 def csv_cell(value: object) -> object:
     """A CSV cell that a spreadsheet will not run: agent-written text starting with ``= + - @`` (or a tab or CR)
     would be read as a formula (CSV injection), so it gets a leading apostrophe. Numbers are left as they are."""
@@ -101,15 +93,10 @@ def is_loopback(address: str) -> bool:
         return address == "localhost"
 
 
-def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: bool = True) -> Flask:
-    """The app for one run directory; ``loopback_only``: refuse requests whose Host is not a loopback name."""
-    app = Flask("cluster.ui", root_path=str(PACKAGE), static_folder=None, template_folder="templates")
-    app.config.update(JSON_SORT_KEYS=False)
-    model = RunModel(Path(run_dir))
-    grafana = safe_url(grafana_url)
-    assets = Assets(PACKAGE / "static")
+def harden(app: Flask, loopback_only: bool, assets: Assets, error_page: Callable[[HTTPException], str]) -> None:
+    """What every app of the browser does (one run's, and the list of several runs): GET only, loopback names
+    only when bound to loopback, the strict CSP and headers, gzip, the site's own errors, the versioned assets."""
     compressed = _GzipCache()
-    app.extensions["farm_ui_model"] = model
     app.add_template_filter(show_value, "show")
     app.add_template_global(assets.url, "asset")
 
@@ -144,17 +131,55 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
     @app.errorhandler(HTTPException)
     def error(exc: HTTPException) -> Response:
         """The site's own error page (its header, the id asked for), and JSON for the API the scripts call."""
-        what = exc.description if exc.code == 404 and exc.description != _WERKZEUG_404 else None
         if request.path.startswith("/api/"):
-            response = _json(to_json({"error": exc.name, "status": exc.code, "detail": what or exc.description}))
+            detail = error_detail(exc) or exc.description
+            response = _json(to_json({"error": exc.name, "status": exc.code, "detail": detail}))
         else:
-            response = Response(page("error.html", active="", code=exc.code, title=exc.name, detail=what,
-                                     path=request.path), mimetype="text/html")
+            response = Response(error_page(exc), mimetype="text/html")
         response.status_code = exc.code or 500
         return response
 
+    @app.get("/assets/<digest>/<path:name>")
+    def asset(digest: str, name: str) -> Response:
+        found = assets.get(digest, name)
+        if found is None:
+            abort(404, description=f"No file {name[:80]!r} of version {digest[:20]!r}.")
+        response = Response(found.body, mimetype=found.mimetype)
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            response.set_data(assets.gzipped(name))
+            response.headers["Content-Encoding"] = "gzip"
+        response.vary.add("Accept-Encoding")
+        response.headers["Cache-Control"] = IMMUTABLE
+        response.headers["ETag"] = f'"{digest}"'
+        return response
+
+
+def error_detail(exc: HTTPException) -> str | None:
+    """What a 404 page says was not found (the id or file asked for); None for Werkzeug's generic text."""
+    return exc.description if exc.code == 404 and exc.description != _WERKZEUG_404 else None
+
+
+def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: bool = True,
+               assets: Assets | None = None) -> Flask:
+    """The app for one run directory; ``loopback_only``: refuse requests whose Host is not a loopback name.
+
+    Served alone at ``/``, or mounted under ``/r/<name>`` beside other runs (:mod:`cluster.ui.runs`): its pages
+    and scripts build every URL from the mount point (``request.script_root``, ``body[data-base]``), the static
+    files' URLs are the server root's (one shared ``assets``), so a browser caches them once for every run.
+    """
+    app = Flask("cluster.ui", root_path=str(PACKAGE), static_folder=None, template_folder="templates")
+    app.config.update(JSON_SORT_KEYS=False)
+    model = RunModel(Path(run_dir))
+    grafana = safe_url(grafana_url)
+    curve_cache = curves.CurveCache(model.run_dir)
+    app.extensions["farm_ui_model"] = model
+
     def page(template: str, **context: object) -> str:
         return render_template(template, run_name=model.run_dir.resolve().name, grafana_url=grafana, **context)
+
+    harden(app, loopback_only, assets or Assets(PACKAGE / "static"),
+           lambda exc: page("error.html", active="", code=exc.code, title=exc.name, detail=error_detail(exc),
+                            path=request.path))
 
     def experiment_id(eid: str, state: RunState) -> str:
         if not _ID_RE.match(eid) or eid not in state.index:
@@ -189,20 +214,44 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
 
     @app.get("/compare")
     def compare_page() -> str:
+        """Two or more experiments (``?ids=e1,e2,e3``, picked in the runs table; ``?a=&b=`` for two): the table,
+        every pair's judged difference, each one's diff against their common ancestor (for two, also a to b) and
+        their training curves."""
         state = model.state()
-        a, b = request.args.get("a", ""), request.args.get("b", "")
-        rows = {}
-        for name, eid in (("a", a), ("b", b)):
-            if eid:
-                experiment_id(eid, state)
-                rows[name] = state.row(eid)
-        diff, why = ("", "pick two experiments")
-        if len(rows) == 2:
-            diff, why = model.repo.diff(rows["b"]["commit"], rows["a"]["commit"] or None)
-            if not rows["a"]["commit"]:
-                diff, why = "", f"{a} has no commit recorded"
-        return page("compare.html", active="compare", a=a, b=b, diff=diff_lines(diff), no_diff=why,
-                    table=compare_rows(state, rows["a"], rows["b"]) if len(rows) == 2 else [])
+        ids = picked(request.args)
+        for eid in ids:
+            experiment_id(eid, state)
+        rows = [state.row(eid) for eid in ids]
+        diff, why = ("", "pick two or more experiments (in the runs table, or here)")
+        ancestor, diffs = None, []
+        if len(rows) >= 2:
+            commits = [r["commit"] for r in rows]
+            if len(rows) == 2:
+                diff, why = model.repo.diff(commits[1], commits[0] or None)
+                if not commits[0]:
+                    diff, why = "", f"{ids[0]} has no commit recorded"
+            ancestor = model.repo.common_ancestor(commits)
+            for eid, commit in zip(ids, commits, strict=True):
+                text, no = model.repo.diff(commit, ancestor) if ancestor else ("", "no common ancestor found")
+                diffs.append({"id": eid, "diff": diff_lines(text), "why": no})
+        return page("compare.html", active="compare", ids=ids, diff=diff_lines(diff), no_diff=why,
+                    table=compare.compare_rows(state, rows) if len(rows) >= 2 else [],
+                    pairs=compare.pairwise(state, ids) if len(rows) >= 2 else [], ancestor=ancestor,
+                    ancestor_node=_node_of_commit(state, ancestor), diffs=diffs, limit=compare.MAX_COMPARED,
+                    claim=curves.CLAIM)
+
+    @app.get("/api/curves")
+    def api_curves() -> Response:
+        """The training curves (per-step loss and tokens/s) the experiments' train.py printed: the candidate's claim,
+        not a verdict; at most MAX_COMPARED ids (``?ids=e1,e2``), each curve thinned to curves.MAX_POINTS."""
+        state = model.state()
+        out = []
+        for eid in picked(request.args, more=4):
+            experiment_id(eid, state)
+            r = state.row(eid)
+            key = (r.get("started_ts"), r.get("finished_at"), r.get("status"))
+            out.append(curve_cache.get(eid, key, final=r.get("status") not in NOT_DONE).model_dump())
+        return _json(to_json({"version": state.version, "claim": curves.CLAIM, "curves": out}))
 
     @app.get("/api/version")
     def api_version() -> Response:
@@ -261,87 +310,11 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
                               "decision": state.decision(eid, verdicts), "fate": state.fate(eid),
                               "run": run_status(model.run_dir), "log": log, "log_note": log_note}))
 
-    @app.get("/assets/<digest>/<path:name>")
-    def asset(digest: str, name: str) -> Response:
-        found = assets.get(digest, name)
-        if found is None:
-            abort(404, description=f"No file {name[:80]!r} of version {digest[:20]!r}.")
-        response = Response(found.body, mimetype=found.mimetype)
-        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
-            response.set_data(assets.gzipped(name))
-            response.headers["Content-Encoding"] = "gzip"
-        response.vary.add("Accept-Encoding")
-        response.headers["Cache-Control"] = IMMUTABLE
-        response.headers["ETag"] = f'"{digest}"'
-        return response
-
     return app
 
 
 _WERKZEUG_404 = "The requested URL was not found on the server. If you entered the URL manually please check " \
     "your spelling and try again."
-# (field, label, decimals: None for text) of the compare table, in reading order
-COMPARE_FIELDS: tuple[tuple[str, str, int | None], ...] = (
-    ("kind", "kind", None), ("status", "status", None), ("verdict", "verdict", None), ("agent", "agent", None),
-    ("description", "description", None), ("training_seconds", "training time (s)", 1),
-    ("total_seconds", "total time (s)", 1), ("peak_memory_mb", "peak memory (MB)", 0), ("num_steps", "steps", 0),
-    ("num_params_M", "parameters (M)", 2), ("mfu_percent", "MFU (%)", 1), ("gpu_class", "GPU class", None),
-    ("seed", "seed", None), ("cost_usd", "LLM cost (USD)", 4), ("commit", "commit", None),
-    ("parent_commit", "parent commit", None), ("reason", "reason", None),
-)
-
-
-def _fixed(value: float | None, digits: int) -> str:
-    return "" if value is None or value != value else f"{value:,.{digits}f}"
-
-
-def compare_rows(state: RunState, a: dict, b: dict) -> list[dict]:
-    """The compare table, as a reader wants it: labels, rounded numbers, each experiment's replicate mean (the
-    number its verdict weighs, not its screening run) and the difference b - a where both are numbers."""
-    out = []
-    runs = {}
-    for name, row in (("a", a), ("b", b)):
-        values = [r["val_bpb"] for r in state.replicates_of(row["experiment_id"])
-                  if r and r["status"] == "ok" and r["val_bpb"] is not None]
-        runs[name] = values
-    means = {k: sum(v) / len(v) if v else None for k, v in runs.items()}
-    out.append({"label": "val_bpb, mean of its runs", "a": _fixed(means["a"], 4), "b": _fixed(means["b"], 4),
-                "delta": _signed(means["a"], means["b"], 4), "key": "mean"})
-    out.append({"label": "runs (ok)", "a": str(len(runs["a"])), "b": str(len(runs["b"])), "delta": "",
-                "key": "runs"})
-    gpu_a, gpu_b = a.get("gpu_class") or "cpu", b.get("gpu_class") or "cpu"
-    noise = state.noise.get(gpu_a) if gpu_a == gpu_b else None
-    if noise and runs["a"] and runs["b"] and means["a"] is not None and means["b"] is not None:
-        sd, df = noise  # the judge's standard error of a difference of two means: sd * sqrt(1/n_a + 1/n_b)
-        se = sd * math.sqrt(1 / len(runs["a"]) + 1 / len(runs["b"]))
-        out.append({"label": "difference in standard errors", "a": "", "b": "", "key": "z",
-                    "delta": f"{(means['b'] - means['a']) / se:+.1f} se (se {se:.4f}: noise sd {sd:.4f}, df {df}, "
-                             f"pooled on {gpu_a})" if se > 0 else ""})
-    elif gpu_a != gpu_b:
-        out.append({"label": "difference in standard errors", "a": "", "b": "", "key": "z",
-                    "delta": f"not compared: measured on {gpu_a} and {gpu_b}"})
-    out.append({"label": "val_bpb, its first run", "a": _fixed(a.get("val_bpb"), 4), "b": _fixed(b.get("val_bpb"), 4),
-                "delta": _signed(a.get("val_bpb"), b.get("val_bpb"), 4), "key": "val_bpb"})
-    for key, label, digits in COMPARE_FIELDS:
-        va, vb = a.get(key), b.get(key)
-        if digits is None:
-            out.append({"label": label, "a": show_value(va), "b": show_value(vb), "delta": "", "key": key})
-        else:
-            out.append({"label": label, "a": _fixed(va, digits), "b": _fixed(vb, digits),
-                        "delta": _signed(va, vb, digits), "key": key})
-    out = [r for r in out if r["a"] or r["b"] or r["delta"]]  # a field neither experiment has says nothing
-    for r in out:
-        r["differs"] = r["a"] != r["b"]
-    return out
-
-
-def _signed(a: float | None, b: float | None, digits: int) -> str:
-    """b - a with its sign, or nothing when either is missing."""
-    if a is None or b is None or a != a or b != b:
-        return ""
-    return f"{b - a:+,.{digits}f}"
-
-
 class _GzipCache:
     """Compressed answers by content: the overview and lineage JSON (up to MBs at 10,000 experiments) are the same
     bytes until the ledger changes, so each is compressed once, not on every poll of every tab."""
@@ -363,16 +336,25 @@ class _GzipCache:
         return packed
 
 
-def _parent_node(state: RunState, row: dict) -> str | None:
-    """The experiment whose commit this one was proposed from, if it is one (else it came from main)."""
-    parent = row.get("parent_commit")
-    if not parent:
+def picked(args: dict, more: int = 0) -> list[str]:
+    """The experiments a compare asks for, in order, once each: ``ids`` (comma- or space-separated), then ``a`` and
+    ``b``; at most compare.MAX_COMPARED (+ ``more``: an experiment page asks for its confirmations' curves too)."""
+    names = re.split(r"[,\s]+", args.get("ids", "")[:2000]) + [args.get("a", ""), args.get("b", "")]
+    return list(dict.fromkeys(n for n in names if n))[: compare.MAX_COMPARED + more]
+
+
+def _node_of_commit(state: RunState, commit: str | None, other_than: str | None = None) -> str | None:
+    """The experiment (candidate or merge, not ``other_than``) whose commit this is, if one is (else it is main's)."""
+    if not commit:
         return None
     c = state.cols
-    for eid, commit, kind in zip(c["experiment_id"], c["commit"], c["kind"], strict=True):
-        if commit == parent and kind in lineage.NODE_KINDS and eid != row["experiment_id"]:
-            return eid
-    return None
+    return next((e for e, k, kind in zip(c["experiment_id"], c["commit"], c["kind"], strict=True)
+                 if k == commit and kind in lineage.NODE_KINDS and e != other_than), None)
+
+
+def _parent_node(state: RunState, row: dict) -> str | None:
+    """The experiment whose commit this one was proposed from, if it is one (else it came from main)."""
+    return _node_of_commit(state, row.get("parent_commit"), row["experiment_id"])
 
 
 def _json(body: bytes) -> Response:

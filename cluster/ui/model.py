@@ -10,6 +10,7 @@ proposals and failed requests were charged. Nothing here writes.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import operator
@@ -40,9 +41,11 @@ SORTABLE = ("experiment_id", "kind", "status", "agent", "verdict", "val_bpb", "q
 # The runs table's columns (the page picks which to show; the CSV has them all), in order
 TABLE_FIELDS = ("experiment_id", "kind", "status", "agent", "description", "val_bpb", "mean_val_bpb", "n_runs",
                 "delta", "verdict", "seed", "gpu_class", "queued_ts", "finished_at", "cost_usd", "replicate_of")
-# A top-level constant of train.py: NAME = a number, or simple arithmetic of numbers (2**19, 6e-4 * 2)
-_CONSTANT_RE = re.compile(r"^([A-Z][A-Z0-9_]*)[ \t]*(?::[ \t]*(?:int|float)[ \t]*)?="
-                          r"[ \t]*([0-9.eE+\-*/() \t_]+?)[ \t]*(?:#.*)?$", re.M)
+# A top-level constant of train.py: NAME = a number, or simple arithmetic of numbers (2**19, 6e-4 * 2). Matched
+# from the newline before it (a literal first character lets the regex engine skip ahead: 6x faster than ``^`` with
+# re.M, which mattered at 10,000 files); constants_of puts a newline at both ends of the text.
+_CONSTANT_RE = re.compile(r"\n([A-Z][A-Z0-9_]*)[ \t]*(?::[ \t]*(?:int|float)[ \t]*)?="
+                          r"[ \t]*([0-9.eE+\-*/() \t_]+?)[ \t]*(?:#[^\n]*)?(?=\n)")
 _ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
                ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
 _DELTA_RE = re.compile(r"vs main -?\d+(?:\.\d+)? \(n=\d+\)(?: on \S+?)?: ([+-]\d+(?:\.\d+)?)")
@@ -69,6 +72,15 @@ def clean(value: object) -> object:
     if isinstance(value, list | tuple):
         return [clean(v) for v in value]
     return value
+
+
+def show_value(value: object) -> str:
+    """A ledger value as a cell shows it: floats to 6 digits, nothing for null (the template escapes the text)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) >= 1e4 or value != value else f"{value:.6f}".rstrip("0").rstrip(".")
+    return str(value)
 
 
 def to_json(value: object) -> bytes:
@@ -601,9 +613,11 @@ def run_status(run_dir: Path, now: float | None = None) -> dict:
     return {"state": state, "reason": stopping, "failure": failure, "known": True, "updated": mtime}
 
 
+@functools.lru_cache(maxsize=65536)
 def _number(text: str) -> float | None:
     """The value of a numeric literal or simple arithmetic of literals (no names, no calls: agent-written code is
-    parsed, never run); None otherwise or when it is huge."""
+    parsed, never run); None otherwise or when it is huge. Cached: the same few literals recur in every file (at
+    10,000 files, 200,000 parses were most of the first read of the constants)."""
     def value(node: ast.AST) -> float:
         if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
             return float(node.value)
@@ -629,7 +643,7 @@ def constants_of(source: str) -> dict[str, float]:
     """The numeric top-level constants of a train.py (``DEPTH = 8``, ``LR: float = 6e-4``), the last assignment
     of a name winning, as Python would leave it."""
     out = {}
-    for name, text in _CONSTANT_RE.findall(source):
+    for name, text in _CONSTANT_RE.findall("\n" + source + "\n"):
         number = _number(text)
         if number is not None:
             out[name] = number

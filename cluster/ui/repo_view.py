@@ -7,6 +7,7 @@ that says what is missing instead of raising.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from collections import OrderedDict
@@ -41,6 +42,7 @@ class RepoView:
         self._diffs: OrderedDict[tuple[str, str | None], str] = OrderedDict()
         self._main: tuple[str, list[MainStep]] | None = None
         self._parsed: dict[str, dict] = {}  # commit -> what parse() made of its train.py; commits never change
+        self._ancestors: dict[tuple[str, ...], str | None] = {}
 
     def _open(self) -> ResearchRepo | None:
         if self._repo is None:
@@ -130,3 +132,22 @@ class RepoView:
             except RepoError:
                 return []
             return self._main[1]
+
+    def common_ancestor(self, commits: list[str | None]) -> str | None:
+        """The best common ancestor of the commits (``git merge-base --octopus``), None without one or a repo;
+        cached, as commits never change."""
+        wanted = tuple(dict.fromkeys(c for c in commits if c and re.fullmatch(r"[0-9a-f]{7,64}", c)))
+        if not wanted or not (self.path / "objects").is_dir():
+            return None
+        with self._lock:
+            if wanted in self._ancestors:
+                return self._ancestors[wanted]
+        try:
+            out = subprocess.run(["git", "--git-dir", str(self.path), "merge-base", "--octopus", *wanted],
+                                 capture_output=True, text=True, timeout=60).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            out = []
+        found = out[0] if out else None
+        with self._lock:
+            self._ancestors[wanted] = found
+        return found

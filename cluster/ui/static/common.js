@@ -3,9 +3,12 @@
 
 window.farm = (function () {
   const POLL_MS = 2000;
+  // Where this run is mounted: "" when `farm ui` serves one run, "/r/<name>" beside other runs. Every URL the
+  // scripts build starts with it.
+  const base = document.body.dataset.base || "";
 
   async function get(url) {
-    const response = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+    const response = await fetch(base + url, { headers: { Accept: "application/json" }, cache: "no-store" });
     if (!response.ok) throw new Error(url + ": HTTP " + response.status);
     return response.json();
   }
@@ -39,7 +42,7 @@ window.farm = (function () {
   }
 
   function expUrl(id) {
-    return "/experiment/" + encodeURIComponent(id);
+    return base + "/experiment/" + encodeURIComponent(id);
   }
 
   function num(v, digits) {
@@ -115,6 +118,31 @@ window.farm = (function () {
     return { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["sendDataToCloud", "lasso2d", "select2d"] };
   }
 
-  const api = { get, first, el, link, expUrl, num, time, clear, fillSelect, watch, plotConfig, run: { state: "live", reason: "" } };
+  // Training curves (loss and tokens/s against the step) of one or more experiments, overlaid: what each
+  // candidate's train.py printed, so the candidate's claim, never a verdict. Numbers are checked by the server.
+  const CURVE_COLORS = ["#2f6fde", "#e67e22", "#27ae60", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d", "#d4ac0d"];
+
+  async function drawCurves(ids, lossDiv, speedDiv, note) {
+    const data = await get("/api/curves?ids=" + encodeURIComponent(ids.join(",")));
+    const drawn = data.curves.filter((c) => c.step.length);
+    const trace = (c, i, key) => ({
+      type: "scatter", mode: "lines", name: c.experiment_id, x: c.step, y: c[key], connectgaps: true,
+      line: { color: CURVE_COLORS[i % CURVE_COLORS.length], width: 1.5 }, customdata: c.step.map(() => c.experiment_id),
+      hovertemplate: "%{customdata} step %{x}: %{y:.4~f}<extra></extra>",
+    });
+    const layout = (title) => ({
+      margin: { t: 30, r: 10, b: 10, l: 10 }, title: { text: title, font: { size: 13 } },
+      xaxis: { title: { text: "step" }, automargin: true }, yaxis: { automargin: true },
+      legend: { orientation: "h", y: -0.18, yanchor: "top" }, hovermode: "closest", uirevision: "keep",
+    });
+    Plotly.react(lossDiv, drawn.map((c, i) => trace(c, i, "loss")), layout("training loss (as printed)"), plotConfig());
+    Plotly.react(speedDiv, drawn.map((c, i) => trace(c, i, "tok_per_s")), layout("tokens/s (as printed)"), plotConfig());
+    const missing = data.curves.filter((c) => !c.step.length || c.note).map((c) => c.experiment_id + ": " + (c.note || "no curve"));
+    note.textContent = (drawn.length ? drawn.map((c) => c.experiment_id + " " + c.lines + " step lines" + (c.lines > c.step.length ? " (" + c.step.length + " drawn)" : "")).join(" · ") : "no curve") +
+      (missing.length ? " · " + missing.join(" · ") : "") + " — " + data.claim;
+    lossDiv.dataset.curves = drawn.map((c) => c.experiment_id).join(" ");
+  }
+
+  const api = { base, get, first, el, link, expUrl, num, time, clear, fillSelect, watch, plotConfig, drawCurves, run: { state: "live", reason: "" } };
   return api;
 })();

@@ -1,4 +1,12 @@
-// Compare: the page is rendered by the server (escaped); this only keeps the live badge current.
+// Compare: the tables and diffs are rendered by the server (escaped); this draws the experiments' training curves
+// (the candidates' claim, not a verdict) and keeps the live badge current.
 "use strict";
 
-window.farm.watch(async () => {});
+(function () {
+  const { drawCurves, watch } = window.farm;
+  const ids = (document.getElementById("page").dataset.ids || "").split(",").filter(Boolean);
+  const loss = document.getElementById("chart-loss");
+  watch(async () => {
+    if (ids.length >= 2 && loss) await drawCurves(ids, loss, document.getElementById("chart-speed"), document.getElementById("curves-note"));
+  });
+})();

@@ -3,7 +3,7 @@
 "use strict";
 
 (function () {
-  const { get, el, link, expUrl, num, time, clear, watch, plotConfig } = window.farm;
+  const { get, el, link, expUrl, num, time, clear, watch, plotConfig, drawCurves } = window.farm;
   const id = document.getElementById("page").dataset.experiment;
 
   const FACTS = [
@@ -151,6 +151,8 @@
     const log = document.getElementById("log");
     log.textContent = d.log || "(no log)";
     document.getElementById("log-note").textContent = d.log_note || "";
+    const runs = d.replicates.filter((r) => r).map((r) => r.experiment_id);
+    await drawCurves(runs, document.getElementById("chart-loss"), document.getElementById("chart-speed"), document.getElementById("curves-note"));
   }
 
   watch(load);

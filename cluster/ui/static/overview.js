@@ -141,11 +141,40 @@
     }
   }
 
+  // Experiments picked for a compare (ticked in the id column; kept across pages and filters, up to 8).
+  const picked = [];
+  const MAX_PICKED = 8;
+
+  function showPicked() {
+    const a = document.getElementById("compare-picked");
+    a.textContent = "compare picked (" + picked.length + ")" + (picked.length ? ": " + picked.join(", ") : "");
+    a.href = window.farm.base + "/compare?ids=" + encodeURIComponent(picked.join(","));
+    a.classList.toggle("disabled", picked.length < 2);
+  }
+
+  function pickAndLink(r) {
+    const span = el("span");
+    const box = el("input", null, "pick");
+    box.type = "checkbox";
+    box.title = "pick for a compare";
+    box.checked = picked.includes(r.experiment_id);
+    box.addEventListener("change", () => {
+      const at = picked.indexOf(r.experiment_id);
+      if (box.checked && at < 0 && picked.length < MAX_PICKED) picked.push(r.experiment_id);
+      else if (!box.checked && at >= 0) picked.splice(at, 1);
+      box.checked = picked.includes(r.experiment_id);
+      showPicked();
+    });
+    span.appendChild(box);
+    span.appendChild(link(expUrl(r.experiment_id), r.experiment_id));
+    return span;
+  }
+
   // The runs table's columns: a reader picks which (the choice, the filters and the sort live in the page's URL,
   // so a view can be shared); the CSV link exports every row the filters select, with every column.
   const signed = (v) => (v === null || v === undefined ? "" : (v > 0 ? "+" : "") + num(v));
   const COLUMNS = [
-    { key: "experiment_id", label: "id", fixed: true, cell: (r) => link(expUrl(r.experiment_id), r.experiment_id) },
+    { key: "experiment_id", label: "id", fixed: true, cell: pickAndLink },
     { key: "kind", label: "kind", cell: (r) => r.kind },
     { key: "status", label: "status", cell: (r) => r.status },
     { key: "val_bpb", label: "val_bpb", num: true, cell: (r) => num(r.val_bpb) },
@@ -249,7 +278,7 @@
     params.set("offset", table.offset);
     params.set("limit", table.limit);
     keepInUrl();
-    document.getElementById("runs-csv").href = csv;
+    document.getElementById("runs-csv").href = window.farm.base + csv;
     const page = await first("/api/runs?" + params.toString(), version);
     const shown = COLUMNS.filter((c) => state.cols.includes(c.key));
     const body = document.querySelector("#runs tbody");
