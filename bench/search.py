@@ -14,9 +14,9 @@ same experiment budget and the same seeds. Only two things are stood in:
   defined, and results do not depend on the load of this 2-core machine. The real trainer runs one experiment at
   a time (the same CPU conditions for every strategy: N logical workers time-share the machine).
 
-Proposals are asked for just in time (``BenchFarm``: when a slot would otherwise idle, with the state as it is
-then), not ``queue_ahead`` per GPU ahead as the driver does to hide LLM latency: the mutator is instant, so
-just-in-time is the strongest form of every strategy; ``--prefetch`` measures the driver's own policy.
+Proposals are asked for just in time (``queue_ahead: 0``: when a slot would otherwise idle, with the state as it
+is then), not ``queue_ahead`` per GPU ahead as a farm of LLM agents does to hide their latency: the mutator is
+instant, so just-in-time is the strongest form of every strategy; ``--prefetch`` measures the driver's own policy.
 
 Strategies (``STRATEGIES``), all configurations of the real farm:
 
@@ -197,15 +197,7 @@ def strategies(ns: list[int], variants: list[str], oracle: bool = False) -> list
 class BenchFarm(driver_module.Farm):
     """The farm, asking for proposals just in time, and recording main's history on the virtual clock."""
 
-    prefetch = False
     executor: InProcessExecutor
-
-    def _request_proposals(self) -> None:
-        if self.prefetch:
-            return super()._request_proposals()
-        free = self.config.gpus_total() - len(self.inflight) - len(self.state.queue)
-        while self.idle_agents and len(self.asking) < free:
-            self._ask(self.idle_agents.pop(0))
 
     def _on_experiment(self, event) -> None:
         before = self.state.main_commit
@@ -229,7 +221,8 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
         settings.setdefault("noise_prior_shared", SHARED_NOISE[sandbox])  # noise, as a profile documents its own
     config = FarmConfig(
         gpus=strategy.n, profile=profile, sandbox="process", metrics_port=None, run_dir=run_dir,
-        agents={"count": strategy.n, "kind": strategy.agent}, queue_ahead=1, max_experiments=budget, seed=seed,
+        agents={"count": strategy.n, "kind": strategy.agent}, queue_ahead=1 if prefetch else 0, max_experiments=budget,
+        seed=seed,
         tournament=PolicySettings(**settings),
     )  # fmt: skip
     train_py = seed_source(get_profile(profile))
@@ -242,7 +235,6 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     experiments = InProcessExecutor(sandbox, unit_duration(seed, JITTER, CRASH_DURATION))
     with open(run_dir / "farm.log", "w") as log, contextlib.redirect_stdout(log):
         farm = BenchFarm(config, run_dir, experiments, strategies=passed_in)
-        farm.prefetch = prefetch
         farm.events, farm.mains = [], [(0.0, 0, farm.state.main_commit)]
         farm.run()
     st = farm.state

@@ -142,6 +142,21 @@ def detect_cuda_gpus() -> int:
         return 0
 
 
+def detect_profile() -> str:
+    """The profile this machine's GPUs can run (trainer/cards.py: memory, bf16, compute capability), else cpu-tiny.
+
+    A GPU no profile fits is a ValueError that says why and what to do, before any experiment runs.
+    """
+    if not detect_cuda_gpus():
+        return "cpu-tiny"
+    from trainer import cards
+
+    pick = cards.pick_profile(cards.query_cards())
+    if pick.profile is None:
+        raise ValueError(pick.reason)
+    return pick.profile
+
+
 def cpu_slots() -> int:
     """Logical GPU slots on a machine without a GPU: cpu-tiny experiments use one thread each."""
     return min(4, max(1, (os.cpu_count() or 2) // 2))
@@ -154,7 +169,8 @@ class FarmConfig(BaseModel):
 
     gpus: int | None = Field(None, ge=1, description="GPU slots; default: local CUDA GPUs, else CPU logical slots")
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
-    profile: str | None = Field(None, description="default: h100 when a CUDA GPU is present, else cpu-tiny")
+    profile: str | None = Field(None, description="default: the profile the local GPUs fit "
+                                 "(trainer/cards.py: h100, gpu-48gb, gpu-24gb), else cpu-tiny")
     sandbox: Literal["auto", "docker", "process", "kubernetes"] = Field("auto", description="auto: docker when usable")
     image: str = Field(TRAINER_IMAGE, min_length=1, description="trainer image (docker and kubernetes sandboxes)")
     allow_unisolated: bool = Field(
@@ -183,7 +199,9 @@ class FarmConfig(BaseModel):
     max_experiments: int | None = Field(None, ge=1, description="stop after this many experiments")
     hours: float | None = Field(None, gt=0, description="stop after this many hours")
     limits: Limits = Field(default_factory=Limits)
-    queue_ahead: int = Field(2, ge=1, description="ready proposals kept per GPU slot")
+    queue_ahead: int = Field(2, ge=0, description="ready proposals kept per GPU slot (an LLM's latency hidden behind "
+                             "the runs); 0: ask only for a slot that would otherwise idle, so each proposal is built "
+                             "on the freshest main (for instant proposers)")
     finish_queue_on_stop: bool = Field(False, description="on a stop, still run the proposals already queued")
     seed: int = Field(0, description="seeds parent selection and the mutate agents")
 
@@ -210,7 +228,7 @@ class FarmConfig(BaseModel):
     @model_validator(mode="after")
     def _detect(self) -> FarmConfig:
         if self.profile is None:
-            self.profile = "h100" if detect_cuda_gpus() else "cpu-tiny"
+            self.profile = detect_profile()
         if self.agents.count is None:
             self.agents.count = 2 * self.gpus_total()
         return self

@@ -26,10 +26,11 @@ from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
 from cluster.health import HealthWatch
 from cluster.independence import IndependenceCheck
 from cluster.ledger import LedgerRow, write_results_tsv
-from cluster.live import LiveView, snapshot
+from cluster.live import FarmHeader, FarmStatus, LiveView, status_of
 from cluster.metrics import FarmMetrics
 from cluster.policies import make_policy
 from cluster.policy import Action, Decide, Measure, Promote, Revert, Stage, Strategies
+from cluster.pool import AgentPool
 from cluster.spec import ExperimentSpec, Limits, owner_of
 from cluster.state import Work
 from cluster.store import FarmStore
@@ -38,12 +39,6 @@ from trainer.profiles import get_profile
 
 PROPOSAL_DRAIN_SECONDS = 120  # on a stop: how long proposals already paid for may still arrive
 REJECTED = "rejected: "  # what _accept returns for a proposal refused before running, then why
-# An agent whose last proposals came to nothing (rejected or failed) this many times in a row waits for the
-# next finished experiment (new information) before it is asked again, while anything runs that will finish.
-PARK_AFTER = 2
-# Proposals in a row, across all agents, that came to nothing: the agents cannot produce anything new.
-STUCK_MIN_PROPOSALS = 20
-STUCK_PER_AGENT = 4
 
 
 class Farm:
@@ -65,8 +60,8 @@ class Farm:
         self.view_of_state = FarmView(self.state, self.repo, config.tournament.noise_prior(self.profile))
         self.proposer_factory = proposer_factory
         self.inflight: set[str] = set()  # experiments submitted and not back
-        self.asking: set[int] = set()  # agents asked for a proposal that has not come back
         self.agents: list[AgentSpec] = []
+        self.pool = AgentPool(0)  # which agent is asked when (cluster/pool.py); built with the agents
         self.started = time.time()
         self.stopping = ""
         self.failure = ""  # why the farm could not do its job (set with stopping): the run exits non-zero
@@ -74,18 +69,19 @@ class Farm:
                                   config.tournament.baseline_replicates)
         # replicates on other seeds that are one run (a pinned seed): rebuilt from the ledger, so caught across a resume
         self.independence = IndependenceCheck(self.profile.replicate_min_distance, self.state.finished.values())
-        self._unproductive = 0  # proposals in a row, over all agents, that were rejected or failed
-        self._last_unproductive = ""
-        self._streak: dict[int, int] = {}  # agent index -> its own proposals in a row that came to nothing
-        self.parked: list[int] = []  # agents waiting for the next finished experiment (PARK_AFTER)
         self._stopped_at: float | None = None  # when the loop first saw self.stopping
         self._status_written = 0.0
         # what each agent is shown (its noise is the view's, the judge's own)
         self.contexts = ContextBuilder(self.store, self.view_of_state, self.policy, self.profile.name, self.run_dir,
                                        self.rng)
-        self.snapshot = snapshot(self)  # what the observers read (live view, status.json, metrics' scrape)
-        self.view = LiveView(self)
-        self.metrics = FarmMetrics.for_farm(self)  # served by run_cli (metrics_port)
+        self.header = FarmHeader(
+            run_dir=str(self.run_dir), profile=self.profile.name, gpus=config.gpus_total(), sandbox=executor.sandbox,
+            agents=[config.agent_name(i) for i in range(config.agents.count or 0)], agent_kind=config.agent_kind(),
+            cost_cap_usd=config.cost_cap_usd, max_experiments=config.max_experiments)
+        # what the observers read (live view, status.json, metrics' scrape): a typed snapshot swapped in whole
+        self.snapshot = self._status()
+        self.view = LiveView(self.header, lambda: self.snapshot)
+        self.metrics = FarmMetrics.for_farm(self.header, lambda: self.snapshot)  # served by run_cli (metrics_port)
 
     # ---- set-up -------------------------------------------------------------
 
@@ -94,7 +90,7 @@ class Farm:
         self.agents = [AgentSpec(kind, self.config.agent_name(i), self.config.agent_options(i))
                        for i in range(self.config.agents.count)]
         self.executor.start_agents(self.agents, self.proposer_factory)
-        self.idle_agents = list(range(len(self.agents)))
+        self.pool = AgentPool(len(self.agents))
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -116,7 +112,7 @@ class Farm:
                             self._on_experiment(event)
                         else:
                             self._on_proposal(event)
-                    self.snapshot = snapshot(self)
+                    self.snapshot = self._status()
                     self.view.refresh()
                     if time.monotonic() - self._status_written > 5:  # `farm status` on a running farm
                         self._write_summaries()
@@ -130,17 +126,16 @@ class Farm:
         """On a stop, proposals already being written are awaited (a bounded while): their spend is booked."""
         if self._stopped_at is None:
             self._stopped_at = time.monotonic()
-            if self.asking:
-                self.view.note(f"waiting up to {PROPOSAL_DRAIN_SECONDS} s for {len(self.asking)} proposals "
+            if self.pool.asking:
+                self.view.note(f"waiting up to {PROPOSAL_DRAIN_SECONDS} s for {len(self.pool.asking)} proposals "
                                "in flight, so that what they cost is booked")
-        return not self.asking or time.monotonic() - self._stopped_at > PROPOSAL_DRAIN_SECONDS
+        return not self.pool.asking or time.monotonic() - self._stopped_at > PROPOSAL_DRAIN_SECONDS
 
     def _can_make_progress(self) -> bool:
-        if self.state.queue or self.asking or self.idle_agents:
+        if self.state.queue or self.pool.can_be_asked():
             return True
-        if self.parked:  # nothing runs that could give them anything new
-            self.fail(f"no agent can propose anything new: {self._unproductive} proposal(s) in a row came to "
-                      f"nothing, the last: {self._last_unproductive}")
+        if reason := self.pool.stuck():  # only parked agents: nothing runs that could give them anything new
+            self.fail(reason)
         return False
 
     def fail(self, reason: str) -> None:
@@ -169,14 +164,18 @@ class Farm:
     # ---- proposals ---------------------------------------------------------
 
     def _request_proposals(self) -> None:
-        waiting = sum(1 for eid in self.state.queue if self.state.work[eid].kind == "candidate")
-        want = self.config.gpus_total() * self.config.queue_ahead
-        while self.idle_agents and waiting + len(self.asking) < want:
-            self._ask(self.idle_agents.pop(0))
+        for index in self.pool.to_ask(self._proposals_wanted()):
+            self.executor.ask(index, self._context(index))
 
-    def _ask(self, index: int) -> None:
-        self.executor.ask(index, self._context(index))
-        self.asking.add(index)
+    def _proposals_wanted(self) -> int:
+        """How many proposal requests should be out now: ``queue_ahead`` ready candidates per GPU slot (an LLM's
+        latency hidden behind the runs), or with ``queue_ahead: 0`` just the slots that would otherwise idle (each
+        proposal built on the freshest main; what an instant proposer wants)."""
+        slots = self.config.gpus_total()
+        if self.config.queue_ahead:
+            waiting = sum(1 for eid in self.state.queue if self.state.work[eid].kind == "candidate")
+            return slots * self.config.queue_ahead - waiting
+        return slots - len(self.inflight) - len(self.state.queue)
 
     def _context(self, index: int) -> Context:
         return self.contexts.build(self.config.agent_name(index), self.inflight,
@@ -184,7 +183,6 @@ class Farm:
 
     def _on_proposal(self, event: ProposalDone) -> None:
         index, outcome = event.agent, event.outcome
-        self.asking.discard(index)
         proposal = outcome.proposal
         if proposal is None:
             failure = outcome.failure or ProposalFailure(message="no reason given")
@@ -204,29 +202,12 @@ class Farm:
         self._after_proposal(index, proposal.agent, result if result.startswith(REJECTED) else "")
 
     def _after_proposal(self, index: int, agent: str, nothing: str, fatal: bool = False) -> None:
-        """Where the agent goes next: asked again, parked until the next result, or gone (fatal).
-
-        ``nothing``: why its proposal came to nothing ("" when one was queued). An agent stuck repeating
-        itself (or an API that always fails) must not be asked again and again at full speed: every ask costs
-        money and the answers carry nothing new until a new result does. A whole population that keeps
-        coming back empty-handed stops the farm instead of spending without end.
-        """
-        if not nothing:
-            self._streak[index], self._unproductive = 0, 0
-        else:
-            self._streak[index] = self._streak.get(index, 0) + 1
-            self._unproductive += 1
-            self._last_unproductive = f"{agent}: {nothing}"
-            limit = max(STUCK_MIN_PROPOSALS, STUCK_PER_AGENT * len(self.agents))
-            if self._unproductive >= limit and not self.stopping:
-                self.fail(f"no agent proposed anything new in the last {self._unproductive} proposals; the last: "
-                          f"{self._last_unproductive}")
-        if fatal:
-            return
-        if nothing and self._streak[index] >= PARK_AFTER and (self.inflight or self.state.queue):
-            self.parked.append(index)
-        else:
-            self.idle_agents.append(index)
+        """Where the agent goes next (cluster/pool.py); a population that keeps coming back empty-handed stops
+        the farm instead of spending without end."""
+        stuck = self.pool.returned(index, agent, nothing, fatal=fatal,
+                                   more_coming=bool(self.inflight or self.state.queue))
+        if stuck and not self.stopping:
+            self.fail(stuck)
 
     def _append_notes(self, agent: str, notes: list[str]) -> None:
         """An agent's one-line insights onto the shared notes file every agent is shown (ContextBuilder.notes)."""
@@ -289,9 +270,9 @@ class Farm:
             self.view.finished(work, row)
             self._watch_health(work, row)
             self._carry_out(self.policy.on_result(self.view_of_state, work, row))
-        self.metrics.finished(work, row, outcome)  # after the state took the result: main/best are current
-        self.idle_agents += self.parked  # a new result: something new to propose from
-        self.parked = []
+        self.snapshot = self._status()  # the state took the result: main and the best are current for the metrics
+        self.metrics.finished(work, row, outcome)
+        self.pool.new_result()  # something new to propose from
 
     def _limits(self) -> Limits:
         """Each experiment's limits. A GPU profile pins no thread count, so without a setting its experiments get a
@@ -338,14 +319,17 @@ class Farm:
 
     def _promote(self, candidate: Work, reason: str, mean: float) -> None:
         if self.store.promote(candidate, reason, mean).kind == "fast-forward":  # main moved
+            self.snapshot = self._status()
             self.metrics.promoted()
             self.view.note(f"main <- {candidate.experiment_id} ({candidate.description}): {mean:.4f}")
             self._carry_out(self.policy.after_promotion(self.view_of_state))
             self._write_summaries()
 
-    def main_class(self) -> str:
-        """The GPU class main is judged on (the live view and the metrics show main's value on it)."""
-        return self.view_of_state.main_class()
+    def _status(self) -> FarmStatus:
+        """The farm now, as every observer sees it (cluster/live.py)."""
+        return status_of(self.state, self.header, busy=len(self.inflight), asking=len(self.pool.asking),
+                         started=self.started, stopping=self.stopping, failure=self.failure,
+                         main_class=self.view_of_state.main_class())
 
     def _write_summaries(self) -> None:
         write_results_tsv(self.ledger.latest(), self.run_dir / "results.tsv")
@@ -354,7 +338,7 @@ class Farm:
 
     def _write_status(self) -> None:
         tmp = self.run_dir / "status.json.tmp"
-        self.snapshot = snapshot(self)
+        self.snapshot = self._status()
         tmp.write_text(json.dumps(self.snapshot.model_dump(), indent=2))
         os.replace(tmp, self.run_dir / "status.json")
         self._status_written = time.monotonic()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
@@ -53,31 +54,49 @@ class FarmStatus(BaseModel):
     llm: dict = {}
 
 
-def snapshot(farm) -> FarmStatus:
-    """The status of ``farm`` (a cluster.driver.Farm) now; call it in the driver's thread."""
-    st = farm.state
-    best, _ = st.best()
-    elapsed = time.time() - farm.started
-    finished = len(st.finished)
+class FarmHeader(BaseModel):
+    """What stays fixed for a whole farm run, as its observers show it (the live view's first line, the metrics'
+    info and labels)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_dir: str
+    profile: str
+    gpus: int
+    sandbox: str
+    agents: list[str] = []
+    agent_kind: str = ""
+    cost_cap_usd: float | None = None
+    max_experiments: int | None = None
+
+
+def status_of(state, header: FarmHeader, *, busy: int, asking: int, started: float, stopping: str, failure: str,
+              main_class: str) -> FarmStatus:
+    """The status of a farm whose state is ``state`` (cluster/state.py) now; call it in the driver's thread."""
+    best, _ = state.best()
+    elapsed = time.time() - started
+    finished = len(state.finished)
     eta = None
-    if farm.config.max_experiments and finished:
-        eta = max(0.0, (farm.config.max_experiments - finished) * elapsed / finished)
-    main = st.main_mean(farm.main_class())
+    if header.max_experiments and finished:
+        eta = max(0.0, (header.max_experiments - finished) * elapsed / finished)
+    main = state.main_mean(main_class)
     return FarmStatus(
-        run_dir=str(farm.run_dir), profile=farm.profile.name, gpus=farm.config.gpus_total(),
-        gpus_busy=len(farm.inflight), queue=len(st.queue), proposals_pending=len(farm.asking), finished=finished,
-        by_status=st.counts(), main_commit=st.main_commit, main_val_bpb=main, best_val_bpb=best,
-        promotions=st.promotions, experiments_per_hour=finished / elapsed * 3600 if elapsed > 0 else 0.0,
-        elapsed_seconds=elapsed, eta_seconds=eta, cost_usd=st.cost_usd, cost_cap_usd=farm.config.cost_cap_usd,
-        rejected_proposals=st.rejected, stopping=farm.stopping, failure=farm.failure,
-        best_experiment=_best_experiment(st), main_unmeasured=_why_unmeasured(st) if main is None else "",
-        llm=spend_summary(st.spend, farm.config.cost_cap_usd),
+        run_dir=header.run_dir, profile=header.profile, gpus=header.gpus,
+        gpus_busy=busy, queue=len(state.queue), proposals_pending=asking, finished=finished,
+        by_status=state.counts(), main_commit=state.main_commit, main_val_bpb=main, best_val_bpb=best,
+        promotions=state.promotions, experiments_per_hour=finished / elapsed * 3600 if elapsed > 0 else 0.0,
+        elapsed_seconds=elapsed, eta_seconds=eta, cost_usd=state.cost_usd, cost_cap_usd=header.cost_cap_usd,
+        rejected_proposals=state.rejected, stopping=stopping, failure=failure,
+        best_experiment=_best_experiment(state), main_unmeasured=_why_unmeasured(state) if main is None else "",
+        llm=spend_summary(state.spend, header.cost_cap_usd),
     )  # fmt: skip
 
 
 class LiveView:
-    def __init__(self, farm) -> None:
-        self.farm = farm
+    """The terminal's view of one farm run: its header once, then ``status()`` (the driver's latest snapshot)."""
+
+    def __init__(self, header: FarmHeader, status: Callable[[], FarmStatus]) -> None:
+        self.header, self.status_now = header, status
         self.console = Console(stderr=False)
         self.interactive = sys.stdout.isatty()
         self.events: deque[str] = deque(maxlen=8)
@@ -85,11 +104,10 @@ class LiveView:
         self._last = 0.0
 
     def __enter__(self) -> LiveView:
-        f = self.farm
-        cap = f"${f.config.cost_cap_usd:g}" if f.config.cost_cap_usd is not None else "none"
-        self.line(f"farm: run dir {f.run_dir} | profile {f.profile.name} | {f.config.gpus_total()} GPU slot(s) | "
-                  f"sandbox {f.executor.sandbox} | {f.config.agents.count} {f.config.agent_kind()} agent(s) | "
-                  f"LLM cost cap {cap} (--cost-cap)")
+        h = self.header
+        cap = f"${h.cost_cap_usd:g}" if h.cost_cap_usd is not None else "none"
+        self.line(f"farm: run dir {h.run_dir} | profile {h.profile} | {h.gpus} GPU slot(s) | sandbox {h.sandbox} | "
+                  f"{len(h.agents)} {h.agent_kind} agent(s) | LLM cost cap {cap} (--cost-cap)")
         if self.interactive:
             self.live = Live(self._table(), console=self.console, refresh_per_second=2, transient=False)
             self.live.__enter__()
@@ -100,7 +118,7 @@ class LiveView:
             self.live.update(self._table())
             self.live.__exit__(*exc)
         s = self.status()
-        self.line(f"farm: done ({self.farm.stopping or 'no more work'}): {s['finished']} experiments, "
+        self.line(f"farm: done ({s['stopping'] or 'no more work'}): {s['finished']} experiments, "
                   f"main {_fmt(s['main_val_bpb'])}, best {_fmt(s['best_val_bpb'])}, {s['promotions']} promotion(s)")
 
     def line(self, text: str) -> None:
@@ -124,7 +142,7 @@ class LiveView:
             self.live.update(self._table())
 
     def status(self) -> dict:
-        return self.farm.snapshot.model_dump()
+        return self.status_now().model_dump()
 
     def _table(self) -> Table:
         s = self.status()

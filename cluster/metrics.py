@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -36,6 +36,7 @@ from cluster.vocabulary import FAILURE_KINDS, FINISHED_STATUSES, WORK_KINDS
 if TYPE_CHECKING:
     from cluster.agents import ProposalOutcome
     from cluster.ledger import LedgerRow
+    from cluster.live import FarmHeader, FarmStatus
     from cluster.state import Work
     from cluster.task import TaskOutcome
 
@@ -56,10 +57,11 @@ DEFAULT_ADDRESS = "127.0.0.1"
 class FarmMetrics(Collector):
     """The farm's metrics: event methods for the driver, ``collect`` for the scrape."""
 
-    def __init__(self, farm: Any = None, *, gpus: int = 0, agents: Sequence[str] = (), info: dict | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """``farm`` (a cluster.driver.Farm, optional) is read at scrape time for its queue and in-flight counts."""
-        self.farm = farm
+    def __init__(self, status: Callable[[], FarmStatus] | None = None, *, gpus: int = 0, agents: Sequence[str] = (),
+                 info: dict | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        """``status`` (optional) gives the farm's latest snapshot (cluster/live.py), swapped in whole by the driver's
+        thread: read at scrape time for the queue and proposals, and for main and the best after each event."""
+        self.status = status
         self.clock = clock  # for GPU-seconds: monotonic, so a wall-clock step never makes them jump
         self.gpus = gpus
         self.agents = list(agents)
@@ -79,18 +81,16 @@ class FarmMetrics(Collector):
         self._busy = 0  # GPUs busy now (one per experiment in flight)
         self._busy_seconds = 0.0  # integral of _busy over time, up to _busy_since
         self._busy_since = clock()
-        if farm is not None:  # a resumed run knows main and the best already
+        if status is not None:  # a resumed run knows main and the best already
             self.main_val_bpb, self.best_val_bpb = self._values()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
     @classmethod
-    def for_farm(cls, farm: Any) -> FarmMetrics:
-        """The metrics of a cluster.driver.Farm, with its agents' names and the run's settings."""
-        c = farm.config
-        kind = c.agent_kind()
-        return cls(farm, gpus=c.gpus_total(), agents=[c.agent_name(i) for i in range(c.agents.count or 0)],
-                   info={"profile": farm.profile.name, "sandbox": farm.executor.sandbox, "agent_kind": kind})
+    def for_farm(cls, header: FarmHeader, status: Callable[[], FarmStatus]) -> FarmMetrics:
+        """The metrics of one farm run, with its agents' names and the run's settings."""
+        return cls(status, gpus=header.gpus, agents=header.agents,
+                   info={"profile": header.profile, "sandbox": header.sandbox, "agent_kind": header.agent_kind})
 
     # ---- events (the driver's thread) ----------------------------------------------------
 
@@ -151,7 +151,7 @@ class FarmMetrics(Collector):
             sums = dict(self.phase_sums)
             busy, promotions, main, best = self._busy, self.promotions, self.main_val_bpb, self.best_val_bpb
             busy_seconds = self._busy_seconds + self._busy * (now - self._busy_since)
-        status = self.farm.snapshot if self.farm is not None else None  # swapped in whole by the driver's thread
+        status = self.status() if self.status is not None else None
         queue = status.queue if status is not None else 0
         asking = status.proposals_pending if status is not None else 0
 
@@ -220,13 +220,11 @@ class FarmMetrics(Collector):
         return name
 
     def _values(self) -> tuple[float | None, float | None]:
-        """Main's and the best val_bpb from the farm's state (in the driver's thread)."""
-        farm = self.farm
-        if farm is None:
+        """Main's and the best val_bpb from the farm's latest snapshot (in the driver's thread)."""
+        if self.status is None:
             return self.main_val_bpb, self.best_val_bpb
-        main = farm.state.main_mean(farm.main_class())
-        best, _ = farm.state.best()
-        return _finite(main), _finite(best)
+        status = self.status()
+        return _finite(status.main_val_bpb), _finite(status.best_val_bpb)
 
     def text(self) -> str:
         """The exposition text a scrape gets."""

@@ -371,9 +371,8 @@ def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and
         "again": ProposalOutcome(agent="claude-0", proposal=proposal(
             SEED.replace("DEPTH = 4", "DEPTH =   3"), "DEPTH to 3 once more")),
     }
-    farm.idle_agents = []
     for outcome in outcomes.values():
-        farm.asking.add(0)
+        farm.pool.asking.add(0)
         farm._on_proposal(ProposalDone(0, outcome))
     farm._write_status()
     farm.ledger.close()

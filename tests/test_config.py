@@ -53,9 +53,20 @@ def test_defaults() -> None:
 
 
 def test_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer import cards
+
+    def card(name: str, gib: int, cc=(9, 0)) -> cards.CardFacts:
+        return cards.CardFacts(name=name, memory_bytes=gib * cards.GIB, capability=cc, bf16=cc >= (8, 0))
+
     monkeypatch.setattr(config, "detect_cuda_gpus", lambda: 8)
+    monkeypatch.setattr(cards, "query_cards", lambda: [card("NVIDIA H100 80GB HBM3", 80)] * 8)
     c = FarmConfig()
     assert c.profile == "h100" and c.gpus_total() == 8 and c.agents.count == 16
+    monkeypatch.setattr(cards, "query_cards", lambda: [card("NVIDIA GeForce RTX 4090", 24, (8, 9))] * 8)
+    assert FarmConfig().profile == "gpu-24gb"
+    monkeypatch.setattr(cards, "query_cards", lambda: [card("Tesla V100-SXM2-32GB", 32, (7, 0))] * 8)
+    with pytest.raises(ValueError, match="compute capability 8.0"):
+        FarmConfig()
     c = FarmConfig(gpus=2, profile="cpu-tiny")
     assert c.profile == "cpu-tiny" and c.gpus_total() == 2 and c.agents.count == 4
 
@@ -155,7 +166,7 @@ def test_farm_yaml_in_working_directory(tmp_path: Path) -> None:
             {"yaml": "tournament:\n  margin_sigmas: -1\n"},
             "farm.yaml line 2: tournament.margin_sigmas = -1: must be > 0",
         ),
-        ({"yaml": "queue_ahead: 0\n"}, "farm.yaml line 1: queue_ahead = 0: must be >= 1"),
+        ({"yaml": "queue_ahead: -1\n"}, "farm.yaml line 1: queue_ahead = -1: must be >= 0"),
     ],
 )
 def test_bad_values_name_field_value_source_reason(tmp_path: Path, kwargs: dict, expected: str) -> None:
@@ -179,7 +190,8 @@ def test_unknown_nested_env_name_suggests() -> None:
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    message = error_of(cli_overrides={"queue_ahead": 0}, yaml_path=write(tmp_path, "gpus: 0\n"), env={"FARM_SEED": "x"})
+    message = error_of(cli_overrides={"queue_ahead": -1}, yaml_path=write(tmp_path, "gpus: 0\n"),
+                       env={"FARM_SEED": "x"})
     assert "flag --queue-ahead" in message and "farm.yaml line 1: gpus" in message and "env FARM_SEED" in message
 
 

@@ -114,7 +114,7 @@ def test_the_farm_promotes_a_real_gain_without_ray(tmp_path: Path) -> None:
     state = farm.state
     assert state.promotions >= 1 and state.main_commit != seed_commit
     assert surrogate.true_bpb(farm.repo.train_py_at(state.main_commit)) < surrogate.true_bpb(SEED)
-    assert len(state.finished) == 40 and not farm.inflight and not farm.asking
+    assert len(state.finished) == 40 and not farm.inflight and not farm.pool.asking
     assert farm.executor.now() < 40  # two slots: well under one experiment duration per experiment
     kinds = {w.kind for w in state.work.values()}
     assert {"baseline", "candidate", "confirm"} <= kinds
@@ -192,5 +192,5 @@ def test_agents_are_shown_the_noise_the_judge_weighs(tmp_path: Path) -> None:
     """One function gives both (cluster/view.py noise): before any run, the paired policy's prior (cpu-tiny's
     documented sd), which an agent was once shown as unknown while its candidate was judged with it."""
     farm = make_farm(tmp_path, tournament={"policy": "paired"})
-    judged = farm.view_of_state.noise(farm.main_class())
+    judged = farm.view_of_state.noise(farm.view_of_state.main_class())
     assert farm._context(0).noise_sd == judged.sd == pytest.approx(get_profile("cpu-tiny").noise_sd)

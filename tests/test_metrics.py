@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -70,11 +70,11 @@ class Clock:
         return self.now
 
 
-def fake_farm(queue: int = 0, asking: int = 0) -> SimpleNamespace:
-    state = SimpleNamespace(queue=deque(range(queue)), rejected=0, main_mean=lambda _cls: 2.5,
-                            best=lambda: (2.4, "sha"))
-    status = FarmStatus(run_dir="/run", profile="cpu-tiny", gpus=2, queue=queue, proposals_pending=asking)
-    return SimpleNamespace(state=state, snapshot=status, main_class=lambda: "cpu")
+def fake_farm(queue: int = 0, asking: int = 0) -> Callable[[], FarmStatus]:
+    """A farm's status as the metrics read it (the driver's latest snapshot): a resumed run, main and best known."""
+    status = FarmStatus(run_dir="/run", profile="cpu-tiny", gpus=2, queue=queue, proposals_pending=asking,
+                        main_val_bpb=2.5, best_val_bpb=2.4)
+    return lambda: status
 
 
 def work(eid: str, kind: str = "candidate") -> Work:
