@@ -4,7 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The torch wheel installed first on a machine without a CUDA GPU (a CPU build where one is at hand).
 CPU_TORCH ?= torch==2.13.0
-PROFILE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo h100 || echo cpu-tiny)
+# The profile the GPUs fit (trainer/cards.py: h100, gpu-48gb, gpu-24gb by memory, bf16 and compute capability;
+# a card none fits prints why and picks `unsupported-gpu`, which the farm refuses); cpu-tiny without a GPU.
+PROFILE ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python -m trainer.cards || echo unsupported-gpu; \
+	else echo h100; fi; else echo cpu-tiny; fi)
 RUN_DIR ?= runs/try-$(PROFILE)
 
 # Images (images/build.sh; no registry needed): the trainer image FROM a debootstrapped base, torch from
@@ -44,11 +48,12 @@ test-fast: install
 ## The farm. With a GPU: every GPU (or GPUS=N), the h100 profile, Claude agents when ANTHROPIC_API_KEY is set.
 ## Without one: the cpu-tiny profile, the offline mutator, a bounded demo run (FARM_ARGS to change it).
 GPUS ?=
-HAS_GPU := $(filter h100,$(PROFILE))
+HAS_GPU := $(filter-out cpu-%,$(PROFILE))
 FARM_ARGS ?= $(if $(HAS_GPU),,--max-experiments 30)
-# The paired policy (cluster/policies/tournament.py PAIRED_DEFAULTS): judging starts from cpu-tiny's documented
-# noise, so candidates run beside main's first two baselines and a short demo run gets to promote something
-FARM_ENV ?= $(if $(HAS_GPU),,FARM_TOURNAMENT__POLICY=paired)
+# The paired policy (cluster/policies/tournament.py PAIRED_DEFAULTS): judging starts from the profile's documented
+# noise (cpu-tiny's; on a GPU the H100's sd 0.0043, docs/gpu.md), so candidates run beside main's first two
+# baselines: a short demo run gets to promote something, and one GPU tries its first idea by the third experiment
+FARM_ENV ?= FARM_TOURNAMENT__POLICY=paired
 farm: prepare
 	$(FARM_ENV) $(BIN)/farm run --profile $(PROFILE) $(if $(GPUS),--gpus $(GPUS)) $(FARM_ARGS)
 

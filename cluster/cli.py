@@ -128,6 +128,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         )
     except Exception as exc:  # a broken install is exactly what doctor is for
         line(False, "torch", f"cannot import: {exc}")
+    from trainer.cards import pick_profile, query_cards
+
+    pick = pick_profile(query_cards())  # what `make farm` and a farm without --profile would run
+    line(pick.profile is not None, "profile", f"would pick {pick.profile}: {pick.reason}" if pick.profile else
+         f"none fits: {pick.reason}")
     for name in PROFILES:
         missing = data_ready(get_profile(name), cache_dir())
         line(

@@ -63,6 +63,16 @@ class Profile(BaseModel):
         gt=0, description="replicates of one file on other seeds whose log-probabilities of the evaluator's fixed "
         "targets are closer than this (RMS nats) are one run, not independent (cluster/independence.py); honest "
         "replicates differ by far more (docs/bench/replicate-distance.md)")
+    # The evaluator (trainer/evaluate.py) beside the candidate on one device.
+    eval_rows: int | None = Field(None, gt=0, description="at most this many rows per evaluator pass: the harness "
+                                  "exports the model for min(train.py's batch, this, what the free memory holds)")
+    causal_check: Literal["scored", "rerun", "fp32"] = Field(
+        "scored", description="what the causality check compares a perturbed row with: the scoring pass's "
+        "log-probabilities (scored), a second pass of the unperturbed rows in the check's own batch (rerun: the "
+        "same shapes, so only the perturbation differs), or both passes in float32 without autocast (fp32)")
+    causal_tolerance: float | None = Field(None, gt=0, description="largest change of a log-probability at or before "
+                                           "the cut that counts as float noise (None: 1e-3 on a CPU, 2e-2 under "
+                                           "bf16 on a GPU; fp32 checks use the CPU's)")
     # How the seed train.py's constants block is set for this profile.
     seed_constants: dict[str, int | float | str] = Field(default_factory=dict)
 
@@ -125,6 +135,9 @@ _H100 = Profile(
     startup_allowance=120,
     eval_allowance=30,
     replicate_min_distance=0.05,
+    # docs/gpu.md: 4 runs of the seed at 60 s on one H100, sd 0.0043. The prior for every GPU profile until its
+    # own acceptance runs (bench/gpu_accept.sh) measure it: with it a one-GPU farm judges from its first runs.
+    noise_sd=0.0043,
 )
 
 _CPU_TINY = Profile(
@@ -165,6 +178,23 @@ PROFILES: dict[str, Profile] = {
             time_budget=60,
             budget_tolerance=0.05,
             eval_allowance=60,
+        ),
+        # Cards other than an H100 (trainer/cards.py picks by memory, bf16 and compute capability): the same seed,
+        # the same 524288 tokens per optimizer step by gradient accumulation, a device batch and evaluator rows
+        # sized from the H100's 46 GB peak at 128 rows (about 0.35 GB a row). Not yet run on such a card.
+        _variant(
+            _H100,
+            name="gpu-48gb",
+            description="upstream's seed on one 40-48 GB card (A100 40GB, A6000, L40S): 64 rows x 2 accumulated",
+            eval_rows=32,
+            seed_constants={"DEVICE_BATCH_SIZE": 64},
+        ),
+        _variant(
+            _H100,
+            name="gpu-24gb",
+            description="upstream's seed on one 24-32 GB card (RTX 3090/4090/5090, A10): 16 rows x 16 accumulated",
+            eval_rows=16,
+            seed_constants={"DEVICE_BATCH_SIZE": 16},
         ),
         _CPU_TINY,
         _variant(
