@@ -71,9 +71,10 @@ def validation_rows(profile: Profile, cache: Path) -> tuple[torch.Tensor, torch.
     return data, token_bytes, [os.path.basename(p) for p in files_read]
 
 
-def _log_probs(module, x: torch.Tensor, vocab: int, device: str) -> torch.Tensor:
-    on_gpu = device == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
+def _log_probs(module, x: torch.Tensor, vocab: int, device: str, fp32: bool = False) -> torch.Tensor:
+    on_gpu = device == "cuda" and not fp32
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast(
+        "cuda" if device == "cuda" else "cpu", enabled=False)
     with torch.no_grad(), autocast:
         logits = module(x.clone())
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
@@ -86,20 +87,23 @@ def _log_probs(module, x: torch.Tensor, vocab: int, device: str) -> torch.Tensor
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def _target_log_probs(module, x: torch.Tensor, y: torch.Tensor, vocab: int, device: str) -> torch.Tensor:
+def _target_log_probs(module, x: torch.Tensor, y: torch.Tensor, vocab: int, device: str,
+                      fp32: bool = False) -> torch.Tensor:
     """log p(y[t] | x[..t]) at every position, on the CPU, float32: (B, T) from inputs and targets (B, T)."""
-    logp = _log_probs(module, x.to(device), vocab, device)
+    logp = _log_probs(module, x.to(device), vocab, device, fp32)
     return logp.gather(-1, y.to(device).unsqueeze(-1)).squeeze(-1).cpu()
 
 
 def causality_check(module, data: torch.Tensor, scored: torch.Tensor, batch: int, vocab: int, device: str,
-                    seed: int) -> float:
+                    seed: int, mode: str = "scored") -> float:
     """Largest change of a target's log-probability at or before a cut when every input token after it changes.
 
     Check row i is validation row i (mod n), cut at position perm[i] (a permutation of all T positions drawn here,
     per run): every position is a cut once, where the model cannot predict it. Its tokens after the cut come from
-    another row; its log-probabilities of the *original* targets up to the cut must equal the scoring pass's
-    (``scored``). A model that reads a later token at any position moves the probability of its target there.
+    another row; its log-probabilities of the *original* targets up to the cut must equal the reference's. A model
+    that reads a later token at any position moves the probability of its target there. The reference (``mode``,
+    the profile's ``causal_check``): the scoring pass's (``scored``); ``rerun``, the same rows unperturbed in the
+    check's own batch, so a GPU's batch-shape noise is not counted; ``fp32``, both passes without autocast.
     """
     n, T = data.size(0), data.size(1) - 1
     g = torch.Generator().manual_seed(seed)
@@ -115,12 +119,51 @@ def causality_check(module, data: torch.Tensor, scored: torch.Tensor, batch: int
         reference = scored[which[idx]]
         if not torch.isfinite(reference).all():
             continue  # the scoring pass's val_bpb is not finite: the status says so
-        moved = (_target_log_probs(module, perturbed, rows[:, 1:], vocab, device) - reference).abs()  # same targets
+        fp32 = mode == "fp32"
+        if mode != "scored":
+            reference = _target_log_probs(module, rows[:, :-1], rows[:, 1:], vocab, device, fp32)
+        moved = (_target_log_probs(module, perturbed, rows[:, 1:], vocab, device, fp32) - reference).abs()
         change = float(moved.masked_fill(after, 0.0).max().item())
         if not math.isfinite(change):
             return math.inf
         worst = max(worst, change)
     return worst
+
+
+def causal_tolerance(profile: Profile, device: str) -> float:
+    """How far a log-probability at or before the cut may move: the profile's figure, else the device's float noise
+    (a check in float32 has the CPU's)."""
+    if profile.causal_tolerance is not None:
+        return profile.causal_tolerance
+    return CAUSAL_TOLERANCE["cuda" if device == "cuda" and profile.causal_check != "fp32" else "cpu"]
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception (or what caused it) is the device or the host running out of memory.
+
+    A model too big for what is free is the candidate's ``oom``, never the farm's ``error``: CUDA says so in more
+    than one way (torch's OutOfMemoryError, a cuBLAS or CUDA "out of memory" RuntimeError), and a wrapper such as
+    the loader's HandoverError keeps the cause.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        text = str(exc)
+        if "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def reply_for(exc: BaseException) -> dict:
+    """The evaluator's answer for a model it could not score: oom, else the refusal with its reason."""
+    if is_oom(exc):
+        return {"oom": (str(exc).splitlines() or [type(exc).__name__])[0][:500]}
+    if isinstance(exc, (HandoverError, EvaluationError)):
+        return {"rejected": str(exc)}
+    return {"rejected": f"the model failed in evaluation: {type(exc).__name__}: {exc}"[:1000]}
 
 
 def score(blob: bytes, profile: Profile, cache: Path, batch: int, device: str, seed: int) -> dict:
@@ -138,8 +181,10 @@ def score(blob: bytes, profile: Profile, cache: Path, batch: int, device: str, s
     y = data[:, 1:]
     counted = token_bytes[y]
     val_bpb = float(-(scored.double() * (counted > 0)).sum() / (math.log(2) * counted.sum()))
-    worst = causality_check(module, data, scored, batch, vocab, device, seed) if math.isfinite(val_bpb) else 0.0
-    tolerance = CAUSAL_TOLERANCE["cuda" if device == "cuda" else "cpu"]
+    checked = time.monotonic()
+    worst = causality_check(module, data, scored, batch, vocab, device, seed, profile.causal_check) \
+        if math.isfinite(val_bpb) else 0.0
+    tolerance = causal_tolerance(profile, device)
     if not worst <= tolerance:
         raise EvaluationError(
             f"the model looks ahead: its log-probability of a target at or before a position changed by {worst:.3g} "
@@ -153,6 +198,7 @@ def score(blob: bytes, profile: Profile, cache: Path, batch: int, device: str, s
         files=files,
         causal_max_change=worst,
         load_seconds=loaded - started,
+        check_seconds=time.monotonic() - checked,
         seconds=time.monotonic() - started,
         device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         weights_sha256=hashlib.sha256(split_sections(blob)["state_dict"]).hexdigest(),
@@ -178,12 +224,8 @@ def serve(profile: Profile, cache: Path) -> int:
         with open(request["program"], "rb") as f:
             blob = f.read()
         reply = score(blob, profile, cache, int(request["batch"]), device, int(request["seed"]))
-    except (HandoverError, EvaluationError) as exc:
-        reply = {"rejected": str(exc)}
-    except torch.OutOfMemoryError as exc:
-        reply = {"oom": str(exc).splitlines()[0]}
     except Exception as exc:  # a model that breaks in an unforeseen way is still the candidate's
-        reply = {"rejected": f"the model failed in evaluation: {type(exc).__name__}: {exc}"[:1000]}
+        reply = reply_for(exc)
     print(json.dumps(reply), flush=True)
     return 0
 

@@ -91,6 +91,39 @@ def export_model(model: torch.nn.Module, batch: int, seq_len: int, device: str) 
     return MAGIC + b"".join(struct.pack("<Q", len(p)) + p for p in parts)
 
 
+# The evaluator's device memory per scored row, in bytes per token of context: its logits in bf16 and float32, the
+# log-softmax, and room for the activations of a ~50M-parameter model (the H100 seed scored 128 rows in its 80 GB).
+EVAL_BYTES_PER_TOKEN_PER_VOCAB = 12
+EVAL_BYTES_PER_TOKEN = 64 << 10
+EVAL_FREE_SHARE = 0.8  # what the evaluator may plan on of the memory free at the hand-over (fragmentation, CUDA)
+
+
+def eval_rows(requested: int, cap: int | None, free_bytes: int | None, seq_len: int, vocab: int,
+              weight_bytes: int) -> int:
+    """Rows per evaluator pass: train.py's batch, at most the profile's cap and what the free device memory holds.
+
+    The evaluator loads a second copy of the model beside the candidate, which still holds its own (and its
+    optimizer). Its batch is fixed at export (static shapes), so the harness sizes it here, from the memory free
+    after it released its allocator's cache; a batch that still does not fit ends ``oom``, never ``error``.
+    """
+    rows = max(1, requested if cap is None else min(requested, cap))
+    if free_bytes is None:
+        return rows
+    per_row = seq_len * (vocab * EVAL_BYTES_PER_TOKEN_PER_VOCAB + EVAL_BYTES_PER_TOKEN)
+    fits = int((free_bytes * EVAL_FREE_SHARE - 2 * weight_bytes) // per_row)
+    return max(1, min(rows, fits))
+
+
+def release_cache(device: str) -> int | None:
+    """Give the allocator's cached blocks back to the device and say how many bytes are free (None on a CPU)."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free, _total = torch.cuda.mem_get_info()
+    return int(free)
+
+
 # --------------------------------------------------------------------------------------------------
 # Trusted side
 # --------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from trainer.clock import TrainingClock
 from trainer.data import BOS_TOKEN
 from trainer.feeder import FRAME as _FRAME
 from trainer.feeder import REFUSED as _REFUSED
-from trainer.handover import export_model
+from trainer.handover import eval_rows, export_model, release_cache
 from trainer.profiles import active_profile, cache_dir
 from trainer.textdata import Tokenizer as _TextTokenizer
 
@@ -223,10 +223,10 @@ def evaluate_bpb(model, tokenizer, batch_size: int) -> float:
     _handed_over = True
     _clock.pause(time.monotonic())
     _emit(e="eval_start")
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-    rows = max(1, min(int(batch_size), EVAL_TOKENS // MAX_SEQ_LEN))
     module = getattr(model, "_orig_mod", model)
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    rows = eval_rows(min(int(batch_size), EVAL_TOKENS // MAX_SEQ_LEN), PROFILE.eval_rows, release_cache(DEVICE),
+                     MAX_SEQ_LEN, VOCAB_SIZE, weights)
     training = module.training
     module.eval()
     try:
@@ -236,7 +236,9 @@ def evaluate_bpb(model, tokenizer, batch_size: int) -> float:
     path = os.environ.get("FARM_HANDOVER") or os.path.join(os.getcwd(), "model.handover")
     with open(path, "wb") as f:
         f.write(blob)
-    _emit(e="handover", path=path, batch=rows, bytes=len(blob))
+    del blob
+    release_cache(DEVICE)  # what export cached goes back before the evaluator loads its copy
+    _emit(e="handover", path=path, batch=rows, bytes=os.path.getsize(path))
     reply = _await_verdict()
     if "val_bpb" not in reply:
         raise RuntimeError(f"evaluate_bpb: the evaluator did not score the model: {reply.get('error', reply)}")

@@ -61,7 +61,7 @@ class Profile(BaseModel):
                                        "every file run on one seed (bench/pairing.py): the prior of paired judging")
     replicate_min_distance: float = Field(
         gt=0, description="replicates of one file on other seeds whose log-probabilities of the evaluator's fixed "
-        "targets are closer than this (RMS nats) are one run, not independent (cluster/independence.py); honest "
+        "targets are closer than this (RMS nats) are one run, not independent (cluster/loop/independence.py); honest "
         "replicates differ by far more (docs/bench/replicate-distance.md)")
     # The evaluator (trainer/evaluate.py) beside the candidate on one device.
     eval_rows: int | None = Field(None, gt=0, description="at most this many rows per evaluator pass: the harness "

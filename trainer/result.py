@@ -57,6 +57,9 @@ class HarnessFacts(BaseModel):
     handover_seconds: float | None = Field(None, description="evaluate_bpb's export of the model (runner's clock)")
     handover_bytes: int | None = None
     eval_seconds: float | None = Field(None, description="the trusted evaluator: load, causality check and scoring")
+    eval_load_seconds: float | None = Field(None, description="the evaluator's checks and load of the model file")
+    eval_check_seconds: float | None = Field(None, description="the evaluator's causality check")
+    eval_peak_vram_mb: float | None = Field(None, description="the evaluator's peak device memory (GPU)")
     eval_tokens: int | None = None
     eval_split_files: list[str] = Field(default_factory=list)
     target_leak_ratio: float | None = Field(

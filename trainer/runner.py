@@ -599,7 +599,16 @@ class _Scorer:
             except OSError:
                 line = b""
             if not line:
-                if not self._stopping:
+                if self._stopping:
+                    return
+                try:
+                    code = self.evaluator.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    code = None
+                if code == -signal.SIGKILL:  # nothing but the OOM killer kills it (the candidate is another user)
+                    self._answer({"oom": "the evaluator was killed (SIGKILL: the OOM killer) while loading or "
+                                  "scoring the model; it does not fit beside what the candidate holds"})
+                else:
                     self.failure = "the trusted evaluator exited without a verdict (see eval.log in the run's out dir)"
                 return
             reply = json.loads(line)
@@ -610,6 +619,8 @@ class _Scorer:
                 f.causal_max_change, f.weights_sha256 = reply["causal_max_change"], reply["weights_sha256"]
                 f.fingerprint = reply.get("fingerprint")
                 f.eval_seconds = time.monotonic() - started
+                f.eval_load_seconds, f.eval_check_seconds = reply.get("load_seconds"), reply.get("check_seconds")
+                f.eval_peak_vram_mb = reply.get("peak_vram_mb")
                 if reply.get("peak_vram_mb") is not None:
                     f.peak_memory_mb = float(reply["peak_vram_mb"])
                 self.device = str(reply["device"])
