@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster.ledger import Ledger, LedgerRow
-from cluster.repo import ResearchRepo
+from cluster.records.ledger import Ledger, LedgerRow
+from cluster.records.repo import ResearchRepo
+from cluster.sandbox.untrusted import LOG_TAIL_BYTES, UnsafeFile, read_beneath
 from cluster.ui.ledger_view import LedgerView
 from cluster.ui.server import serve_ui
-from cluster.untrusted import LOG_TAIL_BYTES, UnsafeFile, read_beneath
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -589,6 +589,34 @@ def test_constants_as_columns_and_a_per_constant_slice(history, browser) -> None
     assert pwned(browser) is None and csp_reports(browser) == []
 
 
+def test_parallel_coordinates_keep_a_brushed_range_and_the_slice_shows_mains_noise_band(history, browser) -> None:
+    """Issue 29 part 3, constants as data: a parallel-coordinates view (plain SVG: the basic plotly bundle has no
+    parcoords) with an axis per constant changed and one for val_bpb, a line per change, a range kept by dragging
+    along an axis; the per-constant slice draws main's mean with its noise band beside each change's mean."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    _, url = history
+    open_page(browser, url + "/constants?name=B")
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#parcoords-svg .pc-line"), "the lines")
+    axes = [g.get_attribute("data-axis") for g in browser.find_elements(By.CSS_SELECTOR, "#parcoords .pc-axis")]
+    assert axes == ["B", "A", "__val_bpb"]
+    lines = {p.get_attribute("data-id") for p in browser.find_elements(By.CSS_SELECTOR, "#parcoords .pc-line")}
+    assert lines == {"e0003", "e0006", "e0007", "e0011", "e0012"}  # every change with an ok run
+    assert browser.find_element(By.ID, "parcoords").get_attribute("data-kept") == "5"
+    handle = browser.find_element(By.CSS_SELECTOR, ".pc-axis[data-axis='__val_bpb'] .pc-handle")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", handle)
+    height = handle.size["height"]  # val_bpb from 2.44 (bottom) to 2.60 (top): keep the lowest third, dragged
+    ActionChains(browser).move_to_element_with_offset(handle, 0, height / 6).click_and_hold() \
+        .move_by_offset(0, height / 2).release().perform()  # down past the axis's end
+    wait_until(lambda: browser.find_element(By.ID, "parcoords").get_attribute("data-kept") == "2", "the range kept")
+    kept = {p.get_attribute("data-id") for p in browser.find_elements(By.CSS_SELECTOR, "#parcoords .pc-line:not(.pc-dim)")}
+    assert kept == {"e0011", "e0012"}
+    shapes = browser.execute_script("return document.getElementById('chart-slice').layout.shapes")
+    assert len(shapes) == 2 and shapes[1]["y0"] == pytest.approx(api(url + "/api/constants")["main_mean"])
+    assert pwned(browser) is None and csp_reports(browser) == []
+
+
 def test_training_curves_are_the_logs_step_lines_checked_and_thinned(history) -> None:
     """Issue 29 part 3, training curves: the step lines of upstream's and the seed's format, read from the bounded
     run.log through read_beneath (a linked log is refused), every number finite and plausible, at most MAX_POINTS."""
@@ -645,6 +673,26 @@ def test_curves_and_a_compare_of_three_picked_from_the_table(history, browser) -
     assert all(d.find_elements(By.CSS_SELECTOR, ".d-add") for d in diffs)  # each against the seed, not each other
     wait_until(lambda: loss() == "e0007 e0006", "the curves of those that printed any")
     assert pwned(browser) is None and csp_reports(browser) == []
+
+
+def test_the_constants_are_read_at_start_and_their_literals_parsed_once(tmp_path: Path) -> None:
+    """Issue 29: the first read of /api/constants took 4 s at 10,000 experiments. The server now reads every
+    change's train.py on its warm-up thread, before a page asks (and parses each literal once: 0.7 s)."""
+    import json
+
+    from cluster.ui.model import _number, constants_of
+
+    small_run(tmp_path / "run")
+    handle = serve_ui(tmp_path / "run", "127.0.0.1", 0)
+    try:
+        model = handle.server.app.extensions["farm_ui_model"]
+        wait_until(lambda: "constants" in model.state().__dict__, "the constants read before any request")
+        assert [r["id"] for r in json.loads(get(handle.url + "api/constants")[2])["rows"]] == ["e0003", "e0004"]
+    finally:
+        handle.close()
+    hits = _number.cache_info().hits
+    constants_of("X = 2**19\nY = 2**19\n")
+    assert _number.cache_info().hits > hits
 
 
 def test_pages_work_without_the_repo(small) -> None:

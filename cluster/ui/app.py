@@ -16,7 +16,6 @@ import csv
 import gzip
 import io
 import ipaddress
-import math
 import re
 import threading
 from collections.abc import Callable
@@ -25,10 +24,10 @@ from pathlib import Path
 from flask import Flask, Response, abort, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from cluster.sandbox.untrusted import UnsafeFile, read_beneath
 from cluster.ui import compare, curves, lineage
 from cluster.ui.assets import IMMUTABLE, Assets, accepts_gzip
 from cluster.ui.model import FILTERABLE, NOT_DONE, TABLE_FIELDS, RunModel, RunState, run_status, show_value, to_json
-from cluster.untrusted import UnsafeFile, read_beneath
 
 # plotly.js and cytoscape.js each add a <style> element of their own (fixed text); those exact texts are allowed
 # by hash, nothing else inline. A new version of either changes them: tests/test_ui.py fails on any CSP report.

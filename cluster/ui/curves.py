@@ -3,7 +3,7 @@
 These are the candidate's claim, not a verdict: train.py is untrusted code and prints what it likes (the trusted
 evaluator's val_bpb is the only score). They are read host-side from the runner's bounded log
 (``RUN/experiments/<id>/out/run.log``, at most ~1 MB: its first and last 512 KB) through the one safe reader,
-:func:`cluster.untrusted.read_beneath` (no link followed, only a regular file, bounded), so the trainer needs no
+:func:`cluster.sandbox.untrusted.read_beneath` (no link followed, only a regular file, bounded), so the trainer needs no
 change. Two line formats are understood:
 
 - upstream autoresearch: ``step 00042 (12.3%) | loss: 3.456789 | lrm: 1.00 | dt: 123ms | tok/sec: 1,234,567 |
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from cluster.untrusted import UnsafeFile, read_beneath
+from cluster.sandbox.untrusted import UnsafeFile, read_beneath
 
 CLAIM = "the candidate's claim (printed by its own train.py), not a verdict"
 LOG_READ_BYTES = 2 * 1024 * 1024  # the runner keeps at most 512 KB + 512 KB of run.log (trainer/runner.py)

@@ -1,6 +1,6 @@
 """The ledger as the run browser needs it: read incrementally, folded into one row per experiment with Arrow.
 
-Why not :meth:`cluster.ledger.Ledger.latest`: a live run's ledger is one
+Why not :meth:`cluster.records.ledger.Ledger.latest`: a live run's ledger is one
 Parquet part per event (the driver compacts only on resume), so 10,000
 experiments are ~40,000 files. ``Ledger.table()`` concatenates every part on
 each call and ``latest()`` folds the rows in Python: seconds per poll on a
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cluster.ledger import RESULT_FIELDS, SCHEMA, Ledger, _read_part
+from cluster.records.ledger import RESULT_FIELDS, SCHEMA, Ledger, _read_part
 from cluster.vocabulary import SPEND_ONLY_EVENTS
 
 

@@ -1,7 +1,7 @@
 """What the pages show, computed from one ledger snapshot (and the repo): built once per ledger change.
 
 Every number here is derived from the run directory alone, the way the
-driver derives it (cluster/state.py): main's level is the mean of the runs
+driver derives it (cluster/records/state.py): main's level is the mean of the runs
 of main's train.py that were not a candidate's screening run, a promotion
 is a ``promote`` verdict, the LLM spend is what queued candidates, refused
 proposals and failed requests were charged. Nothing here writes.
@@ -26,14 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cluster.sandbox.untrusted import UnsafeFile, read_beneath
 from cluster.ui.ledger_view import LedgerView, Snapshot
 from cluster.ui.repo_view import RepoView
-from cluster.untrusted import UnsafeFile, read_beneath
 from cluster.vocabulary import CHANGE_KINDS, KEEP_VERDICTS, SPEND_ONLY_EVENTS
 
 NOT_DONE = ("queued", "running")
 STATUS_FILE = "status.json"
-# The driver rewrites status.json at least every ~5 s while its loop runs (cluster/driver.py): one this old, with
+# The driver rewrites status.json at least every ~5 s while its loop runs (cluster/loop/driver.py): one this old, with
 # a stop reason but work still in flight, is the last word of a driver that was stopped hard.
 STATUS_STALE_SECONDS = 60.0
 SORTABLE = ("experiment_id", "kind", "status", "agent", "verdict", "val_bpb", "queued_ts", "finished_at", "cost_usd",
@@ -375,6 +375,7 @@ class RunState:
         level = self.main_line.level
         return to_json({"version": self.version, "names": names, "changed": changed_count, "rows": out,
                         "noise_sd": level[-1]["sd"] if level else None, "promoted": self.promoted,
+                        "main_mean": level[-1]["mean"] if level else None,
                         "repo": self.repo.available})
 
     # -- one experiment --------------------------------------------------------------------
@@ -442,7 +443,7 @@ class RunState:
     @cached_property
     def noise(self) -> dict[str, tuple[float, int]]:
         """GPU class -> (pooled sd, degrees of freedom) of repeated runs of one file, the judge's noise model
-        (cluster/tournament.py noise_models): the non-screening ok runs grouped by train.py, each group's
+        (cluster/decisions/tournament.py noise_models): the non-screening ok runs grouped by train.py, each group's
         squared deviations from its mean pooled; a class with no file run twice is absent."""
         groups: dict[tuple[str, str], list[float]] = {}
         for _, _, sha, gpu, _, v in self._history[1]:

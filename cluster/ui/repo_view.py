@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.repo import TRAIN_PY, RepoError, ResearchRepo
+from cluster.records.repo import TRAIN_PY, RepoError, ResearchRepo
 
 MAX_DIFF_CHARS = 400_000  # a diff beyond this is cut: the page must stay usable
 _CACHE = 512

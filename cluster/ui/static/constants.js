@@ -26,6 +26,12 @@
     document.getElementById("constants-count").textContent = rows.length + " change(s) with a value of " + name +
       " and an ok run; " + (data.changed[name] || 0) + " changed it";
     const sd = rows.map((r) => (r.sd !== null ? r.sd : data.noise_sd || 0));
+    // main now, with its noise band (± the sd of repeated runs): a point inside it is not told apart from main
+    const band = data.main_mean === null ? [] : [
+      { type: "rect", xref: "paper", x0: 0, x1: 1, y0: data.main_mean - (data.noise_sd || 0), y1: data.main_mean + (data.noise_sd || 0),
+        fillcolor: "rgba(39,174,96,0.15)", line: { width: 0 }, layer: "below" },
+      { type: "line", xref: "paper", x0: 0, x1: 1, y0: data.main_mean, y1: data.main_mean, line: { color: "#27ae60", width: 1.5 } },
+    ];
     Plotly.react("chart-slice", [{
       type: "scatter", mode: "markers", x: rows.map((r) => r.values[name]), y: rows.map((r) => r.mean),
       customdata: rows.map((r) => r.id), text: rows.map((r) => r.id + " · " + name + " = " + value(r.values[name]) + " · mean " + num(r.mean) + " (n=" + r.n + ")"),
@@ -34,6 +40,8 @@
     }], {
       margin: { t: 10, r: 10, b: 10, l: 10 }, xaxis: { title: { text: name }, automargin: true },
       yaxis: { title: { text: "val_bpb, mean of its runs" }, automargin: true }, showlegend: false, hovermode: "closest",
+      shapes: band, annotations: band.length ? [{ xref: "paper", x: 1, xanchor: "right", y: data.main_mean, yanchor: "bottom",
+        text: "main " + num(data.main_mean) + " ± noise sd " + num(data.noise_sd), showarrow: false, font: { size: 11, color: "#1e8449" } }] : [],
     }, plotConfig());
     const div = document.getElementById("chart-slice");
     if (!div.dataset.bound) {
@@ -46,6 +54,30 @@
     const search = new URLSearchParams({ name: name });
     if (onlyChanged) search.set("changed", "1");
     window.history.replaceState(null, "", window.location.pathname + "?" + search.toString());
+  }
+
+  // Parallel coordinates: the constants changed most (up to PC_AXES) and val_bpb; the best PC_LINES changes by
+  // mean (an SVG line each: thousands stay fast enough, tens of thousands would not). Colour: rank by mean.
+  const PC_AXES = 8;
+  const PC_LINES = 1500;
+
+  function drawParcoords() {
+    const names = data.names.slice(0, PC_AXES);
+    const ranked = data.rows.filter((r) => r.mean !== null).sort((a, b) => a.mean - b.mean);
+    const rows = ranked.slice(0, PC_LINES);
+    const shade = (k) => {
+      const u = rows.length > 1 ? k / (rows.length - 1) : 0; // 0 best .. 1 worst
+      return "rgb(" + Math.round(31 + u * 200) + "," + Math.round(95 + u * 80) + "," + Math.round(191 - u * 120) + ")";
+    };
+    const lines = rows.map((r, k) => ({
+      id: r.id, values: Object.assign({ __val_bpb: r.mean }, r.values), strong: data.promoted.includes(r.id),
+      colour: data.promoted.includes(r.id) ? "#27ae60" : shade(k),
+      title: r.id + " · mean " + num(r.mean) + " (n=" + r.n + ") · " + names.filter((n) => n in r.values).map((n) => n + " = " + value(r.values[n])).join(", "),
+    }));
+    const axes = names.map((n) => ({ name: n, label: n })).concat([{ name: "__val_bpb", label: "val_bpb (mean)" }]);
+    window.farmParcoords.draw(document.getElementById("parcoords"), axes, lines, (id) => { window.location.href = expUrl(id); });
+    document.getElementById("parcoords-note").textContent = (ranked.length > rows.length ? rows.length + " best of " + ranked.length : rows.length) +
+      " changes with an ok run; the " + names.length + " constants changed most; promoted changes green; drag along an axis to keep a range, click it to clear";
   }
 
   function drawTable() {
@@ -85,6 +117,7 @@
       return;
     }
     drawSlice();
+    drawParcoords();
     drawTable();
   }
 
