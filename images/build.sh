@@ -8,6 +8,8 @@
 #                  autoresearch-farm/base:bookworm, built by images/base.sh when missing)
 #   TORCH_SPEC     torch requirement (default torch==2.13.0: the CPU wheel on a machine without a GPU)
 #   EXTRA_PIP      more packages for the trainer image (GPU: kernels)
+#   KERNELS        hub kernels fetched into the image at build time (default with EXTRA_PIP=kernels: FA3's two
+#                  builds upstream's train.py loads); get_kernel() loads them offline in the sandbox
 #   APT_PACKAGES   Debian packages for the trainer image, from the base's mirror (GPU with the
 #                  default base: "gcc libc6-dev python3-dev", which Triton needs at run time)
 #   IMAGES_WHEELS  1 (default): download the wheels on the host (pip download; works offline but
@@ -23,6 +25,11 @@ DEFAULT_BASE=autoresearch-farm/base:bookworm
 BASE_IMAGE="${BASE_IMAGE:-$DEFAULT_BASE}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 EXTRA_PIP="${EXTRA_PIP:-}"
+# Hub kernels baked into the trainer image (offline at run time); with `kernels` in EXTRA_PIP, upstream's FA3 builds
+if [[ -z "${KERNELS+x}" && " $EXTRA_PIP " == *" kernels "* ]]; then
+    KERNELS="varunneal/flash-attention-3 kernels-community/flash-attn3"
+fi
+KERNELS="${KERNELS:-}"
 IMAGES_WHEELS="${IMAGES_WHEELS:-1}"
 TRAINER_IMAGE="${TRAINER_IMAGE:-autoresearch-farm/trainer:latest}"
 FARM_IMAGE="${FARM_IMAGE:-0}"
@@ -126,6 +133,7 @@ docker_build() { # docker_build DOCKERFILE TAG [--build-arg ...]
 
 build_trainer() {
     docker_build images/trainer.Dockerfile "$TRAINER_IMAGE" --build-arg EXTRA_PIP="$EXTRA_PIP" \
+        --build-arg KERNELS="$KERNELS" \
         --build-arg APT_PACKAGES="${APT_PACKAGES:-}" \
         ${PIP_INDEX_URL:+--build-arg PIP_INDEX_URL="$PIP_INDEX_URL"} \
         ${PIP_EXTRA_INDEX_URL:+--build-arg PIP_EXTRA_INDEX_URL="$PIP_EXTRA_INDEX_URL"}

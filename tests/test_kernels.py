@@ -162,3 +162,47 @@ def test_the_table_matches_names_exactly() -> None:
     assert not known_entry("torch.ops.flash_attn_3.fwd_combine.default")
     assert not known_entry("torch.ops.flash_attn_3.fwd.out")
     assert len({(e.namespaces, e.op) for e in KNOWN_KERNELS}) == len(KNOWN_KERNELS)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Item 2: a train.py that needs a hub kernel, and a farm whose sandbox cannot give it one
+# ----------------------------------------------------------------------------------------------------------
+
+UPSTREAM_FA3 = '''
+import torch
+from kernels import get_kernel
+cap = torch.cuda.get_device_capability()
+repo = "varunneal/flash-attention-3" if cap == (9, 0) else "kernels-community/flash-attn3"
+fa3 = get_kernel("varunneal/flash-attention-3" if cap == (9, 0) else "kernels-community/flash-attn3")
+from prepare import evaluate_bpb
+'''
+
+
+def test_a_kernel_loaded_without_a_fallback_is_a_need_and_the_seeds_is_not() -> None:
+    from trainer.kernels import hub_kernels
+    from trainer.profiles import get_profile
+    from trainer.seed import seed_source
+
+    found, required = hub_kernels(seed_source(get_profile("h100")))
+    assert set(found) == {"varunneal/flash-attention-3", "kernels-community/flash-attn3"} and required == []
+    found, required = hub_kernels(UPSTREAM_FA3)
+    assert set(required) == {"varunneal/flash-attention-3", "kernels-community/flash-attn3"}
+
+
+def test_the_farm_refuses_to_start_upstreams_train_py_where_the_image_lacks_fa3(tmp_path) -> None:
+    """farm run's check (cluster/run_cli.py) on a real research repo: the process sandbox here has no `kernels`."""
+    from cluster.records.repo import ResearchRepo
+    from cluster.run_cli import missing_kernel_refusal
+    from trainer.kernels import kernel_refusal
+    from trainer.profiles import get_profile
+    from trainer.seed import seed_source
+
+    ResearchRepo.create(tmp_path / "up" / "repo", UPSTREAM_FA3, "program")
+    refusal = missing_kernel_refusal(tmp_path / "up", get_profile("h100"), "process", "unused")
+    assert refusal and "kernels-community/flash-attn3" in refusal and "make images EXTRA_PIP=kernels" in refusal
+    assert missing_kernel_refusal(tmp_path / "up", get_profile("cpu-tiny"), "process", "unused") is None
+    ResearchRepo.create(tmp_path / "seed" / "repo", seed_source(get_profile("h100")), "program")
+    assert missing_kernel_refusal(tmp_path / "seed", get_profile("h100"), "process", "unused") is None
+    baked = {"varunneal/flash-attention-3", "kernels-community/flash-attn3"}
+    assert kernel_refusal(UPSTREAM_FA3, True, baked) is None  # an image built with KERNELS=... starts
+    assert kernel_refusal(UPSTREAM_FA3, True, None) is None  # a cluster's image: not known here, not refused

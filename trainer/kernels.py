@@ -271,3 +271,96 @@ def inline_references(gm: torch.fx.GraphModule) -> int:
         gm.graph.lint()
         gm.recompile()
     return count
+
+
+# --------------------------------------------------------------------------------------------------
+# Does a train.py need a hub kernel, and can the sandbox give it one (the farm's start-up check)
+# --------------------------------------------------------------------------------------------------
+
+KERNELS_LABEL = "farm.kernels"  # the trainer image's label: the hub kernels baked into its HF cache
+HOW_TO_BAKE = (
+    "rebuild the trainer image with them fetched at build time: `make images EXTRA_PIP=kernels "
+    "KERNELS='{repos}'` (README, 'GPUs'), or run a train.py that falls back to SDPA when get_kernel fails"
+)
+
+
+def hub_kernels(train_py: str) -> tuple[list[str], list[str]]:
+    """(every hub repo a train.py names in a ``get_kernel("...")`` call, those it loads outside any try).
+
+    A literal or a conditional of literals (``get_kernel("a" if hopper else "b")``: both) is read; a call
+    inside a ``try`` with a handler is a fallback (the seed's: SDPA when the kernel does not load), not a need.
+    """
+    import ast
+
+    try:
+        tree = ast.parse(train_py)
+    except SyntaxError:
+        return [], []
+    found: list[str] = []
+    required: list[str] = []
+
+    def names(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, ast.IfExp):
+            return names(node.body) + names(node.orelse)
+        return []
+
+    def visit(node: ast.AST, guarded: bool) -> None:
+        if isinstance(node, ast.Try) and node.handlers:
+            for child in node.body:
+                visit(child, True)
+            for child in [*node.handlers, *node.orelse, *node.finalbody]:
+                visit(child, guarded)
+            return
+        if isinstance(node, ast.Call) and node.args:
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name == "get_kernel":
+                repos = names(node.args[0])
+                found.extend(r for r in repos if r not in found)
+                if not guarded:
+                    required.extend(r for r in repos if r not in required)
+        for child in ast.iter_child_nodes(node):
+            visit(child, guarded)
+
+    visit(tree, False)
+    return found, required
+
+
+def kernel_refusal(train_py: str, gpu_profile: bool, available: set[str] | None) -> str | None:
+    """Why a farm must not start on this train.py (a hub kernel it cannot run without, missing), or None.
+
+    ``available``: the repos the sandbox's image carries (None: not known, e.g. a cluster's image; not refused).
+    On a CPU profile no kernel is loaded (upstream's and the seed's only load one on CUDA).
+    """
+    if not gpu_profile or available is None:
+        return None
+    _, required = hub_kernels(train_py)
+    missing = [r for r in required if r not in available]
+    if not missing:
+        return None
+    return (f"main's train.py loads the hub kernel(s) {', '.join(missing)} with get_kernel and no fallback, and the "
+            f"trainer image does not carry {'it' if len(missing) == 1 else 'them'} (sandboxes have no network, so "
+            f"every experiment would fail): {HOW_TO_BAKE.format(repos=' '.join(missing))}")
+
+
+def cached_kernels() -> set[str]:
+    """The hub kernels this Python can load offline: ``kernels`` importable and the repo in the HF hub cache."""
+    try:
+        import kernels  # noqa: F401
+        from huggingface_hub import scan_cache_dir
+    except ImportError:
+        return set()
+    try:
+        return {repo.repo_id for repo in scan_cache_dir().repos if repo.repo_type == "model"}
+    except Exception:  # no cache directory yet
+        return set()
+
+
+if __name__ == "__main__":  # python -m trainer.kernels: the hub kernels this interpreter can load offline
+    import json
+    import sys
+
+    print(json.dumps(sorted(cached_kernels())))
+    sys.exit(0)

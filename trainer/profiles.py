@@ -77,6 +77,11 @@ class Profile(BaseModel):
     seed_constants: dict[str, int | float | str] = Field(default_factory=dict)
 
     @property
+    def on_gpu(self) -> bool:
+        """Whether experiments of this profile run on a GPU (the CPU profiles pin their threads)."""
+        return self.torch_threads is None
+
+    @property
     def wall_limit(self) -> float:
         """Seconds after which the sandbox kills the experiment."""
         return (
