@@ -695,6 +695,48 @@ def test_the_constants_are_read_at_start_and_their_literals_parsed_once(tmp_path
     assert _number.cache_info().hits > hits
 
 
+def test_several_runs_side_by_side_each_with_its_own_pages(tmp_path: Path, browser) -> None:
+    """Issue 29 part 4: `farm ui DIR` on a directory of runs lists them (profile, policy, agents, main's value,
+    promotions, spend) with main's val_bpb of each over its hours, and each run's pages work under /r/<name>/."""
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    from cluster.ui.runs import find_runs
+
+    history_run(tmp_path / "project" / "run-a")
+    small_run(tmp_path / "project" / "run-b")
+    (tmp_path / "project" / "notes").mkdir()  # not a run: left out
+    (tmp_path / "project" / "run-a" / "farm-config.json").write_text(json.dumps(
+        {"profile": "cpu-smoke", "gpus": 1, "agents": {"count": 2, "kind": "mutate"}, "tournament": {"policy": "paired"}}))
+    runs = find_runs([tmp_path / "project"])
+    assert [r.name for r in runs] == ["run-a", "run-b"]
+    handle = serve_ui(runs, "127.0.0.1", 0)
+    try:
+        url = handle.url.rstrip("/")
+        open_page(browser, url + "/")
+        rows = lambda: browser.find_elements(By.CSS_SELECTOR, "#runs-index tbody tr")
+        wait_until(lambda: [r.get_attribute("data-name") for r in rows()] == ["run-a", "run-b"], "both runs")
+        cells = [td.text for td in rows()[0].find_elements(By.TAG_NAME, "td")]
+        assert cells[1].startswith("finished") and cells[2:5] == ["cpu-smoke", "paired", f"2 x mutate ({HOSTILE_AGENT}, mutate-0)"]
+        assert cells[7] == "2.4400 ± 0.0283" and cells[9] == "2"  # main after e0012, its noise; two promotions
+        assert browser.execute_script("return document.getElementById('chart-runs').data.map(t => t.name)") == \
+            ["run-a", "run-b"]
+        rows()[1].find_element(By.LINK_TEXT, "run-b").click()
+        wait_until(lambda: browser.current_url == url + "/r/run-b/", "run-b's overview")
+        wait_until(lambda: browser.find_element(By.ID, "c-experiments").text == "4", "run-b's cards")
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr[data-id='e0003'] a"), "its table")
+        browser.find_element(By.CSS_SELECTOR, "#runs tbody tr[data-id='e0003'] a").click()
+        wait_until(lambda: browser.current_url == url + "/r/run-b/experiment/e0003", "its experiment page")
+        wait_until(lambda: "promote" in browser.find_element(By.ID, "verdicts").text or
+                   "discard" in browser.find_element(By.ID, "verdicts").text, "the verdicts through /r/run-b/api")
+        assert get(url + "/r/run-b/api/experiment/e0003")[0] == 200 and get(url + "/r/run-c/")[0] == 404
+        assert browser.find_element(By.ID, "all-runs").get_attribute("href") == url + "/"
+        assert pwned(browser) is None and csp_reports(browser) == []
+    finally:
+        handle.close()
+
+
 def test_pages_work_without_the_repo(small) -> None:
     run, url, _ = small
     shutil.move(run / "repo", run / "repo.moved")
@@ -982,6 +1024,25 @@ def test_farm_ui_command_serves_a_run_and_stops_on_sigint(tmp_path: Path) -> Non
         first = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}/" in first, first
         assert get(f"http://127.0.0.1:{port}/api/version")[0] == 200
+    finally:
+        proc.send_signal(2)
+        assert proc.wait(timeout=WAIT) == 0
+
+
+def test_farm_ui_command_on_several_runs_lists_them(tmp_path: Path) -> None:
+    """`farm ui RUN RUN`: one server, the list of runs at /, each run under /r/<name>/."""
+    import json
+
+    small_run(tmp_path / "one")
+    small_run(tmp_path / "two")
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "ui", str(tmp_path / "one"), str(tmp_path / "two"),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert "farm ui: 2 runs at http://127.0.0.1:" in first, first
+        url = first.split(" at ", 1)[1].split()[0].rstrip("/")
+        assert [r["name"] for r in json.loads(get(url + "/api/runs-index")[2])["runs"]] == ["one", "two"]
+        assert get(url + "/r/two/api/experiment/e0003")[0] == 200
     finally:
         proc.send_signal(2)
         assert proc.wait(timeout=WAIT) == 0

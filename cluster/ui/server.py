@@ -10,6 +10,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from cluster.ui.app import create_app, is_loopback
 from cluster.ui.model import RunModel
+from cluster.ui.runs import create_runs_app, mount_names
 
 DEFAULT_PORT = 8090
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -43,18 +44,26 @@ class UiHandle:
         self.server.server_close()
 
 
-def make_ui_server(run_dir: Path, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
+def make_ui_server(run_dir: Path | list[Path], address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
                    grafana_url: str | None = None) -> UiHandle:
     """Bind the browser's server (port 0: any free port); raises OSError when the port is taken.
 
-    Werkzeug's threaded server: one thread per request, so a slow page never
-    holds up the poll of another tab. A server bound to loopback answers
-    only loopback host names; one bound elsewhere (a pod behind a
-    port-forward) answers any.
+    One run directory, or a list of runs: then the list of runs is at ``/`` and each run's pages at ``/r/<name>/``
+    (:mod:`cluster.ui.runs`). Werkzeug's threaded server: one thread per request, so a slow page never
+    holds up the poll of another tab. A server bound to loopback answers only loopback host names; one bound
+    elsewhere (a pod behind a port-forward) answers any.
     """
-    app = create_app(Path(run_dir), grafana_url=grafana_url, loopback_only=is_loopback(address))
+    runs = [Path(run_dir)] if isinstance(run_dir, str | Path) else [Path(p) for p in run_dir]
+    loopback_only = is_loopback(address)
+    if len(runs) == 1:
+        app = create_app(runs[0], grafana_url=grafana_url, loopback_only=loopback_only)
+        models = [app.extensions["farm_ui_model"]]
+    else:
+        app = create_runs_app(mount_names(runs), grafana_url, loopback_only)
+        models = list(app.app.extensions["farm_ui_models"].values())
     server = make_server(address, port, app, threaded=True, request_handler=_QuietHandler)
-    warm(app.extensions["farm_ui_model"])
+    for model in models:
+        warm(model)
     bound_host = str(server.server_address[0])
     bound = f"http://{_bracketed(bound_host)}:{server.server_port}/"
     host = "127.0.0.1" if bound_host in ("0.0.0.0", "::") else bound_host
@@ -78,7 +87,7 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve_ui(run_dir: Path, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
+def serve_ui(run_dir: Path | list[Path], address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
              grafana_url: str | None = None) -> UiHandle:
     """The run browser on a daemon thread (for `farm run --ui-port`): returns once it accepts connections."""
     handle = make_ui_server(run_dir, address, port, grafana_url)
