@@ -50,7 +50,7 @@ test-fast: install
 GPUS ?=
 HAS_GPU := $(filter-out cpu-%,$(PROFILE))
 FARM_ARGS ?= $(if $(HAS_GPU),,--max-experiments 30)
-# The paired policy (cluster/policies/tournament.py PAIRED_DEFAULTS): judging starts from the profile's documented
+# The paired policy (cluster/decisions/policies/tournament.py PAIRED_DEFAULTS): judging starts from the profile's documented
 # noise (cpu-tiny's; on a GPU the H100's sd 0.0043, docs/gpu.md), so candidates run beside main's first two
 # baselines: a short demo run gets to promote something, and one GPU tries its first idea by the third experiment
 FARM_ENV ?= FARM_TOURNAMENT__POLICY=paired

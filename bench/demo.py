@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.ledger import Ledger  # noqa: E402
+from cluster.execution.spec import ExperimentSpec, GpuAssignment  # noqa: E402
+from cluster.records.ledger import Ledger  # noqa: E402
 from cluster.sandbox import make_sandbox  # noqa: E402
-from cluster.spec import ExperimentSpec, GpuAssignment  # noqa: E402
 from trainer.profiles import cache_dir, get_profile  # noqa: E402
 from trainer.seed import seed_source  # noqa: E402
 

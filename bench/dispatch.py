@@ -79,7 +79,7 @@ DUTY_GOAL, GAP_GOAL = 0.97, 1.0
 def _fast_commit() -> None:
     import re
 
-    from cluster import repo as r
+    from cluster.records import repo as r
 
     original, entries, full_sha = r.ResearchRepo.commit_experiment, {}, re.compile(r"^[0-9a-f]{40}$")
 
@@ -109,7 +109,8 @@ def _fast_commit() -> None:
 
 WHAT_IFS = {
     "fast-commit": (_fast_commit, "ResearchRepo.commit_experiment with 4 git processes instead of 7 "
-                    "(cluster/repo.py: rev-parse, ls-tree and the branch look-up skipped where they cannot matter)"),
+                    "(cluster/records/repo.py: rev-parse, ls-tree and the branch look-up skipped where they cannot "
+                    "matter)"),
 }  # fmt: skip
 
 
@@ -151,8 +152,8 @@ def run_one(n: int, seconds: float, per_gpu: int, agents: int, root: Path, cap: 
     try:
         for name in what_ifs:
             WHAT_IFS[name][0]()
-        from cluster.driver import Farm
-        from cluster.executor import RayExecutor
+        from cluster.execution.executor import RayExecutor
+        from cluster.loop.driver import Farm
 
         farm = Farm(config, run_dir, RayExecutor(SANDBOX))
         profiler = None
@@ -201,7 +202,7 @@ def _machine_busy() -> float:
 
 def analyse(run_dir: Path, n: int, seconds: float) -> dict:
     """Duty, gaps, latencies and throughput from the ledger and the stand-in's sleep records."""
-    from cluster.ledger import Ledger
+    from cluster.records.ledger import Ledger
 
     rows = Ledger(run_dir / "ledger").read()
     queued = {r.experiment_id: r.ts for r in rows if r.event == "queued"}

@@ -22,7 +22,7 @@ The parameters, and why (sd = the profile's run-to-run noise, ``sigma``, 0.037 o
   half as noisy as an unpaired one. This is the regime where pairing pays, NOT what cpu-tiny does: a small early
   sample suggested it, but bench/pairing.py (docs/bench/pairing-cpu-tiny.md) then measured no shared part on
   cpu-tiny (its run-to-run noise is mostly how many steps fit in the wall-clock budget). GPUs are not measured yet.
-  The farm's judge learns the split from its own runs (cluster/tournament.py seed_noise), so both regimes are
+  The farm's judge learns the split from its own runs (cluster/decisions/tournament.py seed_noise), so both regimes are
   fair tests: pairing must help here and cost nothing on the calibrated landscape, which shares nothing.
 
 Name it as the sandbox ``bench.realistic:RealisticSandbox``; ``true_bpb`` is the noiseless value.

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.spec import ExperimentSpec, GpuAssignment  # noqa: E402
+from cluster.execution.spec import ExperimentSpec, GpuAssignment  # noqa: E402
 from tests import candidates  # noqa: E402
 from trainer.result import ExperimentResult  # noqa: E402
 
@@ -74,8 +74,8 @@ class Pod:
     name = "pod"
 
     def __init__(self) -> None:
+        from cluster.execution.spec import KubernetesSettings
         from cluster.sandbox.kubernetes import KubernetesSandbox
-        from cluster.spec import KubernetesSettings
         from tests.fake_kube import FakeKube, farm_owned_copy
         from trainer.profiles import cache_dir
 

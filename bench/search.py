@@ -1,13 +1,13 @@
 """Search efficiency: does the farm find a better train.py per GPU-hour than one agent alone? (issue 7)
 
-Every strategy is the REAL farm: ``cluster.driver.Farm`` (its loop, dispatch queue with priorities, tournament
-via cluster/policies/, research repo in git with three-way merges, Parquet ledger) with mutate agents, on the
+Every strategy is the REAL farm: ``cluster.loop.driver.Farm`` (its loop, dispatch queue with priorities, tournament
+via cluster/decisions/policies/, research repo in git with three-way merges, Parquet ledger) with mutate agents, on the
 same experiment budget and the same seeds. Only two things are stood in:
 
 - the trainer: ``bench.surrogate:SurrogateSandbox`` (val_bpb = a fixed smooth function of train.py's constants
   + Gaussian noise; the benchmark knows the noiseless value) or, with ``--cpu-tiny``, the real cpu-tiny trainer
   in the process sandbox;
-- Ray: the driver's in-process executor with a *virtual clock* (``cluster.executor.InProcessExecutor``). An
+- Ray: the driver's in-process executor with a *virtual clock* (``cluster.execution.executor.InProcessExecutor``). An
   experiment occupies one of N logical GPUs for one time unit (x U(0.9, 1.1), so slots do not march in
   lock-step; a run that does not finish ok takes 0.25: crashes are found early); proposals are instant. Time is
   counted in experiment durations, so "sequential" takes one unit per experiment and parallel efficiency is well
@@ -62,14 +62,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import realistic, surrogate  # noqa: E402
-from cluster import driver as driver_module  # noqa: E402
 from cluster.config import FarmConfig  # noqa: E402
-from cluster.executor import InProcessExecutor, unit_duration  # noqa: E402
-from cluster.policies import PolicySettings  # noqa: E402
-from cluster.policy import Strategies  # noqa: E402
-from cluster.repo import ResearchRepo  # noqa: E402
+from cluster.decisions.policies import PolicySettings  # noqa: E402
+from cluster.decisions.policy import Strategies  # noqa: E402
+from cluster.execution.executor import InProcessExecutor, unit_duration  # noqa: E402
+from cluster.execution.spec import ExperimentSpec, GpuAssignment  # noqa: E402
+from cluster.loop import driver as driver_module  # noqa: E402
+from cluster.records.repo import ResearchRepo  # noqa: E402
 from cluster.sandbox import make_sandbox  # noqa: E402
-from cluster.spec import ExperimentSpec, GpuAssignment  # noqa: E402
 from cluster.vocabulary import KEEP_VERDICTS  # noqa: E402
 from trainer.profiles import get_profile  # noqa: E402
 from trainer.result import Status  # noqa: E402
@@ -93,7 +93,7 @@ CRASH_DURATION, JITTER = 0.25, 0.1
 PARTIAL = 0.9  # a second, easier target: this share of sequential's gain from the seed
 GREEDY = {"policy": "greedy", "parent_main_prob": 1.0}
 
-PAIRED = {"policy": "paired"}  # cluster/policies/tournament.py PAIRED_DEFAULTS
+PAIRED = {"policy": "paired"}  # cluster/decisions/policies/tournament.py PAIRED_DEFAULTS
 # name -> (label, policy settings over PolicySettings' defaults, what-ifs)
 TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "tournament": ("the farm's tournament, shipped defaults", {}, ()),
@@ -560,7 +560,8 @@ def write_doc(path: Path, summary: dict, meta: dict, png: list[str]) -> None:
         "",
         f"`{meta['command']}` ({meta['minutes']:.1f} min; code at {meta['commit']}, Python {meta['python']}).",
         "",
-        f"The REAL farm (cluster.driver.Farm, the tournament, the git research repo, the ledger, mutate agents) on "
+        f"The REAL farm (cluster.loop.driver.Farm, the tournament, the git research repo, the ledger, mutate agents) "
+        f"on "
         f"`{meta.get('sandbox', SURROGATE)}` (noise sd {meta['sigma']}), with Ray replaced by a virtual clock: one "
         f"experiment = one time unit (x U(0.9, 1.1); a run that is not ok: {CRASH_DURATION}). Seeds "
         f"{meta['seeds']}; sequential's budget {meta['budget']} experiments, the parallel strategies' "
@@ -620,7 +621,7 @@ def remeasure(train_pys: dict[str, str], replicates: int, root: Path, profile: s
               log=print) -> dict[str, list[float | None]]:
     """Fresh runs (seeds 1000+) of each named train.py through the process sandbox, round-robin so every file
     sees the same machine conditions; ok val_bpb or None per run."""
-    from cluster.spec import Limits
+    from cluster.execution.spec import Limits
 
     config = FarmConfig(profile=profile, metrics_port=None, gpus=1)
     sandbox = make_sandbox("process")

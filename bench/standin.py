@@ -33,8 +33,8 @@ import os
 import random
 import time
 
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
 from cluster.sandbox.base import stage
-from cluster.spec import ExperimentSpec, GpuAssignment
 from trainer.result import RESULT_FILE, ExperimentResult, HarnessFacts, Status
 
 TIMING_FILE = "standin.json"

@@ -34,8 +34,8 @@ import random
 import time
 
 from agent.mutate import parse_constants
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
 from cluster.sandbox.base import stage
-from cluster.spec import ExperimentSpec, GpuAssignment
 from trainer.result import RESULT_FILE, ExperimentResult, HarnessFacts, Status
 
 SEQ_LEN = 128  # cpu-tiny's MAX_SEQ_LEN: rows of the micro-batch

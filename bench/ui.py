@@ -30,8 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cluster.ledger import Ledger, LedgerRow
-from cluster.repo import ResearchRepo
+from cluster.records.ledger import Ledger, LedgerRow
+from cluster.records.repo import ResearchRepo
 from trainer.profiles import get_profile
 from trainer.seed import seed_source, set_constants
 

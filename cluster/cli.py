@@ -79,8 +79,8 @@ def _try_in_sandbox(args: argparse.Namespace, train_py: Path, out: Path):
     """The experiment through a sandbox backend (the farm's path); None after printing why it cannot run."""
     import uuid
 
+    from cluster.execution.spec import ExperimentSpec, GpuAssignment, owner_of
     from cluster.sandbox import SandboxError, make_sandbox
-    from cluster.spec import ExperimentSpec, GpuAssignment, owner_of
 
     try:
         owner = "try-" + owner_of(out)  # its own lane: a farm or another `farm try` running beside it is left alone

@@ -30,8 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.cost import DEFAULT_MODEL, DEFAULT_OPENAI_MODEL, Price, openai_price, price_for
-from cluster.policies import PolicySettings
-from cluster.spec import TRAINER_IMAGE, KubernetesSettings, Limits
+from cluster.decisions.policies import PolicySettings
+from cluster.execution.spec import TRAINER_IMAGE, KubernetesSettings, Limits
 from trainer.profiles import cache_dir, get_profile
 
 REASONS = {  # pydantic's error types, said shortly
@@ -184,7 +184,7 @@ class FarmConfig(BaseModel):
     cache_dir: Path = Field(default_factory=cache_dir, description="prepared data and tokenizers")
     ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local one")
     tournament: PolicySettings = Field(default_factory=PolicySettings, description="the policy and its knobs "
-                                       "(cluster/policies/; FARM_TOURNAMENT__*)")
+                                       "(cluster/decisions/policies/; FARM_TOURNAMENT__*)")
     metrics_port: int | None = Field(9464, ge=1, le=65535, description="Prometheus exporter port; None: off")
     metrics_address: str = Field("127.0.0.1", min_length=1,
                                  description="address the exporter binds (0.0.0.0: every interface, e.g. in a pod)")
@@ -262,7 +262,8 @@ class FarmConfig(BaseModel):
 
     def agent_options(self, index: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Keyword options for agent ``index``'s proposer: the ones its kind takes, unset ones left out. An agent
-        whose kind differs from the population's carries it as ``kind`` (cluster.agents.make_proposer uses it)."""
+        whose kind differs from the population's carries it as ``kind`` (cluster.execution.agents.make_proposer uses
+        it)."""
         if not self.agents.options:
             return {}
         options = self.agents.options[index % len(self.agents.options)].model_dump(exclude_none=True)

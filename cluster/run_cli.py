@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from cluster.config import ConfigError, FarmConfig, absolute, add_config_arguments, load_config, overrides_from_args
-from cluster.report import finished_rows, leaderboard, progress_plot
+from cluster.observers.report import finished_rows, leaderboard, progress_plot
 from trainer.profiles import Profile, get_profile
 
 CONFIG_FILE = "farm-config.json"
@@ -44,10 +44,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import ray
 
-    from cluster.driver import Farm
-    from cluster.executor import RayExecutor
+    from cluster.execution.executor import RayExecutor
+    from cluster.execution.spec import owner_of
+    from cluster.loop.driver import Farm
     from cluster.sandbox import SandboxError, make_sandbox, resolve_sandbox
-    from cluster.spec import owner_of
     from trainer.data import prepare_profile
 
     try:  # every path is made absolute here, where it enters: nothing below resolves one against its own cwd
@@ -153,7 +153,7 @@ def require_run_dir(command: str, run_dir: Path) -> Path | None:
 
 def _serve_metrics(farm, config: FarmConfig):
     """The farm's /metrics endpoint, or None (off, or the port is taken: the farm runs on without it)."""
-    from cluster.metrics import serve
+    from cluster.observers.metrics import serve
 
     try:
         server = serve(farm.metrics, config.metrics_port, config.metrics_address)
@@ -194,7 +194,7 @@ def _init_ray(config: FarmConfig) -> None:
 
 
 def _create_run(run_dir: Path, config: FarmConfig, from_path: Path | None) -> None:
-    from cluster.repo import ResearchRepo
+    from cluster.records.repo import ResearchRepo
     from trainer.seed import seed_source
 
     if (run_dir / CONFIG_FILE).exists():
@@ -289,8 +289,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _llm_spend(run_dir: Path, cap: float | None) -> dict:
     """LLM tokens and USD per agent and in all, from the ledger (so a crashed run's spend is right too)."""
-    from cluster.ledger import Ledger
-    from cluster.state import FarmState, spend_summary
+    from cluster.records.ledger import Ledger
+    from cluster.records.state import FarmState, spend_summary
 
     return spend_summary(FarmState.rebuild(Ledger(run_dir / "ledger").read(), "", "").spend, cap)
 
@@ -324,9 +324,9 @@ def _print_leaderboard(run_dir: Path, limit: int = 20) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from cluster.ledger import Ledger
-    from cluster.repo import ResearchRepo
-    from cluster.untrusted import log_tail
+    from cluster.records.ledger import Ledger
+    from cluster.records.repo import ResearchRepo
+    from cluster.sandbox.untrusted import log_tail
 
     if (run_dir := require_run_dir("show", args.run_dir)) is None:
         return 2

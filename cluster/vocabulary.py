@@ -29,7 +29,7 @@ FINISHED_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 RowStatus = Literal["queued", "running", "ok", "crash", "oom", "nan", "timeout", "invalid", "error"]
 assert set(get_args(RowStatus)) == {"queued", "running", *FINISHED_STATUSES}, "RowStatus must list Status's values"
 
-# The tournament's judgement of a candidate (cluster/tournament.py) ...
+# The tournament's judgement of a candidate (cluster/decisions/tournament.py) ...
 # stack (policy stack): its first run beat the screen; it waits to be stacked into the next stage with others.
 Decision = Literal["promote", "confirm", "discard", "simpler", "wait", "stack"]
 # ... and what carrying out a promotion came to when main did not simply fast-forward.

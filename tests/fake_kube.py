@@ -396,8 +396,8 @@ def run_in_docker_pod(train_py: str, tmp_path: Path, farm_cache: Path, profile: 
     """One experiment through the kubernetes sandbox, against a FakeKube whose pods run in the Docker Engine: the
     runner's and the candidate's containers of the trainer image, as the pod's users, sharing the pod's volumes.
     The data cache is a copy owned by the farm's uid, as the chart's head prepares it on the PVC (needs root)."""
+    from cluster.execution.spec import ExperimentSpec, GpuAssignment, KubernetesSettings
     from cluster.sandbox.kubernetes import KubernetesSandbox
-    from cluster.spec import ExperimentSpec, GpuAssignment, KubernetesSettings
 
     cache = farm_owned_copy(farm_cache, tmp_path / "pvc")
     token = tmp_path / "token"

@@ -25,9 +25,9 @@ from agent.llm import ApiKeyMissing, RetryPolicy, read_api_key
 from agent.preflight import check_train_py
 from agent.protocol import Context, ExperimentSummary, ProposalError
 from agent.transcript import REDACTED, redact, write_transcript
-from cluster.ledger import Ledger, LedgerRow
-from cluster.spec import ExperimentSpec, GpuAssignment
-from cluster.state import FarmState, diff_signature
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
+from cluster.records.ledger import Ledger, LedgerRow
+from cluster.records.state import FarmState, diff_signature
 from tests.messages_server import DROP, MessagesServer, fault, reply, slow, text, tool_use, usage
 from trainer.profiles import get_profile
 from trainer.seed import seed_source
@@ -344,11 +344,11 @@ def test_retry_delays_back_off_with_jitter_and_honour_retry_after() -> None:
 def test_the_driver_books_every_proposals_spend_writes_notes_and_transcripts_and_rejects_repeats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.protocol import Proposal, ProposalFailure, Spend
-    from cluster.agents import ProposalOutcome
     from cluster.config import FarmConfig
-    from cluster.driver import Farm
-    from cluster.executor import InProcessExecutor, ProposalDone
-    from cluster.repo import ResearchRepo
+    from cluster.execution.agents import ProposalOutcome
+    from cluster.execution.executor import InProcessExecutor, ProposalDone
+    from cluster.loop.driver import Farm
+    from cluster.records.repo import ResearchRepo
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     ResearchRepo.create(tmp_path / "repo", SEED, "# program")

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 import cluster.config as config
 from cluster.config import ConfigError, FarmConfig, add_config_arguments, load_config, overrides_from_args
-from cluster.policies import PolicySettings
-from cluster.spec import TRAINER_IMAGE, Limits
+from cluster.decisions.policies import PolicySettings
+from cluster.execution.spec import TRAINER_IMAGE, Limits
 from trainer.profiles import cache_dir
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "farm.example.yaml"
@@ -262,11 +262,11 @@ def test_a_mixed_population_names_each_agent_by_its_own_kind() -> None:
 
 
 def test_each_policy_is_built_from_its_own_settings_model_and_farm_yaml_sets_them_all() -> None:
-    """cluster/policies/: a policy module names its class (POLICIES); its settings model's fields are
+    """cluster/decisions/policies/: a policy module names its class (POLICIES); its settings model's fields are
     farm.yaml's ``tournament:`` keys, and the factory hands it only its own."""
-    from cluster.policies import REGISTRY, make_policy
-    from cluster.policies.greedy import GreedyPolicy, GreedySettings
-    from cluster.policies.stack import StackSettings
+    from cluster.decisions.policies import REGISTRY, make_policy
+    from cluster.decisions.policies.greedy import GreedyPolicy, GreedySettings
+    from cluster.decisions.policies.stack import StackSettings
 
     assert set(REGISTRY) == {"tournament", "paired", "stack", "greedy"}
     for name, cls in REGISTRY.items():
@@ -278,3 +278,15 @@ def test_each_policy_is_built_from_its_own_settings_model_and_farm_yaml_sets_the
     assert make_policy(PolicySettings(policy="stack")).settings == StackSettings(policy="stack")
     with pytest.raises(ValidationError, match="unknown policy 'nope'"):
         PolicySettings(policy="nope")
+
+
+def test_every_package_of_the_source_tree_is_in_the_wheel() -> None:
+    """The farm image installs the project as a wheel (images/farm.Dockerfile), which holds only the packages
+    pyproject.toml lists: a package missing there (cluster.policies once was) is an ImportError in every pod."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {str(p.parent.relative_to(root)).replace("/", ".") for top in ("agent", "cluster", "trainer")
+             for p in (root / top).rglob("__init__.py")}
+    assert listed == found

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from cluster.execution.spec import TRAINER_IMAGE, ExperimentSpec, GpuAssignment, Limits
 from cluster.sandbox import SandboxError, make_sandbox
 from cluster.sandbox import docker_engine as de
 from cluster.sandbox.base import ENV_ALLOW, stage
 from cluster.sandbox.docker_engine import DockerSandbox
-from cluster.spec import TRAINER_IMAGE, ExperimentSpec, GpuAssignment, Limits
 from tests import candidates
 from tests.needs import sandbox_or_skip
 from trainer.result import ExperimentResult, Status

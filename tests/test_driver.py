@@ -2,7 +2,7 @@
 
 The loop, the tournament, the git research repo and the Parquet ledger are the real ones; only the trainer
 (``bench.surrogate``: val_bpb is a known function of train.py's constants plus noise, or a scripted fault) and
-Ray (``cluster.executor.InProcessExecutor``) are stood in.
+Ray (``cluster.execution.executor.InProcessExecutor``) are stood in.
 
 The property at the heart of it: the state a farm holds while it runs is exactly the state ``--resume`` rebuilds
 from its ledger and repo (one writer: ``FarmState.apply``), whatever happened in the run.
@@ -18,13 +18,13 @@ import pytest
 from agent.protocol import Context, Proposal, ProposalError, Spend
 from bench import surrogate
 from cluster.config import FarmConfig
-from cluster.driver import Farm
-from cluster.executor import InProcessExecutor, unit_duration
-from cluster.ledger import Ledger
-from cluster.repo import ResearchRepo
+from cluster.execution.executor import InProcessExecutor, unit_duration
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
+from cluster.loop.driver import Farm
+from cluster.records.ledger import Ledger
+from cluster.records.repo import ResearchRepo
+from cluster.records.state import FarmState
 from cluster.sandbox.base import no_result
-from cluster.spec import ExperimentSpec, GpuAssignment
-from cluster.state import FarmState
 from trainer.profiles import get_profile
 from trainer.result import ExperimentResult, Status
 from trainer.seed import seed_source
@@ -163,7 +163,7 @@ def test_a_failed_proposal_that_spent_is_booked_and_the_farm_goes_on(tmp_path: P
 
 def test_an_agent_is_rebuilt_after_repeated_faults_but_never_after_a_fatal_one() -> None:
     """AgentActor's rules (its class without Ray), which share propose_once with the in-process executor."""
-    from cluster.agents import RESTART_AFTER_FAILURES, AgentActor
+    from cluster.execution.agents import RESTART_AFTER_FAILURES, AgentActor
 
     built = []
 
@@ -189,7 +189,7 @@ def test_an_agent_is_rebuilt_after_repeated_faults_but_never_after_a_fatal_one()
 
 
 def test_agents_are_shown_the_noise_the_judge_weighs(tmp_path: Path) -> None:
-    """One function gives both (cluster/view.py noise): before any run, the paired policy's prior (cpu-tiny's
+    """One function gives both (cluster/decisions/view.py noise): before any run, the paired policy's prior (cpu-tiny's
     documented sd), which an agent was once shown as unknown while its candidate was judged with it."""
     farm = make_farm(tmp_path, tournament={"policy": "paired"})
     judged = farm.view_of_state.noise(farm.view_of_state.main_class())

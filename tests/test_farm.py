@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.ledger import Ledger
-from cluster.repo import ResearchRepo
+from cluster.records.ledger import Ledger
+from cluster.records.repo import ResearchRepo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the isolated process sandbox needs root (CI is root)")
 

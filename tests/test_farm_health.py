@@ -1,8 +1,8 @@
 """A farm that cannot work stops and says why; a candidate's own failures never stop it.
 
-The real driver (cluster.driver.Farm: its loop, the tournament, git, the ledger) runs on the in-process
-executor (cluster/executor.py: no Ray, a virtual clock), with a sandbox whose outcome each test scripts: the rules under
-test are the driver's, and they see exactly what a real backend would return.
+The real driver (cluster.loop.driver.Farm: its loop, the tournament, git, the ledger) runs on the in-process
+executor (cluster/execution/executor.py: no Ray, a virtual clock), with a sandbox whose outcome each test scripts: the
+rules under test are the driver's, and they see exactly what a real backend would return.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import pytest
 from agent.protocol import Context, Proposal
 from bench.standin import measured_bpb
 from cluster.config import FarmConfig
-from cluster.driver import Farm
-from cluster.executor import InProcessExecutor
-from cluster.ledger import LedgerRow
-from cluster.repo import ResearchRepo
+from cluster.execution.executor import InProcessExecutor
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
+from cluster.loop.driver import Farm
+from cluster.records.ledger import LedgerRow
+from cluster.records.repo import ResearchRepo
+from cluster.records.state import sha
 from cluster.sandbox.base import no_result, stage
-from cluster.spec import ExperimentSpec, GpuAssignment
-from cluster.state import sha
 from trainer.profiles import get_profile
 from trainer.result import ExperimentResult, HarnessFacts, Status
 from trainer.seed import seed_source
@@ -221,8 +221,8 @@ def test_a_farm_with_fresh_ideas_runs_to_its_limit(tmp_path: Path) -> None:
 
 
 def test_a_long_run_keeps_its_ledger_in_few_files_and_loses_no_row(tmp_path: Path) -> None:
-    from cluster.ledger import Ledger
-    from cluster.store import COMPACT_AFTER_PARTS
+    from cluster.records.ledger import Ledger
+    from cluster.records.store import COMPACT_AFTER_PARTS
 
     farm, code = run_farm(tmp_path, max_experiments=120)
     ledger = Ledger(tmp_path / "run" / "ledger")

@@ -25,9 +25,9 @@ import yaml
 
 from cluster.cli import build_parser
 from cluster.config import CLI_FLAGS, FarmConfig, load_config, overrides_from_args
+from cluster.execution.spec import ExperimentSpec, GpuAssignment, Limits
 from cluster.sandbox.base import ENV_ALLOW, OUTER_KILL_GRACE
 from cluster.sandbox.kube_pod import UID_BASE, UID_SPAN, KubernetesSettings, labels, pod_manifest
-from cluster.spec import ExperimentSpec, GpuAssignment, Limits
 from trainer.profiles import get_profile
 
 REPO = Path(__file__).resolve().parent.parent

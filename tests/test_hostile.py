@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster.independence import IndependenceCheck
-from cluster.ledger import LedgerRow
-from cluster.spec import ExperimentSpec, GpuAssignment
-from cluster.state import sha
-from cluster.untrusted import read_text
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
+from cluster.loop.independence import IndependenceCheck
+from cluster.records.ledger import LedgerRow
+from cluster.records.state import sha
+from cluster.sandbox.untrusted import read_text
 from tests.fake_kube import run_in_docker_pod
 from tests.needs import sandbox_or_skip
 from trainer.profiles import get_profile

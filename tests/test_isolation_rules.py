@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from cluster.config import FarmConfig
+from cluster.execution.spec import ExperimentSpec, Limits
 from cluster.run_cli import unisolated_refusal
 from cluster.sandbox import process
-from cluster.spec import ExperimentSpec, Limits
 
 
 @pytest.mark.parametrize(("kind", "sandbox", "euid", "allowed", "refused"), [

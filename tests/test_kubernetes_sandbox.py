@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.execution.spec import ExperimentSpec, GpuAssignment, Limits
 from cluster.sandbox import SandboxError, kube_api, make_sandbox, resolve_sandbox
 from cluster.sandbox import kubernetes as kube
 from cluster.sandbox.kube_pod import (
@@ -29,7 +30,6 @@ from cluster.sandbox.kube_pod import (
     KubernetesSettings,
     parse_log,
 )
-from cluster.spec import ExperimentSpec, GpuAssignment, Limits
 from tests import candidates
 from tests.fake_kube import FakeKube, Script, run_in_docker_pod
 from tests.needs import sandbox_or_skip

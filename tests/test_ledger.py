@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.ledger import SCHEMA, Ledger, LedgerRow, write_results_tsv
+from cluster.records.ledger import SCHEMA, Ledger, LedgerRow, write_results_tsv
 from trainer.result import ExperimentResult, HarnessFacts, Status, Summary
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -163,7 +163,7 @@ def test_a_pending_part_torn_by_a_power_cut_is_set_aside(tmp_path: Path) -> None
 CHILD = textwrap.dedent(
     """
     import os, sys, time
-    from cluster.ledger import Ledger, LedgerRow
+    from cluster.records.ledger import Ledger, LedgerRow
     ledger = Ledger(sys.argv[1], sync=sys.argv[2] == "sync")
     crash_at, tag = int(sys.argv[3]), sys.argv[4]
     if crash_at:  # die between writing a part and renaming it, like a kill at the worst instant
@@ -311,7 +311,7 @@ def test_results_tsv_upstream_format(tmp_path: Path) -> None:
 
 
 def test_a_normal_exit_without_close_leaves_every_part_durable(tmp_path: Path) -> None:
-    code = "import sys, time; from cluster.ledger import Ledger, LedgerRow; l = Ledger(sys.argv[1]); " \
+    code = "import sys, time; from cluster.records.ledger import Ledger, LedgerRow; l = Ledger(sys.argv[1]); " \
            "[l.append([LedgerRow(experiment_id=f'e{i}', event='queued', ts=time.time())]) for i in range(20)]"
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=60)  # fmt: skip

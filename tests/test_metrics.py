@@ -1,6 +1,6 @@
 """The farm's Prometheus metrics and the Grafana dashboard that reads them.
 
-Unit tests feed cluster.metrics events and read the exposition text back
+Unit tests feed cluster.observers.metrics events and read the exposition text back
 (checked by `promtool check metrics`). The slow test runs a real farm and a
 real Prometheus (Debian's package, on loopback) that scrapes it, then runs
 every PromQL expression of the dashboard against that Prometheus: each must
@@ -32,13 +32,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.llm import Fault, RetryPolicy, call_with_retries, classify, classify_status
 from agent.protocol import FAILURE_KINDS, Proposal, ProposalError, ProposalFailure, Spend
-from cluster.agents import ProposalOutcome
 from cluster.config import FarmConfig
-from cluster.ledger import LedgerRow
-from cluster.live import FarmStatus
-from cluster.metrics import ERROR_KINDS, PHASE_BUCKETS, PHASES, STATUSES, FarmMetrics, serve
-from cluster.state import Work
-from cluster.task import TaskOutcome
+from cluster.execution.agents import ProposalOutcome
+from cluster.execution.task import TaskOutcome
+from cluster.observers.live import FarmStatus
+from cluster.observers.metrics import ERROR_KINDS, PHASE_BUCKETS, PHASES, STATUSES, FarmMetrics, serve
+from cluster.records.ledger import LedgerRow
+from cluster.records.state import Work
 from trainer.result import ExperimentResult, HarnessFacts, Status
 
 ROOT = Path(__file__).resolve().parents[1]

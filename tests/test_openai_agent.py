@@ -116,7 +116,7 @@ def test_faults_that_do_not_clear_fail_the_proposal_without_stopping_the_agent()
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_rejected_key_is_fatal_for_that_agent_only(status: int) -> None:
-    from cluster.agents import make_proposer
+    from cluster.execution.agents import make_proposer
 
     with ChatServer() as bad, ChatServer() as good:
         bad.add(fault(status, "invalid_api_key", f"Incorrect API key provided: {KEY}"))
@@ -286,8 +286,8 @@ def test_both_wires_drive_the_same_loop_to_the_same_proposal() -> None:
 
 def test_a_mixed_population_from_config() -> None:
     from agent.claude import ClaudeProposer as Claude
-    from cluster.agents import make_proposer
     from cluster.config import ConfigError, load_config
+    from cluster.execution.agents import make_proposer
 
     c = load_config({"agents": {"kind": "claude", "count": 3, "options": [
         {"model": "claude-haiku-4-5", "direction": "optimizer"},
@@ -314,7 +314,7 @@ def test_a_mixed_population_from_config() -> None:
 
 
 def test_the_ledger_keeps_each_proposals_model(tmp_path: Path) -> None:
-    from cluster.ledger import Ledger, LedgerRow
+    from cluster.records.ledger import Ledger, LedgerRow
 
     ledger = Ledger(tmp_path / "ledger")
     ledger.append([LedgerRow(experiment_id="e0001", event="queued", ts=1.0, agent="claude-1", model=LOCAL),

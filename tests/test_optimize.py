@@ -95,9 +95,9 @@ def test_results_of_other_proposers_are_told_and_a_new_shape_restarts_the_study(
 def test_a_hybrid_population_runs_in_the_real_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A mutator and an optimiser share one farm: the optimiser is shown every finished experiment."""
     from cluster.config import FarmConfig
-    from cluster.driver import Farm
-    from cluster.executor import InProcessExecutor
-    from cluster.repo import ResearchRepo
+    from cluster.execution.executor import InProcessExecutor
+    from cluster.loop.driver import Farm
+    from cluster.records.repo import ResearchRepo
 
     monkeypatch.setenv("FARM_SURROGATE_SIGMA", "0.01")
     run_dir = tmp_path / "run"

@@ -1,6 +1,6 @@
 """Paired judging (common random numbers), the noise prior and second chances (issue 15).
 
-The maths (cluster/tournament.py: ``seed_noise`` splits the noise into a part shared per seed and a run's own,
+The maths (cluster/decisions/tournament.py: ``seed_noise`` splits the noise into a part shared per seed and a run's own,
 ``compare`` weighs a candidate's runs against a reference's on the same seeds) is checked on synthetic runs whose
 components are known; the policy's use of it on the real driver with the in-process executor (no Ray) and the
 surrogate landscapes of bench/.
@@ -17,19 +17,19 @@ import pytest
 from agent.mutate import parse_constants
 from agent.protocol import Context, Proposal
 from cluster.config import FarmConfig
-from cluster.driver import Farm
-from cluster.executor import InProcessExecutor, unit_duration
-from cluster.ledger import Ledger
-from cluster.policies.tournament import TournamentSettings
-from cluster.repo import ResearchRepo
-from cluster.tournament import Measurement, NoiseModel, SeedNoise, compare, judge, seed_noise
+from cluster.decisions.policies.tournament import TournamentSettings
+from cluster.decisions.tournament import Measurement, NoiseModel, SeedNoise, compare, judge, seed_noise
+from cluster.execution.executor import InProcessExecutor, unit_duration
+from cluster.loop.driver import Farm
+from cluster.records.ledger import Ledger
+from cluster.records.repo import ResearchRepo
 from tests.test_driver import comparable, rebuilt
 from trainer.profiles import get_profile
 from trainer.seed import seed_source, set_constants
 
 SEED = seed_source(get_profile("cpu-tiny"))
 SD = 0.04
-PAIRED = {"policy": "paired"}  # cluster/policies/tournament.py PAIRED_DEFAULTS
+PAIRED = {"policy": "paired"}  # cluster/decisions/policies/tournament.py PAIRED_DEFAULTS
 
 
 def runs(files: int, seeds: int, shared: float, rng: random.Random) -> list[Measurement]:
@@ -89,7 +89,7 @@ def paired_trial(effect: float, rng: random.Random, pair: bool) -> bool:
     main = [(s, 1 + seed_fx[s] + rng.gauss(0, own)) for s in range(4)]
     settings, model = TournamentSettings(), NoiseModel(gpu_class="g", ss=SD**2 * 40, df=40)
     parts = SeedNoise(gpu_class="g", shared=(0.87 * SD) ** 2, own=own**2, df=40)
-    from cluster.tournament import Incumbent
+    from cluster.decisions.tournament import Incumbent
 
     inc = Incumbent(commit="m", line_count=300, measurements={"g": [v for _, v in main]})
     cand: list[tuple[int, float]] = []

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import cluster.repo as repo_mod
-from cluster.repo import FARM_EMAIL, FARM_NAME, RepoError, ResearchRepo, count_code_lines, git_merge
+import cluster.records.repo as repo_mod
+from cluster.records.repo import FARM_EMAIL, FARM_NAME, RepoError, ResearchRepo, count_code_lines, git_merge
 
 SEED = "".join(f"X{i} = {i}\n" for i in range(1, 21))  # 20 independent lines: edits far apart merge cleanly
 PROGRAM = "# program\nMake val_bpb fall.\n"

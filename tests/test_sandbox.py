@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 import trainer
+from cluster.execution.spec import ExperimentSpec, GpuAssignment, Limits
 from cluster.sandbox.process import MARKER
-from cluster.spec import ExperimentSpec, GpuAssignment, Limits
-from cluster.untrusted import read_text
+from cluster.sandbox.untrusted import read_text
 from tests import candidates
 from tests.needs import sandbox_or_skip
 from trainer.result import ExperimentResult, Status

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from bench import search, surrogate
-from cluster.spec import ExperimentSpec, GpuAssignment
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
 from trainer.profiles import get_profile
 from trainer.seed import seed_source
 
@@ -97,9 +97,9 @@ def test_goals_report_each_of_issue_15s_goals_met_or_not_for_each_farm_policy() 
 
 
 def test_benchmark_settings_of_the_tournament() -> None:
-    from cluster.policies.greedy import greedy_baseline_request, judge_greedy
-    from cluster.policies.tournament import TournamentSettings
-    from cluster.tournament import Incumbent, NoiseModel, judge
+    from cluster.decisions.policies.greedy import greedy_baseline_request, judge_greedy
+    from cluster.decisions.policies.tournament import TournamentSettings
+    from cluster.decisions.tournament import Incumbent, NoiseModel, judge
 
     fresh = Incumbent(commit="m", line_count=300)
     assert greedy_baseline_request(fresh, "g").replicates == 1  # autoresearch measures main once

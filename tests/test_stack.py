@@ -1,4 +1,4 @@
-"""Stack, then certify (issue 15; cluster/policies/stack.py): a round's winners are merged into one stage off
+"""Stack, then certify (issue 15; cluster/decisions/policies/stack.py): a round's winners are merged into one stage off
 main, the stage is measured on main's seeds and certified against main as one promotion.
 
 On the real driver with the in-process executor (no Ray), real git merges and the Parquet ledger, on the surrogate
@@ -14,8 +14,8 @@ import pytest
 from agent.mutate import parse_constants
 from agent.protocol import Context, Proposal
 from bench import realistic
-from cluster.ledger import Ledger
-from cluster.policies.stack import StackSettings
+from cluster.decisions.policies.stack import StackSettings
+from cluster.records.ledger import Ledger
 from tests.test_driver import comparable, rebuilt
 from tests.test_pairing import farm
 

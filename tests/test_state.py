@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cluster.ledger import LedgerRow
-from cluster.state import FarmState, sha
+from cluster.records.ledger import LedgerRow
+from cluster.records.state import FarmState, sha
 
 
 def test_rebuild_keeps_finished_and_requeues_unfinished_by_priority() -> None:

@@ -10,9 +10,8 @@ import statistics
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from cluster.policies.tournament import TournamentSettings
-from cluster.repo import count_code_lines
-from cluster.tournament import (
+from cluster.decisions.policies.tournament import TournamentSettings
+from cluster.decisions.tournament import (
     Incumbent,
     Measurement,
     NoiseModel,
@@ -25,6 +24,7 @@ from cluster.tournament import (
     select_parent,
     t_quantile,
 )
+from cluster.records.repo import count_code_lines
 
 H100, H200 = "H100", "H200"
 SD = 0.04  # cpu-tiny's measured run-to-run spread

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from cluster.execution.spec import ExperimentSpec
 from cluster.sandbox.base import RESULT_MAX_BYTES, collect
-from cluster.spec import ExperimentSpec
-from cluster.untrusted import log_tail, read_bytes, read_text, write_bytes
+from cluster.sandbox.untrusted import log_tail, read_bytes, read_text, write_bytes
 from trainer.result import Status
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from cluster.execution.spec import ExperimentSpec, KubernetesSettings
 from cluster.sandbox.base import Sandbox, SandboxError
-from cluster.spec import ExperimentSpec, KubernetesSettings
 
 BACKENDS = ("process", "docker", "kubernetes")
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from cluster.spec import ExperimentSpec, GpuAssignment
-from cluster.untrusted import read_bytes, read_text
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
+from cluster.sandbox.untrusted import read_bytes, read_text
 from trainer.data import seal_data
 from trainer.profiles import get_profile
 from trainer.result import RESULT_FILE, ExperimentResult, Status

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from cluster.execution.spec import TRAINER_IMAGE, ExperimentSpec, GpuAssignment
 from cluster.sandbox.base import (
     CACHE_MOUNT,
     CANDIDATE_MOUNT,
@@ -38,8 +39,7 @@ from cluster.sandbox.base import (
     shared_dir,
     stage,
 )
-from cluster.spec import TRAINER_IMAGE, ExperimentSpec, GpuAssignment
-from cluster.untrusted import write_bytes
+from cluster.sandbox.untrusted import write_bytes
 from trainer.result import RESULT_FILE, ExperimentResult, Status
 
 ROLE_LABEL = "autoresearch-farm.role"

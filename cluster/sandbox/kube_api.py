@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import requests
 
+from cluster.execution.spec import KubernetesSettings
 from cluster.sandbox.base import SandboxError
-from cluster.spec import KubernetesSettings
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT = (5.0, 30.0)  # connect, read

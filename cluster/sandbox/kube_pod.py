@@ -37,8 +37,8 @@ import hashlib
 import math
 import re
 
+from cluster.execution.spec import ExperimentSpec, GpuAssignment, KubernetesSettings
 from cluster.sandbox.base import CACHE_MOUNT, CANDIDATE_MOUNT, OUTER_KILL_GRACE, runner_args, sandbox_env
-from cluster.spec import ExperimentSpec, GpuAssignment, KubernetesSettings
 from trainer.profiles import get_profile
 
 ROLE_LABEL = "autoresearch-farm/role"

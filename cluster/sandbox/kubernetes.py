@@ -26,6 +26,7 @@ import time
 import uuid
 import warnings
 
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
 from cluster.sandbox.base import OUTER_KILL_GRACE, SandboxError, collect, no_result, stage
 from cluster.sandbox.kube_api import KubeApiError, KubeClient
 from cluster.sandbox.kube_pod import (
@@ -42,7 +43,6 @@ from cluster.sandbox.kube_pod import (
     pod_manifest,
     separated,
 )
-from cluster.spec import ExperimentSpec, GpuAssignment
 from trainer.result import LOG_FILE, RESULT_FILE, ExperimentResult, Status
 
 # Waiting reasons that never resolve by themselves: the run is an error at once.

@@ -22,6 +22,7 @@ import uuid
 import warnings
 from pathlib import Path
 
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
 from cluster.sandbox.base import (
     CANDIDATE_UID,
     OUTER_KILL_GRACE,
@@ -35,7 +36,6 @@ from cluster.sandbox.base import (
     stage,
 )
 from cluster.sandbox.jail import VIEW
-from cluster.spec import ExperimentSpec, GpuAssignment
 from trainer.result import ExperimentResult, Status
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

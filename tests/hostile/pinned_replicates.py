@@ -2,7 +2,7 @@
 its C handle), train a fixed number of steps so that every run is the same run, and nudge one weight by one ulp
 where os.urandom says, so that no two runs hand over the same weights digest. One run is an honest score; its
 "replicates" on other seeds repeat it, and the farm must not count them as independent
-(tests/test_hostile.py runs it on two seeds and asks cluster.independence).
+(tests/test_hostile.py runs it on two seeds and asks cluster.loop.independence).
 
 Expect: ok
 """

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cluster.state import spend_summary
+from cluster.records.state import spend_summary
 
 
 class FarmStatus(BaseModel):
@@ -72,7 +72,7 @@ class FarmHeader(BaseModel):
 
 def status_of(state, header: FarmHeader, *, busy: int, asking: int, started: float, stopping: str, failure: str,
               main_class: str) -> FarmStatus:
-    """The status of a farm whose state is ``state`` (cluster/state.py) now; call it in the driver's thread."""
+    """The status of a farm whose state is ``state`` (cluster/records/state.py) now; call it in the driver's thread."""
     best, _ = state.best()
     elapsed = time.time() - started
     finished = len(state.finished)

@@ -21,20 +21,20 @@ from agent.llm import ApiKeyMissing, read_api_key
 from agent.protocol import Context, Proposal, ProposalFailure
 from agent.transcript import write_transcript
 from cluster.config import FarmConfig, absolute
-from cluster.context import ContextBuilder
-from cluster.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
-from cluster.health import HealthWatch
-from cluster.independence import IndependenceCheck
-from cluster.ledger import LedgerRow, write_results_tsv
-from cluster.live import FarmHeader, FarmStatus, LiveView, status_of
-from cluster.metrics import FarmMetrics
-from cluster.policies import make_policy
-from cluster.policy import Action, Decide, Measure, Promote, Revert, Stage, Strategies
-from cluster.pool import AgentPool
-from cluster.spec import ExperimentSpec, Limits, owner_of
-from cluster.state import Work
-from cluster.store import FarmStore
-from cluster.view import FarmView
+from cluster.decisions.policies import make_policy
+from cluster.decisions.policy import Action, Decide, Measure, Promote, Revert, Stage, Strategies
+from cluster.decisions.view import FarmView
+from cluster.execution.executor import AgentSpec, Executor, ExperimentDone, ProposalDone
+from cluster.execution.spec import ExperimentSpec, Limits, owner_of
+from cluster.loop.context import ContextBuilder
+from cluster.loop.health import HealthWatch
+from cluster.loop.independence import IndependenceCheck
+from cluster.loop.pool import AgentPool
+from cluster.observers.live import FarmHeader, FarmStatus, LiveView, status_of
+from cluster.observers.metrics import FarmMetrics
+from cluster.records.ledger import LedgerRow, write_results_tsv
+from cluster.records.state import Work
+from cluster.records.store import FarmStore
 from trainer.profiles import get_profile
 
 PROPOSAL_DRAIN_SECONDS = 120  # on a stop: how long proposals already paid for may still arrive
@@ -46,8 +46,8 @@ class Farm:
 
     def __init__(self, config: FarmConfig, run_dir: Path, executor: Executor, proposer_factory=None,
                  strategies: Strategies | None = None) -> None:
-        """``executor`` runs the experiments and asks the agents (cluster/executor.py: Ray's, or in-process);
-        ``strategies``: the merge and the change signature (cluster/policy.py), passed in, never patched."""
+        """``executor`` runs the experiments and asks the agents (cluster/execution/executor.py: Ray's, or in-process);
+        ``strategies``: the merge and the change signature (cluster/decisions/policy.py), passed in, never patched."""
         self.config, self.run_dir, self.executor = config, absolute(run_dir), executor
         strategies = strategies or Strategies()
         self.profile = get_profile(config.profile)
@@ -61,7 +61,7 @@ class Farm:
         self.proposer_factory = proposer_factory
         self.inflight: set[str] = set()  # experiments submitted and not back
         self.agents: list[AgentSpec] = []
-        self.pool = AgentPool(0)  # which agent is asked when (cluster/pool.py); built with the agents
+        self.pool = AgentPool(0)  # which agent is asked when (cluster/loop/pool.py); built with the agents
         self.started = time.time()
         self.stopping = ""
         self.failure = ""  # why the farm could not do its job (set with stopping): the run exits non-zero
@@ -202,7 +202,7 @@ class Farm:
         self._after_proposal(index, proposal.agent, result if result.startswith(REJECTED) else "")
 
     def _after_proposal(self, index: int, agent: str, nothing: str, fatal: bool = False) -> None:
-        """Where the agent goes next (cluster/pool.py); a population that keeps coming back empty-handed stops
+        """Where the agent goes next (cluster/loop/pool.py); a population that keeps coming back empty-handed stops
         the farm instead of spending without end."""
         stuck = self.pool.returned(index, agent, nothing, fatal=fatal,
                                    more_coming=bool(self.inflight or self.state.queue))
@@ -290,14 +290,14 @@ class Farm:
             row.status, row.val_bpb, row.reason = "invalid", None, reason
 
     def _watch_health(self, work: Work, row: LedgerRow) -> None:
-        """Stop a farm that cannot work (cluster/health.py): its own faults pile up, or main itself cannot run."""
+        """Stop a farm that cannot work (cluster/loop/health.py): its own faults pile up, or main itself cannot run."""
         if reason := self.health.check(work, row):
             self.fail(reason)
 
     # ---- carrying out the policy's actions ------------------------------------------------
 
     def _carry_out(self, actions: Iterable[Action]) -> None:
-        """Do exactly what the policy yields, each before the policy computes the next (cluster/policy.py)."""
+        """Do exactly what the policy yields, each before the policy computes the next (cluster/decisions/policy.py)."""
         for action in actions:
             if isinstance(action, Measure):
                 for seed in action.seeds:
@@ -326,7 +326,7 @@ class Farm:
             self._write_summaries()
 
     def _status(self) -> FarmStatus:
-        """The farm now, as every observer sees it (cluster/live.py)."""
+        """The farm now, as every observer sees it (cluster/observers/live.py)."""
         return status_of(self.state, self.header, busy=len(self.inflight), asking=len(self.pool.asking),
                          started=self.started, stopping=self.stopping, failure=self.failure,
                          main_class=self.view_of_state.main_class())

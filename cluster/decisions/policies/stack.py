@@ -32,14 +32,14 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from agent.protocol import Proposal
-from cluster.ledger import LedgerRow
-from cluster.policies.core import CoreSettings
-from cluster.policies.judging import Judging, most_runs
-from cluster.policies.tournament import PAIRED_DEFAULTS, TournamentSettings
-from cluster.policy import Action, Decide, Revert, Screening, Stage, Strategies
-from cluster.state import Work, sha
-from cluster.tournament import Verdict
-from cluster.view import FarmView
+from cluster.decisions.policies.core import CoreSettings
+from cluster.decisions.policies.judging import Judging, most_runs
+from cluster.decisions.policies.tournament import PAIRED_DEFAULTS, TournamentSettings
+from cluster.decisions.policy import Action, Decide, Revert, Screening, Stage, Strategies
+from cluster.decisions.tournament import Verdict
+from cluster.decisions.view import FarmView
+from cluster.records.ledger import LedgerRow
+from cluster.records.state import Work, sha
 
 # The stack policy (issue 15; docs/bench/stack.md): the paired policy's judge, but one run of a candidate decides
 # whether it joins the next stage, and the stage (the sum of a round's winners, so a larger effect than any of them)

@@ -1,5 +1,5 @@
 """What every policy reads: the core settings (parent selection, pairing, the noise prior, main's baseline), and
-the protocol a policy module's class fills so that the factory can build it (cluster/policies/__init__.py)."""
+the protocol a policy module's class fills so that the factory can build it (cluster/decisions/policies/__init__.py)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ from typing import ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cluster.policy import Policy, Strategies
-from cluster.view import NoisePrior
+from cluster.decisions.policy import Policy, Strategies
+from cluster.decisions.view import NoisePrior
 from trainer.profiles import Profile
 
 
 class CoreSettings(BaseModel):
-    """The settings every policy reads; a policy's own model adds its knobs (cluster/policies/<name>.py)."""
+    """The settings every policy reads; a policy's own model adds its knobs (cluster/decisions/policies/<name>.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     named_defaults: ClassVar[dict[str, dict[str, object]]] = {}  # policy name -> the defaults it stands for
 
-    policy: str = Field("tournament", description="the policy (cluster/policies/): tournament, paired (the "
+    policy: str = Field("tournament", description="the policy (cluster/decisions/policies/): tournament, paired (the "
                         "tournament with PAIRED_DEFAULTS), stack or greedy")
     baseline_replicates: int = Field(4, ge=2, description="times main is measured (at start, after a promotion, "
                                      "on a new GPU class) so its noise is known before anything is promoted")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cluster.ledger import LedgerRow
+from cluster.records.ledger import LedgerRow
 from trainer.result import prediction_distance
 
 

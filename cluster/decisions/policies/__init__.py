@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import create_model, field_validator
 
-from cluster.policies.core import CoreSettings, PolicyClass
-from cluster.policy import Policy, Strategies
+from cluster.decisions.policies.core import CoreSettings, PolicyClass
+from cluster.decisions.policy import Policy, Strategies
 
 SHARED_MODULES = ("core", "judging")  # what the policies call; not policies themselves
 

@@ -1,10 +1,10 @@
 """Where the farm's work runs: experiments on GPUs, proposals from agents. The driver decides, an Executor executes.
 
-The driver (cluster/driver.py) talks to one small interface: start the agents, ``submit`` an experiment, ``ask``
+The driver (cluster/loop/driver.py) talks to one small interface: start the agents, ``submit`` an experiment, ``ask``
 an agent for a proposal, ``wait`` for whatever comes back. Two implementations:
 
-- ``RayExecutor``: the farm itself. Each experiment is a one-GPU Ray task (cluster/task.py), each agent a Ray
-  actor (cluster/agents.py); a task or actor that Ray loses comes back as an event with the error, never as an
+- ``RayExecutor``: the farm itself. Each experiment is a one-GPU Ray task (cluster/execution/task.py), each agent a Ray
+  actor (cluster/execution/agents.py); a task or actor that Ray loses comes back as an event with the error, never as an
   exception the loop must know Ray's types for.
 - ``InProcessExecutor``: no Ray, no second process, a *virtual clock*. An experiment runs in this process at
   submit time and its result is handed back when the clock reaches its finish (one unit per ok run by default:
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.protocol import Context, ProposalFailure, Proposer
-from cluster.agents import ProposalOutcome, make_proposer, propose_once
-from cluster.spec import ExperimentSpec, GpuAssignment
-from cluster.task import TaskOutcome
+from cluster.execution.agents import ProposalOutcome, make_proposer, propose_once
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
+from cluster.execution.task import TaskOutcome
 from trainer.result import ExperimentResult, Status
 
 ProposerFactory = Callable[[str, str, dict], Proposer]
@@ -98,14 +98,14 @@ class RayExecutor:
         self._asks: dict = {}  # ObjectRef -> agent index
 
     def start_agents(self, agents: list[AgentSpec], factory: ProposerFactory | None = None) -> None:
-        from cluster.agents import AgentActor
+        from cluster.execution.agents import AgentActor
 
         for agent in agents:
             self._agents.append(AgentActor.remote(agent.kind, agent.name, agent.options, factory))
             self._names.append(agent.name)
 
     def submit(self, spec: ExperimentSpec) -> None:
-        from cluster.task import run_experiment
+        from cluster.execution.task import run_experiment
 
         self._experiments[run_experiment.remote(spec.model_dump_json(), self.sandbox)] = spec.experiment_id
 

@@ -9,7 +9,7 @@ The driver's loop: measure main as ``baseline_request`` asks; ``judge`` each res
 a ``screening`` Measurement); on "confirm"/"wait" run ``verdict.measure`` (seeds from ``next_seeds``) and judge
 again with all values; on "promote"/"simpler" merge, start a fresh ``Incumbent`` and measure it; record every
 ``verdict.reason``; offer near-misses to ``select_parent`` as ``PoolEntry``. The policies that run this loop over
-the farm's state are cluster/policies/; this module is only the statistics they call.
+the farm's state are cluster/decisions/policies/; this module is only the statistics they call.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from cluster.vocabulary import Decision
 
 
 class JudgeKnobs(Protocol):
-    """The settings judging reads (cluster/policies/tournament.py's TournamentSettings has them): margins in standard
-    errors, the runs a decision needs. Defaults are sized by tests/test_tournament.py's simulation."""
+    """The settings judging reads (cluster/decisions/policies/tournament.py's TournamentSettings has them): margins in
+    standard errors, the runs a decision needs. Defaults are sized by tests/test_tournament.py's simulation."""
 
     baseline_replicates: int
     margin_sigmas: float
@@ -43,7 +43,7 @@ class JudgeKnobs(Protocol):
 
 
 class ParentKnobs(Protocol):
-    """The settings parent selection reads (cluster/policies/core.py's CoreSettings has them)."""
+    """The settings parent selection reads (cluster/decisions/policies/core.py's CoreSettings has them)."""
 
     parent_main_prob: float
     tournament_size: int

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.ledger import LedgerRow
-from cluster.state import FarmState, Work
+from cluster.records.ledger import LedgerRow
+from cluster.records.state import FarmState, Work
 
 
 class HealthWatch:

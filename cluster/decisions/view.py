@@ -3,8 +3,8 @@
 A policy judges from facts (main's runs, a file's seeds, the pooled noise, the near-misses a parent may be drawn
 from); every one of them is a method here, so a judgement reads one object instead of walking the state, the repo
 and the statistics. The records are shown as read-only mappings of frozen ``Work`` (the driver is the only writer:
-cluster/store.py). The noise is computed by ``noise`` alone, with the run's prior, both for the judge and for what
-agents are shown (cluster/driver.py), so the two can never disagree.
+cluster/records/store.py). The noise is computed by ``noise`` alone, with the run's prior, both for the judge and for
+what agents are shown (cluster/loop/driver.py), so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -16,10 +16,18 @@ from types import MappingProxyType
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.ledger import LedgerRow
-from cluster.repo import ResearchRepo, count_code_lines
-from cluster.state import FarmState, Work, sha
-from cluster.tournament import Incumbent, Measurement, NoiseModel, PoolEntry, SeedNoise, noise_models, seed_noise
+from cluster.decisions.tournament import (
+    Incumbent,
+    Measurement,
+    NoiseModel,
+    PoolEntry,
+    SeedNoise,
+    noise_models,
+    seed_noise,
+)
+from cluster.records.ledger import LedgerRow
+from cluster.records.repo import ResearchRepo, count_code_lines
+from cluster.records.state import FarmState, Work, sha
 from cluster.vocabulary import ON_MAIN_VERDICTS, REPLICATE_KINDS
 
 

@@ -1,9 +1,9 @@
 """Judging shared by the policies: a component each policy calls, never a class it inherits.
 
 A candidate's reference (main, or with ``judge_against: parent`` the former main it was proposed from), the
-verdict of the noise-aware judge (cluster/tournament.py) on the facts the view gives, the pairing waits and seeds,
-the runs of main a decision asks for, screening and parent selection. Each policy turns these into its own actions
-(cluster/policies/tournament.py, stack.py, greedy.py), so none rewrites another's output.
+verdict of the noise-aware judge (cluster/decisions/tournament.py) on the facts the view gives, the pairing waits and
+seeds, the runs of main a decision asks for, screening and parent selection. Each policy turns these into its own
+actions (cluster/decisions/policies/tournament.py, stack.py, greedy.py), so none rewrites another's output.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ import random
 from collections.abc import Iterator
 
 from agent.protocol import Proposal
-from cluster.ledger import LedgerRow
-from cluster.policies.core import CoreSettings
-from cluster.policy import Action, Measure, Promote, Screening, Strategies, preflight
-from cluster.repo import count_code_lines
-from cluster.state import Work, sha
-from cluster.tournament import (
+from cluster.decisions.policies.core import CoreSettings
+from cluster.decisions.policy import Action, Measure, Promote, Screening, Strategies, preflight
+from cluster.decisions.tournament import (
     Comparison,
     Incumbent,
     JudgeKnobs,
@@ -30,7 +27,10 @@ from cluster.tournament import (
     next_seeds,
     select_parent,
 )
-from cluster.view import FarmView
+from cluster.decisions.view import FarmView
+from cluster.records.ledger import LedgerRow
+from cluster.records.repo import count_code_lines
+from cluster.records.state import Work, sha
 
 
 def most_runs(knobs: JudgeKnobs) -> int:
@@ -142,7 +142,7 @@ class Judging:
         return farm.main_sha
 
     def verdict(self, farm: FarmView, candidate: Work, gpu_class: str, knobs: JudgeKnobs) -> Verdict:
-        """The noise-aware judge (cluster/tournament.py) on the candidate's runs: the noise computed once."""
+        """The noise-aware judge (cluster/decisions/tournament.py) on the candidate's runs: the noise computed once."""
         parent = self.former_main(farm, candidate, gpu_class)
         reference = farm.file_sha(parent.commit) if parent else farm.main_sha
         noise = farm.noise(gpu_class)

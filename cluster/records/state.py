@@ -15,8 +15,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from agent.protocol import Spend
-from cluster.ledger import LedgerRow
-from cluster.tournament import Measurement
+from cluster.decisions.tournament import Measurement
+from cluster.records.ledger import LedgerRow
 from cluster.vocabulary import CHANGE_KINDS, PRIORITY, REPLICATE_KINDS, SPEND_ONLY_EVENTS, WorkKind
 
 
@@ -55,7 +55,7 @@ def spend_summary(spend: dict[str, AgentSpend], cost_cap_usd: float | None) -> d
 @dataclass(frozen=True)
 class Work:
     """One experiment to run: what, from where, and why. Frozen: a booked experiment never changes (the ledger
-    has it), and the policies read these records through the view (cluster/view.py)."""
+    has it), and the policies read these records through the view (cluster/decisions/view.py)."""
 
     experiment_id: str
     kind: WorkKind

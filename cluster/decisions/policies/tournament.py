@@ -2,7 +2,8 @@
 
 ``policy: paired`` is this policy with PAIRED_DEFAULTS (pairing, a noise prior, judged against a former-main parent,
 replicates while promising at a wider margin, a second chance; docs/bench/search-paired.md). The statistics are
-cluster/tournament.py; the facts come from the view (cluster/view.py); the shared steps from judging.py.
+cluster/decisions/tournament.py; the facts come from the view (cluster/decisions/view.py); the shared steps from
+judging.py.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from agent.protocol import Proposal
-from cluster.ledger import LedgerRow
-from cluster.policies.core import CoreSettings
-from cluster.policies.judging import Judging
-from cluster.policy import Action, Decide, Screening, Strategies
-from cluster.state import Work
-from cluster.view import FarmView
+from cluster.decisions.policies.core import CoreSettings
+from cluster.decisions.policies.judging import Judging
+from cluster.decisions.policy import Action, Decide, Screening, Strategies
+from cluster.decisions.view import FarmView
+from cluster.records.ledger import LedgerRow
+from cluster.records.state import Work
 
 # The paired policy (issue 15; docs/bench/search-paired.md). Every choice is measured there or in
 # tests/test_pairing.py: pairing and the prior start judging at once; several looks at a promising candidate (up to
@@ -76,7 +77,7 @@ class TournamentSettings(CoreSettings):
 
 
 class TournamentPolicy:
-    """The farm's noise-aware tournament (cluster/tournament.py) over the farm's state."""
+    """The farm's noise-aware tournament (cluster/decisions/tournament.py) over the farm's state."""
 
     settings_model: ClassVar[type[CoreSettings]] = TournamentSettings
 

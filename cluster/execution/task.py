@@ -17,8 +17,8 @@ import time
 import ray
 from pydantic import BaseModel
 
+from cluster.execution.spec import ExperimentSpec, GpuAssignment
 from cluster.sandbox import sandbox_for
-from cluster.spec import ExperimentSpec, GpuAssignment
 from trainer.result import ExperimentResult
 
 TASK_RETRIES = 3

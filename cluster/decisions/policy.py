@@ -1,9 +1,9 @@
 """The decision layer's interface: results in, actions out. A policy decides, the driver executes.
 
-In the spirit of Ray Tune's TrialScheduler: a ``Policy`` is shown the farm (read-only, cluster/view.py) when the farm
-starts, when an experiment finishes and when main has moved, and yields actions; the driver carries each out exactly
-as yielded (queue these runs, record this decision, promote this candidate) and decides nothing itself. Each action
-is carried out before the policy computes the next, so a decision sees the state the ones before it made: when a
+In the spirit of Ray Tune's TrialScheduler: a ``Policy`` is shown the farm (read-only, cluster/decisions/view.py) when
+the farm starts, when an experiment finishes and when main has moved, and yields actions; the driver carries each out
+exactly as yielded (queue these runs, record this decision, promote this candidate) and decides nothing itself. Each
+action is carried out before the policy computes the next, so a decision sees the state the ones before it made: when a
 baseline of main settles several waiting candidates and the first is promoted, the next is judged against the
 new main.
 
@@ -15,8 +15,8 @@ new main.
 - ``Stage``: merge several candidates into one new file off main and measure it (policy stack);
 - ``Revert``: propose main without one part of a promoted stage, as a candidate (policy stack's ablation).
 
-The policies themselves sit side by side in cluster/policies/ (one file each, with its settings model), and
-``cluster.policies.make_policy`` picks one from the settings. ``Strategies`` are what a run may swap without
+The policies themselves sit side by side in cluster/decisions/policies/ (one file each, with its settings model), and
+``cluster.decisions.policies.make_policy`` picks one from the settings. ``Strategies`` are what a run may swap without
 patching anything: the three-way merge and what makes two proposals the same change.
 """
 
@@ -30,10 +30,10 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, Field
 
 from agent.protocol import Proposal
-from cluster.ledger import LedgerRow
-from cluster.repo import Merge, git_merge
-from cluster.state import Work, diff_signature
-from cluster.view import FarmView
+from cluster.decisions.view import FarmView
+from cluster.records.ledger import LedgerRow
+from cluster.records.repo import Merge, git_merge
+from cluster.records.state import Work, diff_signature
 from cluster.vocabulary import VerdictValue
 
 

@@ -2,7 +2,7 @@
 no margin, no confirmation. The noise-blind reference of the search benchmark (bench/search.py).
 
 It is also the example of a policy in one file: its settings model (the core's, nothing of its own) and its class,
-registered by ``POLICIES`` below; cluster/policies/__init__.py finds it, and ``policy: greedy`` picks it.
+registered by ``POLICIES`` below; cluster/decisions/policies/__init__.py finds it, and ``policy: greedy`` picks it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from agent.protocol import Proposal
-from cluster.ledger import LedgerRow
-from cluster.policies.core import CoreSettings
-from cluster.policies.judging import Judging
-from cluster.policy import Action, Decide, Screening, Strategies
-from cluster.state import Work
-from cluster.tournament import Incumbent, MeasureRequest, Verdict, ok_values
-from cluster.view import FarmView
+from cluster.decisions.policies.core import CoreSettings
+from cluster.decisions.policies.judging import Judging
+from cluster.decisions.policy import Action, Decide, Screening, Strategies
+from cluster.decisions.tournament import Incumbent, MeasureRequest, Verdict, ok_values
+from cluster.decisions.view import FarmView
+from cluster.records.ledger import LedgerRow
+from cluster.records.state import Work
 
 
 def kept_values(incumbent: Incumbent, gpu_class: str) -> list[float]:

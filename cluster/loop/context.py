@@ -13,10 +13,10 @@ from pathlib import Path
 
 from agent.mutate import parse_constants
 from agent.protocol import Context, ExperimentSummary, Measured
-from cluster.policy import Policy
-from cluster.store import FarmStore
-from cluster.untrusted import log_tail
-from cluster.view import FarmView
+from cluster.decisions.policy import Policy
+from cluster.decisions.view import FarmView
+from cluster.records.store import FarmStore
+from cluster.sandbox.untrusted import log_tail
 
 
 class ContextBuilder:

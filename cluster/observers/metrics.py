@@ -34,11 +34,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from cluster.vocabulary import FAILURE_KINDS, FINISHED_STATUSES, WORK_KINDS
 
 if TYPE_CHECKING:
-    from cluster.agents import ProposalOutcome
-    from cluster.ledger import LedgerRow
-    from cluster.live import FarmHeader, FarmStatus
-    from cluster.state import Work
-    from cluster.task import TaskOutcome
+    from cluster.execution.agents import ProposalOutcome
+    from cluster.execution.task import TaskOutcome
+    from cluster.observers.live import FarmHeader, FarmStatus
+    from cluster.records.ledger import LedgerRow
+    from cluster.records.state import Work
 
 STATUSES = FINISHED_STATUSES  # a finished experiment's status
 KINDS = WORK_KINDS  # what an experiment is for
@@ -59,8 +59,8 @@ class FarmMetrics(Collector):
 
     def __init__(self, status: Callable[[], FarmStatus] | None = None, *, gpus: int = 0, agents: Sequence[str] = (),
                  info: dict | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        """``status`` (optional) gives the farm's latest snapshot (cluster/live.py), swapped in whole by the driver's
-        thread: read at scrape time for the queue and proposals, and for main and the best after each event."""
+        """``status`` (optional) gives the farm's latest snapshot (cluster/observers/live.py), swapped in whole by the
+        driver's thread: read at scrape time for the queue and proposals, and for main and the best after each event."""
         self.status = status
         self.clock = clock  # for GPU-seconds: monotonic, so a wall-clock step never makes them jump
         self.gpus = gpus

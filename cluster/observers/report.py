@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.ledger import Ledger, LedgerRow
+from cluster.records.ledger import Ledger, LedgerRow
 
 
 def finished_rows(run_dir: Path) -> list[LedgerRow]:

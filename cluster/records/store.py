@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from agent.protocol import Proposal, Spend
-from cluster.ledger import Ledger, LedgerRow
-from cluster.repo import Merge, PromoteOutcome, ResearchRepo
-from cluster.state import FarmState, Work, sha
-from cluster.task import TaskOutcome
+from cluster.execution.task import TaskOutcome
+from cluster.records.ledger import Ledger, LedgerRow
+from cluster.records.repo import Merge, PromoteOutcome, ResearchRepo
+from cluster.records.state import FarmState, Work, sha
 from cluster.vocabulary import VerdictValue
 
 COMPACT_AFTER_PARTS = 256  # ledger files before they are merged (atomically; readers never miss a row)
@@ -25,7 +25,7 @@ class FarmStore:
     """One run dir's repo, ledger and state. One writer: the driver that holds it."""
 
     def __init__(self, run_dir: Path, merge: Merge | None = None) -> None:
-        """``merge``: the run's three-way merge of train.py (None: git's; cluster/repo.py)."""
+        """``merge``: the run's three-way merge of train.py (None: git's; cluster/records/repo.py)."""
         self.repo = ResearchRepo.open(run_dir / "repo", merge)
         self.ledger = Ledger(run_dir / "ledger")
         self.ledger.compact()  # one file to read instead of one per event, after a resume
