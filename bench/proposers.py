@@ -38,6 +38,7 @@ from bench.search import (  # noqa: E402
     bootstrap,
     false_promotions,
     first_reach,
+    landscape,
     main_true_at,
     run_one,
 )
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         strategies.append(Strategy("sequential", 1, GREEDY, f"autoresearch's loop, {kind}", agent=kind))
         strategies.append(Strategy("tournament", args.n, {}, f"the farm's tournament, {kind}", agent=kind))
     records: dict[tuple[str, str], list[dict]] = {}
-    sandbox, truth = LANDSCAPES[args.landscape]
+    sandbox = LANDSCAPES[args.landscape]
+    truth = landscape(sandbox).true_bpb
     with tempfile.TemporaryDirectory(prefix="bench-proposers-") as tmp:
         for seed in range(args.seeds):
             for s in strategies:

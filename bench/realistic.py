@@ -144,3 +144,6 @@ class RealisticSandbox(surrogate.SurrogateSandbox):
     name = "realistic"
     landscape_outcome = staticmethod(outcome)
     landscape_noise = staticmethod(noise)
+    true_bpb = staticmethod(true_bpb)
+    noise_shared = SHARED**2
+    optimum_bpb = optimum()

@@ -42,8 +42,10 @@ driver before they run and counted as rejected).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -61,7 +63,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import realistic, surrogate  # noqa: E402
+from bench import search_stats  # noqa: E402
+from bench.search_stats import headline_markdown  # noqa: E402
 from cluster.config import FarmConfig  # noqa: E402
 from cluster.decisions.policies import PolicySettings  # noqa: E402
 from cluster.decisions.policy import Strategies  # noqa: E402
@@ -69,6 +72,7 @@ from cluster.execution.executor import InProcessExecutor, unit_duration  # noqa:
 from cluster.execution.spec import ExperimentSpec, GpuAssignment  # noqa: E402
 from cluster.loop import driver as driver_module  # noqa: E402
 from cluster.records.repo import ResearchRepo  # noqa: E402
+from cluster.records.state import sha  # noqa: E402
 from cluster.sandbox import make_sandbox  # noqa: E402
 from cluster.vocabulary import KEEP_VERDICTS  # noqa: E402
 from trainer.profiles import get_profile  # noqa: E402
@@ -77,11 +81,9 @@ from trainer.seed import seed_source  # noqa: E402
 
 SURROGATE = "bench.surrogate:SurrogateSandbox"
 REALISTIC = "bench.realistic:RealisticSandbox"
-# landscape name -> (its sandbox, its noiseless value of a train.py)
-LANDSCAPES = {"calibrated": (SURROGATE, surrogate.true_bpb), "realistic": (REALISTIC, realistic.true_bpb)}
-TRUTH = {sandbox: truth for sandbox, truth in LANDSCAPES.values()}
-# each landscape's share of the noise variance common to a seed, as a profile documents it (Profile.noise_shared)
-SHARED_NOISE = {SURROGATE: 0.0, REALISTIC: realistic.SHARED**2}
+# the built-in landscapes by name; any other ``--landscape package.module:Class`` is a plug-in (landscape())
+LANDSCAPES = {"calibrated": SURROGATE, "realistic": REALISTIC}
+SAME_PARENT = {"parent_main_prob": 1.0}  # every row proposes from main (or the policy's head) unless it sets its own
 MARKER = "<!-- everything above is written by bench/search.py; notes below this line are kept on a rerun -->"
 GOAL_N, GOAL_EFFICIENCY = 8, 0.8
 # issue 15's goals for a farm policy (goals()): efficiency to 90 % of sequential's gain (calibrated landscape), the
@@ -110,11 +112,30 @@ TOURNAMENT_VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
               "margin (docs/bench/stack.md)", {"policy": "stack"}, ()),
     "stack-ablate": ("stack + ablation: after a stage of several parts lands, main without each part but the "
                      "strongest runs as a candidate (docs/bench/stack.md)", {"policy": "stack", "ablate": True}, ()),
+    "pipeline": ("pipelined stages with always-valid certification: each candidate judged once against its own "
+                 "parent, winners stacked into a chain of stages, the newest certified against main one paired run "
+                 "at a time (cluster/decisions/policies/pipeline.py, cluster/decisions/anytime.py)",
+                 {"policy": "pipeline"}, ()),
     "tournament-lw": ("tournament-tuned + what-if linewise-merge", {"judge_against": "parent", "max_replicates": 4},
                       ("linewise-merge",)),
     "tournament-lw-cpp": ("tournament-tuned + what-ifs linewise-merge, change-per-parent",
                           {"judge_against": "parent", "max_replicates": 4}, ("linewise-merge", "change-per-parent")),
 }
+
+
+def landscape(name: str) -> type:
+    """The sandbox class of a landscape: a built-in name or ``package.module:Class`` from anywhere on the path.
+
+    A landscape plugs in unchanged if its class is a Sandbox (``run(spec, gpu)``, built with no arguments; the noise
+    sd and seed of a benchmark run come as FARM_SURROGATE_SIGMA and FARM_SURROGATE_NOISE_SEED, as
+    bench/surrogate.py reads them) and says ``true_bpb(train_py)`` (the noiseless value, None when it does not
+    run); optionally ``noise_shared`` (the share of the noise variance common to a seed; 0) and ``optimum_bpb``.
+    tests/landscape_example.py is one, written outside bench/."""
+    module, _, attr = LANDSCAPES.get(name, name).partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not callable(getattr(cls, "true_bpb", None)):
+        raise ValueError(f"landscape {name!r}: {cls.__name__} has no true_bpb(train_py)")
+    return cls
 
 
 # ---- what-ifs: a proposed change outside the tournament, passed in for one run only -------------------------------
@@ -175,7 +196,12 @@ class Strategy:
 
 
 def strategies(ns: list[int], variants: list[str], oracle: bool = False) -> list[Strategy]:
+    """Sequential, (with ``oracle``) its noiseless twin at N = 1, and at each N naive, its oracle and the variants;
+    every row with SAME_PARENT unless its settings name a parent rule of their own."""
     out = [Strategy("sequential", 1, GREEDY, "autoresearch's loop: 1 GPU, keep if lower")]
+    if oracle:
+        out.append(Strategy("oracle", 1, GREEDY, "sequential on a NOISELESS landscape: what one loop finds when "
+                            "every judgement is right", sigma=0.0))
     for n in ns:
         out.append(Strategy("naive", n, GREEDY, "N GPUs, keep whatever is lowest (greedy policy)"))
         if oracle:
@@ -183,11 +209,11 @@ def strategies(ns: list[int], variants: list[str], oracle: bool = False) -> list
                                 "with this proposer and the farm's merges", sigma=0.0))
         for name in variants:
             label, settings, what_ifs = TOURNAMENT_VARIANTS[name]
-            out.append(Strategy(name, n, settings, label, what_ifs))
+            out.append(Strategy(name, n, {**SAME_PARENT, **settings}, label, what_ifs))
             if oracle and name in ORACLE_VARIANTS:
-                out.append(Strategy(f"{name}-oracle", n, settings, f"{name} on a NOISELESS landscape: what its "
-                                    "structure wastes (its judge starts from the profile's noise prior)", what_ifs,
-                                    sigma=0.0))
+                out.append(Strategy(f"{name}-oracle", n, {**SAME_PARENT, **settings},
+                                    f"{name} on a NOISELESS landscape: what its structure wastes (its judge starts "
+                                    "from the profile's noise prior)", what_ifs, sigma=0.0))
     return out
 
 
@@ -217,8 +243,9 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     os.environ["FARM_SURROGATE_NOISE_SEED"] = str(seed)
     run_dir = root / f"{strategy.key}-s{seed}"
     settings = dict(strategy.settings)
-    if PolicySettings(**settings).pairing == "auto" and sandbox in SHARED_NOISE:  # the landscape's documented
-        settings.setdefault("noise_prior_shared", SHARED_NOISE[sandbox])  # noise, as a profile documents its own
+    truth = landscape(sandbox).true_bpb if ":" in sandbox else None  # None: the real trainer (remeasure)
+    if PolicySettings(**settings).pairing == "auto" and truth:  # the landscape's documented noise, as a profile
+        settings.setdefault("noise_prior_shared", getattr(landscape(sandbox), "noise_shared", 0.0))  # documents it
     config = FarmConfig(
         gpus=strategy.n, profile=profile, sandbox="process", metrics_port=None, run_dir=run_dir,
         agents={"count": strategy.n, "kind": strategy.agent}, queue_ahead=1 if prefetch else 0, max_experiments=budget,
@@ -241,14 +268,14 @@ def run_one(strategy: Strategy, seed: int, budget: int, root: Path, sigma: float
     runs = []
     for eid, row in st.finished.items():
         work = st.work[eid]
-        runs.append({"id": eid, "kind": work.kind, "status": row.status, "val_bpb": row.val_bpb,
+        runs.append({"id": eid, "kind": work.kind, "status": row.status, "val_bpb": row.val_bpb, "seed": work.seed,
                      "start": experiments.started.get(eid), "verdict": st.verdicts.get(eid, "")})
     mains = []
     for t, n_done, commit in farm.mains:
         text = farm.repo.train_py_at(commit)
-        truth = TRUTH.get(sandbox)  # None: the real trainer, whose true value is measured afterwards (remeasure)
+        # reported: what the loop itself says main scores (the mean of its runs), which best-of-N picks by
         mains.append({"t": t, "n": n_done, "commit": commit, "true": truth(text) if truth else None,
-                      "train_py": None if truth else text})
+                      "reported": farm.view_of_state.mean(sha(text)), "train_py": None if truth else text})
     kinds: dict[str, int] = {}
     for run in runs:
         kinds[run["kind"]] = kinds.get(run["kind"], 0) + 1
@@ -548,7 +575,7 @@ def goals_table(summary: dict, landscape: str) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: Path, summary: dict, meta: dict, png: list[str]) -> None:
+def write_doc(path: Path, summary: dict, meta: dict, png: list[str], records: list[dict] | None = None) -> None:
     notes = ""
     if path.exists():
         old = path.read_text()
@@ -559,6 +586,16 @@ def write_doc(path: Path, summary: dict, meta: dict, png: list[str]) -> None:
         "landscape)",
         "",
         f"`{meta['command']}` ({meta['minutes']:.1f} min; code at {meta['commit']}, Python {meta['python']}).",
+        "",
+        f"Every strategy runs on the same {meta['seeds']} seeds (a seed fixes the noise draw and the agents' "
+        "randomness), and every row proposes from main (`parent_main_prob` 1.0; the pipeline from its head) "
+        "unless its settings say otherwise. *Sequential* is autoresearch's loop as upstream runs it: its seed is "
+        "pinned, so main and every candidate run on seed 0 (on a landscape whose noise is partly shared per seed, "
+        "that shared part cancels in its comparisons, as it does upstream).",
+        "",
+        headline_markdown(records, GOAL_N if GOAL_N in meta["ns"] else max(meta["ns"])) if records else "",
+        "",
+        "## Earlier figures (issues 7 and 15), kept for history",
         "",
         f"The REAL farm (cluster.loop.driver.Farm, the tournament, the git research repo, the ledger, mutate agents) "
         f"on "
@@ -594,22 +631,26 @@ def write_doc(path: Path, summary: dict, meta: dict, png: list[str]) -> None:
 
 
 def run_all(strats: list[Strategy], seeds: list[int], budget: int, parallel_budget: int, sigma: float,
-            root: Path, prefetch: bool = False, log=print, sandbox: str = SURROGATE,
-            sequential_seeds: list[int] | None = None) -> list[dict]:
-    """Every strategy on every seed; sequential also on ``sequential_seeds`` (its final value is every other
-    strategy's target, so its spread matters most: issue 15 asks for twice the seeds)."""
+            root: Path, prefetch: bool = False, log=print, sandbox: str = SURROGATE, jobs: int = 1) -> list[dict]:
+    """Every strategy on the same seeds (sequential's target comes from the very seeds it is compared on), ``jobs``
+    runs at a time in worker processes (each run is independent: its own dir, sandbox and noise seed)."""
+    tasks = [(s, seed, budget if s.n == 1 else parallel_budget, root, sigma if s.sigma is None else s.sigma, sandbox,
+              prefetch) for seed in seeds for s in strats]
     records = []
-    extra = [s for s in (sequential_seeds or []) if s not in seeds]
-    for seed in [*seeds, *extra]:
-        for s in strats:
-            if seed not in seeds and s.name != "sequential":
-                continue
-            b = budget if s.n == 1 else parallel_budget
-            r = run_one(s, seed, b, root, sigma if s.sigma is None else s.sigma, sandbox=sandbox, prefetch=prefetch)
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(max_workers=jobs)) if jobs > 1 else None
+        for r in (pool.map(_run_task, tasks) if pool else map(_run_task, tasks)):
             records.append(r)
-            log(f"  seed {seed} {s.key:<22} end t={r['end']:6.1f} true {main_true_at(r, math.inf):.4f} "
-                f"promotions {r['promotions']:2d} false {false_promotions(r)} ({r['wall_s']:.1f} s)")
+            log(f"  seed {r['seed']} {r['strategy']}@{r['n']:<12} end t={r['end']:6.1f} true "
+                f"{main_true_at(r, math.inf):.4f} promotions {r['promotions']:2d} false {false_promotions(r)} "
+                f"({r['wall_s']:.1f} s)")
     return records
+
+
+def _run_task(task: tuple) -> dict:
+    strategy, seed, budget, root, sigma, sandbox, prefetch = task
+    record = run_one(strategy, seed, budget, root, sigma, sandbox=sandbox, prefetch=prefetch)
+    return {k: v for k, v in record.items() if k != "runs"}  # the counts stay, not every run
 
 
 # ---- the real cpu-tiny trainer -------------------------------------------------------------------------------------
@@ -701,21 +742,23 @@ def cpu_tiny(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--sequential-seeds", type=int, default=None, help="seeds of sequential, whose final "
-                        "value is the target (default: 2 x --seeds)")
-    parser.add_argument("--n", default="2,8,16", help="parallel GPU counts")
-    parser.add_argument("--budget", type=int, default=80, help="sequential's experiments")
-    parser.add_argument("--parallel-budget", type=int, default=None, help="default: 2 x budget")
+    parser.add_argument("--seeds", type=int, default=32, help="every strategy runs on seeds 0 .. this - 1")
+    parser.add_argument("--n", default="8", help="parallel GPU counts")
+    parser.add_argument("--budget", type=int, default=max(search_stats.GPU_HOURS), help="experiments (GPU-units) "
+                        "of every strategy: the equal-GPU-hours table reads each at 40, 80 and 160")
+    parser.add_argument("--parallel-budget", type=int, default=None, help="the N > 1 strategies' (default: "
+                        "--budget)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, in worker processes")
     parser.add_argument("--sigma", type=float, default=0.037)
-    parser.add_argument("--variants", default="tournament,tournament-tuned",
+    parser.add_argument("--variants", default="stack,pipeline",
                         help=f"tournament variants, of: {', '.join(TOURNAMENT_VARIANTS)}")
     parser.add_argument("--no-oracle", action="store_true", help="leave out the noiseless greedy bound")
     parser.add_argument("--from-json", type=Path, default=None, help="redo the table, plots and doc from the "
                         "records of an earlier run (its <name>.json) instead of running")
     parser.add_argument("--prefetch", action="store_true", help="the driver's own proposal queue (queue_ahead 1)")
-    parser.add_argument("--landscape", choices=sorted(LANDSCAPES), default="calibrated",
-                        help="bench/surrogate.py's (calibrated) or bench/realistic.py's (many small gains)")
+    parser.add_argument("--landscape", default="calibrated", help="bench/surrogate.py's (calibrated), "
+                        "bench/realistic.py's (realistic: many small gains), or package.module:Class, a landscape "
+                        "of your own (landscape())")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
     parser.add_argument("--name", default="search", help="file stem of the outputs in --out")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run dirs here")
@@ -732,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = [int(x) for x in args.n.split(",") if x]
     variants = [v for v in args.variants.split(",") if v]
     seeds = list(range(args.seeds))
-    pbudget = args.parallel_budget or 2 * args.budget
+    pbudget = args.parallel_budget or args.budget
     strats = strategies(ns, variants, oracle=not args.no_oracle)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -743,29 +786,30 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="farm-search-") as tmp:
         root = args.keep or Path(tmp)
         records = run_all(strats, seeds, args.budget, pbudget, args.sigma, root, args.prefetch,
-                          sandbox=LANDSCAPES[args.landscape][0],
-                          sequential_seeds=list(range(args.sequential_seeds or 2 * args.seeds)))
+                          sandbox=_spec(args.landscape), jobs=args.jobs)
     summary = summarise(records)
     command = "bench/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": f".venv/bin/python {command.strip()}", "minutes": (time.monotonic() - started) / 60,
         "commit": _git_head(), "python": platform.python_version(), "sigma": args.sigma, "seeds": len(seeds),
-        "sequential_seeds": args.sequential_seeds or 2 * args.seeds,
         "budget": args.budget, "parallel_budget": pbudget, "ns": ns, "variants": variants,
-        "seed_true": LANDSCAPES[args.landscape][1](seed_source(get_profile("cpu-tiny"))),
-        "optimum": surrogate.BASE if args.landscape == "calibrated" else realistic.optimum(),
-        "landscape": args.landscape, "sandbox": LANDSCAPES[args.landscape][0],
+        "seed_true": landscape(args.landscape).true_bpb(seed_source(get_profile("cpu-tiny"))),
+        "optimum": getattr(landscape(args.landscape), "optimum_bpb", math.nan),
+        "landscape": args.landscape, "sandbox": _spec(args.landscape), "jobs": args.jobs,
     }  # fmt: skip
-    records = [{k: v for k, v in r.items() if k != "runs"} for r in records]  # the counts stay, not every run
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "records": records}, default=str))
     return _report(records, summary, meta, args.out, args.name, ns)
+
+
+def _spec(name: str) -> str:
+    return LANDSCAPES.get(name, name)
 
 
 def _report(records: list[dict], summary: dict, meta: dict, out: Path, name: str, ns: list[int]) -> int:
     stem = out / name
     plot(records, summary, out / f"{name}-curves.png", GOAL_N if GOAL_N in ns else max(ns))
     plot_scaling(summary, out / f"{name}-scaling.png")
-    write_doc(out / f"{name}.md", summary, meta, [f"{name}-curves.png", f"{name}-scaling.png"])
+    write_doc(out / f"{name}.md", summary, meta, [f"{name}-curves.png", f"{name}-scaling.png"], records)
     print(table(summary))
     print(f"target {summary['target']:.4f} at t={summary['t_seq']:.1f}; wrote {stem}.md/.json/-*.png")
     return 0

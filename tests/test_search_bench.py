@@ -43,25 +43,76 @@ def test_surrogate_value_is_the_landscape_function_plus_seeded_noise(tmp_path) -
     assert surrogate.outcome("x = 1\n")[0] == "crash"
 
 
-def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path) -> None:
-    argv = ["--seeds", "1", "--n", "2", "--budget", "8", "--no-oracle", "--variants", "tournament"]  # sequential: 2
+def test_tiny_benchmark_writes_its_table_plots_and_records(tmp_path, monkeypatch) -> None:
+    from bench import search_stats
+
+    monkeypatch.setattr(search_stats, "BOOTSTRAP", 50)
+    argv = ["--seeds", "2", "--n", "2", "--budget", "8", "--no-oracle", "--variants", "pipeline", "--jobs", "1"]
     argv += ["--out", str(tmp_path)]
     assert search.main(argv) == 0
     doc = (tmp_path / "search.md").read_text()
-    assert "| sequential | 1 | 2 | 8 |" in doc and "| naive | 2 |" in doc and "| tournament | 2 |" in doc
+    assert "| sequential | 1 | 2 | 8 |" in doc and "| naive | 2 |" in doc and "| pipeline | 2 |" in doc
+    assert "**At equal GPU-hours**" in doc and "| best of 2 loops |" in doc and "**Wall-clock**" in doc
     assert search.MARKER in doc and "search-curves.png" in doc
-    assert "**Goals**" in doc and "(no farm policy in this run: no goal measured)" in doc  # N = 2 measures none
     assert (tmp_path / "search-curves.png").stat().st_size > 0 and (tmp_path / "search-scaling.png").exists()
     data = json.loads((tmp_path / "search.json").read_text())
     rows = {(r["strategy"], r["n"]): r for r in search.summarise(data["records"])["rows"]}
-    assert set(rows) == {("sequential", 1), ("naive", 2), ("tournament", 2)}
+    assert set(rows) == {("sequential", 1), ("naive", 2), ("pipeline", 2)}
     seq = rows[("sequential", 1)]
     assert seq["runs"] == 16 and seq["efficiency"] == pytest.approx(1.0) and rows[("naive", 2)]["runs"] == 16
+    by = {}
     for record in data["records"]:
+        by.setdefault((record["strategy"], record["n"]), set()).add(record["seed"])
         mains = record["mains"]
         assert mains[0]["t"] == 0 and mains[0]["true"] == surrogate.true_bpb(SEED)
-        assert all(math.isfinite(m["true"]) for m in mains) and record["finished"] == record["budget"]
+        assert all(math.isfinite(m["true"]) and math.isfinite(m["reported"]) for m in mains)
+        assert record["finished"] == record["budget"]
         assert record["end"] > 0 and sum(record["kinds"].values()) == record["budget"] and "runs" not in record
+        assert record["settings"]["parent_main_prob"] == 1.0  # one parent rule for every row
+    assert set(map(frozenset, by.values())) == {frozenset({0, 1})}  # every strategy on the same seeds
+
+
+def test_sequential_runs_everything_on_one_pinned_seed_as_upstream(tmp_path) -> None:
+    """Autoresearch pins its seed: sequential's main and every candidate run on seed 0."""
+    strategy = search.strategies([], [])[0]
+    record = search.run_one(strategy, 3, 6, tmp_path, 0.037)
+    assert strategy.name == "sequential" and {run["seed"] for run in record["runs"]} == {0}
+
+
+def test_best_of_n_is_the_expected_true_value_of_the_best_reported_loop() -> None:
+    import itertools
+
+    import numpy as np
+
+    from bench.search_stats import best_of
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(7, 1))
+    reported = true + rng.normal(size=(7, 1))
+    subsets = list(itertools.combinations(range(7), 3))
+    brute = np.mean([true[min(c, key=lambda i: reported[i, 0]), 0] for c in subsets])
+    assert best_of(true, reported, 3)[0] == pytest.approx(brute)
+    assert best_of(true, reported, 1)[0] == pytest.approx(true.mean())
+
+
+def test_a_landscape_from_outside_plugs_in_unchanged(tmp_path, monkeypatch) -> None:
+    """tests/landscape_example.py knows nothing of bench/: --landscape module:Class runs the farm on it and counts
+    its own noiseless values."""
+    from bench import search_stats
+    from tests import landscape_example
+
+    monkeypatch.setattr(search_stats, "BOOTSTRAP", 50)
+    name = "tests.landscape_example:RidgeSandbox"
+    assert search.landscape(name) is landscape_example.RidgeSandbox
+    argv = ["--seeds", "1", "--n", "2", "--budget", "6", "--no-oracle", "--variants", "pipeline", "--jobs", "1",
+            "--landscape", name, "--out", str(tmp_path)]
+    assert search.main(argv) == 0
+    data = json.loads((tmp_path / "search.json").read_text())
+    assert data["meta"]["sandbox"] == name
+    for record in data["records"]:
+        assert record["mains"][0]["true"] == landscape_example.true_bpb(SEED) == landscape_example.START
+    with pytest.raises(ValueError, match="true_bpb"):
+        search.landscape("cluster.execution.spec:Limits")
 
 
 def _row(strategy: str, n: int, **figures) -> dict:
