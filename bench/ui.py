@@ -201,7 +201,9 @@ def generate(run_dir: Path, n: int, layout: str, seed: int = 0) -> dict:
         if e["ref"].startswith("main-after-"):
             e["ref"] = "main-after-" + ref_to_id.get(e["ref"][11:], e["ref"][11:])
     run_dir.mkdir(parents=True)
-    (run_dir / "farm-config.json").write_text(json.dumps({"gpus": 8}))
+    (run_dir / "farm-config.json").write_text(json.dumps({  # what the list of several runs shows of each
+        "gpus": 8, "profile": "h100", "agents": {"count": len(AGENTS), "kind": "claude"},
+        "tournament": {"policy": ("tournament", "paired", "stack")[seed % 3]}}))
     sha = _write_repo(run_dir, plan)
     ledger = Ledger(run_dir / "ledger")
     batches = [batch for e in plan for batch in _rows(e, sha)]
@@ -216,8 +218,25 @@ def generate(run_dir: Path, n: int, layout: str, seed: int = 0) -> dict:
     ledger.close()
     promoted = [e["id"] for e in plan if e.get("promote")]
     confirmed = [e["replicate_of"] for e in plan if e["kind"] == "confirm"]
-    return {"experiment": promoted[-1] if promoted else plan[-1]["id"],
-            "other": confirmed[0] if confirmed else "e00005", "promotions": len(promoted)}
+    other = confirmed[0] if confirmed else "e00005"
+    logged = set(promoted) | {other}
+    _write_logs(run_dir, [e for e in plan if e["status"] == "ok" and (e["id"] in logged or
+                                                                      e.get("replicate_of") in logged)], rng)
+    return {"experiment": promoted[-1] if promoted else plan[-1]["id"], "other": other, "promotions": len(promoted),
+            "compare": list(dict.fromkeys([*promoted[-2:], other]))}
+
+
+def _write_logs(run_dir: Path, runs: list[dict], rng: random.Random, steps: int = 950) -> None:
+    """run.log of some runs (the promoted changes, the compared one and their confirmations), with a step line per
+    step in the seed trainer's format: a loss that falls towards the run's val_bpb-ish level, and tokens/s."""
+    for e in runs:
+        out = run_dir / "experiments" / e["id"] / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        end, speed = 2.4 * (e["val"] or 3.0), rng.uniform(0.9, 1.1) * 520_000
+        lines = [f"step {s:05d} | loss {end + 6.0 * 0.993 ** s + rng.gauss(0, 0.02):.4f} | lrm 1.00 | dt 316ms | "
+                 f"tok/s {speed * rng.uniform(0.97, 1.03):,.0f} | epoch 1 | {100 * s / steps:.1f}%"
+                 for s in range(steps)]
+        (out / "run.log").write_text("\n".join(lines) + f"\n---\nval_bpb:          {e['val']:.6f}\n")
 
 
 def _get(url: str) -> tuple[float, int]:
@@ -241,6 +260,8 @@ def measure(run_dir: Path, ids: dict, repeat: int) -> list[dict]:
         ("/api/constants", "constants of every change (slice, table)"),
         (f"/api/experiment/{e}", "experiment data"), ("/", "overview page"), ("/lineage", "lineage page"),
         (f"/experiment/{e}", "experiment page (diff)"), (f"/compare?a={o}&b={e}", "compare page (diff)"),
+        ("/compare?ids=" + ",".join(ids["compare"]), f"compare page of {len(ids['compare'])} (diffs to their ancestor)"),
+        ("/api/curves?ids=" + ",".join(ids["compare"]), f"training curves of {len(ids['compare'])} (950 steps each)"),
     ]
     results = []
     try:
@@ -263,6 +284,19 @@ def measure(run_dir: Path, ids: dict, repeat: int) -> list[dict]:
     finally:
         handle.close()
     return results
+
+
+def first_constants(run_dir: Path) -> float:
+    """Seconds for the constants of every change on a fresh model (the ledger read first, not timed): what the
+    server's warm-up thread spends at start, and what the first /api/constants used to wait for."""
+    from cluster.ui.model import RunModel, _number
+
+    _number.cache_clear()  # as in a fresh server
+    state = RunModel(run_dir).state()
+    state.table
+    t0 = time.perf_counter()
+    state.constants
+    return time.perf_counter() - t0
 
 
 # Set by Chromium before any page script (DevTools: not subject to the page's CSP): when the page's own script
@@ -357,8 +391,11 @@ def main(argv: list[str] | None = None) -> int:
             parts = len(list((run_dir / "ledger").glob("part-*.parquet")))
             print(f"\n## {layout}: {args.experiments} experiments, {parts} ledger part(s), {ids['promotions']} "
                   f"promotions (generated in {time.perf_counter() - t0:.0f} s)\n", flush=True)
+            constants_s = first_constants(run_dir)
+            print(f"constants of every change, first computation (a fresh RunModel, no server): {constants_s:.2f} s "
+                  "(the server does it on its warm-up thread at start)", flush=True)
             results = measure(run_dir, ids, args.repeat)
-            all_results[layout] = {"parts": parts, **ids, "results": results}
+            all_results[layout] = {"parts": parts, **ids, "constants_first_s": constants_s, "results": results}
             print("| request | what | cold ms | warm median ms | warm max ms | KB |\n|---|---|---|---|---|---|")
             for r in results:
                 fmt = lambda v: f"{v:.0f}" if v is not None else ""

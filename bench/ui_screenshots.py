@@ -24,7 +24,7 @@ ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
         "--disable-dev-shm-usage", "--window-size=1400,1000")  # fmt: skip
 
 
-def shoot(run_dir: Path, pages: dict[str, str], out: Path) -> None:
+def shoot(run_dir: Path | list[Path], pages: dict[str, str], out: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -65,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(tmp) / "run"
         ids = generate(run, args.experiments, "compacted")
         pages = {"overview": "/", "lineage": "/lineage", "experiment": f"/experiment/{ids['experiment']}",
-                 "compare": f"/compare?a={ids['other']}&b={ids['experiment']}", "constants": "/constants"}
+                 "compare": "/compare?ids=" + ",".join(ids["compare"]), "constants": "/constants"}
         shoot(run, pages, args.out)
+        # several runs of one project: two more histories (other seeds, fewer experiments) beside the first
+        others = [Path(tmp) / f"run-{k}" for k in (2, 3)]
+        for k, other in enumerate(others, 2):
+            generate(other, args.experiments // k, "compacted", seed=k)
+        shoot([run, *others], {"runs": "/"}, args.out)
     return 0
 
 

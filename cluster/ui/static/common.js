@@ -143,6 +143,6 @@ window.farm = (function () {
     lossDiv.dataset.curves = drawn.map((c) => c.experiment_id).join(" ");
   }
 
-  const api = { base, get, first, el, link, expUrl, num, time, clear, fillSelect, watch, plotConfig, drawCurves, run: { state: "live", reason: "" } };
+  const api = { base, get, first, el, link, expUrl, num, time, clear, fillSelect, watch, plotConfig, drawCurves, colors: CURVE_COLORS, run: { state: "live", reason: "" } };
   return api;
 })();

@@ -3,8 +3,7 @@
 "use strict";
 
 (function () {
-  const { first, el, link, num, clear, watch, plotConfig } = window.farm;
-  const COLORS = ["#2f6fde", "#e67e22", "#27ae60", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d", "#d4ac0d"];
+  const { first, el, link, num, clear, watch, plotConfig, colors: COLORS } = window.farm;
 
   function row(r) {
     const tr = el("tr", null, "row-run-" + r.state);
