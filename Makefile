@@ -16,10 +16,12 @@ RUN_DIR ?= runs/try-$(PROFILE)
 BASE_IMAGE ?= autoresearch-farm/base:bookworm
 TORCH_SPEC ?= $(CPU_TORCH)
 EXTRA_PIP ?=
+KERNELS ?=
 APT_PACKAGES ?=
 IMAGES_WHEELS ?= 1
 FARM_IMAGE ?= 0
 IMAGES_ENV = BASE_IMAGE='$(BASE_IMAGE)' TORCH_SPEC='$(TORCH_SPEC)' EXTRA_PIP='$(EXTRA_PIP)' APT_PACKAGES='$(APT_PACKAGES)' \
+	$(if $(KERNELS),KERNELS='$(KERNELS)') \
 	IMAGES_WHEELS='$(IMAGES_WHEELS)' FARM_IMAGE='$(FARM_IMAGE)' PIP='$(BIN)/pip'
 
 .PHONY: install test test-fast farm try prepare doctor lint clean images images-wheels bench-dispatch bench-search bench-search-n1 bench-proposers monitor monitor-down helm-render \

@@ -74,6 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refusal := unisolated_refusal(config, sandbox, os.geteuid()):
         print(f"farm run: {refusal}", file=sys.stderr)
         return 2
+    if refusal := missing_kernel_refusal(run_dir, profile, sandbox, config.image):
+        print(f"farm run: {refusal}", file=sys.stderr)
+        return 2
     owner = {"owner": owner_of(run_dir)} if sandbox in ("process", "docker") else {}
     removed = make_sandbox(sandbox, **owner).cleanup_leftovers()  # what this run left running when it crashed
     if removed:
@@ -110,6 +113,28 @@ def unisolated_refusal(config: FarmConfig, sandbox: str, euid: int) -> str | Non
             "candidate would run as your own user, with your files, your network and the power to forge its "
             "verdict. Start the Docker Engine (README 'Docker sandbox'), or run as root, or pass "
             "--allow-unisolated (allow_unisolated: true in farm.yaml) if you accept that.")
+
+
+def missing_kernel_refusal(run_dir: Path, profile: Profile, sandbox: str, image: str) -> str | None:
+    """Why main's train.py cannot run in this sandbox (a hub kernel it needs that the image lacks), or None.
+
+    Upstream's train.py loads FA3 with get_kernel and no fallback; without the kernel in the image every experiment
+    would fail, so the farm says so once, with the fix (trainer/kernels.py). Kubernetes: the image is not local.
+    """
+    from cluster.records.repo import ResearchRepo
+    from trainer.kernels import KERNELS_LABEL, cached_kernels, kernel_refusal
+
+    repo = ResearchRepo.open(run_dir / "repo")
+    available: set[str] | None = None
+    if sandbox == "process":
+        available = cached_kernels()
+    elif sandbox == "docker":
+        import subprocess
+
+        out = subprocess.run(["docker", "image", "inspect", "-f", f'{{{{index .Config.Labels "{KERNELS_LABEL}"}}}}',
+                              image], capture_output=True, text=True, timeout=60)
+        available = set(out.stdout.split()) if out.returncode == 0 else None
+    return kernel_refusal(repo.train_py_at(repo.main_head()), profile.on_gpu, available)
 
 
 def closing_summary(run_dir: Path, why: str, failed: bool) -> str:

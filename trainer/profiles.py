@@ -172,34 +172,50 @@ _CPU_TINY = Profile(
     seed_constants=_CPU_SEED,
 )
 
+# Cards other than an H100 (trainer/cards.py picks by memory, bf16 and compute capability): the same seed, the same
+# 524288 tokens per optimizer step by gradient accumulation, a device batch and evaluator rows sized from the H100's
+# 46 GB peak at 128 rows (about 0.35 GB a row). Not yet run on such a card (docs/gpu.md).
+_GPU_48 = _variant(
+    _H100,
+    name="gpu-48gb",
+    description="upstream's seed on one 40-48 GB card (A100 40GB, A6000, L40S): 64 rows x 2 accumulated",
+    eval_rows=32,
+    seed_constants={"DEVICE_BATCH_SIZE": 64},
+)
+_GPU_24 = _variant(
+    _H100,
+    name="gpu-24gb",
+    description="upstream's seed on one 24-32 GB card (RTX 3090/4090/5090, A10): 16 rows x 16 accumulated",
+    eval_rows=16,
+    seed_constants={"DEVICE_BATCH_SIZE": 16},
+)
+
+
+def _sixty(base: Profile) -> Profile:
+    """A GPU profile with a 60 s budget: the benchmarks of start-up, throughput, MFU and noise (bench/gpu_*.py)."""
+    return _variant(base, name=f"{base.name}-60s", time_budget=60, budget_tolerance=0.05, eval_allowance=60,
+                    description=f"{base.name} with a 60 s budget: GPU benchmarks of start-up, throughput and MFU")
+
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in [
         _H100,
+        _sixty(_H100),
+        _GPU_48,
+        _sixty(_GPU_48),
+        _GPU_24,
+        _sixty(_GPU_24),
         _variant(
             _H100,
-            name="h100-60s",
-            description="h100 with a 60 s budget: GPU benchmarks of start-up, throughput and MFU",
-            time_budget=60,
-            budget_tolerance=0.05,
+            name="gpu-smoke",
+            description="any GPU, a 10 s budget and a short evaluation: the acceptance script's hostile and kernel "
+            "runs (small models; not for research)",
+            time_budget=10,
+            eval_tokens=2 * 524288,
+            budget_tolerance=0.1,
+            max_wall_factor=3.0,
             eval_allowance=60,
-        ),
-        # Cards other than an H100 (trainer/cards.py picks by memory, bf16 and compute capability): the same seed,
-        # the same 524288 tokens per optimizer step by gradient accumulation, a device batch and evaluator rows
-        # sized from the H100's 46 GB peak at 128 rows (about 0.35 GB a row). Not yet run on such a card.
-        _variant(
-            _H100,
-            name="gpu-48gb",
-            description="upstream's seed on one 40-48 GB card (A100 40GB, A6000, L40S): 64 rows x 2 accumulated",
-            eval_rows=32,
-            seed_constants={"DEVICE_BATCH_SIZE": 64},
-        ),
-        _variant(
-            _H100,
-            name="gpu-24gb",
-            description="upstream's seed on one 24-32 GB card (RTX 3090/4090/5090, A10): 16 rows x 16 accumulated",
-            eval_rows=16,
-            seed_constants={"DEVICE_BATCH_SIZE": 16},
         ),
         _CPU_TINY,
         _variant(
