@@ -232,8 +232,8 @@ def _write_logs(run_dir: Path, runs: list[dict], rng: random.Random, steps: int 
     for e in runs:
         out = run_dir / "experiments" / e["id"] / "out"
         out.mkdir(parents=True, exist_ok=True)
-        end, speed = 2.4 * (e["val"] or 3.0), rng.uniform(0.9, 1.1) * 520_000
-        lines = [f"step {s:05d} | loss {end + 6.0 * 0.993 ** s + rng.gauss(0, 0.02):.4f} | lrm 1.00 | dt 316ms | "
+        end, speed = 1.25 * (e["val"] or 3.0), rng.uniform(0.9, 1.1) * 520_000
+        lines = [f"step {s:05d} | loss {end + 7.0 * 0.99 ** s + rng.gauss(0, 0.02):.4f} | lrm 1.00 | dt 316ms | "
                  f"tok/s {speed * rng.uniform(0.97, 1.03):,.0f} | epoch 1 | {100 * s / steps:.1f}%"
                  for s in range(steps)]
         (out / "run.log").write_text("\n".join(lines) + f"\n---\nval_bpb:          {e['val']:.6f}\n")

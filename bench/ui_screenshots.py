@@ -1,6 +1,6 @@
 """Screenshots of the run browser for docs/ (docs/ui-*.png) on a generated farm-like history.
 
-    .venv/bin/python -m bench.ui_screenshots   # 300 experiments: docs/ui-{overview,lineage,experiment,...}.png
+    .venv/bin/python -m bench.ui_screenshots   # 300 experiments: docs/ui-{overview,lineage,experiment,compare,curves,constants,runs}.png
 
 The history is bench/ui.py's (a real ledger and research repo, no training), big enough to show what a run
 looks like after a few hours; the browser is Debian's headless Chromium through its chromedriver, as in
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(tmp) / "run"
         ids = generate(run, args.experiments, "compacted")
         pages = {"overview": "/", "lineage": "/lineage", "experiment": f"/experiment/{ids['experiment']}",
-                 "compare": "/compare?ids=" + ",".join(ids["compare"]), "constants": "/constants"}
+                 "compare": "/compare?ids=" + ",".join(ids["compare"]), "constants": "/constants",
+                 "curves": "/compare?ids=" + ",".join(ids["compare"]) + "#curves"}
         shoot(run, pages, args.out)
         # several runs of one project: two more histories (other seeds, fewer experiments) beside the first
         others = [Path(tmp) / f"run-{k}" for k in (2, 3)]

@@ -100,7 +100,7 @@ def summarise(name: str, model: RunModel) -> RunSummary:
     tournament = config.get("tournament") if isinstance(config.get("tournament"), dict) else {}
     seen = sorted(a for a in state.spend["agents"] if a != "?")
     agents_text = (f"{agents.get('count')} x {agents.get('kind')}" if agents else "") + (
-        f" ({', '.join(seen[:6])}{', ...' if len(seen) > 6 else ''})" if seen else "")
+        f" ({', '.join(seen[:3])}{f' +{len(seen) - 3} more' if len(seen) > 3 else ''})" if seen else "")
     level = state.main_line.level
     c = state.cols
     ok = [v for v, s in zip(c["val_bpb"], c["status"], strict=True) if s == "ok" and v is not None]
