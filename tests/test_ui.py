@@ -731,6 +731,9 @@ def test_several_runs_side_by_side_each_with_its_own_pages(tmp_path: Path, brows
         wait_until(lambda: "promote" in browser.find_element(By.ID, "verdicts").text or
                    "discard" in browser.find_element(By.ID, "verdicts").text, "the verdicts through /r/run-b/api")
         assert get(url + "/r/run-b/api/experiment/e0003")[0] == 200 and get(url + "/r/run-c/")[0] == 404
+        open_page(browser, url + "/r/run-a/lineage")
+        wait_until(lambda: browser.execute_script("return window.farmLineage && window.farmLineage.nodes().length"),
+                   "run-a's lineage through /r/run-a/api/lineage")
         assert browser.find_element(By.ID, "all-runs").get_attribute("href") == url + "/"
         assert pwned(browser) is None and csp_reports(browser) == []
     finally:
