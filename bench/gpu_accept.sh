@@ -7,19 +7,10 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_accept_out}"
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ] && [[ " $* " == *" --allow-cpu "* ]]; then
-    PYTHON=.venv/bin/python
-  else  # the first Python that has torch
-    for candidate in python3 python python3.13 python3.12 python3.11 python3.14; do
-      if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
-        PYTHON="$candidate"
-        break
-      fi
-    done
-  fi
-  PYTHON="${PYTHON:-python3}"
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && [[ " $* " == *" --allow-cpu "* ]]; then
+  PYTHON=.venv/bin/python  # the rehearsal: this checkout's venv
 fi
+. bench/torch_python.sh
 echo "gpu_accept.sh: $(command -v "$PYTHON") ($("$PYTHON" -V 2>&1)), OUT=$OUT"
 # No run starts after GPU_ACCEPT_BUDGET seconds; the guard is the hard stop under the device tool's 600 s.
 timeout --signal=TERM --kill-after=10 "${GPU_ACCEPT_TIMEOUT:-570}" \

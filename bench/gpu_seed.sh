@@ -7,16 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_seed_out}"
-# The first Python that has torch, unless PYTHON names one.
-if [ -z "${PYTHON:-}" ]; then
-  for candidate in python3 python python3.13 python3.12 python3.11 python3.14; do
-    if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
-      PYTHON="$candidate"
-      break
-    fi
-  done
-  PYTHON="${PYTHON:-python3}"
-fi
+. bench/torch_python.sh  # the first Python that has torch, unless PYTHON names one
 echo "gpu_seed.sh: $(command -v "$PYTHON") ($("$PYTHON" -V 2>&1)), OUT=$OUT"
 # The script stops starting runs after --budget-seconds; the guard below is the hard stop,
 # under the device tool's 600 s limit. Results are rewritten after every step, so a

@@ -89,3 +89,32 @@ def test_the_tolerance_is_the_profiles_else_the_devices() -> None:
     assert causal_tolerance(fp32, "cuda") == CAUSAL_TOLERANCE["cpu"]
     measured = h100.model_copy(update={"causal_check": "rerun", "causal_tolerance": 2e-3})
     assert causal_tolerance(measured, "cuda") == 2e-3
+
+
+@pytest.mark.parametrize(("dies", "verdict"), [("os.kill(os.getpid(), signal.SIGKILL)", "oom"),
+                                                ("sys.exit(3)", None)])
+def test_an_evaluator_killed_while_scoring_is_oom_one_that_exits_is_the_farms_fault(tmp_path, dies, verdict) -> None:
+    """The kernel's OOM killer takes the evaluator (a model too big for the memory left): the candidate's oom.
+    An evaluator that exits by itself without a verdict stays the farm's error (the runner's failure)."""
+    import os
+    import subprocess
+    import sys
+
+    from trainer.runner import Observer, _Scorer
+
+    evaluator = subprocess.Popen([sys.executable, "-c", f"import os, signal, sys; sys.stdin.readline(); {dies}"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    obs = Observer(get_profile("cpu-smoke"), 0.0, 60.0)
+    handover = tmp_path / "model.handover"
+    handover.write_bytes(b"x")
+    read_end, write_end = os.pipe()
+    scorer = _Scorer(evaluator, obs, handover, tmp_path / "copy", write_end)
+    obs.handover_ready.set()
+    scorer.run()
+    if verdict:
+        assert "oom" in scorer.verdict and "SIGKILL" in scorer.verdict["oom"] and not scorer.failure
+        assert b"error" in os.read(read_end, 4096)  # the candidate is told it was not scored
+    else:
+        assert scorer.verdict is None and "without a verdict" in scorer.failure
+    os.close(read_end)
+    os.close(write_end)
