@@ -260,8 +260,8 @@ def measure(run_dir: Path, ids: dict, repeat: int) -> list[dict]:
         ("/api/constants", "constants of every change (slice, table)"),
         (f"/api/experiment/{e}", "experiment data"), ("/", "overview page"), ("/lineage", "lineage page"),
         (f"/experiment/{e}", "experiment page (diff)"), (f"/compare?a={o}&b={e}", "compare page (diff)"),
-        ("/compare?ids=" + ",".join(ids["compare"]), f"compare page of {len(ids['compare'])} (diffs to their ancestor)"),
-        ("/api/curves?ids=" + ",".join(ids["compare"]), f"training curves of {len(ids['compare'])} (950 steps each)"),
+        (f"/compare?ids={','.join(ids['compare'])}", f"compare page of {len(ids['compare'])} (diffs to the ancestor)"),
+        (f"/api/curves?ids={','.join(ids['compare'])}", f"training curves of {len(ids['compare'])} (950 steps each)"),
     ]
     results = []
     try:
@@ -293,9 +293,9 @@ def first_constants(run_dir: Path) -> float:
 
     _number.cache_clear()  # as in a fresh server
     state = RunModel(run_dir).state()
-    state.table
+    _ = state.table
     t0 = time.perf_counter()
-    state.constants
+    _ = state.constants
     return time.perf_counter() - t0
 
 

@@ -1,6 +1,6 @@
 """Screenshots of the run browser for docs/ (docs/ui-*.png) on a generated farm-like history.
 
-    .venv/bin/python -m bench.ui_screenshots   # 300 experiments: docs/ui-{overview,lineage,experiment,compare,curves,constants,runs}.png
+    .venv/bin/python -m bench.ui_screenshots   # 300 experiments: docs/ui-*.png (and ui-runs.png: 3 runs)
 
 The history is bench/ui.py's (a real ledger and research repo, no training), big enough to show what a run
 looks like after a few hours; the browser is Debian's headless Chromium through its chromedriver, as in

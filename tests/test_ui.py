@@ -350,13 +350,14 @@ def history_run(path: Path) -> dict:
     with Ledger(path / "ledger") as ledger:
         ledger.append(rows)
     (path / "status.json").write_text('{"stopping": "reached --max-experiments 9", "gpus_busy": 0, "failure": ""}')
-    write_log(path, "e0006", "".join(f"step {s:05d} | loss {4.0 - s / 1000:.4f} | lrm 1.00 | dt 100ms | tok/s {10000 + s:,} "
-                                     f"| epoch 1 | {s / 10:.1f}%\n" for s in range(1000)))  # the seed's format
+    write_log(path, "e0006", "".join(f"step {s:05d} | loss {4.0 - s / 1000:.4f} | lrm 1.00 | dt 100ms | "
+                                     f"tok/s {10000 + s:,} | epoch 1 | {s / 10:.1f}%\n" for s in range(1000)))  # seed's
     write_log(path, "e0008", "".join(f"\rstep {s:05d} ({s:.1f}%) | loss: {3.9 - s / 100:.6f} | lrm: 1.00 | dt: 90ms | "
                                      f"tok/sec: {11000 + s:,} | mfu: 1.0% | epoch: 1 | remaining: 9s    "
                                      for s in range(0, 100, 10)))  # upstream's (\r, no newline)
-    write_log(path, "e0007", f"step 00001 | loss nan | tok/s inf\nstep 00002 | loss 1e999\nstep 00003 | loss: {HOSTILE}\n"
-                             "step 00004 | loss 3.5 | tok/s 100\nstep 00005 | loss 9e9 | tok/s -1\n")  # claims checked
+    write_log(path, "e0007", f"step 00001 | loss nan | tok/s inf\nstep 00002 | loss 1e999\n"
+                             f"step 00003 | loss: {HOSTILE}\nstep 00004 | loss 3.5 | tok/s 100\n"
+                             "step 00005 | loss 9e9 | tok/s -1\n")  # claims checked, not trusted
     return info
 
 
@@ -610,8 +611,14 @@ def test_parallel_coordinates_keep_a_brushed_range_and_the_slice_shows_mains_noi
     ActionChains(browser).move_to_element_with_offset(handle, 0, height / 6).click_and_hold() \
         .move_by_offset(0, height / 2).release().perform()  # down past the axis's end
     wait_until(lambda: browser.find_element(By.ID, "parcoords").get_attribute("data-kept") == "2", "the range kept")
-    kept = {p.get_attribute("data-id") for p in browser.find_elements(By.CSS_SELECTOR, "#parcoords .pc-line:not(.pc-dim)")}
+    kept = {p.get_attribute("data-id")
+            for p in browser.find_elements(By.CSS_SELECTOR, "#parcoords .pc-line:not(.pc-dim)")}
     assert kept == {"e0011", "e0012"}
+    trace = browser.execute_script("const t = document.getElementById('chart-slice').data[0];"
+                                   "return {ids: t.customdata, bars: t.error_y.array}")
+    bars = dict(zip(trace["ids"], trace["bars"], strict=True))  # ± the judge's se of each mean: noise sd / sqrt(n)
+    assert bars["e0006"] == pytest.approx(0.022361 / 2**0.5, rel=1e-3)  # two runs
+    assert bars["e0011"] == pytest.approx(0.022361, rel=1e-3)  # one
     shapes = browser.execute_script("return document.getElementById('chart-slice').layout.shapes")
     assert len(shapes) == 2 and shapes[1]["y0"] == pytest.approx(api(url + "/api/constants")["main_mean"])
     assert pwned(browser) is None and csp_reports(browser) == []
@@ -707,8 +714,9 @@ def test_several_runs_side_by_side_each_with_its_own_pages(tmp_path: Path, brows
     history_run(tmp_path / "project" / "run-a")
     small_run(tmp_path / "project" / "run-b")
     (tmp_path / "project" / "notes").mkdir()  # not a run: left out
-    (tmp_path / "project" / "run-a" / "farm-config.json").write_text(json.dumps(
-        {"profile": "cpu-smoke", "gpus": 1, "agents": {"count": 2, "kind": "mutate"}, "tournament": {"policy": "paired"}}))
+    config = {"profile": "cpu-smoke", "gpus": 1, "agents": {"count": 2, "kind": "mutate"},
+              "tournament": {"policy": "paired"}}
+    (tmp_path / "project" / "run-a" / "farm-config.json").write_text(json.dumps(config))
     runs = find_runs([tmp_path / "project"])
     assert [r.name for r in runs] == ["run-a", "run-b"]
     handle = serve_ui(runs, "127.0.0.1", 0)
@@ -718,7 +726,8 @@ def test_several_runs_side_by_side_each_with_its_own_pages(tmp_path: Path, brows
         rows = lambda: browser.find_elements(By.CSS_SELECTOR, "#runs-index tbody tr")
         wait_until(lambda: [r.get_attribute("data-name") for r in rows()] == ["run-a", "run-b"], "both runs")
         cells = [td.text for td in rows()[0].find_elements(By.TAG_NAME, "td")]
-        assert cells[1].startswith("finished") and cells[2:5] == ["cpu-smoke", "paired", f"2 x mutate ({HOSTILE_AGENT}, mutate-0)"]
+        assert cells[1].startswith("finished")
+        assert cells[2:5] == ["cpu-smoke", "paired", f"2 x mutate ({HOSTILE_AGENT}, mutate-0)"]
         assert cells[7] == "2.4400 ± 0.0283" and cells[9] == "2"  # main after e0012, its noise; two promotions
         assert browser.execute_script("return document.getElementById('chart-runs').data.map(t => t.name)") == \
             ["run-a", "run-b"]

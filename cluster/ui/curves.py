@@ -33,7 +33,8 @@ MAX_STEP = 10**9
 MAX_LOSS = 1e4
 MAX_TOKENS_PER_SECOND = 1e12
 _STEP_RE = re.compile(r"^\s*step[ :]+(\d{1,10})\b")
-_FIELD_RE = re.compile(r"^\s*([A-Za-z/_]+):?\s+([-+]?[0-9][0-9,]*\.?[0-9]*(?:[eE][-+]?\d+)?|nan|inf|-inf)\s*(ms|s|%)?\s*$")
+_FIELD_RE = re.compile(r"^\s*([A-Za-z/_]+):?\s+"  # a field: its name, then a number (maybe with , and a unit)
+                       r"([-+]?[0-9][0-9,]*\.?[0-9]*(?:[eE][-+]?\d+)?|nan|inf|-inf)\s*(ms|s|%)?\s*$")
 _KEYS = {"loss": "loss", "tok/sec": "tok_per_s", "tok/s": "tok_per_s"}
 
 

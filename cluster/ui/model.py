@@ -367,9 +367,13 @@ class RunState:
             for n in changed:
                 changed_count[n] += 1
             values = runs.get(eid, [])
+            noise = self.noise.get(c["gpu_class"][i] or "cpu")
             out.append({"id": eid, "kind": c["kind"][i], "verdict": c["verdict"][i], "status": c["status"][i],
                         "mean": mean[i], "n": count[i],
                         "sd": float(np.std(values, ddof=1)) if len(values) >= 2 else None,
+                        # the standard error of its mean as the judge sees it: the noise sd pooled on its GPU
+                        # class over the square root of its run count (a sample sd of two runs says little)
+                        "se": noise[0] / math.sqrt(count[i]) if noise and count[i] else None,
                         "values": {n: mine[n] for n in names if n in mine}, "changed": changed})
         names.sort(key=lambda n: (-changed_count[n], n))
         level = self.main_line.level

@@ -17,10 +17,10 @@ from flask import Flask, Response, render_template, request
 from pydantic import BaseModel
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from cluster.sandbox.untrusted import UnsafeFile, read_beneath
 from cluster.ui.app import PACKAGE, create_app, error_detail, harden
 from cluster.ui.assets import Assets
 from cluster.ui.model import RunModel, run_status, to_json
-from cluster.sandbox.untrusted import UnsafeFile, read_beneath
 
 CONFIG_FILE = "farm-config.json"  # what `farm run` writes at a run's start (cluster/run_cli.py)
 CONFIG_BYTES = 256 * 1024

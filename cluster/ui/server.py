@@ -76,8 +76,7 @@ def warm(model: RunModel) -> None:
     read incrementally), then the overview (the first page), then every change's train.py for the constants page
     (one batched git read: ~0.7 s at 10,000 changes; later only new commits are read)."""
     def read() -> None:
-        model.state().overview
-        model.state().constants
+        _ = model.state().overview, model.state().constants  # cached properties: computed once, kept
 
     threading.Thread(target=read, name="farm-ui-warm", daemon=True).start()
 

@@ -25,7 +25,7 @@
     const rows = data.rows.filter((r) => r.mean !== null && name in r.values && (!onlyChanged || r.changed.includes(name)));
     document.getElementById("constants-count").textContent = rows.length + " change(s) with a value of " + name +
       " and an ok run; " + (data.changed[name] || 0) + " changed it";
-    const sd = rows.map((r) => (r.sd !== null ? r.sd : data.noise_sd || 0));
+    const sd = rows.map((r) => (r.se !== null ? r.se : r.sd !== null ? r.sd : data.noise_sd || 0));
     // main now, with its noise band (± the sd of repeated runs): a point inside it is not told apart from main
     const band = data.main_mean === null ? [] : [
       { type: "rect", xref: "paper", x0: 0, x1: 1, y0: data.main_mean - (data.noise_sd || 0), y1: data.main_mean + (data.noise_sd || 0),
@@ -34,7 +34,7 @@
     ];
     Plotly.react("chart-slice", [{
       type: "scatter", mode: "markers", x: rows.map((r) => r.values[name]), y: rows.map((r) => r.mean),
-      customdata: rows.map((r) => r.id), text: rows.map((r) => r.id + " · " + name + " = " + value(r.values[name]) + " · mean " + num(r.mean) + " (n=" + r.n + ")"),
+      customdata: rows.map((r) => r.id), text: rows.map((r) => r.id + " · " + name + " = " + value(r.values[name]) + " · mean " + num(r.mean) + " (n=" + r.n + ")" + (r.se !== null ? " ± se " + num(r.se) : "") + (r.sd !== null ? " · sd of its runs " + num(r.sd) : "")),
       hovertemplate: "%{text}<extra></extra>", error_y: { type: "data", array: sd, visible: true, thickness: 1, color: "#aab7b8" },
       marker: { size: 9, color: rows.map(colour), opacity: 0.85 },
     }], {
