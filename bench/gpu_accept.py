@@ -6,17 +6,17 @@
 Through the trusted runner (``trainer.runner.run``), one after another, each cut off if the time is short:
 
 1. the seed, cold (empty compile caches) and warm, under the card's profile with a 60 s budget
-   (trainer/cards.py picks it: h100-60s, gpu-48gb-60s, gpu-24gb-60s);
-2. three hostile candidates (tests/hostile/): a forged exported program, a look-ahead, training before the first
-   batch (this one needs the candidate to run as another user: root only);
+   (trainer/cards.py picks it: h100-60s, gpu-48gb-60s, gpu-24gb-60s); then, in this process, on the warm seed's
+   handed-over model: the causality check's three references (scored, rerun, fp32), what an honest model moves in
+   each, and the val_bpb gain a look-ahead just under the tolerance could buy, in sd of the measured noise;
+2. a third run of the seed, for the noise (sd over the three);
 3. an upstream-style model whose attention is a registered operator under FA3's real name (a stand-in), which the
    evaluator must run through its reference (trainer/kernels.py);
-4. a third run of the seed, for the noise (sd over the three).
+4. three hostile candidates (tests/hostile/): a forged exported program, a look-ahead, training before the first
+   batch (this one needs the candidate to run as another user: root only).
 
-Then, in this process, on the warm seed's handed-over model: the causality check's three references (scored,
-rerun, fp32) and what an honest model moves in each, with the val_bpb gain a look-ahead just under the tolerance
-could buy, in sd of the measured noise. Where the ``kernels`` package loads FA3: the reference against the real
-kernel, and the evaluator loading a real FA3 graph. It writes ``gpu_accept.json`` and
+Where the ``kernels`` package loads FA3: the reference against the real kernel, and the evaluator loading a real
+FA3 graph. It writes ``gpu_accept.json`` and
 ``gpu-accept-<card>.md`` to --out (and the .md to --docs), after every step.
 """
 
@@ -32,7 +32,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -70,8 +69,25 @@ def _fake(q, k, v, *args, **kwargs):
     return torch.empty_like(q), lse, q.new_empty((0,)), q.new_empty((0,))
 
 
-_fa3.impl("_flash_attn_forward", _forward, "CompositeExplicitAutograd")
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3])
+    ctx.scale, ctx.causal = inputs[3], inputs[4]
+
+
+def _backward(ctx, grad, *unused):
+    q, k, v = ctx.saved_tensors
+    with torch.enable_grad():
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=ctx.causal, scale=ctx.scale).transpose(1, 2)
+        dq, dk, dv = torch.autograd.grad(o, (q, k, v), grad)
+    return dq, dk, dv, None, None, None, None, None
+
+
+for _key in ("CPU", "CUDA"):  # like the real kernel: a device implementation, a fake, an autograd formula
+    _fa3.impl("_flash_attn_forward", _forward, _key)
 torch.library.register_fake("flash_attn_3::_flash_attn_forward", _fake, lib=_fa3)
+torch.library.register_autograd("flash_attn_3::_flash_attn_forward", _backward, setup_context=_setup, lib=_fa3)
 '''
 
 
@@ -120,20 +136,6 @@ class Runs:
 
     def __init__(self, report: Report, work: Path, deadline: float, separate: bool) -> None:
         self.report, self.work, self.deadline, self.separate = report, work, deadline, separate
-        self.lock = threading.Lock()
-
-    def run_all(self, steps: list[tuple], workers: int) -> None:
-        """Each (label, source, profile, keyword arguments) in order; on a CPU two at a time (the steps are
-        independent there: no compile cache to warm), on a GPU one at a time (they would share the card)."""
-        if workers <= 1:
-            for label, source, profile, kwargs in steps:
-                self.run(label, source, profile, **kwargs)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers) as pool:
-            for future in [pool.submit(self.run, label, source, profile, **kw) for label, source, profile, kw in steps]:
-                future.result()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -163,9 +165,8 @@ class Runs:
                          wall_limit=min(profile.wall_limit, max(30.0, self.left() + GRACE_SECONDS)),
                          candidate_uid=uid)
         except Exception as exc:  # e.g. the candidate's user cannot reach this Python: said, not fatal
-            with self.lock:
-                self.report.data["runs"][label] = {"status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
-                self.report.save()
+            self.report.data["runs"][label] = {"status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
+            self.report.save()
             return None
         info = _facts(result, profile)
         if uid is not None and info["status"] == "error" and "Permission denied" in info["reason"]:
@@ -173,9 +174,8 @@ class Runs:
         for name in ("run.log", "result.json"):
             if (run_dir / "out" / name).exists():
                 shutil.copy2(run_dir / "out" / name, self.report.out / f"{run_dir.name}-{name}")
-        with self.lock:
-            self.report.data["runs"][label] = info
-            self.report.save()
+        self.report.data["runs"][label] = info
+        self.report.save()
         say(f"== {label}: {info['status']} {info['reason'][:160]} | val_bpb {info['val_bpb']} | total "
             f"{info['total_s']:.1f} s")
         return info
@@ -383,27 +383,29 @@ def main(argv: list[str] | None = None) -> int:
     runs = Runs(report, work, started + args.budget_seconds, separate=os.geteuid() == 0)
     compile_caches = {"TORCHINDUCTOR_CACHE_DIR": str(work / "inductor"), "TRITON_CACHE_DIR": str(work / "triton")}
     caches = {"caches": compile_caches} if cuda else {}
-    steps: list[tuple] = [("seed cold", seed, seed_profile, {"seed": 0, **caches}),
-                          ("seed warm", seed, seed_profile, {"seed": 1, **caches})]
+    if not cuda:
+        import torch
+
+        torch.set_num_threads(1)  # this process's own measurements, beside the runs' processes
+    # One at a time, on a CPU too: two cpu-smoke runs at once on a loaded 2-core machine run past the warm-up
+    # allowance and end invalid, rightly, which is not what the rehearsal is for. The noise runs first, then
+    # the model's causality (while nothing else uses the card), then the kernel and hostile candidates.
+    runs.run("seed cold", seed, seed_profile, seed=0, **caches)
+    runs.run("seed warm", seed, seed_profile, seed=1, **caches)
+    report.data["stage"] = "causality"
+    try:
+        measure_causality(report, work / "run-seed-warm", seed_profile, "cuda" if cuda else "cpu")
+    except Exception as exc:  # a measurement that fails is reported, the rest stands
+        report.data["causality"] = {"skipped": f"{type(exc).__name__}: {exc}"[:400]}
+    runs.run("seed third", seed, seed_profile, seed=2, **caches)
+    runs.run("upstream-style, FA3 stand-in", upstream_fa3_source(), smoke)
     for label, name in HOSTILE.items():
         source = (REPO / "tests" / "hostile" / name).read_text()
         needs_uid = "Needs: separation" in source
         if needs_uid and not runs.separate:
             report.data["runs"][label] = {"status": "skipped", "reason": "needs root (the candidate as another user)"}
             continue
-        steps.append((label, _on_device(source) if cuda else source, smoke, {"uid": 65534 if needs_uid else None}))
-    steps += [("upstream-style, FA3 stand-in", upstream_fa3_source(), smoke, {}),
-              ("seed third", seed, seed_profile, {"seed": 2, **caches})]
-    if not cuda:
-        import torch
-
-        torch.set_num_threads(1)  # this process's own measurements, beside the runs' processes
-    runs.run_all(steps, workers=1 if cuda else 3)
-    report.data["stage"] = "causality"
-    try:
-        measure_causality(report, work / "run-seed-warm", seed_profile, "cuda" if cuda else "cpu")
-    except Exception as exc:  # a measurement that fails is reported, the rest stands
-        report.data["causality"] = {"skipped": f"{type(exc).__name__}: {exc}"[:400]}
+        runs.run(label, _on_device(source) if cuda else source, smoke, uid=65534 if needs_uid else None)
     kernel_parity(report, "cuda" if cuda else "cpu")
     report.data["goals"] = goals(report.data, card_gib)
     report.data.update(stage="done", finished_at=_utc_now(), elapsed_s=time.monotonic() - started)
