@@ -644,6 +644,12 @@ def test_training_curves_are_the_logs_step_lines_checked_and_thinned(history) ->
     assert c["e0011"]["step"] == [] and "no such file" in c["e0011"]["note"]
     assert c["e0012"]["step"] == [] and "refused" in c["e0012"]["note"]  # a link, not followed
     assert get(url + "/api/curves?ids=e9999")[0] == 404
+    from cluster.ui.curves import parse_steps
+
+    started = time.monotonic()  # a candidate's line built to make a regex backtrack: parsed at once, dropped
+    assert parse_steps("step 00001 | loss " + "1" * 300_000 + "x | tok/s 5" + " " * 300_000 + "x\n") == {}
+    assert parse_steps("step 00001 | loss 1" + " " * 50 + "x | tok/s 1,000.5 s\n") == {1: (None, 1000.5)}
+    assert time.monotonic() - started < 1.0
 
 
 def test_curves_and_a_compare_of_three_picked_from_the_table(history, browser) -> None:

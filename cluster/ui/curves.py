@@ -33,8 +33,11 @@ MAX_STEP = 10**9
 MAX_LOSS = 1e4
 MAX_TOKENS_PER_SECOND = 1e12
 _STEP_RE = re.compile(r"^\s*step[ :]+(\d{1,10})\b")
-_FIELD_RE = re.compile(r"^\s*([A-Za-z/_]+):?\s+"  # a field: its name, then a number (maybe with , and a unit)
-                       r"([-+]?[0-9][0-9,]*\.?[0-9]*(?:[eE][-+]?\d+)?|nan|inf|-inf)\s*(ms|s|%)?\s*$")
+# A field: its name, then a number (maybe with thousands commas, and a unit). Written so that no two parts can
+# match the same characters (no backtracking blow-up on a long run of digits or spaces the candidate prints).
+_FIELD_RE = re.compile(r"^\s*([A-Za-z/_]+):?\s+"
+                       r"([-+]?[0-9][0-9,]*(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|nan|inf|-inf)\s*(?:(?:ms|s|%)\s*)?$")
+MAX_FIELD = 80  # characters: a longer field is not a number the step line format prints
 _KEYS = {"loss": "loss", "tok/sec": "tok_per_s", "tok/s": "tok_per_s"}
 
 
@@ -70,7 +73,7 @@ def parse_steps(text: str) -> dict[int, tuple[float | None, float | None]]:
             continue
         found: dict[str, float | None] = {}
         for field in line.split("|")[1:]:
-            m = _FIELD_RE.match(field)
+            m = _FIELD_RE.match(field) if len(field) <= MAX_FIELD else None
             key = _KEYS.get(m.group(1).lower()) if m else None
             if key is not None and key not in found:
                 found[key] = _number(m.group(2), MAX_LOSS if key == "loss" else MAX_TOKENS_PER_SECOND)
