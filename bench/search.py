@@ -67,6 +67,7 @@ from bench import search_stats  # noqa: E402
 from bench.search_stats import headline_markdown  # noqa: E402
 from cluster.config import FarmConfig  # noqa: E402
 from cluster.decisions.policies import PolicySettings  # noqa: E402
+from cluster.decisions.policies.pipeline import linewise  # noqa: E402
 from cluster.decisions.policy import Strategies  # noqa: E402
 from cluster.execution.executor import InProcessExecutor, unit_duration  # noqa: E402
 from cluster.execution.spec import ExperimentSpec, GpuAssignment  # noqa: E402
@@ -148,18 +149,8 @@ def _linewise_merge(strategies: Strategies) -> Strategies:
     original = strategies.merge
 
     def merge(base: str, ours: str, theirs: str, prefer_theirs: bool = False) -> tuple[str, str | None]:
-        b, o, t = base.split("\n"), ours.split("\n"), theirs.split("\n")
-        if not len(b) == len(o) == len(t):
-            return original(base, ours, theirs, prefer_theirs)
-        out = []
-        for x, y, z in zip(b, o, t, strict=True):
-            if y == z or z == x:
-                out.append(y)
-            elif y == x:
-                out.append(z)
-            else:
-                return original(base, ours, theirs, prefer_theirs)
-        return "\n".join(out), None
+        merged = linewise(base, ours, theirs)
+        return (merged, None) if merged is not None else original(base, ours, theirs, prefer_theirs)
 
     return dataclasses.replace(strategies, merge=merge)
 

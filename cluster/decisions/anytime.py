@@ -40,13 +40,14 @@ def confidence_sequence(estimate: float, var: float, rho: float, alpha: float) -
     return estimate - half, estimate + half
 
 
-def certify(estimate: float, var: float, rho: float, alpha: float, worth: float = 0.0) -> Certification:
+def certify(estimate: float, var: float, rho: float, alpha: float, worth: float = 0.0,
+            drop_alpha: float | None = None) -> Certification:
     """A stage's decision from its paired difference to main (negative = better): ``promote`` when the confidence
-    sequence lies below 0 (false promotions at most ``alpha`` over all looks); ``drop`` when it lies above
+    sequence at ``alpha`` lies below 0 (false promotions at most ``alpha`` over all looks); ``drop`` when the one
+    at ``drop_alpha`` (default ``alpha``; a wrong drop only delays a gain, so it may be looser) lies above
     ``-worth`` (its gain, if any, is smaller than ``worth``: not worth more runs); else ``continue``."""
-    lo, hi = confidence_sequence(estimate, var, rho, alpha)
-    if hi < 0:
+    if confidence_sequence(estimate, var, rho, alpha)[1] < 0:
         return "promote"
-    if lo > -worth:
+    if confidence_sequence(estimate, var, rho, alpha if drop_alpha is None else drop_alpha)[0] > -worth:
         return "drop"
     return "continue"

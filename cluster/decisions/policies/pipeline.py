@@ -11,10 +11,11 @@ lose real gains whose parent went stale. Here:
 - proposals start from the head, and their first run waits only for the head's first run (their pair);
 - one stage at a time (the target: the newest measured one, which holds every older live stage) is certified
   against main one paired run at a time with the mixture test of cluster/decisions/anytime.py, valid at every
-  look: promoted as soon as its confidence sequence lies below 0 (at most ``cert_alpha`` false promotions per stage),
-  dropped when it lies above ``-cert_worth_sds`` sd or after ``cert_max_runs`` runs. A promotion lands every
-  older stage with it; a drop dissolves the live chain and sends each part back to wait for a new stage off main
-  (at most ``stage_retries`` more times), since any of them may be the one that hurts.
+  look: promoted as soon as its confidence sequence lies below 0 (at most ``cert_alpha`` false promotions per
+  stage), dropped when the one at ``drop_alpha`` lies above ``-cert_worth_sds`` sd or after ``cert_max_runs``
+  runs. A promotion lands every older stage with it; a drop dissolves the live chain and sends each part back to
+  wait for a new stage off main (at most ``stage_retries`` more times), since any of them may be the one that
+  hurts; a stage whose run failed is dropped with the newer stages that hold it.
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ class PipelineSettings(CoreSettings):
                               "promoted, over every look at it (cluster/decisions/anytime.py)")
     cert_prior_sds: float = Field(1.0, gt=0, description="policy pipeline: the mixture's sd of a stage's effect, in "
                                   "noise sds: the gain size the test is quickest for")
-    cert_worth_sds: float = Field(0.25, ge=0, description="policy pipeline: a stage whose confidence sequence "
-                                  "excludes a gain this large (in noise sds) is dropped")
+    cert_worth_sds: float = Field(0.25, ge=0, description="policy pipeline: a stage whose confidence sequence at "
+                                  "drop_alpha excludes a gain this large (in noise sds) is dropped")
+    drop_alpha: float = Field(0.2, gt=0, lt=1, description="policy pipeline: the level of the test that drops a "
+                              "stage (looser than cert_alpha: a wrong drop only sends its parts back once)")
     cert_max_runs: int = Field(10, ge=1, description="policy pipeline: a stage undecided after this many runs is "
                                "dropped")
     stage_retries: int = Field(1, ge=0, description="policy pipeline: a part of a dropped chain waits for a new "
@@ -90,20 +93,24 @@ class PipelinePolicy:
             child = farm.work.get(eid)
             if decision == "wait" and child is not None and farm.file_sha(child.parent_commit) == work.train_sha:
                 yield from self._judge(farm, child, farm.finished_class(eid, gpu))
+        yield from self._conflicted(farm)
         yield from self._certify(farm, gpu)
         yield from self._next_stage(farm)
 
     def after_promotion(self, farm: FarmView) -> Iterator[Action]:
-        """Every live stage older than the one now on main lands with it, and their parts."""
-        chain = self._live(farm)
-        if farm.main_sha in [farm.work[s].train_sha for s in chain]:
-            landed = chain[:[farm.work[s].train_sha for s in chain].index(farm.main_sha) + 1]
-            for stage_id in landed:
-                if farm.work[stage_id].train_sha != farm.main_sha:
-                    yield Decide(experiment_id=stage_id, decision="noop", reason="on main with a newer stage")
+        """The stage now on main lands, and every live stage older than it (it holds them), with their parts."""
+        order = list(farm.stages)
+        promoted = [s for s in order if farm.verdicts.get(s) == "promote" and farm.work[s].train_sha == farm.main_sha]
+        if promoted:
+            newest = order.index(promoted[-1])
+            for stage_id in order[:newest + 1]:
+                if stage_id != promoted[-1] and farm.verdicts.get(stage_id) not in LIVE:
+                    continue
+                if stage_id != promoted[-1]:
+                    yield Decide(experiment_id=stage_id, decision="noop", reason=f"on main with {promoted[-1]}")
                 for part in farm.stages[stage_id]:
                     if farm.verdicts.get(part) == "staged":
-                        yield Decide(experiment_id=part, decision="promote", reason=f"on main with {stage_id}")
+                        yield Decide(experiment_id=part, decision="promote", reason=f"on main with {promoted[-1]}")
         yield from self._certify(farm, farm.main_class())
         yield from self._next_stage(farm)
 
@@ -162,6 +169,15 @@ class PipelinePolicy:
         return any(w.train_sha == train_sha and w.seed == seed and eid not in farm.finished
                    for eid, w in farm.work.items())
 
+    def rebase(self, base: str, ours: str, theirs: str) -> tuple[str, str | None]:
+        """A winner's change (``base`` -> ``theirs``) onto ``ours``: the run's three-way merge, and where it reports
+        a conflict, the change line by line when no line was added or removed and no line was changed on both
+        sides (git calls edits of two adjacent constants a conflict; here they are two changes)."""
+        merged, conflict = self.merge(base, ours, theirs)
+        if conflict and (lines := linewise(base, ours, theirs)) is not None:
+            return lines, None
+        return merged, conflict
+
     # ---- stages -----------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -180,7 +196,7 @@ class PipelinePolicy:
         merged, parts = head_py, []
         for part in sorted(winners, key=farm.gain):
             ours = merged
-            merged, conflict = self.merge(farm.train_py(part.parent_commit), ours, farm.train_py(part.commit))
+            merged, conflict = self.rebase(farm.train_py(part.parent_commit), ours, farm.train_py(part.commit))
             if conflict:
                 merged = ours
                 yield Decide(experiment_id=part.experiment_id, decision="conflict",
@@ -200,10 +216,12 @@ class PipelinePolicy:
                     why=f"{len(parts)} winner(s) on the head ({chain[-1] if chain else 'main'}), seed {seeds[0]}")
 
     def _target(self, farm: FarmView) -> str:
-        """The stage under certification: the newest measured one. It holds every older live stage, so its effect
-        is the largest; an older target's runs are given up (stopping a sequence is what the test allows)."""
+        """The stage under certification: the newest measured one (it holds every older live stage, so its effect
+        is the largest; an older target's runs are given up, which stopping a sequence allows), preferring one
+        committed off the current main (its promotion is a fast-forward, with no merge that might conflict)."""
         measured = [s for s in self._live(farm) if s in farm.finished]
-        return measured[-1] if measured else ""
+        fresh = [s for s in measured if farm.work[s].parent_commit == farm.main_commit]
+        return (fresh or measured or [""])[-1]
 
     def _certify(self, farm: FarmView, gpu: str) -> Iterator[Action]:
         """One look at the target: promote, drop, or one more paired run (only when none is out)."""
@@ -214,7 +232,7 @@ class PipelinePolicy:
         if farm.pending_replicates(stage.train_sha) or farm.pending_replicates(farm.main_sha):
             return
         if not farm.values(stage.train_sha, gpu):
-            yield from self._drop(farm, stage_id, "its run failed")
+            yield from self._drop(farm, stage_id, "its run failed", whole=False)
             return
         comparison = self._compare(farm, stage.train_sha, farm.main_sha, gpu)
         noise = farm.noise(gpu)
@@ -222,7 +240,7 @@ class PipelinePolicy:
             return
         s = self.settings
         var, rho = comparison.se**2, s.cert_prior_sds * noise.sd
-        decision = certify(comparison.delta, var, rho, s.cert_alpha, s.cert_worth_sds * noise.sd)
+        decision = certify(comparison.delta, var, rho, s.cert_alpha, s.cert_worth_sds * noise.sd, s.drop_alpha)
         lo, hi = confidence_sequence(comparison.delta, var, rho, s.cert_alpha)
         runs = len(farm.values(stage.train_sha, gpu))
         numbers = (f"{comparison.delta:+.4f} vs main over {runs} run(s), always-valid {1 - s.cert_alpha:.0%} "
@@ -248,19 +266,46 @@ class PipelinePolicy:
                           train_sha=farm.main_sha, seeds=[seed], description="baseline: main",
                           why=f"pipeline: the pair of {stage.experiment_id}'s run on seed {seed}")
 
-    def _drop(self, farm: FarmView, stage_id: str, why: str) -> Iterator[Action]:
-        """Dissolve the live chain: any part may be the one that hurts; each waits again while it has tries."""
-        for live in self._live(farm):
+    def _drop(self, farm: FarmView, stage_id: str, why: str, whole: bool = True) -> Iterator[Action]:
+        """Dissolve the live chain (``whole``: any part may be the one that hurts; else from ``stage_id`` on, the
+        stages that hold it); each part waits for a new stage again while it has tries."""
+        chain = self._live(farm)
+        for live in chain if whole else chain[chain.index(stage_id):]:
             yield Decide(experiment_id=live, decision="discard", reason=f"chain dropped at {stage_id}: {why}")
-            for part in farm.stages[live]:
-                if farm.verdicts.get(part) != "staged":
-                    continue
-                tries = sum(part in parts for parts in farm.stages.values())
-                if tries <= self.settings.stage_retries:
-                    yield Decide(experiment_id=part, decision="stack", reason=f"stage {stage_id} dropped ({why}): "
-                                 f"waits for a new stage ({tries} of {1 + self.settings.stage_retries})")
-                else:
-                    yield Decide(experiment_id=part, decision="discard", reason=f"stage {stage_id} dropped: {why}")
+            yield from self._parts_back(farm, live, f"stage {stage_id} dropped ({why})")
+
+    def _parts_back(self, farm: FarmView, stage_id: str, why: str) -> Iterator[Action]:
+        """The parts of a stage that did not land wait for a new stage, each at most ``stage_retries`` more times."""
+        for part in farm.stages[stage_id]:
+            if farm.verdicts.get(part) != "staged":
+                continue
+            tries = sum(part in parts for parts in farm.stages.values())
+            if tries <= self.settings.stage_retries:
+                yield Decide(experiment_id=part, decision="stack",
+                             reason=f"{why}: waits for a new stage ({tries} of {1 + self.settings.stage_retries})")
+            else:
+                yield Decide(experiment_id=part, decision="discard", reason=why)
+
+    def _conflicted(self, farm: FarmView) -> Iterator[Action]:
+        """A stage whose promotion conflicted with main (git's merge of a stage committed off an older main): its
+        parts are rebased onto the head again."""
+        for stage_id in farm.stages:
+            if farm.verdicts.get(stage_id) == "conflict":
+                yield from self._parts_back(farm, stage_id, f"stage {stage_id} conflicted with main")
+
+
+def linewise(base: str, ours: str, theirs: str) -> str | None:
+    """The three-way merge line by line, for files of the same line count: each line from the side that changed
+    it; None when a line was changed differently on both sides or the line counts differ."""
+    b, o, t = base.split("\n"), ours.split("\n"), theirs.split("\n")
+    if not len(b) == len(o) == len(t):
+        return None
+    out = []
+    for x, y, z in zip(b, o, t, strict=True):
+        if y != z and y != x and z != x:
+            return None
+        out.append(z if y == x else y)
+    return "\n".join(out)
 
 
 POLICIES = {"pipeline": PipelinePolicy}
