@@ -573,6 +573,9 @@ def test_constants_as_columns_and_a_per_constant_slice(history, browser) -> None
 
     assert constants_of("DEPTH = 8\nLR: float = 6e-4  # x\nN = 2**19\nF = f()\n  I = 1\nBIG = 10**999\n") == \
         {"DEPTH": 8.0, "LR": 6e-4, "N": 524288.0}
+    started = time.monotonic()  # agent-written lines built to make a regex backtrack: read at once
+    assert constants_of("X = 1" + " " * 300_000 + "y\nB = 2 \t# two\nC = 3\t\n") == {"B": 2.0, "C": 3.0}
+    assert time.monotonic() - started < 1.0
     _, url = history
     c = api(url + "/api/constants")
     assert c["names"] == ["B", "A"] and c["changed"] == {"A": 1, "B": 5}  # e0003/7/11/12/13 changed B, e0006 A

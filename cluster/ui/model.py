@@ -43,9 +43,11 @@ TABLE_FIELDS = ("experiment_id", "kind", "status", "agent", "description", "val_
                 "delta", "verdict", "seed", "gpu_class", "queued_ts", "finished_at", "cost_usd", "replicate_of")
 # A top-level constant of train.py: NAME = a number, or simple arithmetic of numbers (2**19, 6e-4 * 2). Matched
 # from the newline before it (a literal first character lets the regex engine skip ahead: 6x faster than ``^`` with
-# re.M, which mattered at 10,000 files); constants_of puts a newline at both ends of the text.
+# re.M, which mattered at 10,000 files); constants_of puts a newline at both ends of the text. The value is taken
+# greedily and stripped after: a lazy value followed by optional blanks could match a long run of blanks in n^2
+# ways, and train.py is agent-written (a line of 5,000 spaces took 1.8 s).
 _CONSTANT_RE = re.compile(r"\n([A-Z][A-Z0-9_]*)[ \t]*(?::[ \t]*(?:int|float)[ \t]*)?="
-                          r"[ \t]*([0-9.eE+\-*/() \t_]+?)[ \t]*(?:#[^\n]*)?(?=\n)")
+                          r"[ \t]*([0-9.eE+\-*/() \t_]+)(?:#[^\n]*)?(?=\n)")
 _ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
                ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
 _DELTA_RE = re.compile(r"vs main -?\d+(?:\.\d+)? \(n=\d+\)(?: on \S+?)?: ([+-]\d+(?:\.\d+)?)")
@@ -649,7 +651,7 @@ def constants_of(source: str) -> dict[str, float]:
     of a name winning, as Python would leave it."""
     out = {}
     for name, text in _CONSTANT_RE.findall("\n" + source + "\n"):
-        number = _number(text)
+        number = _number(text.strip())
         if number is not None:
             out[name] = number
     return out
