@@ -206,3 +206,22 @@ def test_the_farm_refuses_to_start_upstreams_train_py_where_the_image_lacks_fa3(
     baked = {"varunneal/flash-attention-3", "kernels-community/flash-attn3"}
     assert kernel_refusal(UPSTREAM_FA3, True, baked) is None  # an image built with KERNELS=... starts
     assert kernel_refusal(UPSTREAM_FA3, True, None) is None  # a cluster's image: not known here, not refused
+
+
+def test_the_docker_sandbox_is_judged_by_its_images_kernels_label(tmp_path) -> None:
+    """The trainer image built without KERNELS (as `make images` here) carries no hub kernel: refused by name."""
+    import shutil
+    import subprocess
+
+    from cluster.records.repo import ResearchRepo
+    from cluster.run_cli import missing_kernel_refusal
+    from trainer.profiles import get_profile
+
+    image = "autoresearch-farm/trainer:latest"
+    inspect = ["docker", "image", "inspect", image]
+    if not shutil.which("docker") or subprocess.run(inspect, capture_output=True, timeout=60).returncode != 0:
+        pytest.skip("no Docker Engine or no trainer image here")
+    ResearchRepo.create(tmp_path / "up" / "repo", UPSTREAM_FA3, "program")
+    refusal = missing_kernel_refusal(tmp_path / "up", get_profile("gpu-24gb"), "docker", image)
+    assert refusal and "varunneal/flash-attention-3" in refusal and "KERNELS=" in refusal
+    assert missing_kernel_refusal(tmp_path / "up", get_profile("gpu-24gb"), "docker", "no/such:image") is None
