@@ -475,7 +475,7 @@ def test_prometheus_scrapes_a_running_farm_and_every_dashboard_query_has_data(tm
         return float(result[0]["value"][1]) if result else None
 
     try:
-        deadline = time.monotonic() + 75
+        deadline = time.monotonic() + 240  # 4 experiments of 3 s: ~40 s idle, minutes on a machine busy with others
         while True:  # main measured, a few experiments back, and scraped a few times since
             assert farm.poll() is None, "the farm exited early\n" + logs()
             assert prom.poll() is None, "prometheus exited\n" + logs()
