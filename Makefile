@@ -95,14 +95,15 @@ BENCH_ARGS ?=
 bench-dispatch: install
 	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)
 
-## Search efficiency (issues 7, 15): sequential vs naive parallel vs the tournament, the paired and the stack policy
-## (its noiseless oracle and its ablation too), the real farm on a virtual clock, 16 seeds at N = 8 on each
-## landscape (~37 min each on 2 cores); each doc ends with issue 15's goals, met or not; writes
-## docs/bench/search-paired.* and search-realistic.* (BENCH_ARGS to change sizes; docs/bench/search.md: N = 2, 8, 16).
-SEARCH_ARGS ?= --seeds 16 --sequential-seeds 32 --n 8 --variants tournament,paired,stack,stack-ablate
+## Search efficiency (issues 7, 15, 27): sequential, best of 8 independent loops (from sequential's runs), naive
+## parallel, the stack and the pipeline policy at N = 8, every strategy on the same 32 seeds, 160 experiments each,
+## the real farm on a virtual clock, 2 worker processes; each doc leads with the equal-GPU-hours and the wall-clock
+## tables (seed-paired 90 % intervals) and issue 27's goals; writes docs/bench/search-equal-calibrated.* and
+## search-equal-realistic.* (BENCH_ARGS to change sizes: --oracle-n1 adds the noiseless loop, --variants more rows).
+SEARCH_ARGS ?= --seeds 32 --n 8 --budget 160 --variants stack,pipeline --no-oracle --jobs 2
 bench-search: install
-	$(BIN)/python bench/search.py $(SEARCH_ARGS) --name search-paired $(BENCH_ARGS)
-	$(BIN)/python bench/search.py $(SEARCH_ARGS) --landscape realistic --name search-realistic $(BENCH_ARGS)
+	$(BIN)/python bench/search.py $(SEARCH_ARGS) --name search-equal-calibrated $(BENCH_ARGS)
+	$(BIN)/python bench/search.py $(SEARCH_ARGS) --landscape realistic --name search-equal-realistic $(BENCH_ARGS)
 
 ## One slot, 30 experiments: how soon the first promotion comes (docs/bench/search-n1.md; ~7 min).
 bench-search-n1: install

@@ -186,11 +186,11 @@ class Strategy:
         return f"{self.name}@{self.n}"
 
 
-def strategies(ns: list[int], variants: list[str], oracle: bool = False) -> list[Strategy]:
-    """Sequential, (with ``oracle``) its noiseless twin at N = 1, and at each N naive, its oracle and the variants;
-    every row with SAME_PARENT unless its settings name a parent rule of their own."""
+def strategies(ns: list[int], variants: list[str], oracle: bool = False, oracle_n1: bool = False) -> list[Strategy]:
+    """Sequential, (with ``oracle`` or ``oracle_n1``) its noiseless twin at N = 1, and at each N naive, (with
+    ``oracle``) its oracle, and the variants; every row with SAME_PARENT unless its settings name a parent rule."""
     out = [Strategy("sequential", 1, GREEDY, "autoresearch's loop: 1 GPU, keep if lower")]
-    if oracle:
+    if oracle or oracle_n1:
         out.append(Strategy("oracle", 1, GREEDY, "sequential on a NOISELESS landscape: what one loop finds when "
                             "every judgement is right", sigma=0.0))
     for n in ns:
@@ -622,9 +622,12 @@ def write_doc(path: Path, summary: dict, meta: dict, png: list[str], records: li
 
 
 def run_all(strats: list[Strategy], seeds: list[int], budget: int, parallel_budget: int, sigma: float,
-            root: Path, prefetch: bool = False, log=print, sandbox: str = SURROGATE, jobs: int = 1) -> list[dict]:
+            root: Path, prefetch: bool = False, log=print, sandbox: str = SURROGATE, jobs: int = 1,
+            partial: Path | None = None) -> list[dict]:
     """Every strategy on the same seeds (sequential's target comes from the very seeds it is compared on), ``jobs``
-    runs at a time in worker processes (each run is independent: its own dir, sandbox and noise seed)."""
+    runs at a time in worker processes (each run is independent: its own dir, sandbox and noise seed), seed after
+    seed; each record is also appended to ``partial`` (JSON lines) as it comes, so a cut-short run can be reported
+    on the seeds it completed (--from-json)."""
     tasks = [(s, seed, budget if s.n == 1 else parallel_budget, root, sigma if s.sigma is None else s.sigma, sandbox,
               prefetch) for seed in seeds for s in strats]
     records = []
@@ -632,6 +635,9 @@ def run_all(strats: list[Strategy], seeds: list[int], budget: int, parallel_budg
         pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(max_workers=jobs)) if jobs > 1 else None
         for r in (pool.map(_run_task, tasks) if pool else map(_run_task, tasks)):
             records.append(r)
+            if partial is not None:
+                with partial.open("a") as out:
+                    out.write(json.dumps(r, default=str) + "\n")
             log(f"  seed {r['seed']} {r['strategy']}@{r['n']:<12} end t={r['end']:6.1f} true "
                 f"{main_true_at(r, math.inf):.4f} promotions {r['promotions']:2d} false {false_promotions(r)} "
                 f"({r['wall_s']:.1f} s)")
@@ -744,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="stack,pipeline",
                         help=f"tournament variants, of: {', '.join(TOURNAMENT_VARIANTS)}")
     parser.add_argument("--no-oracle", action="store_true", help="leave out the noiseless greedy bound")
+    parser.add_argument("--oracle-n1", action="store_true", help="the noiseless loop at N = 1 even with --no-oracle")
+    parser.add_argument("--no-naive", action="store_true", help="leave out naive parallel search")
     parser.add_argument("--from-json", type=Path, default=None, help="redo the table, plots and doc from the "
                         "records of an earlier run (its <name>.json) instead of running")
     parser.add_argument("--prefetch", action="store_true", help="the driver's own proposal queue (queue_ahead 1)")
@@ -767,17 +775,18 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     seeds = list(range(args.seeds))
     pbudget = args.parallel_budget or args.budget
-    strats = strategies(ns, variants, oracle=not args.no_oracle)
+    strats = [s for s in strategies(ns, variants, oracle=not args.no_oracle, oracle_n1=args.oracle_n1)
+              if not (args.no_naive and s.name == "naive")]
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_json:
-        saved = json.loads(args.from_json.read_text())
+        saved = _saved(args.from_json)
         records, meta = saved["records"], saved["meta"]
         return _report(records, summarise(records), meta, args.out, args.name, meta["ns"])
     with tempfile.TemporaryDirectory(prefix="farm-search-") as tmp:
         root = args.keep or Path(tmp)
         records = run_all(strats, seeds, args.budget, pbudget, args.sigma, root, args.prefetch,
-                          sandbox=_spec(args.landscape), jobs=args.jobs)
+                          sandbox=_spec(args.landscape), jobs=args.jobs, partial=args.out / f"{args.name}.partial")
     summary = summarise(records)
     command = "bench/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
@@ -790,6 +799,27 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "records": records}, default=str))
     return _report(records, summary, meta, args.out, args.name, ns)
+
+
+def _saved(path: Path) -> dict:
+    """An earlier run's records and meta: its <name>.json, or its <name>.partial (JSON lines of a run cut short:
+    only the seeds every strategy finished, the meta rebuilt from them)."""
+    if path.suffix != ".partial":
+        return json.loads(path.read_text())
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keys = {(r["strategy"], r["n"]) for r in records}
+    complete = [s for s in sorted({r["seed"] for r in records})
+                if {(r["strategy"], r["n"]) for r in records if r["seed"] == s} == keys]
+    records = [r for r in records if r["seed"] in complete]
+    first = records[0]
+    name = next(r for r in records if r["n"] > 1)
+    meta = {"command": f"(cut short after {len(complete)} seeds) {path}", "minutes": math.nan, "commit": _git_head(),
+            "python": platform.python_version(), "sigma": first["sigma"], "seeds": len(complete),
+            "budget": first["budget"], "parallel_budget": name["budget"], "ns": sorted({r["n"] for r in records
+                                                                                       if r["n"] > 1}),
+            "variants": [], "seed_true": first["mains"][0]["true"], "optimum": math.nan, "landscape": path.stem,
+            "sandbox": "?"}
+    return {"records": records, "meta": meta}
 
 
 def _spec(name: str) -> str:

@@ -41,6 +41,7 @@ def test_the_boundary_is_the_pure_functions() -> None:
     assert certify(-5.0, 0.5, 1.0, ALPHA) == "promote" and certify(5.0, 0.5, 1.0, ALPHA) == "drop"
     assert certify(0.0, 4.0, 1.0, ALPHA) == "continue"
     assert certify(-0.1, 0.001, 1.0, ALPHA, worth=0.5) == "drop"  # its gain is surely below 0.5: not worth runs
+    assert certify(2.0, 0.5, 1.0, ALPHA) == "continue" and certify(2.0, 0.5, 1.0, ALPHA, drop_alpha=0.3) == "drop"
 
 
 def test_false_promotions_stay_below_the_level_under_continuous_looks() -> None:
