@@ -268,7 +268,7 @@ def test_each_policy_is_built_from_its_own_settings_model_and_farm_yaml_sets_the
     from cluster.decisions.policies.greedy import GreedyPolicy, GreedySettings
     from cluster.decisions.policies.stack import StackSettings
 
-    assert set(REGISTRY) == {"tournament", "paired", "stack", "greedy"}
+    assert set(REGISTRY) == {"tournament", "paired", "stack", "pipeline", "greedy"}
     for name, cls in REGISTRY.items():
         assert set(cls.settings_model.model_fields) <= set(PolicySettings.model_fields)
         policy = make_policy(PolicySettings(policy=name))

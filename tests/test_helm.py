@@ -793,7 +793,7 @@ def test_run_browser_is_off_by_default_and_a_read_only_sidecar_with_a_cluster_ip
     assert "env" not in ui  # no API key, no farm settings
     assert ui["securityContext"]["readOnlyRootFilesystem"] is True
     args = build_parser().parse_args(ui["command"][1:])
-    assert args.command == "ui" and str(args.run_dir) == "/farm/runs/arf" and args.address == "0.0.0.0"
+    assert args.command == "ui" and [str(r) for r in args.run_dir] == ["/farm/runs/arf"] and args.address == "0.0.0.0"
     assert args.port == 8091 and args.grafana_url == "http://grafana.example/d/farm"
     assert ui["readinessProbe"]["httpGet"] == {"path": "/api/version", "port": "farm-ui"}
     notes = chart.render(values, name="farm", namespace="research")["autoresearch-farm/templates/NOTES.txt"]
