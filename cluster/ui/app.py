@@ -27,7 +27,18 @@ from werkzeug.exceptions import HTTPException
 from cluster.sandbox.untrusted import UnsafeFile, read_beneath
 from cluster.ui import compare, curves, lineage
 from cluster.ui.assets import IMMUTABLE, Assets, accepts_gzip
-from cluster.ui.model import FILTERABLE, NOT_DONE, TABLE_FIELDS, RunModel, RunState, run_status, show_value, to_json
+from cluster.ui.model import (
+    CONSTANT_PREFIX,
+    FILTERABLE,
+    LAZY_FIELDS,
+    NOT_DONE,
+    TABLE_FIELDS,
+    RunModel,
+    RunState,
+    run_status,
+    show_value,
+    to_json,
+)
 
 # plotly.js and cytoscape.js each add a <style> element of their own (fixed text); those exact texts are allowed
 # by hash, nothing else inline. A new version of either changes them: tests/test_ui.py fails on any CSP report.
@@ -268,19 +279,30 @@ def create_app(run_dir: Path, grafana_url: str | None = None, loopback_only: boo
         filters = {name: args.get(name, "") for name in FILTERABLE}
         return _json(model.state().runs(filters, args.get("q", "")[:200], args.get("sort", "queued_ts"),
                                         args.get("order", "desc") == "desc", _int(args.get("offset"), 0),
-                                        _int(args.get("limit"), 100)))
+                                        _int(args.get("limit"), 100), args.get("cols", "")[:4000].split(",")))
+
+    @app.get("/api/runs/columns")
+    def api_runs_columns() -> Response:
+        """The runs table's optional columns that depend on the run: one per constant a change changed (asked for
+        when the column chooser opens or the URL names one, not on the first load)."""
+        state = model.state()
+        names, _, changed = state.constant_values
+        return _json(to_json({"version": state.version, "constants": [{"name": n, "changed": changed[n]}
+                                                                      for n in names]}))
 
     @app.get("/api/runs.csv")
     def api_runs_csv() -> Response:
         """Every row the table's filters and sort select (not one page), for a spreadsheet or pandas."""
         args = request.args
-        table = model.state().select({name: args.get(name, "") for name in FILTERABLE}, args.get("q", "")[:200],
-                                     args.get("sort", "queued_ts"), args.get("order", "desc") == "desc")
+        state = model.state()
+        fields = [*TABLE_FIELDS, *LAZY_FIELDS, *(CONSTANT_PREFIX + n for n in state.constant_values[0])]
+        table = state.select({name: args.get(name, "") for name in FILTERABLE}, args.get("q", "")[:200],
+                             args.get("sort", "queued_ts"), args.get("order", "desc") == "desc", fields)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(TABLE_FIELDS)
-        for row in table.select(list(TABLE_FIELDS)).to_pylist():
-            writer.writerow([csv_cell(row[name]) for name in TABLE_FIELDS])
+        writer.writerow(fields)  # the constants' names are [A-Z][A-Z0-9_]* (the parse's regex): no formula
+        for row in table.select(fields).to_pylist():
+            writer.writerow([csv_cell(row[name]) for name in fields])
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", model.run_dir.resolve().name)[:80] or "run"
         return Response(out.getvalue(), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}-runs.csv"'})

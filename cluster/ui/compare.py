@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from cluster.ui.model import RunState, show_value
+from cluster.ui.model import MAIN_RE, RunState, show_value
 
 MAX_COMPARED = 8  # experiments on one compare page: columns stay readable, the pairwise table stays small
 # (field, label, decimals: None for text) of the compare table, in reading order
@@ -27,14 +28,22 @@ COMPARE_FIELDS: tuple[tuple[str, str, int | None], ...] = (
 
 
 class Measured(BaseModel):
-    """One experiment's ok runs (its own and its confirmations) and where they ran."""
+    """One experiment's ok runs (its own and its confirmations) and where they ran; or, where the runs are not at
+    hand, the mean and count a verdict's reason states (``stated``: main's, as the judge weighed it)."""
 
     experiment_id: str
-    values: list[float]
+    values: list[float] = []
     gpu_class: str
+    stated: tuple[float, int] | None = None
+
+    @property
+    def n(self) -> int:
+        return self.stated[1] if self.stated else len(self.values)
 
     @property
     def mean(self) -> float | None:
+        if self.stated:
+            return self.stated[0]
         return sum(self.values) / len(self.values) if self.values else None
 
 
@@ -58,7 +67,7 @@ def measured(state: RunState, eid: str) -> Measured:
 def judged(state: RunState, a: Measured, b: Measured) -> Judged:
     """b - a, and in standard errors: se = sd sqrt(1/n_a + 1/n_b), sd the judge's pooled noise on their GPU class."""
     out = Judged(a=a.experiment_id, b=b.experiment_id)
-    if a.mean is None or b.mean is None:
+    if a.mean is None or b.mean is None or not a.n or not b.n:
         out.note = "no ok run on one side"
         return out
     out.delta = b.mean - a.mean
@@ -70,10 +79,32 @@ def judged(state: RunState, a: Measured, b: Measured) -> Judged:
         out.note = f"no noise measured on {a.gpu_class} yet (no file run twice)"
         return out
     sd, df = noise
-    se = sd * math.sqrt(1 / len(a.values) + 1 / len(b.values))
+    se = sd * math.sqrt(1 / a.n + 1 / b.n)
     if se > 0:
         out.se, out.z = se, out.delta / se
         out.note = f"se {se:.4f}: noise sd {sd:.4f}, df {df}, pooled on {a.gpu_class}"
+    return out
+
+
+def sigmas(state: RunState) -> list[float | None]:
+    """The runs table's "sigmas" column: for each experiment with a verdict that names the main it was judged
+    against (``vs main M (n=N) on GPU``, its last such verdict: a later "merging" names none), its replicate mean's
+    difference from that main in the judge's standard errors (:func:`judged`, as compare puts it); None where no
+    verdict names a main or no noise is measured on its GPU class."""
+    c, table, ev = state.cols, state.table, state.snapshot.events
+    named = pc.and_(pc.equal(ev.column("event"), "verdict"), pc.match_substring(ev.column("reason"), "vs main "))
+    judged_by = {r["experiment_id"]: r["reason"]
+                 for r in ev.filter(pc.fill_null(named, False)).select(["experiment_id", "reason"]).to_pylist()}
+    means, counts = table.column("mean_val_bpb").to_pylist(), table.column("n_runs").to_pylist()
+    out: list[float | None] = []
+    for eid, gpu, mean, n in zip(c["experiment_id"], c["gpu_class"], means, counts, strict=True):
+        m = MAIN_RE.search(judged_by.get(eid) or "") if mean is not None else None
+        if not m:
+            out.append(None)
+            continue
+        gpu = m.group(3) or gpu or "cpu"
+        main = Measured(experiment_id="main", gpu_class=gpu, stated=(float(m.group(1)), int(m.group(2))))
+        out.append(judged(state, main, Measured(experiment_id=eid, gpu_class=gpu, stated=(mean, n))).z)
     return out
 
 
@@ -89,7 +120,7 @@ def compare_rows(state: RunState, rows: list[dict]) -> list[dict]:
         return {"label": label, "values": [_fixed(v, digits) for v in values], "delta": delta, "key": key}
 
     out = [numbers([m.mean for m in runs], 4, "mean", "val_bpb, mean of its runs"),
-           {"label": "runs (ok)", "values": [str(len(m.values)) for m in runs], "delta": "", "key": "runs"}]
+           {"label": "runs (ok)", "values": [str(m.n) for m in runs], "delta": "", "key": "runs"}]
     if two:
         j = judged(state, runs[0], runs[1])
         text = f"{j.z:+.1f} se ({j.note})" if j.z is not None else (j.note if j.note.startswith("not") else "")

@@ -37,7 +37,7 @@ STATUS_FILE = "status.json"
 # a stop reason but work still in flight, is the last word of a driver that was stopped hard.
 STATUS_STALE_SECONDS = 60.0
 SORTABLE = ("experiment_id", "kind", "status", "agent", "verdict", "val_bpb", "queued_ts", "finished_at", "cost_usd",
-            "mean_val_bpb", "n_runs", "delta", "seed", "gpu_class")
+            "mean_val_bpb", "n_runs", "delta", "seed", "gpu_class", "sigmas", "seeds", "gpu_seconds")
 # The runs table's columns (the page picks which to show; the CSV has them all), in order
 TABLE_FIELDS = ("experiment_id", "kind", "status", "agent", "description", "val_bpb", "mean_val_bpb", "n_runs",
                 "delta", "verdict", "seed", "gpu_class", "queued_ts", "finished_at", "cost_usd", "replicate_of")
@@ -52,9 +52,15 @@ _ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.
                ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
 _DELTA_RE = re.compile(r"vs main -?\d+(?:\.\d+)? \(n=\d+\)(?: on \S+?)?: ([+-]\d+(?:\.\d+)?)")
 FILTERABLE = ("status", "kind", "agent", "verdict")
+# Columns of the runs table computed only when a page asks for them (chosen, sorted by, or the CSV): the judge's
+# sigmas, the seeds a file ran on, GPU-seconds; and one per constant a change changed (``const:NAME``). The first
+# load asks for none of them.
+LAZY_FIELDS = ("sigmas", "seeds", "gpu_seconds")
+CONSTANT_PREFIX = "const:"
+MAX_SEEDS_SHOWN = 32
 MAX_PAGE = 500
 _MARGIN_RE = re.compile(r"margin (-?\d+(?:\.\d+)?)")
-_MAIN_RE = re.compile(r"vs main (-?\d+(?:\.\d+)?) \(n=(\d+)\)(?: on (\S+?):)?")
+MAIN_RE = re.compile(r"vs main (-?\d+(?:\.\d+)?) \(n=(\d+)\)(?: on (\S+?):)?")
 _MERGE_OF_RE = re.compile(r"^merge of ([A-Za-z0-9][A-Za-z0-9_.-]{0,62}):")
 _ROW_FIELDS = (
     "experiment_id", "kind", "status", "agent", "description", "val_bpb", "verdict", "reason", "commit",
@@ -120,6 +126,7 @@ class RunState:
         self.latest = snapshot.latest
         self._lock = threading.Lock()
         self._lineage: dict[tuple, bytes] = {}
+        self._lazy: dict[str, pa.Array] = {}
 
     @property
     def version(self) -> int:
@@ -307,9 +314,52 @@ class RunState:
                 .append_column("n_runs", pa.array(counts, pa.int64()))
                 .append_column("delta", pa.array(deltas, pa.float64())))
 
-    def select(self, filters: dict[str, str], q: str, sort: str, descending: bool) -> pa.Table:
-        """The runs table filtered (exact values, ``-`` for none; text in id or description) and sorted, whole."""
+    def lazy_column(self, name: str) -> pa.Array | None:
+        """One of the columns computed on demand (LAZY_FIELDS, or ``const:NAME``), aligned with the table's rows;
+        None for an unknown name. Each is computed once per ledger version."""
+        with self._lock:
+            if name in self._lazy:
+                return self._lazy[name]
+        if name == "sigmas":
+            from cluster.ui.compare import sigmas  # compare builds on this module
+
+            array = pa.array(sigmas(self), pa.float64())
+        elif name == "seeds":
+            array = pa.array(self._seeds_of_files, pa.string())
+        elif name == "gpu_seconds":
+            c = self.cols
+            array = pa.array([f - s if s is not None and f is not None and f >= s else None
+                              for s, f in zip(c["started_ts"], c["finished_ts"], strict=True)], pa.float64())
+        elif name.startswith(CONSTANT_PREFIX) and name[len(CONSTANT_PREFIX):] in self.constant_values[0]:
+            key = name[len(CONSTANT_PREFIX):]
+            values = self.constant_values[1]
+            array = pa.array([values.get(e, ({}, []))[0].get(key) for e in self.cols["experiment_id"]], pa.float64())
+        else:
+            return None
+        with self._lock:
+            self._lazy[name] = array
+        return array
+
+    def lazy_names(self, names: list[str]) -> list[str]:
+        """The names among ``names`` that are columns computed on demand (unknown ones left out), each once."""
+        out = []
+        for name in names:
+            known = name in LAZY_FIELDS or (name.startswith(CONSTANT_PREFIX)
+                                            and name[len(CONSTANT_PREFIX):] in self.constant_values[0])
+            if known and name not in out:
+                out.append(name)
+        return out
+
+    def select(self, filters: dict[str, str], q: str, sort: str, descending: bool,
+               extra: tuple[str, ...] | list[str] = ()) -> pa.Table:
+        """The runs table filtered (exact values, ``-`` for none; text in id or description) and sorted, whole;
+        with the on-demand columns ``extra`` (and the one sorted by) appended."""
         table = self.table
+        wanted = list(extra) + ([sort] if sort in LAZY_FIELDS or sort.startswith(CONSTANT_PREFIX) else [])
+        for name in self.lazy_names(wanted):
+            array = self.lazy_column(name)
+            if array is not None:
+                table = table.append_column(name, array)
         mask = None
         for name, value in filters.items():
             if name in FILTERABLE and value:
@@ -321,21 +371,70 @@ class RunState:
             mask = found if mask is None else pc.and_(mask, found)
         if mask is not None:
             table = table.filter(pc.fill_null(mask, False))
-        sort = sort if sort in SORTABLE else "queued_ts"
+        sort = sort if sort in SORTABLE or sort in table.column_names and sort.startswith(CONSTANT_PREFIX) \
+            else "queued_ts"
         order = "descending" if descending else "ascending"
         return table.sort_by([(sort, order), ("queued_ts", order)])  # nulls last either way
 
-    def runs(self, filters: dict[str, str], q: str, sort: str, descending: bool, offset: int, limit: int) -> bytes:
-        """One page of the runs table, filtered and sorted on the whole run (not only the page)."""
-        table = self.select(filters, q, sort, descending)
+    def runs(self, filters: dict[str, str], q: str, sort: str, descending: bool, offset: int, limit: int,
+             extra: list[str] | tuple[str, ...] = ()) -> bytes:
+        """One page of the runs table, filtered and sorted on the whole run (not only the page), with the
+        on-demand columns the page shows (``extra``)."""
+        extra = self.lazy_names(list(extra))
+        table = self.select(filters, q, sort, descending, extra)
         limit = max(1, min(limit, MAX_PAGE))
         page = table.slice(max(0, offset), limit)
-        rows = page.select(list(TABLE_FIELDS)).to_pylist()
+        rows = page.select(list(TABLE_FIELDS) + extra).to_pylist()
         for r in rows:
             r["description"] = (r["description"] or "")[:300]
+        if any(name.startswith(CONSTANT_PREFIX) for name in extra):  # which constants each change set differently
+            values = self.constant_values[1]
+            for r in rows:
+                r["const_changed"] = values.get(r["experiment_id"], ({}, []))[1]
         return to_json({"version": self.version, "total": table.num_rows, "offset": offset, "rows": rows})
 
+    @cached_property
+    def _seeds_of_files(self) -> list[str | None]:
+        """Each row's "seeds": the seeds its train.py (the file, by sha) ran on in ok runs, in any experiment
+        (its own run, its confirmations, main's baselines of it), ascending; at most MAX_SEEDS_SHOWN named."""
+        c = self.cols
+        seeds: dict[str, set[int]] = {}
+        for sha, seed, st in zip(c["train_sha"], c["seed"], c["status"], strict=True):
+            if sha and seed is not None and st == "ok":
+                seeds.setdefault(sha, set()).add(seed)
+        text: dict[str, str] = {}
+        for sha, found in seeds.items():
+            ordered = sorted(found)
+            shown = " ".join(str(s) for s in ordered[:MAX_SEEDS_SHOWN])
+            text[sha] = shown + (f" (+{len(ordered) - MAX_SEEDS_SHOWN} more)" if len(ordered) > MAX_SEEDS_SHOWN else "")
+        return [text.get(sha) if sha else None for sha in c["train_sha"]]
+
     # -- constants as data ------------------------------------------------------------------
+
+    @cached_property
+    def constant_values(self) -> tuple[list[str], dict[str, tuple[dict[str, float], list[str]]], dict[str, int]]:
+        """The constants of every change's train.py that experiments set to more than one value, most often
+        changed first; per change (id, in table order) its values of them and those it set differently from the
+        file it was proposed from; and how many changes changed each. Shared by /constants and the runs table."""
+        c = self.cols
+        rows = [i for i, k in enumerate(c["kind"]) if k in CHANGE_KINDS and c["commit"][i]]
+        commits = [c["commit"][i] for i in rows] + [c["parent_commit"][i] for i in rows if c["parent_commit"][i]]
+        parsed = self.repo.parse_train_files(commits, constants_of)
+        seen: dict[str, set[float]] = {}
+        for commit in {c["commit"][i] for i in rows}:
+            for name, v in parsed.get(commit, {}).items():
+                seen.setdefault(name, set()).add(v)
+        names = [n for n, found in seen.items() if len(found) > 1]
+        changed_count = dict.fromkeys(names, 0)
+        values: dict[str, tuple[dict[str, float], list[str]]] = {}
+        for i in rows:
+            mine, parent = parsed.get(c["commit"][i], {}), parsed.get(c["parent_commit"][i] or "", {})
+            changed = [n for n in names if n in mine and parent and mine.get(n) != parent.get(n)]
+            for n in changed:
+                changed_count[n] += 1
+            values[c["experiment_id"][i]] = ({n: mine[n] for n in names if n in mine}, changed)
+        names.sort(key=lambda n: (-changed_count[n], n))
+        return names, values, changed_count
 
     @cached_property
     def constants(self) -> bytes:
@@ -348,36 +447,24 @@ class RunState:
         """
         c, table = self.cols, self.table
         mean, count = column(table, "mean_val_bpb"), column(table, "n_runs")
-        rows = [i for i, k in enumerate(c["kind"]) if k in CHANGE_KINDS and c["commit"][i]]
-        commits = [c["commit"][i] for i in rows] + [c["parent_commit"][i] for i in rows if c["parent_commit"][i]]
-        parsed = self.repo.parse_train_files(commits, constants_of)
-        seen: dict[str, set[float]] = {}
-        for commit in {c["commit"][i] for i in rows}:
-            for name, v in parsed.get(commit, {}).items():
-                seen.setdefault(name, set()).add(v)
+        names, values, changed_count = self.constant_values
         runs: dict[str, list[float]] = {}
         for e, r, st, v in zip(c["experiment_id"], c["replicate_of"], c["status"], c["val_bpb"], strict=True):
             if st == "ok" and v is not None:
                 runs.setdefault(r or e, []).append(v)
-        names = [n for n, values in seen.items() if len(values) > 1]
-        changed_count = dict.fromkeys(names, 0)
         out = []
-        for i in rows:
+        for i in (self.index[eid] for eid in values):
             eid = c["experiment_id"][i]
-            mine, parent = parsed.get(c["commit"][i], {}), parsed.get(c["parent_commit"][i] or "", {})
-            changed = [n for n in names if n in mine and parent and mine.get(n) != parent.get(n)]
-            for n in changed:
-                changed_count[n] += 1
-            values = runs.get(eid, [])
+            mine, changed = values[eid]
+            values_run = runs.get(eid, [])
             noise = self.noise.get(c["gpu_class"][i] or "cpu")
             out.append({"id": eid, "kind": c["kind"][i], "verdict": c["verdict"][i], "status": c["status"][i],
                         "mean": mean[i], "n": count[i],
-                        "sd": float(np.std(values, ddof=1)) if len(values) >= 2 else None,
+                        "sd": float(np.std(values_run, ddof=1)) if len(values_run) >= 2 else None,
                         # the standard error of its mean as the judge sees it: the noise sd pooled on its GPU
                         # class over the square root of its run count (a sample sd of two runs says little)
                         "se": noise[0] / math.sqrt(count[i]) if noise and count[i] else None,
-                        "values": {n: mine[n] for n in names if n in mine}, "changed": changed})
-        names.sort(key=lambda n: (-changed_count[n], n))
+                        "values": mine, "changed": changed})
         level = self.main_line.level
         return to_json({"version": self.version, "names": names, "changed": changed_count, "rows": out,
                         "noise_sd": level[-1]["sd"] if level else None, "promoted": self.promoted,
@@ -488,7 +575,7 @@ class RunState:
         """
         row = self.row(eid) or {}
         events = [e for e in self.events_of(eid) if e["event"] == "verdict"]
-        decisive = next((v for v in reversed(events) if v["reason"] and _MAIN_RE.search(v["reason"])), None)
+        decisive = next((v for v in reversed(events) if v["reason"] and MAIN_RE.search(v["reason"])), None)
         decisive = decisive or next((v for v in reversed(events) if v["reason"] and _MARGIN_RE.search(v["reason"])),
                                     None)
         at = decisive["seq"] if decisive else self.snapshot.events.num_rows
@@ -498,7 +585,7 @@ class RunState:
         if decisive:
             m = _MARGIN_RE.search(decisive["reason"])
             margin = float(m.group(1)) if m else None
-            m = _MAIN_RE.search(decisive["reason"])
+            m = MAIN_RE.search(decisive["reason"])
             if m:
                 main_mean, n_main, gpu = float(m.group(1)), int(m.group(2)), m.group(3) or gpu
         main_sha = row.get("train_sha") if row.get("kind") == "baseline" else self._main_sha_before(at, at_ts)

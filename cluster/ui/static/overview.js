@@ -189,15 +189,49 @@
     { key: "queued_ts", label: "queued", extra: true, cell: (r) => time(r.queued_ts) },
     { key: "finished_at", label: "finished", cell: (r) => time(r.finished_at) },
     { key: "cost_usd", label: "cost", num: true, cell: (r) => (r.cost_usd ? "$" + num(r.cost_usd, 4) : "") },
+    // computed by the server only when shown (lazy), not on the first load
+    { key: "sigmas", label: "sigmas vs main (judged)", num: true, extra: true, lazy: true, asc: true,
+      cell: (r) => (r.sigmas === null || r.sigmas === undefined ? "" : (r.sigmas > 0 ? "+" : "") + num(r.sigmas, 1)) },
+    { key: "seeds", label: "seeds of its file", extra: true, lazy: true, cell: (r) => r.seeds },
+    { key: "gpu_seconds", label: "GPU-seconds", num: true, extra: true, lazy: true,
+      cell: (r) => (r.gpu_seconds === null || r.gpu_seconds === undefined ? "" : num(r.gpu_seconds, 1)) },
   ];
   const DEFAULT_COLS = COLUMNS.filter((c) => !c.extra).map((c) => c.key);
+  // One column per constant a change changed ("const:NAME"), hidden unless chosen: their names come from
+  // /api/runs/columns, asked for when the chooser opens or the URL names one (the first load does not wait on it).
+  const CONST = "const:";
+  const CONST_KEY = /^const:[A-Z][A-Z0-9_]*$/;
+  function constantColumn(key) {
+    const name = key.slice(CONST.length);
+    return { key: key, label: name, num: true, extra: true, lazy: true, constant: true,
+      cell: (r) => {
+        const v = r[key];
+        if (v === null || v === undefined) return "";
+        const b = el((r.const_changed || []).includes(name) ? "b" : "span", String(Number(v)));
+        b.title = (r.const_changed || []).includes(name) ? name + ": set differently from its parent" : name;
+        return b;
+      } };
+  }
+  let constantsListed = false;
+  async function listConstants() {
+    if (constantsListed) return;
+    constantsListed = true;
+    const found = await get("/api/runs/columns");
+    for (const c of found.constants) {
+      const key = CONST + c.name;
+      if (CONST_KEY.test(key) && !COLUMNS.some((k) => k.key === key)) COLUMNS.push(constantColumn(key));
+    }
+    drawHeader();
+  }
   const FILTERS = ["status", "kind", "agent", "verdict", "q"];
   const state = (function () {
     const url = new URLSearchParams(window.location.search);
     const st = { sort: url.get("sort") || "queued_ts", order: url.get("order") === "asc" ? "asc" : "desc",
       offset: Math.max(0, parseInt(url.get("offset") || "0", 10) || 0) };
     for (const name of FILTERS) st[name] = url.get(name) || "";
-    const cols = (url.get("cols") || "").split(",").filter((k) => COLUMNS.some((c) => c.key === k));
+    const named = (url.get("cols") || "").split(",");
+    for (const k of named) if (CONST_KEY.test(k) && !COLUMNS.some((c) => c.key === k)) COLUMNS.push(constantColumn(k));
+    const cols = named.filter((k) => COLUMNS.some((c) => c.key === k));
     st.cols = cols.length ? ["experiment_id", ...cols.filter((k) => k !== "experiment_id")] : DEFAULT_COLS.slice();
     return st;
   })();
@@ -242,7 +276,7 @@
         th.dataset.sort = c.key;
         th.addEventListener("click", () => {
           table.order = table.sort === c.key && table.order === "asc" ? "desc" :
-            (table.sort === c.key ? "asc" : (["val_bpb", "mean_val_bpb", "delta"].includes(c.key) ? "asc" : "desc"));
+            (table.sort === c.key ? "asc" : (["val_bpb", "mean_val_bpb", "delta"].includes(c.key) || c.asc ? "asc" : "desc"));
           table.sort = c.key;
           table.offset = 0;
           loadRuns();
@@ -264,7 +298,7 @@
         loadRuns();
       });
       label.appendChild(box);
-      label.appendChild(document.createTextNode(" " + c.label));
+      label.appendChild(document.createTextNode(" " + (c.constant ? "constant " : "") + c.label));
       chooser.appendChild(label);
     }
   }
@@ -277,6 +311,8 @@
     const csv = "/api/runs.csv?" + params.toString();
     params.set("offset", table.offset);
     params.set("limit", table.limit);
+    const lazy = COLUMNS.filter((c) => c.lazy && state.cols.includes(c.key)).map((c) => c.key);
+    if (lazy.length) params.set("cols", lazy.join(","));
     keepInUrl();
     document.getElementById("runs-csv").href = window.farm.base + csv;
     const page = await first("/api/runs?" + params.toString(), version);
@@ -326,6 +362,8 @@
   document.getElementById("runs-prev").addEventListener("click", () => { table.offset = Math.max(0, table.offset - table.limit); loadRuns(); });
   document.getElementById("runs-next").addEventListener("click", () => { table.offset += table.limit; loadRuns(); });
   drawHeader();
+  document.getElementById("columns").addEventListener("toggle", (ev) => { if (ev.target.open) listConstants(); });
+  if (state.cols.some((k) => k.startsWith(CONST))) listConstants();
 
   watch(async (version) => { await Promise.all([loadOverview(version), loadRuns(version)]); });
 })();
