@@ -384,7 +384,9 @@ def test_honest_candidates_score_in_the_two_container_pod_as_in_the_docker_sandb
     """The pod's real containers (the fake kubelet runs them in the Docker Engine): the candidate, as a uid of its
     own in its container, trains and hands its model over; the runner, in the other, scores it. The verdict is ok
     and the same as the docker sandbox gives the same file (evaluation is deterministic for given weights; the
-    steps differ with the machine's load, so the value agrees within the profile's noise)."""
+    steps differ with the machine's load, so the value agrees within the profile's noise: cpu-smoke's sd is 0.15-0.4
+    under load, docs/trainer.md; 0.6 apart was seen on a quiet machine, so two such sds; an untrained model scores
+    ~8)."""
     docker = sandbox_or_skip("docker", "docker (the fake kubelet's runtime)")
     source = candidates.source(name)
     pod = run_in_docker_pod(source, tmp_path / "pod", farm_cache)
@@ -393,5 +395,5 @@ def test_honest_candidates_score_in_the_two_container_pod_as_in_the_docker_sandb
     assert pod.facts.train_batches > 0 and pod.facts.handover_bytes > 0
     reference = docker.run(make_spec(tmp_path / "docker", farm_cache, source), GpuAssignment())
     assert reference.status == Status.OK, reference.reason
-    assert pod.val_bpb == pytest.approx(reference.val_bpb, abs=0.5)
+    assert pod.val_bpb == pytest.approx(reference.val_bpb, abs=0.8)
     assert pod.summary.val_bpb == pytest.approx(pod.val_bpb, abs=1e-6)  # what it printed is what it was scored
