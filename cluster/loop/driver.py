@@ -61,7 +61,7 @@ class Farm:
         self.proposer_factory = proposer_factory
         self.inflight: set[str] = set()  # experiments submitted and not back
         self.agents: list[AgentSpec] = []
-        self.pool = AgentPool(0)  # which agent is asked when (cluster/loop/pool.py); built with the agents
+        self.pool = AgentPool(config.agents.count or 0)  # which agent is asked when (cluster/loop/pool.py)
         self.started = time.time()
         self.stopping = ""
         self.failure = ""  # why the farm could not do its job (set with stopping): the run exits non-zero
@@ -90,7 +90,6 @@ class Farm:
         self.agents = [AgentSpec(kind, self.config.agent_name(i), self.config.agent_options(i))
                        for i in range(self.config.agents.count)]
         self.executor.start_agents(self.agents, self.proposer_factory)
-        self.pool = AgentPool(len(self.agents))
 
     # ---- the loop ----------------------------------------------------------------
 
